@@ -1,0 +1,151 @@
+"""Gather-GEMM-scatter sparse convolution with an explicit, chunked backward."""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+
+from . import backends
+from .kmap import KernelMap
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+Segment = Tuple[int, int, int]  # (kernel offset, first pair, end pair)
+
+
+def plan_chunks(kmap: KernelMap, max_rows: int) -> List[List[Segment]]:
+    """Split the non-identity pairs into chunks of at most max_rows contiguous pairs."""
+    chunks: List[List[Segment]] = []
+    current: List[Segment] = []
+    size = 0
+    for k in range(kmap.kernel_volume):
+        if k == kmap.identity_offset:
+            if current:  # a chunk must stay contiguous in the pair arrays
+                chunks.append(current)
+                current, size = [], 0
+            continue
+        lo, hi = kmap.offset_ptr[k], kmap.offset_ptr[k + 1]
+        while lo < hi:
+            take = min(hi - lo, max_rows - size)
+            current.append((k, lo, lo + take))
+            size += take
+            lo += take
+            if size == max_rows:
+                chunks.append(current)
+                current, size = [], 0
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _dtypes(x: torch.Tensor) -> Tuple[torch.dtype, torch.dtype]:
+    """(compute dtype of the GEMMs, accumulation dtype): fp32 accumulation for half inputs."""
+    if x.dtype in HALF_DTYPES:
+        return (torch.float32 if x.device.type == "cpu" else x.dtype), torch.float32
+    return x.dtype, x.dtype
+
+
+def gather_mm_scatter(src: torch.Tensor, weight: torch.Tensor, src_idx: torch.Tensor, dst_idx: torch.Tensor,
+                      kmap: KernelMap, n_dst: int, settings: backends.KernelSettings) -> torch.Tensor:
+    """dst[dst_idx] += src[src_idx] @ weight[k] for every pair; returns the accumulator [n_dst, C2]."""
+    compute, acc = _dtypes(src)
+    w = weight.to(compute)  # [K, C1, C2]
+    c1, c2 = w.shape[1], w.shape[2]
+    out = torch.zeros(n_dst, c2, dtype=acc, device=src.device)  # [n_dst, C2]
+    if kmap.identity_offset is not None:
+        out += torch.mm(src.to(compute), w[kmap.identity_offset]).to(acc)
+    max_rows = max(1, settings.gather_elements // max(c1, c2, 1))
+    for chunk in plan_chunks(kmap, max_rows):
+        base, end = chunk[0][1], chunk[-1][2]
+        gathered = src.index_select(0, src_idx[base:end]).to(compute)  # [P, C1]
+        if settings.deterministic:
+            # per offset every destination row occurs at most once: no two adds race for a row
+            for k, lo, hi in chunk:
+                out.index_add_(0, dst_idx[lo:hi], torch.mm(gathered[lo - base:hi - base], w[k]).to(acc))
+        else:
+            product = torch.empty(end - base, c2, dtype=compute, device=src.device)  # [P, C2]
+            for k, lo, hi in chunk:
+                torch.mm(gathered[lo - base:hi - base], w[k], out=product[lo - base:hi - base])
+            out.index_add_(0, dst_idx[base:end], product.to(acc))
+    return out
+
+
+def weight_grad(feats: torch.Tensor, grad_out: torch.Tensor, kmap: KernelMap, kernel_volume: int,
+                settings: backends.KernelSettings) -> torch.Tensor:
+    """dW[k] = feats[in_idx_k]^T @ grad_out[out_idx_k]; returns [K, Cin, Cout] in the accumulation dtype."""
+    compute, acc = _dtypes(feats)
+    cin, cout = feats.shape[1], grad_out.shape[1]
+    grad_w = torch.zeros(kernel_volume, cin, cout, dtype=acc, device=feats.device)
+    if kmap.identity_offset is not None:
+        grad_w[kmap.identity_offset] = torch.mm(feats.to(compute).t(), grad_out.to(compute)).to(acc)
+    max_rows = max(1, settings.gather_elements // max(cin, cout, 1))
+    for chunk in plan_chunks(kmap, max_rows):
+        base, end = chunk[0][1], chunk[-1][2]
+        gx = feats.index_select(0, kmap.in_idx[base:end]).to(compute)  # [P, Cin]
+        gy = grad_out.index_select(0, kmap.out_idx[base:end]).to(compute)  # [P, Cout]
+        for k, lo, hi in chunk:
+            grad_w[k] += torch.mm(gx[lo - base:hi - base].t(), gy[lo - base:hi - base]).to(acc)
+    return grad_w
+
+
+class SparseConvFunction(torch.autograd.Function):
+    """Autograd op: out[o] = sum over pairs (i, o, k) of feats[i] @ weight[k], plus bias."""
+
+    @staticmethod
+    def forward(ctx, feats, weight, bias, kmap: KernelMap, settings: backends.KernelSettings):
+        out = gather_mm_scatter(feats, weight, kmap.in_idx, kmap.out_idx, kmap, kmap.n_out, settings)
+        if bias is not None:
+            out += bias.to(out.dtype)
+        ctx.save_for_backward(feats, weight)
+        ctx.kmap, ctx.settings, ctx.has_bias = kmap, settings, bias is not None
+        return out.to(feats.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        feats, weight = ctx.saved_tensors
+        kmap, settings = ctx.kmap, ctx.settings
+        grad_out = grad_out.contiguous()
+        grad_feats = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            w_t = weight.transpose(1, 2)  # [K, Cout, Cin]
+            grad_feats = gather_mm_scatter(grad_out, w_t, kmap.out_idx, kmap.in_idx, kmap, kmap.n_in, settings)
+            grad_feats = grad_feats.to(feats.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_weight = weight_grad(feats, grad_out, kmap, weight.shape[0], settings).to(weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_out.sum(0, dtype=torch.float32 if grad_out.dtype in HALF_DTYPES else None)
+            grad_bias = grad_bias.to(weight.dtype)
+        return grad_feats, grad_weight, grad_bias, None, None
+
+
+def sparse_conv(feats: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], kmap: KernelMap,
+                settings: Optional[backends.KernelSettings] = None) -> torch.Tensor:
+    """Sparse convolution of feats [N_in, Cin] with weight [K, Cin, Cout] over kmap -> [N_out, Cout]."""
+    if feats.dim() != 2 or feats.shape[0] != kmap.n_in:
+        raise ValueError(f"feats must be [{kmap.n_in}, Cin] for this kernel map, got {tuple(feats.shape)}")
+    if weight.dim() != 3 or weight.shape[0] != kmap.kernel_volume or weight.shape[1] != feats.shape[1]:
+        raise ValueError(f"weight must be [{kmap.kernel_volume}, {feats.shape[1]}, Cout], got {tuple(weight.shape)}")
+    settings = settings or backends.current()
+    backends.resolve_backend(settings.backend)
+    return SparseConvFunction.apply(feats.contiguous(), weight, bias, kmap, settings)
+
+
+def torch_to_kernel_weight(weight: torch.Tensor) -> torch.Tensor:
+    """[Cout, Cin, kD, kH, kW] (torch layout) -> [K, Cin, Cout] (kernel layout)."""
+    cout, cin = weight.shape[:2]
+    return weight.reshape(cout, cin, -1).permute(2, 1, 0)
+
+
+def to_spconv_weight(weight: torch.Tensor) -> torch.Tensor:
+    """[Cout, Cin, kD, kH, kW] (torch layout) -> [Cout, kD, kH, kW, Cin] (spconv 2.x layout)."""
+    if weight.dim() != 5:
+        raise ValueError(f"expected a [Cout, Cin, kD, kH, kW] weight, got shape {tuple(weight.shape)}")
+    return weight.permute(0, 2, 3, 4, 1).contiguous()
+
+
+def from_spconv_weight(weight: torch.Tensor) -> torch.Tensor:
+    """[Cout, kD, kH, kW, Cin] (spconv 2.x layout) -> [Cout, Cin, kD, kH, kW] (torch layout)."""
+    if weight.dim() != 5:
+        raise ValueError(f"expected a [Cout, kD, kH, kW, Cin] weight, got shape {tuple(weight.shape)}")
+    return weight.permute(0, 4, 1, 2, 3).contiguous()

@@ -1,0 +1,109 @@
+"""Linear keys, sorting and lookups for integer voxel coordinates (batch, z, y, x)."""
+from __future__ import annotations
+
+import itertools
+from typing import Sequence, Tuple
+
+import torch
+
+INT64_MAX = 2**63 - 1
+
+Triple = Tuple[int, int, int]
+
+
+def as_triple(value, name: str) -> Triple:
+    """Turn an int or a sequence of three ints into a (d, h, w) tuple, or raise ValueError."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int or three ints, got {value!r}")
+    if isinstance(value, int):
+        return (value, value, value)
+    try:
+        out = tuple(int(v) for v in value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or three ints, got {value!r}") from None
+    if len(out) != 3 or any(o != v for o, v in zip(out, value)):
+        raise ValueError(f"{name} must be an int or three ints (d, h, w), got {value!r}")
+    return out  # type: ignore[return-value]
+
+
+def check_key_range(spatial_shape: Sequence[int], batch_size: int) -> None:
+    """Raise ValueError when batch_size * D * H * W does not fit a signed int64 key."""
+    volume = int(batch_size)
+    for size in spatial_shape:
+        volume *= int(size)
+    if volume > INT64_MAX:
+        raise ValueError(
+            f"grid {tuple(spatial_shape)} x batch {batch_size} has {volume} cells, "
+            f"more than int64 keys can index ({INT64_MAX})"
+        )
+
+
+def linear_keys(coords: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
+    """Map coords [N, 4] (b, z, y, x) to int64 keys ((b*D + z)*H + y)*W + x."""
+    d, h, w = (int(s) for s in spatial_shape)
+    c = coords.to(torch.int64)
+    return ((c[:, 0] * d + c[:, 1]) * h + c[:, 2]) * w + c[:, 3]  # [N]
+
+
+def keys_to_coords(keys: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
+    """Inverse of linear_keys: int64 keys [N] -> int32 coords [N, 4]."""
+    d, h, w = (int(s) for s in spatial_shape)
+    x = keys % w
+    rest = keys // w
+    y = rest % h
+    rest = rest // h
+    z = rest % d
+    b = rest // d
+    return torch.stack([b, z, y, x], dim=1).to(torch.int32)  # [N, 4]
+
+
+def sort_by_key(keys: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Sort int64 keys ascending; returns (sorted keys, permutation)."""
+    return torch.sort(keys)
+
+
+def has_duplicates(sorted_keys: torch.Tensor) -> bool:
+    """True when two neighbouring sorted keys are equal."""
+    if sorted_keys.numel() < 2:
+        return False
+    return bool((sorted_keys[1:] == sorted_keys[:-1]).any())
+
+
+def lookup(sorted_keys: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """Index of each query key in sorted_keys, or -1 where it is absent."""
+    if sorted_keys.numel() == 0:
+        return torch.full_like(query, -1)
+    pos = torch.searchsorted(sorted_keys, query)  # [Q]
+    pos_clamped = pos.clamp_max(sorted_keys.numel() - 1)
+    found = sorted_keys[pos_clamped] == query
+    return torch.where(found, pos_clamped, torch.full_like(pos, -1))
+
+
+def kernel_offsets(kernel_size: Triple, device=None) -> torch.Tensor:
+    """All kernel positions [K, 3] (kd, kh, kw) in the row-major order of a [kD, kH, kW] weight."""
+    grid = list(itertools.product(*(range(k) for k in kernel_size)))
+    return torch.tensor(grid, dtype=torch.int64, device=device).reshape(-1, 3)
+
+
+def conv_output_shape(spatial_shape: Sequence[int], kernel_size: Triple, stride: Triple,
+                      padding: Triple, dilation: Triple) -> Triple:
+    """Output grid size of a strided convolution, as torch.nn.functional.conv3d computes it."""
+    out = tuple(
+        (int(n) + 2 * p - d * (k - 1) - 1) // s + 1
+        for n, k, s, p, d in zip(spatial_shape, kernel_size, stride, padding, dilation)
+    )
+    return out  # type: ignore[return-value]
+
+
+def dilate_coords(coords: torch.Tensor, spatial_shape: Sequence[int], radius: Triple) -> torch.Tensor:
+    """All in-grid cells within per-axis radius (a box) of any input cell, unique and key-sorted."""
+    shape = torch.tensor([int(s) for s in spatial_shape], device=coords.device)
+    box = kernel_offsets(tuple(2 * r + 1 for r in radius), coords.device) - torch.tensor(radius, device=coords.device)
+    keys = []
+    for delta in box:
+        moved = coords[:, 1:].to(torch.int64) + delta
+        inside = ((moved >= 0) & (moved < shape)).all(dim=1)
+        cand = torch.cat([coords[inside, :1].to(torch.int64), moved[inside]], dim=1)
+        keys.append(linear_keys(cand, spatial_shape))
+    unique_keys = torch.unique(torch.cat(keys)) if keys else coords.new_zeros(0, dtype=torch.int64)
+    return keys_to_coords(unique_keys, spatial_shape)

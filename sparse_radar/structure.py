@@ -1,0 +1,111 @@
+"""VoxelStructure: the coordinates that fields share, their keys, kernel-map cache and coarse-to-fine links."""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from .kernels import coords as kc
+from .kernels import kmap as km
+from .kernels.kmap import KernelMap
+
+Shape3 = Tuple[int, int, int]
+
+
+class VoxelStructure:
+    """Key-sorted coords of a field, with a kernel-map cache every field on these coords shares.
+
+    `parent` is the finer structure a strided conv came from, so an inverse conv can go back to it.
+    """
+
+    __slots__ = ("coords", "keys", "spatial_shape", "batch_size", "parent", "cache")
+
+    def __init__(self, coords: torch.Tensor, keys: torch.Tensor, spatial_shape: Shape3, batch_size: int,
+                 parent: Optional["VoxelStructure"] = None):
+        self.coords = coords  # int32 [N, 4]
+        self.keys = keys  # int64 [N], ascending
+        self.spatial_shape = tuple(int(s) for s in spatial_shape)
+        self.batch_size = int(batch_size)
+        self.parent = parent
+        self.cache: Dict[tuple, object] = {}
+
+    @property
+    def num_voxels(self) -> int:
+        """Number of sites N."""
+        return self.keys.numel()
+
+    @classmethod
+    def from_keys(cls, keys: torch.Tensor, spatial_shape: Shape3, batch_size: int,
+                  parent: Optional["VoxelStructure"] = None) -> "VoxelStructure":
+        """Structure from ascending unique int64 keys."""
+        return cls(kc.keys_to_coords(keys, spatial_shape), keys, spatial_shape, batch_size, parent)
+
+    @classmethod
+    def from_mask(cls, mask: torch.Tensor, lineage: tuple = ()) -> "VoxelStructure":
+        """Structure of the True cells of a bool mask [B, 1, D, H, W]; lineage gives the parents."""
+        b, shape = mask.shape[0], tuple(mask.shape[2:])
+        parent = None
+        if lineage:
+            fine_mask, fine_shape = lineage[-1]
+            if fine_mask is None:
+                fine_mask = torch.ones(b, 1, *fine_shape, dtype=torch.bool, device=mask.device)
+            parent = cls.from_mask(fine_mask, lineage[:-1])
+        keys = torch.nonzero(mask.reshape(-1), as_tuple=False).flatten()
+        return cls.from_keys(keys, shape, b, parent)
+
+    def mask(self) -> torch.Tensor:
+        """bool [B, 1, D, H, W], True at the sites."""
+        d, h, w = self.spatial_shape
+        flat = torch.zeros(self.batch_size * d * h * w, dtype=torch.bool, device=self.keys.device)
+        flat[self.keys] = True
+        return flat.view(self.batch_size, 1, d, h, w)
+
+    def dense_lineage(self) -> tuple:
+        """(mask, spatial_shape) of every ancestor, the nearest last (what DenseVoxels carries)."""
+        if self.parent is None:
+            return ()
+        return self.parent.dense_lineage() + ((self.parent.mask(), self.parent.spatial_shape),)
+
+    def to(self, device) -> "VoxelStructure":
+        """Copy on another device (parents too); the cache starts empty there."""
+        parent = None if self.parent is None else self.parent.to(device)
+        return VoxelStructure(self.coords.to(device), self.keys.to(device), self.spatial_shape,
+                              self.batch_size, parent)
+
+    def submanifold_map(self, kernel_size: Shape3, dilation: Shape3) -> KernelMap:
+        """Kernel map of a submanifold conv on these sites (cached)."""
+        key = ("subm", kernel_size, dilation)
+        if key not in self.cache:
+            self.cache[key] = km.submanifold_kmap(self.coords, self.keys, self.spatial_shape, kernel_size, dilation)
+        return self.cache[key]  # type: ignore[return-value]
+
+    def downsample(self, kernel_size: Shape3, stride: Shape3, padding: Shape3,
+                   dilation: Shape3) -> Tuple[KernelMap, "VoxelStructure"]:
+        """Kernel map and output structure of a strided sparse conv (cached; output links back here)."""
+        key = ("down", kernel_size, stride, padding, dilation)
+        if key not in self.cache:
+            kmap, out_coords, out_shape = km.strided_kmap(self.coords, self.spatial_shape, kernel_size, stride,
+                                                           padding, dilation)
+            out_keys = kc.linear_keys(out_coords, out_shape)
+            coarse = VoxelStructure(out_coords, out_keys, out_shape, self.batch_size, parent=self)
+            self.cache[key] = (kmap, coarse)
+        return self.cache[key]  # type: ignore[return-value]
+
+    def inverse_map(self, kernel_size: Shape3, stride: Shape3, padding: Shape3,
+                    dilation: Shape3) -> Tuple[KernelMap, "VoxelStructure"]:
+        """Kernel map (in = these sites, out = parent's sites) of an inverse conv back to the parent."""
+        if self.parent is None:
+            raise ValueError("an inverse conv needs a field produced by a strided SparseConv3d (directly or after "
+                             "submanifold layers); this field has no finer grid to return to")
+        key = ("inv", kernel_size, stride, padding, dilation)
+        if key not in self.cache:
+            parent = self.parent
+            cached = parent.cache.get(("down", kernel_size, stride, padding, dilation))
+            if cached is not None and cached[1] is self:
+                kmap = cached[0].transposed()  # the strided conv's own pairs, reversed
+            else:
+                kmap = km.inverse_kmap(parent.coords, parent.spatial_shape, self.keys, self.spatial_shape,
+                                       kernel_size, stride, padding, dilation)
+            self.cache[key] = (kmap, parent)
+        return self.cache[key]  # type: ignore[return-value]
+
