@@ -49,11 +49,12 @@ def gather_mm_scatter(src: torch.Tensor, weight: torch.Tensor, src_idx: torch.Te
                       kmap: KernelMap, n_dst: int, settings: backends.KernelSettings) -> torch.Tensor:
     """dst[dst_idx] += src[src_idx] @ weight[k] for every pair; returns the accumulator [n_dst, C2]."""
     compute, acc = _dtypes(src)
-    w = weight.to(compute)  # [K, C1, C2]
+    w = weight.to(compute).contiguous()  # [K, C1, C2]
     c1, c2 = w.shape[1], w.shape[2]
-    out = torch.zeros(n_dst, c2, dtype=acc, device=src.device)  # [n_dst, C2]
-    if kmap.identity_offset is not None:
-        out += torch.mm(src.to(compute), w[kmap.identity_offset]).to(acc)
+    if kmap.identity_offset is not None:  # the centre of a submanifold map: no gather, no scatter
+        out = torch.mm(src.to(compute), w[kmap.identity_offset]).to(acc)  # [n_dst, C2]
+    else:
+        out = torch.zeros(n_dst, c2, dtype=acc, device=src.device)  # [n_dst, C2]
     max_rows = max(1, settings.gather_elements // max(c1, c2, 1))
     for chunk in plan_chunks(kmap, max_rows):
         base, end = chunk[0][1], chunk[-1][2]

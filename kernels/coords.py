@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import operator
 from typing import Sequence, Tuple
 
 import torch
@@ -12,16 +13,21 @@ Triple = Tuple[int, int, int]
 
 
 def as_triple(value, name: str) -> Triple:
-    """Turn an int or a sequence of three ints into a (d, h, w) tuple, or raise ValueError."""
-    if isinstance(value, bool):
+    """Turn an int or a sequence of three ints into a (d, h, w) tuple; TypeError/ValueError otherwise."""
+    if isinstance(value, bool) or isinstance(value, (str, bytes)):
         raise TypeError(f"{name} must be an int or three ints, got {value!r}")
-    if isinstance(value, int):
-        return (value, value, value)
     try:
-        out = tuple(int(v) for v in value)
+        return (operator.index(value),) * 3  # type: ignore[return-value]
+    except TypeError:
+        pass
+    try:
+        items = list(value)
+        if any(isinstance(v, bool) for v in items):
+            raise TypeError
+        out = tuple(operator.index(v) for v in items)
     except TypeError:
         raise TypeError(f"{name} must be an int or three ints, got {value!r}") from None
-    if len(out) != 3 or any(o != v for o, v in zip(out, value)):
+    if len(out) != 3:
         raise ValueError(f"{name} must be an int or three ints (d, h, w), got {value!r}")
     return out  # type: ignore[return-value]
 

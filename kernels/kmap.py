@@ -6,7 +6,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from .coords import (Triple, conv_output_shape, kernel_offsets, keys_to_coords, linear_keys, lookup)
+from .coords import (Triple, check_key_range, conv_output_shape, kernel_offsets, keys_to_coords, linear_keys,
+                     lookup)
 
 
 @dataclass(frozen=True)
@@ -52,36 +53,49 @@ def _pack(ins: List[torch.Tensor], outs: List[torch.Tensor], n_in: int, n_out: i
     return KernelMap(in_idx, out_idx, tuple(ptr), n_in, n_out, identity_offset)
 
 
-def submanifold_kmap(coords: torch.Tensor, sorted_keys: torch.Tensor, spatial_shape: Sequence[int],
-                     kernel_size: Triple, dilation: Triple) -> KernelMap:
-    """Submanifold map: output sites = input sites; out p reads in p + (k - k//2) * dilation."""
+TABLE_MAX_CELLS = 1 << 25  # dense lookup tables up to 32M cells (128 MiB of int32); sorted search above
+
+
+def _padded_keys(coords: torch.Tensor, padded_shape: Sequence[int], margin: Triple) -> torch.Tensor:
+    """Keys of coords shifted by margin inside a grid enlarged by margin on every side."""
+    shifted = coords.to(torch.int64) + torch.tensor((0, *margin), device=coords.device)
+    return linear_keys(shifted, padded_shape)
+
+
+def submanifold_kmap(coords: torch.Tensor, spatial_shape: Sequence[int], batch_size: int, kernel_size: Triple,
+                     dilation: Triple) -> KernelMap:
+    """Submanifold map: output sites = input sites; out p reads in p + (k - k//2) * dilation.
+
+    Keys are taken in a grid padded by the kernel radius, so a neighbour's key is the site's key plus a
+    constant per offset and neighbours outside the grid fall on padding, where no site is.
+    """
     if any(k % 2 == 0 for k in kernel_size):
         raise ValueError(f"submanifold convolution needs an odd kernel_size, got {kernel_size}")
     device = coords.device
     n = coords.shape[0]
-    shape = torch.tensor([int(s) for s in spatial_shape], device=device)
-    center = torch.tensor([k // 2 for k in kernel_size], device=device)
-    dil = torch.tensor(dilation, device=device)
-    offsets = kernel_offsets(kernel_size, device)
-    c64 = coords.to(torch.int64)
-    rows = torch.arange(n, device=device)
-    identity = None
+    margin = tuple(d * (k // 2) for k, d in zip(kernel_size, dilation))
+    padded = tuple(int(s) + 2 * m for s, m in zip(spatial_shape, margin))
+    check_key_range(padded, batch_size)
+    keys = _padded_keys(coords, padded, margin)  # [N], ascending when coords are key-sorted
+    rel = (kernel_offsets(kernel_size, device) - torch.tensor([k // 2 for k in kernel_size], device=device)) \
+        * torch.tensor(dilation, device=device)  # [K, 3]
+    deltas = (rel[:, 0] * padded[1] + rel[:, 1]) * padded[2] + rel[:, 2]  # [K]
+    identity = int(torch.nonzero(deltas == 0)[0])
+    cells = batch_size * padded[0] * padded[1] * padded[2]
+    table = None
+    if cells <= TABLE_MAX_CELLS:
+        table = torch.full((cells,), -1, dtype=torch.int32, device=device)
+        table[keys] = torch.arange(n, dtype=torch.int32, device=device)
+    rows_per_block = max(1, (1 << 24) // max(n, 1))  # bound the [K, N] query block
     ins, outs = [], []
-    for k, off in enumerate(offsets.tolist()):
-        delta = (torch.tensor(off, device=device) - center) * dil  # [3]
-        if not bool((delta != 0).any()):
-            identity = k
-            ins.append(rows)
-            outs.append(rows)
-            continue
-        moved = c64[:, 1:] + delta  # [N, 3]
-        inside = ((moved >= 0) & (moved < shape)).all(dim=1)
-        cand = torch.cat([c64[:, :1], moved], dim=1)
-        found = lookup(sorted_keys, linear_keys(cand, spatial_shape))
-        ok = inside & (found >= 0)
-        ins.append(found[ok])
-        outs.append(rows[ok])
-    return _pack(ins, outs, n, n, identity, device)
+    for first in range(0, deltas.numel(), rows_per_block):
+        query = keys[None, :] + deltas[first:first + rows_per_block, None]  # [k, N]
+        found = table[query].long() if table is not None else lookup(keys, query)
+        k_of, row = torch.nonzero(found >= 0, as_tuple=True)  # sorted by offset, then row
+        counts = torch.bincount(k_of, minlength=query.shape[0]).tolist()
+        ins.extend(torch.split(found[k_of, row], counts))
+        outs.extend(torch.split(row, counts))
+    return _pack(list(ins), list(outs), n, n, identity, device)
 
 
 def _strided_candidates(coords: torch.Tensor, spatial_shape: Sequence[int], kernel_size: Triple,

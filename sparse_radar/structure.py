@@ -76,7 +76,8 @@ class VoxelStructure:
         """Kernel map of a submanifold conv on these sites (cached)."""
         key = ("subm", kernel_size, dilation)
         if key not in self.cache:
-            self.cache[key] = km.submanifold_kmap(self.coords, self.keys, self.spatial_shape, kernel_size, dilation)
+            self.cache[key] = km.submanifold_kmap(self.coords, self.spatial_shape, self.batch_size,
+                                                   kernel_size, dilation)
         return self.cache[key]  # type: ignore[return-value]
 
     def downsample(self, kernel_size: Shape3, stride: Shape3, padding: Shape3,

@@ -1,0 +1,186 @@
+"""Conv layers against torch.nn.functional.conv3d / conv_transpose3d: outputs, dX, dW; sparse = masked dense."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sparse_radar import DenseVoxels, SparseVoxels
+from sparse_radar.nn import SparseConv3d, SparseInverseConv3d, SubMConv3d
+from tests.factory import gather_dense, random_fields
+
+RTOL, ATOL = 1e-4, 1e-4
+
+
+def close(a, b):
+    torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL)
+
+
+def random_params(layer, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return layer
+
+
+def check_against_dense(layer, sv, reference, out_sites):
+    """Forward, dX and dW of layer(sv) against reference(dense x, weight, bias) read at out_sites."""
+    dense_x = sv.to_dense().data.clone().requires_grad_(True)
+    w = layer.weight.detach().clone().requires_grad_(True)
+    b = None if layer.bias is None else layer.bias.detach().clone().requires_grad_(True)
+    feats = sv.feats.clone().requires_grad_(True)
+    out = layer(sv.replace(feats))
+    ref_dense = reference(dense_x, w, b)
+    sites = out_sites(out)
+    assert torch.equal(out.coords, sites.to(torch.int32))
+    ref = gather_dense(ref_dense, sites)
+    close(out.feats, ref)
+    g = torch.randn(out.feats.shape, generator=torch.Generator().manual_seed(9))
+    (out.feats * g).sum().backward()
+    (ref * g).sum().backward()
+    close(feats.grad, gather_dense(dense_x.grad, sv.coords))
+    close(layer.weight.grad, w.grad)
+    if b is not None:
+        close(layer.bias.grad, b.grad)
+    return out
+
+
+def active_sites(dense_mask):
+    return torch.nonzero(dense_mask[:, 0])
+
+
+SUBM_CASES = [  # batch, cin, cout, shape, occupancy, kernel, dilation
+    (1, 1, 4, (5, 6, 7), 0.5, 3, 1),
+    (3, 16, 8, (8, 9, 10), [0.01, 0.3, 0.1], 3, 1),
+    (2, 64, 64, (6, 8, 8), [0.05, 0.2], 3, 1),
+    (2, 5, 3, (7, 8, 9), 0.2, (1, 3, 5), (2, 1, 1)),
+    (1, 4, 2, (6, 6, 6), 0.3, 5, 1),
+]
+
+
+@pytest.mark.parametrize("batch,cin,cout,shape,occ,kernel,dilation", SUBM_CASES)
+def test_subm_conv_matches_conv3d(batch, cin, cout, shape, occ, kernel, dilation):
+    sv, dv = random_fields(batch, cin, shape, occ, seed=cin)
+    layer = random_params(SubMConv3d(cin, cout, kernel, dilation=dilation), seed=1)
+    pad = tuple(d * (k // 2) for k, d in zip(layer.kernel_size, layer.dilation))
+    ref = lambda x, w, b: F.conv3d(x, w, b, padding=pad, dilation=dilation)
+    out = check_against_dense(layer, sv, ref, lambda o: sv.coords.long())
+    assert out.structure is sv.structure
+    dense_out = layer(dv)
+    close(dense_out.to_sparse().feats, out.feats.detach())
+    assert torch.equal(dense_out.mask, dv.mask)
+
+
+STRIDED_CASES = [  # kernel, stride, padding, dilation
+    (3, 2, 1, 1), ((1, 2, 2), (1, 2, 2), 0, 1), (3, (1, 2, 2), 1, 1), (2, 2, 0, 1),
+    (3, 2, 0, 2), ((3, 1, 5), (2, 1, 3), (2, 0, 1), (1, 1, 2)),
+]
+
+
+@pytest.mark.parametrize("kernel,stride,padding,dilation", STRIDED_CASES)
+@pytest.mark.parametrize("batch,cin,cout,occ", [(2, 3, 5, [0.02, 0.4]), (1, 32, 16, 0.1)])
+def test_strided_and_inverse_conv_match_torch(kernel, stride, padding, dilation, batch, cin, cout, occ):
+    sv, dv = random_fields(batch, cin, (9, 10, 11), occ, seed=cout)
+    down = random_params(SparseConv3d(cin, cout, kernel, stride, padding, dilation), seed=2)
+    ones = torch.ones(1, 1, *down.kernel_size)
+    coarse_mask = F.conv3d(dv.mask.float(), ones, None, stride, padding, dilation) > 0
+    ref = lambda x, w, b: F.conv3d(x, w, b, stride, padding, dilation)
+    out = check_against_dense(down, sv, ref, lambda o: active_sites(coarse_mask))
+    dense_out = down(dv)
+    assert torch.equal(dense_out.mask, coarse_mask)
+    close(dense_out.to_sparse().feats, out.feats.detach())
+    # inverse conv, after a submanifold layer, back onto the exact input sites
+    mid = SubMConv3d(cout, cout, 3)(out)
+    mid = mid.replace(mid.feats.detach())
+    up = random_params(SparseInverseConv3d(cout, 2, kernel, stride, padding, dilation), seed=3)
+    fine = dv.spatial_shape
+
+    def ref_up(x, w, b):
+        size = [(n - 1) * s - 2 * p + d * (k - 1) + 1 for n, s, p, d, k in
+                zip(x.shape[2:], up.stride, up.padding, up.dilation, up.kernel_size)]
+        extra = [f - s for f, s in zip(fine, size)]
+        return F.conv_transpose3d(x, w.transpose(0, 1), b, stride, padding, extra, 1, dilation)
+
+    back = check_against_dense(up, mid, ref_up, lambda o: sv.coords.long())
+    assert back.structure is sv.structure
+    dense_back = up(SubMConv3d(cout, cout, 3)(dense_out).replace(mid.to_dense().data))
+    assert torch.equal(dense_back.mask, dv.mask) and dense_back.spatial_shape == dv.spatial_shape
+    close(dense_back.to_sparse().feats, back.feats.detach())
+
+
+def test_sparse_chain_equals_masked_dense_chain_with_gradients():
+    """In float64 the two paths agree to rounding: same sites, same values, same parameter gradients."""
+    sv, dv = random_fields(2, 4, (8, 12, 12), [0.05, 0.25], seed=7, dtype=torch.float64)
+    layers = torch.nn.ModuleList([SubMConv3d(4, 8, 3), SparseConv3d(8, 8, 3, (1, 2, 2), 1), SubMConv3d(8, 8, 3),
+                                  SparseConv3d(8, 6, 2, 2), SparseInverseConv3d(6, 8, 2, 2),
+                                  SparseInverseConv3d(8, 3, 3, (1, 2, 2), 1)])
+    for i, layer in enumerate(layers):
+        random_params(layer, seed=10 + i)
+    layers.double()
+    tight = dict(rtol=1e-10, atol=1e-10)
+
+    def run(x):
+        for layer in layers:
+            x = layer(x)
+        return x
+
+    out_s, out_d = run(sv), run(dv)
+    assert torch.equal(out_s.coords, sv.coords) and torch.equal(out_d.mask, dv.mask)
+    torch.testing.assert_close(out_s.feats, out_d.to_sparse().feats, **tight)
+    g = torch.randn(out_d.data.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * out_d.mask
+    (out_s.feats * gather_dense(g, out_s.coords)).sum().backward()
+    grads_s = [p.grad.clone() for p in layers.parameters()]
+    layers.zero_grad()
+    (out_d.data * g).sum().backward()
+    for gs, p in zip(grads_s, layers.parameters()):
+        torch.testing.assert_close(gs, p.grad, **tight)
+
+
+def test_full_occupancy_sparse_equals_unmasked_dense():
+    data = torch.randn(2, 3, 5, 6, 7, generator=torch.Generator().manual_seed(0))
+    dv = DenseVoxels(data)
+    sv = dv.to_sparse()
+    for layer in (SubMConv3d(3, 4, 3), SparseConv3d(3, 4, 3, 2, 1)):
+        close(layer(sv).to_dense().data, layer(dv).data)
+    assert layer(dv).mask is None
+    up = SparseInverseConv3d(4, 2, 3, 2, 1)
+    close(up(layer(sv)).to_dense().data, up(layer(dv)).data)
+    assert up(layer(dv)).data.shape == (2, 2, 5, 6, 7)
+
+
+def test_autocast_bfloat16_on_both_paths():
+    sv, dv = random_fields(2, 8, (6, 6, 6), 0.3, seed=8)
+    layer = SubMConv3d(8, 8, 3)
+    ref = layer(sv).feats
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        s, d = layer(sv), layer(dv)
+    assert s.feats.dtype == torch.bfloat16 and d.data.dtype == torch.bfloat16
+    torch.testing.assert_close(s.feats.float(), ref, rtol=3e-2, atol=3e-2)
+    torch.testing.assert_close(d.to_sparse().feats.float(), ref, rtol=3e-2, atol=3e-2)
+
+
+def test_layer_errors():
+    sv, dv = random_fields(1, 3, (6, 6, 6), 0.3)
+    with pytest.raises(ValueError, match="channels"):
+        SubMConv3d(4, 4, 3)(sv)
+    with pytest.raises(ValueError, match="channels"):
+        SubMConv3d(4, 4, 3)(dv)
+    with pytest.raises(TypeError, match="SparseVoxels or DenseVoxels"):
+        SubMConv3d(3, 4, 3)(sv.feats)
+    with pytest.raises(ValueError, match="odd"):
+        SubMConv3d(3, 4, 2)
+    with pytest.raises(ValueError, match="stride"):
+        SubMConv3d(3, 4, 3, stride=2)
+    with pytest.raises(ValueError, match="padding"):
+        SubMConv3d(3, 4, 3, padding=2)
+    with pytest.raises(ValueError, match="padding"):
+        SparseConv3d(3, 4, 3, padding=-1)
+    with pytest.raises(ValueError, match="in_channels"):
+        SparseConv3d(0, 4, 3)
+    for field in (sv, dv):
+        with pytest.raises(ValueError, match="strided"):
+            SparseInverseConv3d(3, 4, 3, 2, 1)(field)
+        coarse = SparseConv3d(3, 4, 3, 2, 1)(field)
+        with pytest.raises(ValueError, match="stride"):
+            SparseInverseConv3d(4, 4, 3, 1, 1)(coarse)
+    with pytest.raises(ValueError, match="no output cell"):
+        SparseConv3d(3, 4, 9)(sv)
