@@ -184,3 +184,26 @@ def test_layer_errors():
             SparseInverseConv3d(4, 4, 3, 1, 1)(coarse)
     with pytest.raises(ValueError, match="no output cell"):
         SparseConv3d(3, 4, 9)(sv)
+
+
+def test_huge_grid_with_few_voxels_analytic():
+    """4096^3 x batch 64: two neighbouring voxels in the last sample's far corner, checked by hand."""
+    n = 4096
+    coords = torch.tensor([[63, n - 1, n - 1, n - 1], [63, n - 1, n - 1, n - 2], [0, 0, 0, 0]])
+    feats = torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5]])
+    sv = SparseVoxels(feats, coords, (n, n, n), 64)
+    layer = SubMConv3d(2, 1, 3, bias=False)
+    out = layer(sv)
+    w = layer.weight.detach()[0]  # [Cin, 3, 3, 3]
+    # row order is key order: (0,0,0,0), (63,..,n-2), (63,..,n-1)
+    expected = torch.stack([
+        w[:, 1, 1, 1] @ feats[2],
+        w[:, 1, 1, 1] @ feats[1] + w[:, 1, 1, 2] @ feats[0],  # x + 1 is the corner voxel
+        w[:, 1, 1, 1] @ feats[0] + w[:, 1, 1, 0] @ feats[1],  # x - 1 is its neighbour
+    ]).unsqueeze(1)
+    close(out.feats.detach(), expected)
+    down = SparseConv3d(2, 3, 2, 2)
+    coarse = down(sv)
+    assert coarse.spatial_shape == (n // 2,) * 3 and coarse.num_voxels == 2
+    back = SparseInverseConv3d(3, 2, 2, 2)(coarse)
+    assert torch.equal(back.coords, sv.coords)
