@@ -1,0 +1,76 @@
+"""Token groups for attention: window/column/patch ids, z-order codes, and padded buckets."""
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import torch
+
+
+def bucketize(group_id: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Rows grouped by id into padded buckets: index [G, L] (row or -1) and valid [G, L], without a loop."""
+    n = group_id.numel()
+    if n == 0:
+        empty = torch.zeros(0, 0, dtype=torch.int64, device=group_id.device)
+        return empty, empty.bool()
+    order = torch.argsort(group_id, stable=True)
+    _, counts = torch.unique_consecutive(group_id[order], return_counts=True)  # [G]
+    group = torch.repeat_interleave(torch.arange(counts.numel(), device=group_id.device), counts)  # [N]
+    start = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(n, device=group_id.device) - start[group]
+    index = torch.full((counts.numel(), int(counts.max())), -1, dtype=torch.int64, device=group_id.device)
+    index[group, slot] = order
+    return index, index >= 0
+
+
+def window_ids(coords: torch.Tensor, spatial_shape: Sequence[int], window: Sequence[int],
+               shift: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Window id per voxel (windows of `window` cells on coords + shift) and the local position [N, 3]."""
+    c = coords.to(torch.int64)
+    w = torch.tensor(window, device=c.device)
+    moved = c[:, 1:] + torch.tensor(shift, device=c.device)
+    win, local = torch.div(moved, w, rounding_mode="floor"), moved % w
+    counts = [(int(n) + int(s) + int(k) - 1) // int(k) + 1 for n, s, k in zip(spatial_shape, shift, window)]
+    wid = ((c[:, 0] * counts[0] + win[:, 0]) * counts[1] + win[:, 1]) * counts[2] + win[:, 2]
+    return wid, local
+
+
+def column_ids(coords: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
+    """Id of each voxel's (batch, y, x) column, so that attention runs along Z."""
+    c = coords.to(torch.int64)
+    return (c[:, 0] * int(spatial_shape[1]) + c[:, 2]) * int(spatial_shape[2]) + c[:, 3]
+
+
+def _spread_bits(v: torch.Tensor) -> torch.Tensor:
+    """Insert two zero bits between the low 21 bits of v (for 3D Morton codes)."""
+    v = v & 0x1FFFFF
+    v = (v | (v << 32)) & 0x1F00000000FFFF
+    v = (v | (v << 16)) & 0x1F0000FF0000FF
+    v = (v | (v << 8)) & 0x100F00F00F00F00F
+    v = (v | (v << 4)) & 0x10C30C30C30C30C3
+    v = (v | (v << 2)) & 0x1249249249249249
+    return v
+
+
+def zorder_codes(coords: torch.Tensor) -> torch.Tensor:
+    """3D Morton (z-order) code of (z, y, x) per voxel, int64 [N] (axes up to 2^21)."""
+    c = coords.to(torch.int64)
+    return (_spread_bits(c[:, 1]) << 2) | (_spread_bits(c[:, 2]) << 1) | _spread_bits(c[:, 3])
+
+
+def patch_ids(coords: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Per sample, voxels in z-order cut into consecutive patches of patch_size: a global patch id [N]."""
+    c = coords.to(torch.int64)
+    n = c.shape[0]
+    if n == 0:
+        return torch.zeros(0, dtype=torch.int64, device=c.device)
+    order = torch.argsort(zorder_codes(c), stable=True)
+    order = order[torch.argsort(c[order, 0], stable=True)]  # sample-major, z-order inside a sample
+    batch = c[order, 0]
+    counts = torch.bincount(batch)
+    start = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(n, device=c.device) - start[batch]
+    patch_per_sample = (counts + patch_size - 1) // patch_size
+    first_patch = torch.cumsum(patch_per_sample, 0) - patch_per_sample
+    ids = torch.empty(n, dtype=torch.int64, device=c.device)
+    ids[order] = first_patch[batch] + rank // patch_size
+    return ids

@@ -1,0 +1,23 @@
+"""Per-segment (per-sample) reductions over rows [N, ...] with a segment id per row."""
+from __future__ import annotations
+
+import torch
+
+
+def segment_sum(values: torch.Tensor, segment: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Sum of the rows of values [N, ...] in each segment -> [S, ...] (differentiable)."""
+    out = values.new_zeros((num_segments,) + tuple(values.shape[1:]))
+    return out.index_add(0, segment, values)
+
+
+def segment_counts(segment: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Rows per segment, int64 [S]."""
+    return torch.bincount(segment, minlength=num_segments)
+
+
+def segment_mean(values: torch.Tensor, segment: torch.Tensor, num_segments: int,
+                 counts: torch.Tensor) -> torch.Tensor:
+    """Mean of the rows in each segment (0 for an empty segment) -> [S, ...]."""
+    total = segment_sum(values, segment, num_segments)
+    shape = (num_segments,) + (1,) * (values.dim() - 1)
+    return total / counts.clamp_min(1).to(total.dtype).view(shape)

@@ -1,0 +1,72 @@
+"""AttentionBlock: norm, qkv, an attention core chosen by attention_type, zero-initialised projection."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..kernels import coords as kc
+from ..voxels import SparseVoxels
+from .attention_cores import (GlobalAttention, HeightAttention, LinearAttention, SerializedAttention,
+                              TopKAttention, WindowAttention)
+from .field_ops import Field, check_field
+from .norm import build_norm
+
+ATTENTION_TYPES = ("flash", "window", "linear", "sparse", "height", "serialized", "none")
+
+
+def build_attention_core(attention_type: str, num_heads: int, window_size=(4, 4, 4), shift=(0, 0, 0),
+                         topk: int = 32, patch_size: int = 64) -> nn.Module:
+    """The attention core module of an attention_type (not 'none')."""
+    if attention_type == "flash":
+        return GlobalAttention()
+    if attention_type == "window":
+        return WindowAttention(num_heads, kc.as_triple(window_size, "window_size"), kc.as_triple(shift, "shift"))
+    if attention_type == "linear":
+        return LinearAttention()
+    if attention_type == "sparse":
+        return TopKAttention(topk)
+    if attention_type == "height":
+        return HeightAttention()
+    if attention_type == "serialized":
+        return SerializedAttention(patch_size)
+    raise ValueError(f"unknown attention_type {attention_type!r}; expected one of {', '.join(ATTENTION_TYPES)}")
+
+
+class AttentionBlock(nn.Module):
+    """x + proj(attention(qkv(norm(x)))) over the active voxels; the dense path attends over its active voxels.
+
+    On a DenseVoxels the tokens are the masked-in voxels (every voxel when mask is None), gathered in key
+    order, so the block computes on both paths exactly the function it computes on the sparse path.
+    """
+
+    def __init__(self, channels: int, attention_type: str = "flash", num_heads: int = 4, norm_type: str = "group",
+                 num_groups: int = 32, window_size: Sequence[int] = (4, 4, 4), shift: Sequence[int] = (0, 0, 0),
+                 topk: int = 32, patch_size: int = 64):
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"channels ({channels}) must be divisible by num_heads ({num_heads})")
+        self.channels, self.num_heads = channels, num_heads
+        self.norm = build_norm(norm_type, channels, num_groups)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.core = build_attention_core(attention_type, num_heads, window_size, shift, topk, patch_size)
+        self.proj = nn.Linear(channels, channels)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: Field) -> Field:
+        """Same field type and voxels, attention added as a residual."""
+        check_field(x, "AttentionBlock")
+        h = self.norm(x)
+        if isinstance(x, SparseVoxels):
+            return x.replace(x.feats + self._attend(h))
+        tokens = h.to_sparse()  # the active voxels (all of them when there is no mask)
+        out = tokens.replace(self._attend(tokens)).to_dense().data
+        return x.replace(x.data + out)
+
+    def _attend(self, h: SparseVoxels) -> torch.Tensor:
+        n = h.num_voxels
+        q, k, v = self.qkv(h.feats).view(n, 3, self.num_heads, -1).unbind(1)  # each [N, heads, d]
+        out = self.core(q, k, v, h)  # [N, heads, d]
+        return self.proj(out.reshape(n, self.channels))

@@ -1,0 +1,151 @@
+"""Attention over the active voxels of each sample, restricted to groups: q, k, v are [N, heads, d]."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..kernels import grouping
+from ..voxels import SparseVoxels
+
+TOPK_QUERY_ELEMENTS = 1 << 22  # scores held at once by top-k attention: chunk * N_b * heads
+
+
+def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_id: torch.Tensor,
+                      bias: Optional[torch.Tensor] = None, index=None, valid=None) -> torch.Tensor:
+    """Softmax attention where each token attends to the tokens of its own group (padded buckets)."""
+    if index is None:
+        index, valid = grouping.bucketize(group_id)
+    if q.shape[0] == 0:
+        return q.clone()
+    safe = index.clamp_min(0)
+    qg, kg, vg = (t[safe].transpose(1, 2) for t in (q, k, v))  # [G, h, L, d]
+    if bias is None:
+        mask = valid[:, None, None, :]  # [G, 1, 1, L] keys that exist
+    else:
+        mask = bias.to(qg.dtype).masked_fill(~valid[:, None, None, :], torch.finfo(qg.dtype).min)
+    out = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=mask)  # [G, h, L, d]
+    rows = out.transpose(1, 2)[valid]  # [N, h, d] in bucket order
+    return torch.zeros_like(q).index_copy(0, index[valid], rows)
+
+
+class GlobalAttention(nn.Module):
+    """`flash`: every active voxel of a sample attends to all of them (SDPA; flash-attn varlen on CUDA)."""
+
+    def forward(self, q, k, v, x: SparseVoxels) -> torch.Tensor:
+        """[N, h, d] outputs."""
+        if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+            out = _flash_attn_varlen(q, k, v, x)
+            if out is not None:
+                return out
+        return grouped_attention(q, k, v, x.coords[:, 0].long())
+
+
+def _flash_attn_varlen(q, k, v, x: SparseVoxels):
+    """flash-attn's varlen kernel over the per-sample segments (tokens are sample-major), if installed."""
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except ImportError:
+        return None
+    counts = x.batch_counts()
+    cu = torch.zeros(counts.numel() + 1, dtype=torch.int32, device=q.device)
+    cu[1:] = torch.cumsum(counts, 0)
+    longest = int(counts.max()) if counts.numel() else 0
+    return flash_attn_varlen_func(q, k, v, cu, cu, longest, longest)
+
+
+class WindowAttention(nn.Module):
+    """`window`: 3D windows of window_size cells, non-cyclic shift, Swin relative-position bias."""
+
+    def __init__(self, num_heads: int, window_size: Sequence[int], shift: Sequence[int] = (0, 0, 0)):
+        super().__init__()
+        self.window_size, self.shift = tuple(window_size), tuple(shift)
+        span = [2 * w - 1 for w in self.window_size]
+        self.span = span
+        self.bias_table = nn.Parameter(torch.zeros(span[0] * span[1] * span[2], num_heads))
+        nn.init.trunc_normal_(self.bias_table, std=0.02)
+
+    def forward(self, q, k, v, x: SparseVoxels) -> torch.Tensor:
+        """[N, h, d] outputs."""
+        wid, local = grouping.window_ids(x.coords, x.spatial_shape, self.window_size, self.shift)
+        index, valid = grouping.bucketize(wid)
+        if q.shape[0] == 0:
+            return q.clone()
+        pos = local[index.clamp_min(0)]  # [G, L, 3]
+        rel = pos[:, :, None, :] - pos[:, None, :, :] + torch.tensor(self.window_size, device=pos.device) - 1
+        flat = (rel[..., 0] * self.span[1] + rel[..., 1]) * self.span[2] + rel[..., 2]  # [G, L, L]
+        bias = self.bias_table[flat].permute(0, 3, 1, 2)  # [G, h, L, L]
+        return grouped_attention(q, k, v, wid, bias, index, valid)
+
+
+class HeightAttention(nn.Module):
+    """`height`: attention along Z within each (batch, y, x) column."""
+
+    def forward(self, q, k, v, x: SparseVoxels) -> torch.Tensor:
+        """[N, h, d] outputs."""
+        return grouped_attention(q, k, v, grouping.column_ids(x.coords, x.spatial_shape))
+
+
+class SerializedAttention(nn.Module):
+    """`serialized`: per sample, voxels in z-order attend within consecutive patches of patch_size."""
+
+    def __init__(self, patch_size: int):
+        super().__init__()
+        self.patch_size = patch_size
+
+    def forward(self, q, k, v, x: SparseVoxels) -> torch.Tensor:
+        """[N, h, d] outputs."""
+        return grouped_attention(q, k, v, grouping.patch_ids(x.coords, self.patch_size))
+
+
+def _sample_slices(x: SparseVoxels):
+    """(start, end) rows of each sample: tokens are sample-major because coords are key-sorted."""
+    ends = torch.cumsum(x.batch_counts(), 0).tolist()
+    return list(zip([0] + ends[:-1], ends))
+
+
+class LinearAttention(nn.Module):
+    """`linear`: O(N) kernel attention with feature map elu(x) + 1, per sample (Katharopoulos et al. 2020)."""
+
+    def forward(self, q, k, v, x: SparseVoxels) -> torch.Tensor:
+        """[N, h, d] outputs."""
+        fq, fk = F.elu(q) + 1, F.elu(k) + 1
+        outs = []
+        for lo, hi in _sample_slices(x):
+            kv = torch.einsum("nhd,nhe->hde", fk[lo:hi], v[lo:hi])  # [h, d, e]
+            z = fk[lo:hi].sum(0)  # [h, d]
+            num = torch.einsum("nhd,hde->nhe", fq[lo:hi], kv)
+            den = torch.einsum("nhd,hd->nh", fq[lo:hi], z)[..., None]
+            outs.append(num / den.clamp_min(1e-6))
+        return torch.cat(outs) if outs else q.clone()
+
+
+class TopKAttention(nn.Module):
+    """`sparse`: each query attends to its topk highest-scoring keys of its sample, in query chunks."""
+
+    def __init__(self, topk: int):
+        super().__init__()
+        self.topk = topk
+
+    def forward(self, q, k, v, x: SparseVoxels) -> torch.Tensor:
+        """[N, h, d] outputs; memory O(N*topk + chunk*N)."""
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        outs = []
+        for lo, hi in _sample_slices(x):
+            kb, vb = k[lo:hi].transpose(0, 1), v[lo:hi].transpose(0, 1)  # [h, Nb, d]
+            n_b, heads = hi - lo, q.shape[1]
+            keep = min(self.topk, n_b)
+            chunk = max(1, TOPK_QUERY_ELEMENTS // max(1, n_b * heads))
+            for start in range(lo, hi, chunk):
+                qc = q[start:min(hi, start + chunk)].transpose(0, 1)  # [h, c, d]
+                scores = torch.matmul(qc, kb.transpose(1, 2)) * scale  # [h, c, Nb]
+                top, idx = scores.topk(keep, dim=-1)  # [h, c, keep]
+                weights = torch.softmax(top, dim=-1)
+                flat = idx + (torch.arange(heads, device=idx.device) * n_b)[:, None, None]
+                picked = vb.reshape(heads * n_b, -1).index_select(0, flat.reshape(-1))
+                picked = picked.view(*idx.shape, vb.shape[-1])  # [h, c, keep, d]
+                outs.append((weights[..., None] * picked).sum(2).transpose(0, 1))
+        return torch.cat(outs) if outs else q.clone()

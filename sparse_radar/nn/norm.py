@@ -1,0 +1,141 @@
+"""Norms with statistics over each sample's active voxels: group, layer, instance, rms, adaptive."""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import nn
+
+from ..kernels.segment import segment_counts, segment_sum
+from ..voxels import DenseVoxels, SparseVoxels
+from .field_ops import Field, check_field, per_sample, sample_index
+
+NORM_TYPES = ("group", "layer", "instance", "rms", "adaptive")
+HALF = (torch.float16, torch.bfloat16)
+
+
+def group_count(channels: int, num_groups: int) -> int:
+    """GroupNorm groups: the largest divisor of channels that is <= num_groups (fewer when channels are few)."""
+    return max(g for g in range(1, min(channels, num_groups) + 1) if channels % g == 0)
+
+
+def _normalize_sparse(x: SparseVoxels, groups: int, center: bool, eps: float) -> torch.Tensor:
+    feats = x.feats.float() if x.feats.dtype in HALF else x.feats
+    n, c = feats.shape
+    seg, b = sample_index(x), x.batch_size
+    count = segment_counts(seg, b).clamp_min(1).to(feats.dtype) * (c // groups)  # [B]
+    xg = feats.view(n, groups, c // groups)
+    if center:
+        mean = segment_sum(xg.sum(-1), seg, b) / count[:, None]  # [B, G]
+        xg = xg - mean.index_select(0, seg)[:, :, None]
+    var = segment_sum(xg.square().sum(-1), seg, b) / count[:, None]  # [B, G]
+    out = xg * torch.rsqrt(var + eps).index_select(0, seg)[:, :, None]
+    return out.view(n, c)
+
+
+def _normalize_dense(x: DenseVoxels, groups: int, center: bool, eps: float) -> torch.Tensor:
+    data = x.masked_data()
+    data = data.float() if data.dtype in HALF else data
+    b, c = data.shape[:2]
+    xg = data.reshape(b, groups, c // groups, -1)  # [B, G, C/G, DHW]
+    mask = None if x.mask is None else x.mask.reshape(b, 1, 1, -1).to(data.dtype)
+    cells = xg.shape[-1] if mask is None else mask.sum(dim=(2, 3))  # [B, 1] or int
+    count = (cells.clamp_min(1) if mask is not None else cells) * (c // groups)
+    if center:
+        mean = xg.sum(dim=(2, 3)) / count  # [B, G]
+        xg = xg - mean[:, :, None, None]
+        if mask is not None:
+            xg = xg * mask
+    var = xg.square().sum(dim=(2, 3)) / count
+    out = xg * torch.rsqrt(var + eps)[:, :, None, None]
+    return out.reshape(data.shape)
+
+
+def normalize(x: Field, groups: int, center: bool, eps: float) -> torch.Tensor:
+    """Values of x normalised per sample and channel group over active voxels (no affine), in fp32 for halves."""
+    if isinstance(x, SparseVoxels):
+        return _normalize_sparse(x, groups, center, eps)
+    return _normalize_dense(x, groups, center, eps)
+
+
+def _affine(x: Field, y: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
+    shape = (1, -1) if isinstance(x, SparseVoxels) else (1, -1, 1, 1, 1)
+    y = y * weight.view(shape)
+    return y if bias is None else y + bias.view(shape)
+
+
+def _finish(x: Field, y: torch.Tensor) -> Field:
+    y = y.to(x.dtype)
+    if isinstance(x, SparseVoxels):
+        return x.replace(y)
+    if x.mask is not None:
+        y = y * x.mask.to(y.dtype)
+    return x.replace(y)
+
+
+class MaskedNorm(nn.Module):
+    """Normalise over (channel group, active voxels) of each sample, then a per-channel affine."""
+
+    def __init__(self, channels: int, groups: int, center: bool = True, eps: float = 1e-5, bias: bool = True):
+        super().__init__()
+        if channels % groups:
+            raise ValueError(f"channels ({channels}) must be divisible by groups ({groups})")
+        self.channels, self.groups, self.center, self.eps = channels, groups, center, eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, groups={self.groups}, center={self.center}, eps={self.eps}"
+
+    def forward(self, x: Field) -> Field:
+        """Normalised field, same voxels."""
+        check_field(x, type(self).__name__)
+        if x.num_channels != self.channels:
+            raise ValueError(f"{type(self).__name__} expects {self.channels} channels, got {x.num_channels}")
+        return _finish(x, _affine(x, normalize(x, self.groups, self.center, self.eps), self.weight, self.bias))
+
+
+def inactive_share(x: Field) -> torch.Tensor:
+    """Per sample, the share of grid voxels that are empty [B]: inactive (sparse/masked) or all-zero (unmasked)."""
+    cells = float(x.spatial_shape[0] * x.spatial_shape[1] * x.spatial_shape[2])
+    if isinstance(x, SparseVoxels):
+        active = segment_counts(sample_index(x), x.batch_size).to(torch.float32)
+    elif x.mask is not None:
+        active = x.mask.reshape(x.batch_size, -1).sum(1).to(torch.float32)
+    else:
+        active = (x.data != 0).any(dim=1).reshape(x.batch_size, -1).sum(1).to(torch.float32)
+    return 1.0 - active / cells
+
+
+class AdaptiveNorm(nn.Module):
+    """Per sample: instance norm when more than `threshold` of its grid is empty, else group norm."""
+
+    def __init__(self, channels: int, num_groups: int, threshold: float = 0.7, eps: float = 1e-5):
+        super().__init__()
+        self.threshold = threshold
+        self.instance = MaskedNorm(channels, channels, eps=eps)
+        self.group = MaskedNorm(channels, group_count(channels, num_groups), eps=eps)
+
+    def forward(self, x: Field) -> Field:
+        """Instance- or group-normalised per sample."""
+        use_instance = inactive_share(x) > self.threshold  # [B]
+        a, b = self.instance(x), self.group(x)
+        choose = per_sample(x, use_instance[:, None].to(torch.float32)).bool()
+        if isinstance(x, SparseVoxels):
+            return x.replace(torch.where(choose, a.feats, b.feats))
+        return x.replace(torch.where(choose, a.data, b.data))
+
+
+def build_norm(norm_type: str, channels: int, num_groups: int = 32) -> nn.Module:
+    """The norm module for a norm_type of NORM_TYPES."""
+    if norm_type == "group":
+        return MaskedNorm(channels, group_count(channels, num_groups))
+    if norm_type == "layer":
+        return MaskedNorm(channels, 1)
+    if norm_type == "instance":
+        return MaskedNorm(channels, channels)
+    if norm_type == "rms":
+        return MaskedNorm(channels, 1, center=False, eps=1e-6, bias=False)
+    if norm_type == "adaptive":
+        return AdaptiveNorm(channels, num_groups)
+    raise ValueError(f"unknown norm_type {norm_type!r}; expected one of {', '.join(NORM_TYPES)}")
