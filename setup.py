@@ -5,6 +5,7 @@ PACKAGES = [
     "sparse_radar",
     "sparse_radar.kernels",
     "sparse_radar.nn",
+    "sparse_radar.models",
 ]
 
 setup(

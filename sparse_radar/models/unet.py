@@ -1,0 +1,118 @@
+"""UNet3D: the reference's ADM-style 3D UNet, one module tree for SparseVoxels and DenseVoxels."""
+from __future__ import annotations
+
+import contextlib
+from typing import List, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..nn.attention import AttentionBlock
+from ..nn.blocks import Downsample, ResBlock, Upsample, timestep_embedding, zero_module
+from ..nn.conv import SubMConv3d
+from ..nn.field_ops import cat_channels, check_field, map_values
+from ..nn.norm import build_norm
+from ..voxels import DenseVoxels, SparseVoxels
+from .config import UNetConfig
+
+Field = Union[SparseVoxels, DenseVoxels]
+
+
+class _Level(nn.Module):
+    """ResBlocks, each optionally followed by attention, of one encoder or decoder level."""
+
+    def __init__(self, blocks: List[ResBlock], attns: List[nn.Module]):
+        super().__init__()
+        self.blocks, self.attns = nn.ModuleList(blocks), nn.ModuleList(attns)
+
+
+class UNet3D(nn.Module):
+    """model(x, noise_labels): x a field with in_channels, noise_labels [B]; returns the same field type with
+    out_channels on the same voxels."""
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        if not isinstance(config, UNetConfig):
+            raise TypeError(f"UNet3D takes a UNetConfig, got {type(config).__name__}")
+        self.config = c = config
+        mc, emb_dim = c.model_channels, 4 * c.model_channels
+        self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.input_conv = SubMConv3d(c.in_channels, mc, 3)
+        res = lambda i, o: ResBlock(i, o, emb_dim, c.norm_type, c.num_groups, c.dropout, c.use_depthwise,
+                                    c.use_checkpoint)
+        attn = lambda ch, ds: self._attention(ch) if ds in c.attention_resolutions else nn.Identity()
+        strides = c.level_strides()
+        self.encoder, self.downs, skips = nn.ModuleList(), nn.ModuleList(), [mc]
+        ch, ds = mc, 1
+        for level, mult in enumerate(c.channel_mult):
+            blocks, attns = [], []
+            for _ in range(c.num_res_blocks):
+                blocks.append(res(ch, mult * mc))
+                ch = mult * mc
+                attns.append(attn(ch, ds))
+                skips.append(ch)
+            self.encoder.append(_Level(blocks, attns))
+            if level < len(strides):
+                self.downs.append(Downsample(ch, strides[level]))
+                skips.append(ch)
+                ds *= 2
+        self.middle = _Level([res(ch, ch), res(ch, ch)], [self._attention(ch)])
+        self.decoder, self.ups = nn.ModuleList(), nn.ModuleList()
+        for level in reversed(range(len(c.channel_mult))):
+            blocks, attns = [], []
+            for _ in range(c.num_res_blocks + 1):
+                blocks.append(res(ch + skips.pop(), c.channel_mult[level] * mc))
+                ch = c.channel_mult[level] * mc
+                attns.append(attn(ch, ds))
+            self.decoder.append(_Level(blocks, attns))
+            if level > 0:
+                self.ups.append(Upsample(ch, strides[level - 1]))
+                ds //= 2
+        self.out_norm = build_norm(c.norm_type, ch, c.num_groups)
+        self.out_conv = zero_module(SubMConv3d(ch, c.out_channels, 3))
+
+    def _attention(self, ch: int) -> nn.Module:
+        c = self.config
+        if c.attention_type == "none":
+            return nn.Identity()
+        return AttentionBlock(ch, c.attention_type, c.num_heads, c.norm_type, c.num_groups, c.window_size,
+                              topk=c.topk, patch_size=c.patch_size)
+
+    def _precision(self, device: torch.device):
+        if not self.config.use_fp16:
+            return contextlib.nullcontext()
+        dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+        return torch.autocast(device.type, dtype=dtype)
+
+    def forward(self, x: Field, noise_labels: torch.Tensor) -> Field:
+        """Denoiser network output F(x, c_noise) on the voxels of x."""
+        check_field(x, "UNet3D")
+        if x.num_channels != self.config.in_channels:
+            raise ValueError(f"UNet3D expects {self.config.in_channels} input channels, got {x.num_channels}")
+        if not isinstance(noise_labels, torch.Tensor) or noise_labels.shape != (x.batch_size,):
+            shape = tuple(noise_labels.shape) if isinstance(noise_labels, torch.Tensor) else type(noise_labels)
+            raise ValueError(f"noise_labels must be a tensor of shape [{x.batch_size}], got {shape}")
+        self.config.check_grid(x.spatial_shape)
+        with self._precision(x.device):
+            out = self._run(x, noise_labels)
+        return out.replace((out.feats if isinstance(out, SparseVoxels) else out.data).to(x.dtype))
+
+    def _run(self, x: Field, noise_labels: torch.Tensor) -> Field:
+        emb = self.time_embed(timestep_embedding(noise_labels, self.config.model_channels).to(x.dtype))
+        h = self.input_conv(x)
+        skips = [h]
+        for level, stage in enumerate(self.encoder):
+            for block, attn in zip(stage.blocks, stage.attns):
+                h = attn(block(h, emb))
+                skips.append(h)
+            if level < len(self.downs):
+                h = self.downs[level](h)
+                skips.append(h)
+        h = self.middle.blocks[1](self.middle.attns[0](self.middle.blocks[0](h, emb)), emb)
+        for level, stage in enumerate(self.decoder):
+            for block, attn in zip(stage.blocks, stage.attns):
+                h = attn(block(cat_channels(h, skips.pop()), emb))
+            if level < len(self.ups):
+                h = self.ups[level](h)
+        return self.out_conv(map_values(self.out_norm(h), F.silu))

@@ -1,0 +1,96 @@
+"""UNet building blocks: timestep embedding, ResBlock (ADM scale-shift), Downsample, Upsample."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .conv import SparseConv3d, SparseInverseConv3d, SubMConv3d
+from .depthwise import DepthwiseSubMConv3d
+from .field_ops import Field, map_values, per_sample, values
+from .norm import build_norm
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding [B, dim] of noise labels t [B] (ADM / transformer style: cos then sin)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    return F.pad(emb, (0, dim % 2))
+
+
+def conv3(in_ch: int, out_ch: int, use_depthwise: bool) -> nn.Module:
+    """3x3x3 submanifold conv, or depthwise 3x3x3 + pointwise 1x1x1 when use_depthwise."""
+    if use_depthwise:
+        return nn.Sequential(DepthwiseSubMConv3d(in_ch, 3), SubMConv3d(in_ch, out_ch, 1))
+    return SubMConv3d(in_ch, out_ch, 3)
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Set every parameter of module to zero (ADM's zero-initialised last convs)."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    """ADM residual block: norm-SiLU-conv, then norm(h)*(1+scale)+shift from the embedding, SiLU, dropout, conv."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, norm_type: str = "group", num_groups: int = 32,
+                 dropout: float = 0.0, use_depthwise: bool = False, use_checkpoint: bool = False):
+        super().__init__()
+        self.use_checkpoint = use_checkpoint
+        self.in_norm = build_norm(norm_type, in_ch, num_groups)
+        self.in_conv = conv3(in_ch, out_ch, use_depthwise)
+        self.emb = nn.Linear(emb_dim, 2 * out_ch)
+        self.out_norm = build_norm(norm_type, out_ch, num_groups)
+        self.dropout = nn.Dropout(dropout)
+        self.out_conv = zero_module(conv3(out_ch, out_ch, use_depthwise))
+        self.skip = SubMConv3d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: Field, emb: torch.Tensor) -> Field:
+        """Same voxels, out_ch channels; emb [B, emb_dim]."""
+        if self.use_checkpoint and self.training and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, emb, use_reentrant=False)
+        return self._forward(x, emb)
+
+    def _forward(self, x: Field, emb: torch.Tensor) -> Field:
+        h = self.in_conv(map_values(self.in_norm(x), F.silu))
+        scale, shift = self.emb(F.silu(emb)).chunk(2, dim=1)  # [B, C] each
+        h = self.out_norm(h)
+        s, b = per_sample(h, scale), per_sample(h, shift)
+        h = map_values(h, lambda v: self.dropout(F.silu(v * (1 + s.to(v.dtype)) + b.to(v.dtype))))
+        h = self.out_conv(h)
+        skip = self.skip(x)
+        return h.replace(values(skip).to(values(h).dtype) + values(h))
+
+
+class Downsample(nn.Module):
+    """Strided sparse conv with kernel = stride (each voxel feeds exactly one coarse voxel)."""
+
+    def __init__(self, channels: int, stride: Sequence[int]):
+        super().__init__()
+        self.stride = tuple(stride)
+        self.conv = SparseConv3d(channels, channels, self.stride, self.stride)
+
+    def forward(self, x: Field) -> Field:
+        """Coarser field; remembers the fine voxels for the matching Upsample."""
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Inverse conv back onto the exact voxels of the matching Downsample's input (the skip's voxels)."""
+
+    def __init__(self, channels: int, stride: Sequence[int]):
+        super().__init__()
+        self.stride = tuple(stride)
+        self.conv = SparseInverseConv3d(channels, channels, self.stride, self.stride)
+
+    def forward(self, x: Field) -> Field:
+        """Finer field on the skip's voxels."""
+        return self.conv(x)

@@ -1,0 +1,53 @@
+"""DepthwiseSubMConv3d: one 3D kernel per channel on the submanifold (groups = channels)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..kernels import coords as kc
+from ..voxels import DenseVoxels, SparseVoxels
+from .conv import autocast_dtype
+from .field_ops import Field, check_field
+
+
+class DepthwiseSubMConv3d(nn.Module):
+    """Submanifold depthwise conv: out[p, c] = sum_k w[c, k] x[p + k - k//2, c]; weight [C, 1, kD, kH, kW]."""
+
+    def __init__(self, channels: int, kernel_size=3, bias: bool = True):
+        super().__init__()
+        self.channels = channels
+        self.kernel_size = kc.as_triple(kernel_size, "kernel_size")
+        if any(k % 2 == 0 for k in self.kernel_size):
+            raise ValueError(f"DepthwiseSubMConv3d needs an odd kernel_size, got {self.kernel_size}")
+        self.weight = nn.Parameter(torch.empty(channels, 1, *self.kernel_size))
+        self.bias = nn.Parameter(torch.empty(channels)) if bias else None
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(math.prod(self.kernel_size))
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Field) -> Field:
+        """Same voxels, same channels."""
+        check_field(x, "DepthwiseSubMConv3d")
+        if x.num_channels != self.channels:
+            raise ValueError(f"DepthwiseSubMConv3d expects {self.channels} channels, got {x.num_channels}")
+        values = x.feats if isinstance(x, SparseVoxels) else x.masked_data()
+        dtype = autocast_dtype(values.device) or values.dtype
+        values, weight = values.to(dtype), self.weight.to(dtype)
+        bias = None if self.bias is None else self.bias.to(dtype)
+        if isinstance(x, DenseVoxels):
+            pad = tuple(k // 2 for k in self.kernel_size)
+            with torch.autocast(values.device.type, enabled=False):
+                out = F.conv3d(values, weight, bias, 1, pad, 1, self.channels)
+            return x.replace(out if x.mask is None else out * x.mask.to(out.dtype))
+        kmap = x.structure.submanifold_map(self.kernel_size, (1, 1, 1))
+        w = weight.reshape(self.channels, -1).t()  # [K, C]
+        counts = torch.tensor([kmap.offset_ptr[k + 1] - kmap.offset_ptr[k] for k in range(kmap.kernel_volume)],
+                              device=values.device)
+        pair_offset = torch.repeat_interleave(torch.arange(kmap.kernel_volume, device=values.device), counts)
+        prod = values.index_select(0, kmap.in_idx) * w.index_select(0, pair_offset)  # [P, C]
+        out = values.new_zeros(values.shape).index_add(0, kmap.out_idx, prod)
+        return x.replace(out if bias is None else out + bias)

@@ -1,0 +1,144 @@
+"""Each attention core against a naive float64 computation: explicit softmax over the allowed key set."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sparse_radar.nn.attention import AttentionBlock, build_attention_core
+from tests.factory import random_fields
+
+HEADS, DIM = 2, 3
+
+
+def tokens(seed=0, shape=(4, 6, 6), occupancy=(0.2, 0.35)):
+    sv, _ = random_fields(2, 1, shape, list(occupancy), seed=seed, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed + 100)
+    q, k, v = (torch.randn(sv.num_voxels, HEADS, DIM, generator=g, dtype=torch.float64) for _ in range(3))
+    return sv, q, k, v
+
+
+def naive_softmax(q, k, v, allowed, bias=None):
+    """out[i] = sum_j softmax_j(q_i.k_j / sqrt(d) + bias_ij) v_j over allowed j, looping over queries."""
+    n = q.shape[0]
+    out = torch.zeros_like(q)
+    for i in range(n):
+        js = [j for j in range(n) if allowed(i, j)]
+        for h in range(HEADS):
+            s = torch.stack([q[i, h] @ k[j, h] / math.sqrt(DIM) for j in js])
+            if bias is not None:
+                s = s + torch.stack([bias(i, j, h) for j in js])
+            w = torch.softmax(s, 0)
+            out[i, h] = sum(w[t] * v[j, h] for t, j in enumerate(js))
+    return out
+
+
+def morton(z, y, x):
+    code = 0
+    for bit in range(21):
+        code |= ((z >> bit) & 1) << (3 * bit + 2) | ((y >> bit) & 1) << (3 * bit + 1) | ((x >> bit) & 1) << (3 * bit)
+    return code
+
+
+def test_flash_is_softmax_over_the_sample():
+    sv, q, k, v = tokens()
+    c = sv.coords.tolist()
+    ref = naive_softmax(q, k, v, lambda i, j: c[i][0] == c[j][0])
+    torch.testing.assert_close(build_attention_core("flash", HEADS)(q, k, v, sv), ref)
+
+
+def test_height_is_softmax_along_each_column():
+    sv, q, k, v = tokens(seed=1, shape=(6, 3, 3), occupancy=(0.5, 0.4))
+    c = sv.coords.tolist()
+    ref = naive_softmax(q, k, v, lambda i, j: (c[i][0], c[i][2], c[i][3]) == (c[j][0], c[j][2], c[j][3]))
+    torch.testing.assert_close(build_attention_core("height", HEADS)(q, k, v, sv), ref)
+
+
+@pytest.mark.parametrize("shift", [(0, 0, 0), (1, 2, 1)])
+def test_window_softmax_with_relative_position_bias(shift):
+    sv, q, k, v = tokens(seed=2, shape=(4, 7, 6))
+    window = (2, 3, 2)
+    core = build_attention_core("window", HEADS, window_size=window, shift=shift).double()
+    with torch.no_grad():
+        core.bias_table.copy_(torch.randn(core.bias_table.shape, generator=torch.Generator().manual_seed(7)))
+    c = sv.coords.tolist()
+    moved = [[p[a + 1] + shift[a] for a in range(3)] for p in c]
+    win = lambda i: (c[i][0],) + tuple(moved[i][a] // window[a] for a in range(3))
+    local = lambda i: [moved[i][a] % window[a] for a in range(3)]
+
+    def bias(i, j, h):
+        r = [local(i)[a] - local(j)[a] + window[a] - 1 for a in range(3)]
+        row = (r[0] * (2 * window[1] - 1) + r[1]) * (2 * window[2] - 1) + r[2]
+        return core.bias_table[row, h]
+
+    ref = naive_softmax(q, k, v, lambda i, j: win(i) == win(j), bias)
+    torch.testing.assert_close(core(q, k, v, sv), ref)
+
+
+def test_serialized_attends_within_zorder_patches():
+    sv, q, k, v = tokens(seed=3)
+    c = sv.coords.tolist()
+    patch = {}
+    for b in (0, 1):
+        rows = sorted((i for i in range(len(c)) if c[i][0] == b), key=lambda i: morton(*c[i][1:]))
+        patch.update({i: (b, rank // 5) for rank, i in enumerate(rows)})
+    ref = naive_softmax(q, k, v, lambda i, j: patch[i] == patch[j])
+    torch.testing.assert_close(build_attention_core("serialized", HEADS, patch_size=5)(q, k, v, sv), ref)
+
+
+def test_linear_attention_formula():
+    sv, q, k, v = tokens(seed=4)
+    phi = lambda t: torch.nn.functional.elu(t) + 1
+    c = sv.coords.tolist()
+    ref = torch.zeros_like(q)
+    for i in range(len(c)):
+        js = [j for j in range(len(c)) if c[j][0] == c[i][0]]
+        for h in range(HEADS):
+            w = torch.stack([phi(q[i, h]) @ phi(k[j, h]) for j in js])
+            ref[i, h] = sum(w[t] * v[j, h] for t, j in enumerate(js)) / w.sum()
+    torch.testing.assert_close(build_attention_core("linear", HEADS)(q, k, v, sv), ref)
+
+
+@pytest.mark.parametrize("topk", [1, 4])
+def test_topk_attention_keeps_the_highest_scores(topk, monkeypatch):
+    import sparse_radar.nn.attention_cores as cores
+    monkeypatch.setattr(cores, "TOPK_QUERY_ELEMENTS", 50)  # several query chunks per sample
+    sv, q, k, v = tokens(seed=5)
+    c = sv.coords.tolist()
+    out = build_attention_core("sparse", HEADS, topk=topk)(q, k, v, sv)
+    ref = torch.zeros_like(q)
+    for i in range(len(c)):
+        js = [j for j in range(len(c)) if c[j][0] == c[i][0]]
+        for h in range(HEADS):
+            scores = {j: float(q[i, h] @ k[j, h]) / math.sqrt(DIM) for j in js}
+            best = sorted(js, key=lambda j: -scores[j])[:topk]
+            w = torch.softmax(torch.tensor([scores[j] for j in best], dtype=torch.float64), 0)
+            ref[i, h] = sum(w[t] * v[j, h] for t, j in enumerate(best))
+    torch.testing.assert_close(out, ref)
+
+
+def test_topk_with_k_at_least_n_equals_full_attention():
+    sv, q, k, v = tokens(seed=6)
+    full = build_attention_core("flash", HEADS)(q, k, v, sv)
+    torch.testing.assert_close(build_attention_core("sparse", HEADS, topk=10_000)(q, k, v, sv), full)
+
+
+@pytest.mark.parametrize("attention_type", ["flash", "window", "linear", "sparse", "height", "serialized"])
+def test_block_sparse_equals_masked_dense_and_handles_empty_samples(attention_type):
+    sv, dv = random_fields(3, 8, (4, 6, 6), [0.2, 0.0, 0.3], seed=8, dtype=torch.float64)
+    block = AttentionBlock(8, attention_type, 2, "group", 4, window_size=(2, 2, 2), topk=3, patch_size=6).double()
+    g = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    out_s, out_d = block(sv), block(dv)
+    torch.testing.assert_close(out_d.to_sparse().feats, out_s.feats, rtol=1e-10, atol=1e-10)
+    assert torch.equal(out_d.mask, dv.mask)
+    assert not torch.allclose(out_s.feats, sv.feats)
+
+
+def test_block_errors():
+    with pytest.raises(ValueError, match="num_heads"):
+        AttentionBlock(6, "flash", 4)
+    with pytest.raises(ValueError, match="attention_type"):
+        AttentionBlock(8, "global", 2)
