@@ -35,11 +35,7 @@ def build_attention_core(attention_type: str, num_heads: int, window_size=(4, 4,
 
 
 class AttentionBlock(nn.Module):
-    """x + proj(attention(qkv(norm(x)))) over the active voxels; the dense path attends over its active voxels.
-
-    On a DenseVoxels the tokens are the masked-in voxels (every voxel when mask is None), gathered in key
-    order, so the block computes on both paths exactly the function it computes on the sparse path.
-    """
+    """x + proj(attention(qkv(norm(x)))) over the active voxels (dense path: key-padding masks)."""
 
     def __init__(self, channels: int, attention_type: str = "flash", num_heads: int = 4, norm_type: str = "group",
                  num_groups: int = 32, window_size: Sequence[int] = (4, 4, 4), shift: Sequence[int] = (0, 0, 0),
@@ -60,13 +56,14 @@ class AttentionBlock(nn.Module):
         check_field(x, "AttentionBlock")
         h = self.norm(x)
         if isinstance(x, SparseVoxels):
-            return x.replace(x.feats + self._attend(h))
-        tokens = h.to_sparse()  # the active voxels (all of them when there is no mask)
-        out = tokens.replace(self._attend(tokens)).to_dense().data
-        return x.replace(x.data + out)
-
-    def _attend(self, h: SparseVoxels) -> torch.Tensor:
-        n = h.num_voxels
-        q, k, v = self.qkv(h.feats).view(n, 3, self.num_heads, -1).unbind(1)  # each [N, heads, d]
-        out = self.core(q, k, v, h)  # [N, heads, d]
-        return self.proj(out.reshape(n, self.channels))
+            n = h.num_voxels
+            q, k, v = self.qkv(h.feats).view(n, 3, self.num_heads, -1).unbind(1)  # each [N, heads, d]
+            out = self.core.sparse(q, k, v, h)  # [N, heads, d]
+            return x.replace(x.feats + self.proj(out.reshape(n, self.channels)))
+        b, spatial = h.batch_size, h.spatial_shape
+        qkv = self.qkv(h.data.movedim(1, -1)).movedim(-1, 1)  # [B, 3C, D, H, W]
+        q, k, v = qkv.reshape(b, 3, self.num_heads, -1, *spatial).unbind(1)  # each [B, heads, d, D, H, W]
+        out = self.core.dense(q, k, v, x.mask).reshape(b, self.channels, *spatial)
+        out = self.proj(out.movedim(1, -1)).movedim(-1, 1)
+        data = x.data + out
+        return x.replace(data if x.mask is None else data * x.mask.to(data.dtype))

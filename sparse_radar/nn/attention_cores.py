@@ -1,8 +1,12 @@
-"""Attention over the active voxels of each sample, restricted to groups: q, k, v are [N, heads, d]."""
+"""Attention cores. Each has a sparse path (q, k, v [N, heads, d] over a SparseVoxels' voxels) and a dense
+path (q, k, v [B, heads, d, D, H, W] with a key mask [B, 1, D, H, W] or None) computing the same function."""
 from __future__ import annotations
 
 import math
 from typing import Optional, Sequence
+
+from .attention_dense import (dense_global, dense_height, dense_linear, dense_topk, dense_window,
+                              gather_dense_tokens)
 
 import torch
 import torch.nn.functional as F
@@ -35,13 +39,17 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_i
 class GlobalAttention(nn.Module):
     """`flash`: every active voxel of a sample attends to all of them (SDPA; flash-attn varlen on CUDA)."""
 
-    def forward(self, q, k, v, x: SparseVoxels) -> torch.Tensor:
+    def sparse(self, q, k, v, x: SparseVoxels) -> torch.Tensor:
         """[N, h, d] outputs."""
         if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
             out = _flash_attn_varlen(q, k, v, x)
             if out is not None:
                 return out
         return grouped_attention(q, k, v, x.coords[:, 0].long())
+
+    def dense(self, q, k, v, mask) -> torch.Tensor:
+        """[B, h, d, D, H, W] outputs."""
+        return dense_global(q, k, v, mask)
 
 
 def _flash_attn_varlen(q, k, v, x: SparseVoxels):
@@ -68,7 +76,7 @@ class WindowAttention(nn.Module):
         self.bias_table = nn.Parameter(torch.zeros(span[0] * span[1] * span[2], num_heads))
         nn.init.trunc_normal_(self.bias_table, std=0.02)
 
-    def forward(self, q, k, v, x: SparseVoxels) -> torch.Tensor:
+    def sparse(self, q, k, v, x: SparseVoxels) -> torch.Tensor:
         """[N, h, d] outputs."""
         wid, local = grouping.window_ids(x.coords, x.spatial_shape, self.window_size, self.shift)
         index, valid = grouping.bucketize(wid)
@@ -80,13 +88,21 @@ class WindowAttention(nn.Module):
         bias = self.bias_table[flat].permute(0, 3, 1, 2)  # [G, h, L, L]
         return grouped_attention(q, k, v, wid, bias, index, valid)
 
+    def dense(self, q, k, v, mask) -> torch.Tensor:
+        """[B, h, d, D, H, W] outputs."""
+        return dense_window(q, k, v, mask, self.window_size, self.shift, self.bias_table, self.span)
+
 
 class HeightAttention(nn.Module):
     """`height`: attention along Z within each (batch, y, x) column."""
 
-    def forward(self, q, k, v, x: SparseVoxels) -> torch.Tensor:
+    def sparse(self, q, k, v, x: SparseVoxels) -> torch.Tensor:
         """[N, h, d] outputs."""
         return grouped_attention(q, k, v, grouping.column_ids(x.coords, x.spatial_shape))
+
+    def dense(self, q, k, v, mask) -> torch.Tensor:
+        """[B, h, d, D, H, W] outputs."""
+        return dense_height(q, k, v, mask)
 
 
 class SerializedAttention(nn.Module):
@@ -96,9 +112,13 @@ class SerializedAttention(nn.Module):
         super().__init__()
         self.patch_size = patch_size
 
-    def forward(self, q, k, v, x: SparseVoxels) -> torch.Tensor:
+    def sparse(self, q, k, v, x: SparseVoxels) -> torch.Tensor:
         """[N, h, d] outputs."""
         return grouped_attention(q, k, v, grouping.patch_ids(x.coords, self.patch_size))
+
+    def dense(self, q, k, v, mask) -> torch.Tensor:
+        """[B, h, d, D, H, W] outputs: a curve order is a token order, so the dense path gathers tokens."""
+        return gather_dense_tokens(self.sparse, q, k, v, mask)
 
 
 def _sample_slices(x: SparseVoxels):
@@ -110,7 +130,7 @@ def _sample_slices(x: SparseVoxels):
 class LinearAttention(nn.Module):
     """`linear`: O(N) kernel attention with feature map elu(x) + 1, per sample (Katharopoulos et al. 2020)."""
 
-    def forward(self, q, k, v, x: SparseVoxels) -> torch.Tensor:
+    def sparse(self, q, k, v, x: SparseVoxels) -> torch.Tensor:
         """[N, h, d] outputs."""
         fq, fk = F.elu(q) + 1, F.elu(k) + 1
         outs = []
@@ -122,6 +142,10 @@ class LinearAttention(nn.Module):
             outs.append(num / den.clamp_min(1e-6))
         return torch.cat(outs) if outs else q.clone()
 
+    def dense(self, q, k, v, mask) -> torch.Tensor:
+        """[B, h, d, D, H, W] outputs."""
+        return dense_linear(q, k, v, mask)
+
 
 class TopKAttention(nn.Module):
     """`sparse`: each query attends to its topk highest-scoring keys of its sample, in query chunks."""
@@ -130,7 +154,7 @@ class TopKAttention(nn.Module):
         super().__init__()
         self.topk = topk
 
-    def forward(self, q, k, v, x: SparseVoxels) -> torch.Tensor:
+    def sparse(self, q, k, v, x: SparseVoxels) -> torch.Tensor:
         """[N, h, d] outputs; memory O(N*topk + chunk*N)."""
         scale = 1.0 / math.sqrt(q.shape[-1])
         outs = []
@@ -149,3 +173,7 @@ class TopKAttention(nn.Module):
                 picked = picked.view(*idx.shape, vb.shape[-1])  # [h, c, keep, d]
                 outs.append((weights[..., None] * picked).sum(2).transpose(0, 1))
         return torch.cat(outs) if outs else q.clone()
+
+    def dense(self, q, k, v, mask) -> torch.Tensor:
+        """[B, h, d, D, H, W] outputs, the same query chunking over the grid."""
+        return dense_topk(q, k, v, mask, self.topk, TOPK_QUERY_ELEMENTS)

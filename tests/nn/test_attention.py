@@ -18,6 +18,26 @@ def tokens(seed=0, shape=(4, 6, 6), occupancy=(0.2, 0.35)):
     return sv, q, k, v
 
 
+def both_paths(core, q, k, v, sv):
+    """(sparse output, dense output read at the active voxels); the dense inputs hold garbage elsewhere."""
+    b, (d0, h0, w0) = sv.batch_size, sv.spatial_shape
+    c = sv.coords.long()
+    g = torch.Generator().manual_seed(77)
+    dense = []
+    for t in (q, k, v):
+        full = torch.randn(b, d0, h0, w0, HEADS, DIM, generator=g, dtype=t.dtype) * 5  # garbage at inactive voxels
+        full[c[:, 0], c[:, 1], c[:, 2], c[:, 3]] = t
+        dense.append(full.permute(0, 4, 5, 1, 2, 3))  # [B, h, d, D, H, W]
+    out = core.dense(*dense, sv.to_dense().mask).permute(0, 3, 4, 5, 1, 2)
+    return core.sparse(q, k, v, sv), out[c[:, 0], c[:, 1], c[:, 2], c[:, 3]]
+
+
+def check(core, q, k, v, sv, ref):
+    sparse, dense = both_paths(core, q, k, v, sv)
+    torch.testing.assert_close(sparse, ref)
+    torch.testing.assert_close(dense, ref)
+
+
 def naive_softmax(q, k, v, allowed, bias=None):
     """out[i] = sum_j softmax_j(q_i.k_j / sqrt(d) + bias_ij) v_j over allowed j, looping over queries."""
     n = q.shape[0]
@@ -44,14 +64,14 @@ def test_flash_is_softmax_over_the_sample():
     sv, q, k, v = tokens()
     c = sv.coords.tolist()
     ref = naive_softmax(q, k, v, lambda i, j: c[i][0] == c[j][0])
-    torch.testing.assert_close(build_attention_core("flash", HEADS)(q, k, v, sv), ref)
+    check(build_attention_core("flash", HEADS), q, k, v, sv, ref)
 
 
 def test_height_is_softmax_along_each_column():
     sv, q, k, v = tokens(seed=1, shape=(6, 3, 3), occupancy=(0.5, 0.4))
     c = sv.coords.tolist()
     ref = naive_softmax(q, k, v, lambda i, j: (c[i][0], c[i][2], c[i][3]) == (c[j][0], c[j][2], c[j][3]))
-    torch.testing.assert_close(build_attention_core("height", HEADS)(q, k, v, sv), ref)
+    check(build_attention_core("height", HEADS), q, k, v, sv, ref)
 
 
 @pytest.mark.parametrize("shift", [(0, 0, 0), (1, 2, 1)])
@@ -72,7 +92,7 @@ def test_window_softmax_with_relative_position_bias(shift):
         return core.bias_table[row, h]
 
     ref = naive_softmax(q, k, v, lambda i, j: win(i) == win(j), bias)
-    torch.testing.assert_close(core(q, k, v, sv), ref)
+    check(core, q, k, v, sv, ref)
 
 
 def test_serialized_attends_within_zorder_patches():
@@ -83,7 +103,7 @@ def test_serialized_attends_within_zorder_patches():
         rows = sorted((i for i in range(len(c)) if c[i][0] == b), key=lambda i: morton(*c[i][1:]))
         patch.update({i: (b, rank // 5) for rank, i in enumerate(rows)})
     ref = naive_softmax(q, k, v, lambda i, j: patch[i] == patch[j])
-    torch.testing.assert_close(build_attention_core("serialized", HEADS, patch_size=5)(q, k, v, sv), ref)
+    check(build_attention_core("serialized", HEADS, patch_size=5), q, k, v, sv, ref)
 
 
 def test_linear_attention_formula():
@@ -96,7 +116,7 @@ def test_linear_attention_formula():
         for h in range(HEADS):
             w = torch.stack([phi(q[i, h]) @ phi(k[j, h]) for j in js])
             ref[i, h] = sum(w[t] * v[j, h] for t, j in enumerate(js)) / w.sum()
-    torch.testing.assert_close(build_attention_core("linear", HEADS)(q, k, v, sv), ref)
+    check(build_attention_core("linear", HEADS), q, k, v, sv, ref)
 
 
 @pytest.mark.parametrize("topk", [1, 4])
@@ -105,7 +125,6 @@ def test_topk_attention_keeps_the_highest_scores(topk, monkeypatch):
     monkeypatch.setattr(cores, "TOPK_QUERY_ELEMENTS", 50)  # several query chunks per sample
     sv, q, k, v = tokens(seed=5)
     c = sv.coords.tolist()
-    out = build_attention_core("sparse", HEADS, topk=topk)(q, k, v, sv)
     ref = torch.zeros_like(q)
     for i in range(len(c)):
         js = [j for j in range(len(c)) if c[j][0] == c[i][0]]
@@ -114,13 +133,13 @@ def test_topk_attention_keeps_the_highest_scores(topk, monkeypatch):
             best = sorted(js, key=lambda j: -scores[j])[:topk]
             w = torch.softmax(torch.tensor([scores[j] for j in best], dtype=torch.float64), 0)
             ref[i, h] = sum(w[t] * v[j, h] for t, j in enumerate(best))
-    torch.testing.assert_close(out, ref)
+    check(build_attention_core("sparse", HEADS, topk=topk), q, k, v, sv, ref)
 
 
 def test_topk_with_k_at_least_n_equals_full_attention():
     sv, q, k, v = tokens(seed=6)
-    full = build_attention_core("flash", HEADS)(q, k, v, sv)
-    torch.testing.assert_close(build_attention_core("sparse", HEADS, topk=10_000)(q, k, v, sv), full)
+    full = build_attention_core("flash", HEADS).sparse(q, k, v, sv)
+    check(build_attention_core("sparse", HEADS, topk=10_000), q, k, v, sv, full)
 
 
 @pytest.mark.parametrize("attention_type", ["flash", "window", "linear", "sparse", "height", "serialized"])

@@ -1,0 +1,128 @@
+"""Dense paths of the attention cores: q, k, v [B, heads, d, D, H, W], key mask [B, 1, D, H, W] or None.
+
+Inactive keys are excluded with key-padding masks (a large negative score), so at active queries these
+compute what the sparse paths compute over the active voxels; outputs at inactive voxels are discarded.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..kernels.coords import kernel_offsets
+
+
+def key_bias(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """0 where a key may be attended, the dtype's most negative value where it may not."""
+    zero = torch.zeros((), dtype=dtype, device=valid.device)
+    return torch.where(valid, zero, torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=valid.device))
+
+
+def _valid(q: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    if mask is not None:
+        return mask
+    return torch.ones(q.shape[0], 1, *q.shape[3:], dtype=torch.bool, device=q.device)
+
+
+def dense_global(q, k, v, mask) -> torch.Tensor:
+    """Softmax attention over every active voxel of the sample."""
+    b, h, d = q.shape[:3]
+    flat = lambda t: t.reshape(b, h, d, -1).transpose(2, 3)  # [B, h, L, d]
+    bias = None if mask is None else key_bias(mask.reshape(b, 1, 1, -1), q.dtype)
+    out = F.scaled_dot_product_attention(flat(q), flat(k), flat(v), attn_mask=bias)
+    return out.transpose(2, 3).reshape(q.shape)
+
+
+def dense_window(q, k, v, mask, window: Sequence[int], shift: Sequence[int], table: torch.Tensor,
+                 span: Sequence[int]) -> torch.Tensor:
+    """Window attention: the grid padded by `shift` below and to a multiple of the window above."""
+    b, h, d = q.shape[:3]
+    spatial = q.shape[3:]
+    pads = [(s, (-(n + s)) % w) for n, s, w in zip(spatial, shift, window)]
+    flat_pad = [p for pair in reversed(pads) for p in pair]  # F.pad order: W, H, D
+    padded = [n + lo + hi for n, (lo, hi) in zip(spatial, pads)]
+    counts = [p // w for p, w in zip(padded, window)]
+    wd, wh, ww = window
+
+    def windows(t):  # [B, c1, c2, Dp, Hp, Wp] -> [B * nWin, c1, L, c2]
+        c1, c2 = t.shape[1:3]
+        t = t.reshape(b, c1, c2, counts[0], wd, counts[1], wh, counts[2], ww)
+        return t.permute(0, 3, 5, 7, 1, 4, 6, 8, 2).reshape(-1, c1, wd * wh * ww, c2)
+
+    qw, kw, vw = (windows(F.pad(t, flat_pad)) for t in (q, k, v))
+    valid = windows(F.pad(_valid(q, mask)[:, :, None], flat_pad, value=False))  # [Bn, 1, L, 1]
+    pos = kernel_offsets(tuple(window), q.device)  # [L, 3] local positions in window order
+    rel = pos[:, None, :] - pos[None, :, :] + torch.tensor(window, device=q.device) - 1
+    idx = (rel[..., 0] * span[1] + rel[..., 1]) * span[2] + rel[..., 2]  # [L, L]
+    bias = table[idx].permute(2, 0, 1).to(q.dtype)  # [h, L, L]
+    attn = bias[None] + key_bias(valid.transpose(2, 3), q.dtype)  # [Bn, h, L, L]
+    out = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=attn)  # [Bn, h, L, d]
+    out = out.reshape(b, counts[0], counts[1], counts[2], h, wd, wh, ww, d)
+    out = out.permute(0, 4, 8, 1, 5, 2, 6, 3, 7).reshape(b, h, d, *padded)
+    (d0, _), (h0, _), (w0, _) = pads
+    return out[..., d0:d0 + spatial[0], h0:h0 + spatial[1], w0:w0 + spatial[2]]
+
+
+def dense_height(q, k, v, mask) -> torch.Tensor:
+    """Attention along Z within each (y, x) column."""
+    b, h, d, depth, rows, cols = q.shape
+    col = lambda t: t.permute(0, 4, 5, 1, 3, 2).reshape(b * rows * cols, h, depth, d)  # [BHW, h, D, d]
+    valid = _valid(q, mask).permute(0, 3, 4, 1, 2).reshape(b * rows * cols, 1, 1, depth)
+    out = F.scaled_dot_product_attention(col(q), col(k), col(v), attn_mask=key_bias(valid, q.dtype))
+    return out.reshape(b, rows, cols, h, depth, d).permute(0, 3, 5, 4, 1, 2)
+
+
+def dense_linear(q, k, v, mask) -> torch.Tensor:
+    """elu+1 kernel attention with inactive keys' features zeroed."""
+    b, h, d = q.shape[:3]
+    fq = (F.elu(q) + 1).reshape(b, h, d, -1)
+    fk = F.elu(k) + 1
+    if mask is not None:
+        fk = fk * mask[:, :, None].to(fk.dtype)
+    fk = fk.reshape(b, h, d, -1)
+    kv = torch.einsum("bhdn,bhen->bhde", fk, v.reshape(b, h, d, -1))
+    num = torch.einsum("bhdn,bhde->bhen", fq, kv)
+    den = torch.einsum("bhdn,bhd->bhn", fq, fk.sum(-1))
+    return (num / den.clamp_min(1e-6)[:, :, None, :]).reshape(q.shape)
+
+
+def dense_topk(q, k, v, mask, topk: int, budget: int) -> torch.Tensor:
+    """Top-k attention over each sample's active keys, queries in chunks of the grid."""
+    b, h, d = q.shape[:3]
+    flat = lambda t: t.reshape(b, h, d, -1).transpose(2, 3)  # [B, h, L, d]
+    qf, kf, vf = flat(q), flat(k), flat(v)
+    length = qf.shape[2]
+    valid = _valid(q, mask).reshape(b, length)
+    out = torch.zeros_like(qf)
+    scale = 1.0 / math.sqrt(d)
+    chunk = max(1, budget // max(1, length * h))
+    for s in range(b):
+        n_active = int(valid[s].sum())
+        if n_active == 0:
+            continue
+        keep = min(topk, n_active)
+        bias = key_bias(valid[s], q.dtype)  # [L]
+        values = vf[s].reshape(h * length, d)
+        for start in range(0, length, chunk):
+            scores = torch.matmul(qf[s, :, start:start + chunk], kf[s].transpose(1, 2)) * scale + bias
+            top, idx = scores.topk(keep, dim=-1)  # [h, c, keep]
+            flat_idx = idx + (torch.arange(h, device=q.device) * length)[:, None, None]
+            picked = values.index_select(0, flat_idx.reshape(-1)).view(*idx.shape, d)
+            out[s, :, start:start + chunk] = (torch.softmax(top, -1)[..., None] * picked).sum(2)
+    return out.transpose(2, 3).reshape(q.shape)
+
+
+def gather_dense_tokens(sparse_fn: Callable, q, k, v, mask) -> torch.Tensor:
+    """Run a sparse core on the active voxels of a dense grid and scatter the result back."""
+    from ..structure import VoxelStructure
+    from ..voxels import SparseVoxels
+
+    b, h, d = q.shape[:3]
+    structure = VoxelStructure.from_mask(_valid(q, mask))
+    tokens = SparseVoxels.wrap(q.new_empty(structure.num_voxels, 0), structure)
+    tok = lambda t: t.reshape(b, h * d, -1).transpose(1, 2).reshape(-1, h, d).index_select(0, structure.keys)
+    out = sparse_fn(tok(q), tok(k), tok(v), tokens)  # [N, h, d]
+    full = q.new_zeros(q.shape[0] * q[0, 0, 0].numel(), h, d).index_copy(0, structure.keys, out)
+    return full.reshape(b, -1, h * d).transpose(1, 2).reshape(q.shape)
