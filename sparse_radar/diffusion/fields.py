@@ -1,0 +1,66 @@
+"""Arithmetic that treats a field (SparseVoxels / DenseVoxels) and a plain tensor alike, for samplers."""
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+
+from ..voxels import DenseVoxels, SparseVoxels
+
+State = Union[torch.Tensor, SparseVoxels, DenseVoxels]
+
+
+def vals(x: State) -> torch.Tensor:
+    """The tensor behind x: itself, feats [N, C] or data [B, C, D, H, W]."""
+    if isinstance(x, SparseVoxels):
+        return x.feats
+    if isinstance(x, DenseVoxels):
+        return x.data
+    if isinstance(x, torch.Tensor):
+        return x
+    raise TypeError(f"expected a tensor, SparseVoxels or DenseVoxels, got {type(x).__name__}")
+
+
+def like(x: State, values: torch.Tensor) -> State:
+    """values wrapped like x (same voxels/mask for fields); inactive dense voxels are kept at zero."""
+    if isinstance(x, SparseVoxels):
+        return x.replace(values)
+    if isinstance(x, DenseVoxels):
+        return x.replace(values if x.mask is None else values * x.mask.to(values.dtype))
+    return values
+
+
+def per_row(x: State, per_sample: torch.Tensor) -> torch.Tensor:
+    """Broadcast a per-sample vector [B] to x's values: [N, 1] (sparse) or [B, 1, ..., 1]."""
+    if isinstance(x, SparseVoxels):
+        return per_sample.index_select(0, x.coords[:, 0].long())[:, None]
+    v = vals(x)
+    return per_sample.view(-1, *([1] * (v.dim() - 1)))
+
+
+def batch_size(x: State) -> int:
+    """B of a field, or the first dim of a tensor."""
+    return x.batch_size if isinstance(x, (SparseVoxels, DenseVoxels)) else x.shape[0]
+
+
+def randn_like(x: State, generator=None) -> State:
+    """Standard normal noise on x's voxels (deterministic given the generator)."""
+    v = vals(x)
+    noise = torch.randn(v.shape, generator=generator, dtype=v.dtype, device=v.device if generator is None
+                        else generator.device)
+    return like(x, noise.to(v.device))
+
+
+def per_sample_mean(x: State, values: torch.Tensor) -> torch.Tensor:
+    """Mean of values (laid out like x) over each sample's active voxels and channels -> [B]."""
+    b = batch_size(x)
+    if isinstance(x, SparseVoxels):
+        seg = x.coords[:, 0].long()
+        total = values.new_zeros(b).index_add(0, seg, values.sum(1))
+        count = torch.bincount(seg, minlength=b).to(values.dtype) * values.shape[1]
+        return total / count.clamp_min(1)
+    if isinstance(x, DenseVoxels) and x.mask is not None:
+        m = x.mask.to(values.dtype)
+        count = m.reshape(b, -1).sum(1) * values.shape[1]
+        return (values * m).reshape(b, -1).sum(1) / count.clamp_min(1)
+    return values.reshape(b, -1).mean(1)
