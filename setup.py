@@ -6,6 +6,8 @@ PACKAGES = [
     "sparse_radar.kernels",
     "sparse_radar.nn",
     "sparse_radar.models",
+    "sparse_radar.diffusion",
+    "sparse_radar.data",
 ]
 
 setup(

@@ -1,0 +1,62 @@
+"""GridSpec: a point-cloud range and voxel size, and the voxel layout the models use."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Tuple
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """Range (x0, y0, z0, x1, y1, z1) in metres and voxel size (vx, vy, vz).
+
+    Model layout (D, H, W) = (Z, X, Y), as the reference's (C, Z, H, W) with H = x and W = y.
+    """
+
+    point_range: Tuple[float, float, float, float, float, float] = (0.0, -25.6, -2.0, 51.2, 25.6, 4.4)
+    voxel_size: Tuple[float, float, float] = (0.8, 0.8, 0.8)
+
+    def __post_init__(self):
+        r = tuple(float(v) for v in self.point_range)
+        v = self.voxel_size
+        v = (float(v),) * 3 if isinstance(v, (int, float)) else tuple(float(s) for s in v)
+        if len(r) != 6 or any(r[i + 3] <= r[i] for i in range(3)):
+            raise ValueError(f"GridSpec.point_range must be (x0, y0, z0, x1, y1, z1) with x1 > x0 etc., got {r}")
+        if len(v) != 3 or min(v) <= 0:
+            raise ValueError(f"GridSpec.voxel_size must be three positive sizes, got {self.voxel_size!r}")
+        object.__setattr__(self, "point_range", r)
+        object.__setattr__(self, "voxel_size", v)
+
+    @property
+    def counts_xyz(self) -> Tuple[int, int, int]:
+        """Voxels along x, y, z."""
+        r, v = self.point_range, self.voxel_size
+        return tuple(int(round((r[i + 3] - r[i]) / v[i])) for i in range(3))  # type: ignore[return-value]
+
+    @property
+    def shape(self) -> Tuple[int, int, int]:
+        """(D, H, W) = (nz, nx, ny)."""
+        nx, ny, nz = self.counts_xyz
+        return (nz, nx, ny)
+
+    def voxel_coords(self, xyz: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Integer (z, x, y) voxel of each point [N, 3] and a bool mask of the points inside the range."""
+        xyz = np.asarray(xyz, dtype=np.float64)
+        lo = np.array(self.point_range[:3])
+        idx = np.floor((xyz - lo) / np.array(self.voxel_size)).astype(np.int64)  # [N, 3] x, y, z
+        inside = np.all((idx >= 0) & (idx < np.array(self.counts_xyz)), axis=1)
+        return idx[:, [2, 0, 1]], inside
+
+    def voxel_centers(self, coords_zxy: np.ndarray) -> np.ndarray:
+        """Metric centres [N, 3] (x, y, z) of voxels given as (z, x, y)."""
+        c = np.asarray(coords_zxy, dtype=np.float64)[:, [1, 2, 0]]
+        return np.array(self.point_range[:3]) + (c + 0.5) * np.array(self.voxel_size)
+
+
+NTU4DRADLM_GRID = GridSpec((0.0, -20.0, -6.0, 120.0, 20.0, 10.0), (0.2, 0.2, 0.2))  # 600 x 200 x 80 (x, y, z)
+
+
+def scaled_grid(grid: GridSpec, factor: Sequence[float]) -> GridSpec:
+    """The same range with voxels `factor` (x, y, z) times larger."""
+    return GridSpec(grid.point_range, tuple(v * f for v, f in zip(grid.voxel_size, factor)))

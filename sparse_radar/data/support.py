@@ -1,0 +1,57 @@
+"""Where voxel-space sparse diffusion runs: the support, and the radar/target fields laid on it."""
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import torch
+
+from ..kernels.coords import dilate_coords, keys_to_coords, linear_keys, lookup
+from ..structure import VoxelStructure
+from ..voxels import SparseVoxels
+from .voxelize import EMPTY
+
+SUPPORT_TYPES = ("full", "radar_dilated", "oracle")
+
+
+def support_structure(kind: str, radar: SparseVoxels, target: SparseVoxels,
+                      radius: Sequence[int] = (1, 2, 2)) -> VoxelStructure:
+    """full: every grid voxel (the dense equivalent); radar_dilated: radar voxels dilated by per-axis radius
+    (z, x, y); oracle: target voxels dilated (an upper bound, for evaluation only)."""
+    shape, b = radar.spatial_shape, radar.batch_size
+    if kind == "full":
+        cells = b * shape[0] * shape[1] * shape[2]
+        keys = torch.arange(cells, device=radar.device)
+        return VoxelStructure(keys_to_coords(keys, shape), keys, shape, b)
+    if kind == "radar_dilated":
+        coords = dilate_coords(radar.coords, shape, tuple(radius))
+    elif kind == "oracle":
+        coords = dilate_coords(target.coords, shape, tuple(radius))
+    else:
+        raise ValueError(f"unknown support {kind!r}; expected one of {', '.join(SUPPORT_TYPES)}")
+    return VoxelStructure(coords, linear_keys(coords, shape), shape, b)
+
+
+def on_support(field: SparseVoxels, support: VoxelStructure) -> SparseVoxels:
+    """field's features at the support voxels, EMPTY (-1) on every channel where field has no voxel."""
+    rows = lookup(field.structure.keys, support.keys)
+    feats = field.feats.new_full((support.num_voxels, field.num_channels), EMPTY)
+    hit = rows >= 0
+    feats[hit] = field.feats[rows[hit]]
+    return SparseVoxels.wrap(feats, support)
+
+
+def coverage(support: VoxelStructure, target: SparseVoxels) -> torch.Tensor:
+    """Per sample, the share of target voxels inside the support [B] (1 where a sample has no target)."""
+    inside = lookup(support.keys, target.structure.keys) >= 0
+    b = target.batch_size
+    seg = target.coords[:, 0].long()
+    hits = torch.zeros(b, device=target.device).index_add(0, seg, inside.float())
+    count = torch.bincount(seg, minlength=b).float()
+    return torch.where(count > 0, hits / count.clamp_min(1), torch.ones_like(count))
+
+
+def training_fields(kind: str, radar: SparseVoxels, target: SparseVoxels,
+                    radius: Sequence[int] = (1, 2, 2)) -> Tuple[SparseVoxels, SparseVoxels, torch.Tensor]:
+    """(target on the support, radar condition on the support, coverage [B]) for one batch."""
+    support = support_structure(kind, radar, target, radius)
+    return on_support(target, support), on_support(radar, support), coverage(support, target)
