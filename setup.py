@@ -8,6 +8,7 @@ PACKAGES = [
     "sparse_radar.models",
     "sparse_radar.diffusion",
     "sparse_radar.data",
+    "sparse_radar.training",
 ]
 
 setup(

@@ -25,8 +25,9 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_i
         index, valid = grouping.bucketize(group_id)
     if q.shape[0] == 0:
         return q.clone()
-    safe = index.clamp_min(0)
-    qg, kg, vg = (t[safe].transpose(1, 2) for t in (q, k, v))  # [G, h, L, d]
+    flat = index.clamp_min(0).reshape(-1)
+    # index_select, not t[index]: its backward (index_add_) is deterministic; index_put_ accumulate is not on CPU
+    qg, kg, vg = (t.index_select(0, flat).view(*index.shape, *t.shape[1:]).transpose(1, 2) for t in (q, k, v))
     if bias is None:
         mask = valid[:, None, None, :]  # [G, 1, 1, L] keys that exist
     else:
@@ -85,7 +86,7 @@ class WindowAttention(nn.Module):
         pos = local[index.clamp_min(0)]  # [G, L, 3]
         rel = pos[:, :, None, :] - pos[:, None, :, :] + torch.tensor(self.window_size, device=pos.device) - 1
         flat = (rel[..., 0] * self.span[1] + rel[..., 1]) * self.span[2] + rel[..., 2]  # [G, L, L]
-        bias = self.bias_table[flat].permute(0, 3, 1, 2)  # [G, h, L, L]
+        bias = self.bias_table.index_select(0, flat.reshape(-1)).view(*flat.shape, -1).permute(0, 3, 1, 2)
         return grouped_attention(q, k, v, wid, bias, index, valid)
 
     def dense(self, q, k, v, mask) -> torch.Tensor:

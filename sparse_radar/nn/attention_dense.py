@@ -56,7 +56,7 @@ def dense_window(q, k, v, mask, window: Sequence[int], shift: Sequence[int], tab
     pos = kernel_offsets(tuple(window), q.device)  # [L, 3] local positions in window order
     rel = pos[:, None, :] - pos[None, :, :] + torch.tensor(window, device=q.device) - 1
     idx = (rel[..., 0] * span[1] + rel[..., 1]) * span[2] + rel[..., 2]  # [L, L]
-    bias = table[idx].permute(2, 0, 1).to(q.dtype)  # [h, L, L]
+    bias = table.index_select(0, idx.reshape(-1)).view(*idx.shape, -1).permute(2, 0, 1).to(q.dtype)  # [h, L, L]
     attn = bias[None] + key_bias(valid.transpose(2, 3), q.dtype)  # [Bn, h, L, L]
     out = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=attn)  # [Bn, h, L, d]
     out = out.reshape(b, counts[0], counts[1], counts[2], h, wd, wh, ww, d)

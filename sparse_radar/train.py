@@ -1,0 +1,78 @@
+"""`python -m sparse_radar.train`: EDM / consistency training on radar voxels (see --help).
+
+Multi-process: `torchrun --standalone --nproc_per_node=2 -m sparse_radar.train --batch_size 2`
+(gloo on CPU, NCCL on GPU; --batch_size is per process)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from tqdm import tqdm
+
+from .training import distributed
+from .training.config import parse_args
+from .training.trainer import Trainer, TrainingStopped, open_metrics, write_config
+
+
+def run(argv=None) -> int:
+    """Train as the flags say; returns the exit code."""
+    cfg = parse_args(argv)
+    ctx = distributed.setup()
+    try:
+        trainer = Trainer(cfg, ctx)
+        cfg = trainer.cfg
+        return _loop(trainer, cfg, ctx)
+    except TrainingStopped as exc:
+        if ctx.main:
+            print(f"training stopped: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        distributed.teardown(ctx)
+
+
+def _loop(trainer: Trainer, cfg, ctx) -> int:
+    metrics = writer = None
+    if ctx.main:
+        write_config(cfg, trainer.model, trainer.diffusion)
+        metrics, writer = open_metrics(os.path.join(cfg.out, "metrics.csv"), trainer.step)
+        params = sum(p.numel() for p in trainer.model.parameters())
+        print(f"run folder {cfg.out}: {cfg.mode} on {cfg.data} ({len(trainer.dataset)} scans, grid "
+              f"{trainer.grid_shape}), {cfg.backend} {cfg.preset} UNet ({params / 1e6:.2f} M parameters), "
+              f"support {cfg.support}, {ctx.world_size} process(es)" +
+              (f", resuming at step {trainer.step}" if trainer.step else ""), flush=True)
+    bar = tqdm(total=cfg.steps, initial=trainer.step, disable=not (ctx.main and cfg.progress), unit="step",
+               dynamic_ncols=True, mininterval=1.0)
+    start = time.perf_counter()
+    try:
+        while trainer.step < cfg.steps:
+            row = trainer.train_step()
+            row["seconds"] = round(time.perf_counter() - start, 3)
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", cover=f"{row['coverage']:.2f}", refresh=False)
+            if ctx.main:
+                writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+                metrics.flush()
+            done = trainer.step == cfg.steps
+            if ctx.main and (trainer.step % cfg.save_every == 0 or done):
+                trainer.save()
+            if ctx.main and cfg.preview_every and trainer.step % cfg.preview_every == 0:
+                trainer.preview(os.path.join(cfg.out, f"preview_step_{trainer.step:06d}.png"))
+    finally:
+        bar.close()
+        if metrics is not None:
+            metrics.close()
+    gap = distributed.max_param_gap(ctx, trainer.model)
+    if ctx.main:
+        trainer.preview(os.path.join(cfg.out, "preview.png"))
+        if ctx.active:
+            with open(os.path.join(cfg.out, "ddp.json"), "w", encoding="utf-8") as fh:
+                json.dump({"world_size": ctx.world_size, "max_param_gap_between_ranks": gap}, fh)
+        print(f"done: {trainer.step} steps; checkpoint {os.path.join(cfg.out, 'checkpoints', 'latest.pt')}, "
+              f"preview {os.path.join(cfg.out, 'preview.png')}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,263 @@
+"""The training loop: EDM / consistency distillation / consistency training on voxel supports."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import json
+import math
+import os
+import time
+from typing import Dict, List, Optional
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from ..data.datasets import collate, open_dataset
+from ..data.support import training_fields
+from ..diffusion.consistency import consistency_loss, ct_schedule, ema_update
+from ..diffusion.edm import DiffusionConfig, Denoiser, edm_loss, karras_sigmas, sample_sigma
+from ..diffusion.samplers import sample_consistency, sample_heun
+from ..models.config import UNetConfig
+from ..models.unet import UNet3D
+from ..voxels import DenseVoxels, SparseVoxels
+from . import distributed
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .preview import save_preview
+
+CSV_COLUMNS = ["step", "loss", "grad_norm", "lr", "support_voxels", "coverage", "seconds"]
+
+
+class TrainingStopped(RuntimeError):
+    """Training cannot go on (a non-finite loss); the message says where and what to try."""
+
+
+class Trainer:
+    """Builds model, data and optimizer from a TrainConfig and trains with exact resume."""
+
+    def __init__(self, cfg: TrainConfig, ctx: distributed.DistContext):
+        self.ctx, self.device = ctx, ctx.device
+        state = None
+        if cfg.resume:
+            state = load_checkpoint(cfg.resume)
+            saved = TrainConfig.from_dict(state["train_config"])
+            keep = {k: getattr(cfg, k) for k in ("steps", "save_every", "preview_every", "progress", "resume")}
+            folder = cfg.resume if os.path.isdir(cfg.resume) else os.path.dirname(os.path.dirname(cfg.resume))
+            cfg = TrainConfig.from_dict({**saved.to_dict(), **keep, "out": folder})
+        self.cfg = cfg
+        self.dataset = open_dataset(cfg.data, cfg.data_format, "train", cfg.train_size)
+        self.grid_shape = tuple(self.dataset.grid_shape)
+        self.diffusion = DiffusionConfig()
+        self.teacher = None
+        if cfg.mode == "cd":
+            teacher_state = load_checkpoint(cfg.teacher)
+            model_cfg = UNetConfig.from_dict(teacher_state["model_config"])
+            self.teacher = UNet3D(model_cfg).to(self.device).eval()
+            self.teacher.load_state_dict(_best_weights(teacher_state))
+            self.teacher.requires_grad_(False)
+        else:
+            model_cfg = cfg.model_config(self.grid_shape)
+        torch.manual_seed(cfg.seed)
+        self.model = UNet3D(model_cfg).to(self.device)
+        if self.teacher is not None:  # the student starts as the teacher
+            self.model.load_state_dict(self.teacher.state_dict())
+        self.ema = {rate: copy.deepcopy(self.model).eval().requires_grad_(False) for rate in cfg.ema_rates()}
+        self.cm_target = None
+        if cfg.mode in ("cd", "ct"):
+            self.cm_target = copy.deepcopy(self.model).requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        use_scaler = model_cfg.use_fp16 and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        self.step = 0
+        if state is not None:
+            self._restore(state)
+        self.net = DistributedDataParallel(self.model) if ctx.active else self.model
+        self._perm_cache: Dict[int, torch.Tensor] = {}
+
+    # ----- data -----------------------------------------------------------------------------------------
+    def _stream(self, position: int) -> int:
+        """Dataset index at a position of the endless, per-epoch shuffled sample stream."""
+        epoch, offset = divmod(position, len(self.dataset))
+        if epoch not in self._perm_cache:
+            g = torch.Generator().manual_seed(self.cfg.seed * 7919 + epoch)
+            self._perm_cache = {epoch: torch.randperm(len(self.dataset), generator=g)}
+        return int(self._perm_cache[epoch][offset])
+
+    def batch_positions(self, step: int, micro: int) -> List[int]:
+        """Stream positions of this rank's micro-batch: every sample once, none reused (distributed sampler)."""
+        b, world = self.cfg.batch_size, self.ctx.world_size
+        start = (step * self.cfg.grad_accum + micro) * b * world + self.ctx.rank * b
+        return list(range(start, start + b))
+
+    def _fields(self, positions: List[int]):
+        samples = [self.dataset[self._stream(p)] for p in positions]
+        radar, target = collate(samples, self.grid_shape)
+        tgt, cond, cov = training_fields(self.cfg.support, radar, target, self.cfg.radius())
+        return tgt.to(self.device), cond.to(self.device), cov
+
+    def _noise(self, target: SparseVoxels, positions: List[int]):
+        """Per-sample sigma and noise, seeded by the sample's stream position (same on any process layout)."""
+        counts = target.batch_counts().tolist()
+        sigmas, noises = [], []
+        for n, pos in zip(counts, positions):
+            g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + pos)
+            sigmas.append(sample_sigma(1, self.diffusion, g))
+            noises.append(torch.randn(n, target.num_channels, generator=g))
+        return torch.cat(sigmas).to(self.device), target.replace(torch.cat(noises).to(self.device))
+
+    def _as_backend(self, field: SparseVoxels):
+        if self.cfg.backend == "sparse":
+            return field
+        dense = field.to_dense()
+        return DenseVoxels(dense.data) if self.cfg.support == "full" else dense
+
+    # ----- one optimizer step ---------------------------------------------------------------------------
+    def _loss(self, tgt, cond, sigma, noise, micro: int):
+        if self.cfg.mode == "edm":
+            return edm_loss(Denoiser(self.net, self.diffusion, cond), tgt, sigma, noise)
+        g = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + self.step) * 131 + micro * 17 + self.ctx.rank)
+        student = Denoiser(self.net, self.diffusion, cond, consistency=True)
+        target = Denoiser(self.cm_target, self.diffusion, cond, consistency=True)
+        if self.cfg.mode == "cd":
+            teacher = Denoiser(self.teacher, self.diffusion, cond)
+            return consistency_loss(student, target, tgt, self.cfg.cm_steps, teacher, g)
+        n, _ = ct_schedule(self.step, self.cfg.steps)
+        return consistency_loss(student, target, tgt, n, None, g)
+
+    def train_step(self) -> Dict[str, float]:
+        """One optimizer step over grad_accum fresh micro-batches; returns the logged values."""
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed * 104729 + self.step * 31 + self.ctx.rank)  # dropout: a function of the step
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        total, voxels, cover = 0.0, 0, 0.0
+        for micro in range(cfg.grad_accum):
+            positions = self.batch_positions(self.step, micro)
+            tgt, cond, cov = self._fields(positions)
+            sigma, noise = self._noise(tgt, positions)
+            tgt, cond, noise = self._as_backend(tgt), self._as_backend(cond), self._as_backend(noise)
+            sync = micro == cfg.grad_accum - 1 or not self.ctx.active
+            with contextlib.nullcontext() if sync else self.net.no_sync():
+                loss = self._loss(tgt, cond, sigma, noise, micro) / cfg.grad_accum
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
+            total += float(loss.detach())
+            voxels += sum(tgt.batch_counts().tolist()) if isinstance(tgt, SparseVoxels) else int(
+                tgt.active().sum())
+            cover += float(cov.mean()) / cfg.grad_accum
+        loss_value = distributed.mean_scalar(self.ctx, total)
+        if distributed.any_true(self.ctx, not math.isfinite(loss_value)):
+            raise TrainingStopped(
+                f"the loss became {loss_value} at step {self.step + 1}; no update was applied. The last checkpoint "
+                f"is in {os.path.join(cfg.out, 'checkpoints')}. Try a lower --lr (now {cfg.lr}), --use_fp16 False, "
+                f"or a smaller --grad_clip (now {cfg.grad_clip}).")
+        if self.scaler:
+            self.scaler.unscale_(self.opt)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+        if self.scaler:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+        for rate, ema_model in self.ema.items():
+            ema_update(ema_model, self.model, rate)
+        if self.cm_target is not None:
+            mu = cfg.cd_target_ema if cfg.mode == "cd" else ct_schedule(self.step, cfg.steps)[1]
+            ema_update(self.cm_target, self.model, mu)
+        self.step += 1
+        return {"step": self.step, "loss": loss_value, "grad_norm": grad_norm, "lr": self.opt.param_groups[0]["lr"],
+                "support_voxels": voxels, "coverage": cover}
+
+    # ----- checkpoints ----------------------------------------------------------------------------------
+    def payload(self) -> dict:
+        """Everything needed to resume, as tensors and plain values."""
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": {repr(rate): m.state_dict() for rate, m in self.ema.items()},
+            "cm_target": None if self.cm_target is None else self.cm_target.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
+            "train_config": self.cfg.to_dict(),
+            "model_config": self.model.config.to_dict(),
+            "diffusion_config": self.diffusion.to_dict(),
+        }
+
+    def _restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        for rate, m in self.ema.items():
+            m.load_state_dict(state["ema"][repr(rate)])
+        if self.cm_target is not None and state.get("cm_target") is not None:
+            self.cm_target.load_state_dict(state["cm_target"])
+        self.opt.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+
+    def save(self) -> str:
+        """Write checkpoints/step_XXXXXX.pt and latest.pt (atomically); returns the step file."""
+        folder = os.path.join(self.cfg.out, "checkpoints")
+        path = os.path.join(folder, f"step_{self.step:06d}.pt")
+        payload = self.payload()
+        save_checkpoint(path, payload)
+        save_checkpoint(os.path.join(folder, "latest.pt"), payload)
+        return path
+
+    # ----- preview --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def preview(self, path: str) -> None:
+        """Sample the first validation scan with the (first) EMA model and save the BEV/side preview."""
+        data = open_dataset(self.cfg.data, self.cfg.data_format, "val", 1) if self.cfg.data == "synthetic" \
+            else self.dataset
+        radar, target = collate([data[0]], self.grid_shape)
+        tgt, cond, _ = training_fields(self.cfg.support, radar, target, self.cfg.radius())
+        model = next(iter(self.ema.values())) if self.ema else self.model
+        model.eval()
+        g = torch.Generator().manual_seed(self.cfg.seed)
+        x = tgt.replace(torch.randn(tgt.feats.shape, generator=g) * self.diffusion.sigma_max).to(self.device)
+        cond = cond.to(self.device)
+        consistency = self.cfg.mode in ("cd", "ct")
+        den = Denoiser(model, self.diffusion, self._as_backend(cond), consistency=consistency)
+        x_b = self._as_backend(x)
+        if consistency:
+            out = sample_consistency(den, x_b, [self.diffusion.sigma_max], self.diffusion.sigma_min)
+        else:
+            sigmas = karras_sigmas(self.cfg.preview_steps, self.diffusion.sigma_min, self.diffusion.sigma_max)
+            out = sample_heun(den, x_b, sigmas.to(self.device))
+        sample = out if isinstance(out, SparseVoxels) else out.to_sparse()
+        save_preview(path, radar, target, sample.to("cpu"))
+
+
+def _best_weights(state: dict) -> dict:
+    """The EMA weights of a checkpoint (its first rate), else its raw weights."""
+    ema = state.get("ema") or {}
+    return next(iter(ema.values())) if ema else state["model"]
+
+
+def write_config(cfg: TrainConfig, model: UNet3D, diffusion: DiffusionConfig) -> None:
+    """config.json: the resolved training, model and diffusion configs."""
+    os.makedirs(cfg.out, exist_ok=True)
+    with open(os.path.join(cfg.out, "config.json"), "w", encoding="utf-8") as fh:
+        json.dump({"train": cfg.to_dict(), "model": model.config.to_dict(), "diffusion": diffusion.to_dict()},
+                  fh, indent=2)
+
+
+def open_metrics(path: str, resume_step: int):
+    """metrics.csv opened for appending; rows after resume_step (written after the last checkpoint) dropped."""
+    rows = []
+    if resume_step > 0 and os.path.exists(path):
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
+    fh = open(path, "w", newline="", encoding="utf-8")
+    writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    fh.flush()
+    return fh, writer
+
+
+def elapsed(start: float) -> float:
+    """Seconds since start."""
+    return time.perf_counter() - start
+
+
