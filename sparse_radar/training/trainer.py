@@ -146,6 +146,8 @@ class Trainer:
                 tgt.active().sum())
             cover += float(cov.mean()) / cfg.grad_accum
         loss_value = distributed.mean_scalar(self.ctx, total)
+        voxels = round(distributed.mean_scalar(self.ctx, float(voxels)) * self.ctx.world_size)
+        cover = distributed.mean_scalar(self.ctx, cover)
         if distributed.any_true(self.ctx, not math.isfinite(loss_value)):
             raise TrainingStopped(
                 f"the loss became {loss_value} at step {self.step + 1}; no update was applied. The last checkpoint "

@@ -111,7 +111,7 @@ def test_checkpoints_never_unpickle_code(tmp_path):
 
     path = tmp_path / "evil.pt"
     with open(path, "wb") as fh:
-        pickle.dump({"format": "sparse_radar/checkpoint-1", "x": Evil()}, fh)
+        pickle.dump({"format": "sparse_radar/checkpoint-1", "x": Evil()}, fh, protocol=2)
     with pytest.raises(ValueError, match="not a sparse_radar checkpoint"):
         load_checkpoint(str(path))
     save_checkpoint(str(tmp_path / "ok.pt"), {"w": torch.ones(2), "config": {"a": [1, 2]}})
