@@ -23,17 +23,19 @@ def losses(folder):
         return [(int(r["step"]), r["loss"]) for r in csv.DictReader(fh)]
 
 
-@pytest.mark.parametrize("backend,support", [("sparse", "radar_dilated"), ("dense", "radar_dilated"),
-                                             ("dense", "full")])
-def test_run_folder_on_both_backends(tmp_path, backend, support):
+@pytest.mark.parametrize("backend,support,fp16", [("sparse", "radar_dilated", "False"),
+                                                  ("dense", "radar_dilated", "False"), ("dense", "full", "False"),
+                                                  ("sparse", "radar_dilated", "True")])
+def test_run_folder_on_both_backends(tmp_path, backend, support, fp16):
     out = tmp_path / "run"
     assert run(SMALL + ["--steps", "2", "--save_every", "1", "--backend", backend, "--support", support,
-                        "--out", str(out)]) == 0
+                        "--use_fp16", fp16, "--out", str(out)]) == 0
     names = set(os.listdir(out))
     assert {"config.json", "metrics.csv", "preview.png", "checkpoints"} <= names
     assert sorted(os.listdir(out / "checkpoints")) == ["latest.pt", "step_000001.pt", "step_000002.pt"]
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["backend"] == backend and config["model"]["model_channels"] == 8
+    assert config["model"]["use_fp16"] == (fp16 == "True")
     assert config["model"]["input_size"] == [8, 64, 64] and config["diffusion"]["sigma_data"] == 0.5
     rows = losses(out)
     assert [s for s, _ in rows] == [1, 2] and all(float(v) > 0 for _, v in rows)
