@@ -46,7 +46,11 @@ class GlobalAttention(nn.Module):
             out = _flash_attn_varlen(q, k, v, x)
             if out is not None:
                 return out
-        return grouped_attention(q, k, v, x.coords[:, 0].long())
+        outs = []  # one unpadded, unmasked call per sample: memory-efficient SDPA kernels, O(N) memory
+        for lo, hi in _sample_slices(x):
+            qs, ks, vs = (t[lo:hi].transpose(0, 1)[None] for t in (q, k, v))  # [1, h, Nb, d]
+            outs.append(F.scaled_dot_product_attention(qs, ks, vs)[0].transpose(0, 1))
+        return torch.cat(outs) if outs else q.clone()
 
     def dense(self, q, k, v, mask) -> torch.Tensor:
         """[B, h, d, D, H, W] outputs."""

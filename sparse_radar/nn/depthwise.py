@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernels import coords as kc
+from ..kernels.depthwise import depthwise_conv
 from ..voxels import DenseVoxels, SparseVoxels
 from .conv import autocast_dtype
 from .field_ops import Field, check_field
@@ -44,10 +45,5 @@ class DepthwiseSubMConv3d(nn.Module):
                 out = F.conv3d(values, weight, bias, 1, pad, 1, self.channels)
             return x.replace(out if x.mask is None else out * x.mask.to(out.dtype))
         kmap = x.structure.submanifold_map(self.kernel_size, (1, 1, 1))
-        w = weight.reshape(self.channels, -1).t()  # [K, C]
-        counts = torch.tensor([kmap.offset_ptr[k + 1] - kmap.offset_ptr[k] for k in range(kmap.kernel_volume)],
-                              device=values.device)
-        pair_offset = torch.repeat_interleave(torch.arange(kmap.kernel_volume, device=values.device), counts)
-        prod = values.index_select(0, kmap.in_idx) * w.index_select(0, pair_offset)  # [P, C]
-        out = values.new_zeros(values.shape).index_add(0, kmap.out_idx, prod)
+        out = depthwise_conv(values, weight.reshape(self.channels, -1).t(), kmap)  # [N, C]
         return x.replace(out if bias is None else out + bias)

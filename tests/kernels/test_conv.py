@@ -120,3 +120,17 @@ def test_spconv_weight_layout_round_trip():
     assert kw.shape == (6, 3, 5) and kw[5, 1, 4] == w[4, 1, 0, 1, 2]
     with pytest.raises(ValueError):
         kconv.to_spconv_weight(torch.zeros(3, 3))
+
+
+def test_depthwise_gradcheck_float64_and_saves_only_inputs():
+    from sparse_radar.kernels.depthwise import depthwise_conv
+    sv, _ = random_fields(2, 3, (4, 5, 5), [0.3, 0.4], seed=5, dtype=torch.float64)
+    kmap = subm_map(sv)
+    g = torch.Generator().manual_seed(3)
+    feats = torch.randn(kmap.n_in, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    weight = torch.randn(27, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda f, w: depthwise_conv(f, w, kmap), (feats, weight))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        depthwise_conv(feats, weight, kmap)
+    assert sum(saved) == feats.numel() + weight.numel()  # no [pairs, C] buffers kept for backward

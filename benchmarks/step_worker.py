@@ -1,0 +1,118 @@
+"""One configuration of the UNet training-step benchmark, run in a fresh process so peak memory is clean.
+
+Prints one JSON line: median step time (ms) and peak memory above the idle baseline (bytes), for one path.
+`python -m benchmarks.step_worker --preset tiny --grid 16,64,64 --batch 2 --occupancy 0.03 --path sparse`
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+from sparse_radar import DenseVoxels, SparseVoxels, UNet3D
+from sparse_radar.models import PRESETS
+
+
+def current_rss() -> int:
+    """Resident memory of this process now, in bytes."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize()
+
+
+def peak_rss() -> int:
+    """High-water mark of resident memory of this process, in bytes."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def structured_mask(grid, batch: int, seed: int = 0) -> torch.Tensor:
+    """bool [B, 1, D, H, W]: LiDAR voxels of synthetic street scans voxelized onto `grid`."""
+    from sparse_radar.data import GridSpec, TARGET_CHANNELS, generate_scan, voxelize
+    d, h, w = grid
+    spec = GridSpec((0.0, -25.6, -2.0, 51.2, 25.6, 4.4), (51.2 / h, 51.2 / w, 6.4 / d))
+    mask = torch.zeros(batch, 1, d, h, w, dtype=torch.bool)
+    for b in range(batch):
+        coords, _ = voxelize(generate_scan(seed + b)["lidar"], spec, TARGET_CHANNELS)
+        c = torch.from_numpy(coords.astype(np.int64))
+        mask[b, 0, c[:, 0], c[:, 1], c[:, 2]] = True
+    return mask
+
+
+def make_input(grid, batch: int, occupancy: float, pattern: str, channels: int, seed: int = 0):
+    """(mask, data) of a benchmark input: random voxels at `occupancy`, or structured synthetic scans."""
+    g = torch.Generator().manual_seed(seed)
+    if pattern == "random":
+        mask = torch.rand(batch, 1, *grid, generator=g) < occupancy
+    else:
+        mask = structured_mask(grid, batch, seed)
+    data = torch.randn(batch, channels, *grid, generator=g) * mask
+    return mask, data
+
+
+def build(preset: str, grid, overrides: dict) -> UNet3D:
+    """The preset's model for this grid, 8 channels in, 4 out."""
+    return UNet3D(PRESETS[preset](in_channels=8, out_channels=4, input_size=tuple(grid), **overrides))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--grid", default="16,64,64")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--occupancy", type=float, default=0.03)
+    p.add_argument("--pattern", choices=("random", "structured"), default="random")
+    p.add_argument("--path", choices=("sparse", "dense"), default="sparse")
+    p.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
+    p.add_argument("--overrides", default="{}", help="JSON dict of UNetConfig overrides")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+    grid = tuple(int(v) for v in args.grid.split(","))
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = build(args.preset, grid, json.loads(args.overrides)).to(device)
+    mask, data = make_input(grid, args.batch, args.occupancy, args.pattern, 8)
+    # sparse: the active voxels; dense: the plain dense model on the same data (what users run today)
+    field = DenseVoxels(data, mask).to_sparse() if args.path == "sparse" else DenseVoxels(data)
+    field = field.to(device)
+    active = int(mask.sum())
+    del mask, data
+    labels = torch.zeros(args.batch, device=device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = current_rss()
+
+    def step():
+        out = model(field, labels)
+        values = out.feats if isinstance(out, SparseVoxels) else out.data
+        values.float().square().mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    times = []
+    for i in range(args.steps + 1):
+        start = time.perf_counter()
+        step()
+        if i:
+            times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() - base if device.type == "cuda" else peak_rss() - base
+    print(json.dumps({"preset": args.preset, "grid": list(grid), "batch": args.batch, "occupancy": args.occupancy,
+                      "pattern": args.pattern, "path": args.path, "active_voxels": active,
+                      "active_share": active / (args.batch * grid[0] * grid[1] * grid[2]),
+                      "step_ms": statistics.median(times) * 1e3, "peak_bytes": peak,
+                      "params": sum(p.numel() for p in model.parameters()), "device": str(device)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""`python -m sparse_radar.estimate`: predicted peak training memory of the dense and the sparse path.
+
+Method: run the model's forward once on a small probe grid (same depth, fewer rows/columns; for the sparse
+path random voxels at the requested occupancy) while counting the bytes autograd saves, scale them by the
+number of voxels, then add gradients and AdamW state (3 x parameters) and the backward pass's transient
+buffers (a factor per path, calibrated on CPU measurements: peak RSS above the idle baseline).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import torch
+
+from .models.config import PRESETS, UNetConfig
+from .models.unet import UNet3D
+from .voxels import DenseVoxels
+
+# peak / saved-activation bytes during a training step, measured on CPU (see tests/test_estimate.py)
+BACKWARD_FACTOR = {"dense": 1.5, "sparse": 1.25}
+PROBE_SPARSE_VOXELS = 3000  # active voxels per probe sample, enough that fixed costs do not dominate
+
+
+@dataclass
+class Estimate:
+    """Predicted peak bytes of one training step (forward, backward, AdamW step) on one path."""
+
+    path: str
+    voxels: int
+    weights: int
+    grads_and_optimizer: int
+    activations: int
+
+    @property
+    def total(self) -> int:
+        """Weights + gradients + AdamW state + activations (with the backward's transient buffers)."""
+        return self.weights + self.grads_and_optimizer + self.activations
+
+    @property
+    def step_peak(self) -> int:
+        """What the step adds above a process that already holds the model (what the benchmarks measure)."""
+        return self.grads_and_optimizer + self.activations
+
+    def to_dict(self) -> dict:
+        """Plain dict with the totals."""
+        return {**asdict(self), "total": self.total, "step_peak": self.step_peak}
+
+
+def _probe_grid(config: UNetConfig, grid: Sequence[int], cells_wanted: int):
+    """A grid of the same depth with rows/columns divided by powers of two while the strides still divide."""
+    strides = config.level_strides()
+    fy = math.prod(s[1] for s in strides)
+    fx = math.prod(s[2] for s in strides)
+    d, h, w = grid
+    while h % (2 * fy) == 0 and w % (2 * fx) == 0 and d * (h // 2) * (w // 2) >= cells_wanted:
+        h, w = h // 2, w // 2
+    return (d, h, w)
+
+
+def _saved_bytes(model: UNet3D, field, batch: int) -> int:
+    seen = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = max(seen.get(storage.data_ptr(), 0), storage.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.train()
+        model(field, torch.zeros(batch))
+    return sum(seen.values())
+
+
+def estimate(config: UNetConfig, grid: Sequence[int], batch: int, occupancy: float, path: str,
+             seed: int = 0) -> Estimate:
+    """Peak memory estimate of a training step of UNet3D(config) on `batch` samples of `grid` (D, H, W)."""
+    if path not in BACKWARD_FACTOR:
+        raise ValueError(f"path must be 'dense' or 'sparse', got {path!r}")
+    if not 0 < occupancy <= 1:
+        raise ValueError(f"occupancy must be in (0, 1], got {occupancy}")
+    grid = tuple(int(g) for g in grid)
+    config.check_grid(grid)
+    cells = grid[0] * grid[1] * grid[2]
+    wanted = 4096 if path == "dense" else int(PROBE_SPARSE_VOXELS / occupancy)
+    probe = _probe_grid(config, grid, wanted)
+    torch.manual_seed(seed)
+    model = UNet3D(config)
+    g = torch.Generator().manual_seed(seed)
+    data = torch.randn(1, config.in_channels, *probe, generator=g)
+    if path == "dense":
+        field, probe_voxels, voxels = DenseVoxels(data), math.prod(probe), cells * batch
+    else:
+        mask = torch.rand(1, 1, *probe, generator=g) < occupancy
+        mask.view(-1)[0] = True  # never an empty probe
+        field = DenseVoxels(data * mask, mask).to_sparse()
+        probe_voxels, voxels = field.num_voxels, max(1, round(occupancy * cells * batch))
+    saved = _saved_bytes(model, field, 1)
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    activations = int(saved * voxels / probe_voxels * BACKWARD_FACTOR[path])
+    return Estimate(path, voxels, params, 3 * params, activations)
+
+
+def parse_bytes(text: str) -> int:
+    """'24GB', '24GiB', '512MB', '1e9' -> bytes (GB = 1e9, GiB = 2^30)."""
+    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]?i?B?)?\s*", str(text))
+    if not m:
+        raise ValueError(f"cannot read a memory size from {text!r} (e.g. 24GB, 16GiB, 512MB)")
+    unit = (m.group(2) or "B").upper().replace("IB", "I")
+    scale = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KI": 2**10, "MI": 2**20, "GI": 2**30,
+             "TI": 2**40, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}.get(unit)
+    if scale is None:
+        raise ValueError(f"unknown memory unit in {text!r}")
+    return int(float(m.group(1)) * scale)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sparse_radar.estimate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="lightweight", choices=list(PRESETS))
+    p.add_argument("--grid", default="32,128,128", help="D,H,W (default 32,128,128)")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--occupancy", type=float, default=0.03, help="share of active voxels (sparse path)")
+    p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default=None,
+                   help="fp16/bf16 = the preset with use_fp16 (autocast); default: the preset's setting")
+    p.add_argument("--checkpoint", choices=("on", "off"), default=None, help="activation checkpointing")
+    p.add_argument("--budget", default="24GB", help="memory to fit in, e.g. 24GB")
+    args = p.parse_args(argv)
+    try:
+        grid = tuple(int(v) for v in args.grid.split(","))
+        budget = parse_bytes(args.budget)
+        overrides = {}
+        if args.dtype:
+            overrides["use_fp16"] = args.dtype != "fp32"
+        if args.checkpoint:
+            overrides["use_checkpoint"] = args.checkpoint == "on"
+        config = PRESETS[args.preset](in_channels=8, out_channels=4, input_size=grid, **overrides)
+        results = [estimate(config, grid, args.batch, args.occupancy, path) for path in ("dense", "sparse")]
+    except ValueError as exc:
+        p.error(str(exc))
+    print(f"{args.preset}, grid {args.grid}, batch {args.batch}, {args.occupancy:.1%} active, "
+          f"{'fp16/bf16' if config.use_fp16 else 'fp32'}, checkpointing {'on' if config.use_checkpoint else 'off'}")
+    for r in results:
+        verdict = "fits" if r.total <= budget else "does NOT fit"
+        print(f"  {r.path:6s} {r.total / 1e9:8.2f} GB (activations {r.activations / 1e9:.2f}, weights "
+              f"{r.weights / 1e9:.3f}, grads+AdamW {r.grads_and_optimizer / 1e9:.3f}) -> {verdict} in "
+              f"{budget / 1e9:.1f} GB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
