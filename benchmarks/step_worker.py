@@ -26,8 +26,23 @@ def current_rss() -> int:
 
 
 def peak_rss() -> int:
-    """High-water mark of resident memory of this process, in bytes."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """High-water mark of resident memory of this process (VmHWM), in bytes.
+
+    Not getrusage's ru_maxrss: Linux carries that across exec, so a worker would inherit its parent's peak."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    """Reset VmHWM to the current resident size (Linux: write 5 to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
 
 
 def structured_mask(grid, batch: int, seed: int = 0) -> torch.Tensor:
@@ -88,6 +103,7 @@ def main(argv=None) -> int:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
+        reset_peak_rss()
         base = current_rss()
 
     def step():

@@ -1,0 +1,135 @@
+"""UNet training step, dense path vs sparse path, same model and weights, each configuration in its own process.
+
+`python -m benchmarks.unet --set target` (lightweight, 32x128x128, batch 2, 3%: random and structured),
+`--set sweep` (presets x grids x occupancy x batch; hours on a CPU), `--set quick` (a minute).
+Writes unet.json, unet.md and unet.png to --out. The dense path is the plain dense model (no mask), what the
+reference runs; a path whose estimated memory exceeds this machine's is reported as not fitting.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import subprocess
+import sys
+from typing import List
+
+from sparse_radar.estimate import estimate
+from sparse_radar.models import PRESETS
+
+from .common import machine, markdown_table, write_report
+
+SETS = {
+    "quick": [("tiny", (16, 64, 64), 2, occ, "random") for occ in (0.01, 0.03, 0.1)],
+    "target": [("lightweight", (32, 128, 128), 2, 0.03, "random"),
+               ("lightweight", (32, 128, 128), 2, 0.03, "structured")],
+    "sweep": [(p, g, b, o, pat) for p, g, b, o, pat in itertools.product(
+        ("tiny", "ultra_lightweight", "lightweight"), ((16, 64, 64), (32, 128, 128), (32, 256, 256)), (1, 2, 4),
+        (0.005, 0.01, 0.03, 0.1, 0.3), ("random",))] + [
+        (p, g, 2, 0.03, "structured") for p in ("tiny", "ultra_lightweight", "lightweight")
+        for g in ((16, 64, 64), (32, 128, 128))],
+}
+
+
+def available_bytes() -> int:
+    """MemAvailable of this machine."""
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def run_one(preset, grid, batch, occupancy, pattern, path, steps, timeout, precision) -> dict:
+    """One worker process; a row describing the result, a non-fit or a time-out."""
+    overrides = {} if precision == "preset" else {"use_fp16": False, "use_checkpoint": False}
+    cfg = PRESETS[preset](in_channels=8, out_channels=4, input_size=grid, **overrides)
+    est = estimate(cfg, grid, batch, occupancy, path)
+    row = {"preset": preset, "grid": list(grid), "batch": batch, "occupancy": occupancy, "pattern": pattern,
+           "path": path, "estimated_bytes": est.step_peak, "precision": precision}
+    if est.total > 0.9 * available_bytes():
+        return {**row, "status": f"does not fit: estimated {est.total / 1e9:.1f} GB"}
+    cmd = [sys.executable, "-m", "benchmarks.step_worker", "--preset", preset, "--grid", ",".join(map(str, grid)),
+           "--batch", str(batch), "--occupancy", str(occupancy), "--pattern", pattern, "--path", path,
+           "--steps", str(steps), "--overrides", json.dumps(overrides)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {**row, "status": f"timed out after {timeout} s"}
+    if done.returncode != 0:
+        return {**row, "status": "failed: " + done.stderr.strip().splitlines()[-1][:200]}
+    return {**row, **json.loads(done.stdout), "status": "ok"}
+
+
+def pair_rows(results: List[dict]) -> List[list]:
+    """Markdown rows: one per configuration, dense and sparse side by side, with ratios."""
+    rows, fmt = [], (lambda r, k, s: f"{r[k] / s:.0f}" if r.get("status") == "ok" else r.get("status", "-"))
+    for i in range(0, len(results), 2):
+        d, s = results[i], results[i + 1]
+        ok = d.get("status") == "ok" and s.get("status") == "ok"
+        mem_ratio = f"{d['peak_bytes'] / s['peak_bytes']:.1f}x" if ok else (
+            f"~{d['estimated_bytes'] / s['peak_bytes']:.1f}x (dense estimated)" if s.get("status") == "ok" else "-")
+        rows.append([s["preset"], "x".join(map(str, s["grid"])), s["batch"], f"{s['occupancy']:.1%}", s["pattern"],
+                     f"{s.get('active_share', s['occupancy']):.2%}", fmt(d, "step_ms", 1), fmt(s, "step_ms", 1),
+                     f"{d['step_ms'] / s['step_ms']:.1f}x" if ok else "-", fmt(d, "peak_bytes", 1e6),
+                     fmt(s, "peak_bytes", 1e6), mem_ratio])
+    return rows
+
+
+HEADER = ["preset", "grid", "batch", "occupancy", "pattern", "active", "dense ms", "sparse ms", "speed-up",
+          "dense MB", "sparse MB", "memory saving"]
+
+
+def plot(results: List[dict], path: str) -> None:
+    """Bar chart of step time and peak memory per configuration (log scale), if matplotlib is installed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no PNG written (pip install matplotlib)")
+        return
+    pairs = [(results[i], results[i + 1]) for i in range(0, len(results), 2)]
+    labels = [f"{s['preset']}\n{'x'.join(map(str, s['grid']))} b{s['batch']}\n{s['occupancy']:.1%} {s['pattern'][:6]}"
+              for _, s in pairs]
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(pairs) * 2), 4.5))
+    for ax, key, scale, title in ((axes[0], "step_ms", 1e3, "step time (s)"),
+                                  (axes[1], "peak_bytes", 1e9, "peak memory (GB)")):
+        x = range(len(pairs))
+        dense = [d.get(key, d["estimated_bytes"] if key == "peak_bytes" else float("nan")) / scale for d, _ in pairs]
+        sparse = [s.get(key, float("nan")) / scale for _, s in pairs]
+        ax.bar([i - 0.2 for i in x], dense, 0.4, label="dense")
+        ax.bar([i + 0.2 for i in x], sparse, 0.4, label="sparse")
+        ax.set_yscale("log")
+        ax.set_xticks(list(x), labels, fontsize=7)
+        ax.set_title(title)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--set", choices=list(SETS), default="target")
+    p.add_argument("--steps", type=int, default=2, help="timed steps per configuration (after one warm-up)")
+    p.add_argument("--timeout", type=int, default=3600, help="seconds per configuration and path")
+    p.add_argument("--precision", choices=("preset", "fp32"), default="preset",
+                   help="preset: the preset's use_fp16/use_checkpoint; fp32: both off")
+    p.add_argument("--out", default="bench_out")
+    args = p.parse_args(argv)
+    results = []
+    for preset, grid, batch, occ, pattern in SETS[args.set]:
+        for path in ("dense", "sparse"):
+            row = run_one(preset, grid, batch, occ, pattern, path, args.steps, args.timeout, args.precision)
+            print(json.dumps(row), flush=True)
+            results.append(row)
+    table = markdown_table(HEADER, pair_rows(results))
+    print(table)
+    write_report(args.out, f"unet_{args.set}", {"machine": machine(), "results": results}, table)
+    plot(results, f"{args.out}/unet_{args.set}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
