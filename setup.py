@@ -24,5 +24,6 @@ setup(
     extras_require={
         "dev": ["pytest", "spconv"],
         "cuda": ["spconv-cu120", "flash-attn"],
+        "bench": ["matplotlib"],
     },
 )

@@ -6,6 +6,7 @@ SubMConv3d 64->64, kernel 3, fp32. `python -m benchmarks.conv` runs it; `--quick
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import torch
@@ -110,6 +111,61 @@ def report(res) -> str:
     return table + "\n\n" + "\n".join(ratios)
 
 
+def sweep(shape, repeats: int, dense_repeats: int):
+    """Channel sweep at 3% and occupancy sweep at 64 channels; dense timed once per channel count."""
+    rows, dense = [], {}
+    points = [(c, 0.03) for c in (16, 32, 64, 128)] + [(64, o) for o in (0.005, 0.01, 0.1, 0.3)]
+    for channels, occ in points:
+        res = measure(shape, occ, channels, repeats, dense_repeats, with_dense=channels not in dense)
+        if channels not in dense:
+            dense[channels] = (res["dense_forward_ms"], res["dense_fwd_bwd_ms"])
+        res["dense_forward_ms"], res["dense_fwd_bwd_ms"] = dense[channels]
+        res["fwd_bwd_speedup_vs_dense"] = res["dense_fwd_bwd_ms"] / res["ours_fwd_bwd_ms"]
+        print(json.dumps(res), flush=True)
+        rows.append(res)
+    return rows
+
+
+def sweep_table(rows) -> str:
+    """Markdown table of a sweep."""
+    fmt = lambda v: "n/a" if v is None else f"{v:.2f}"
+    return markdown_table(
+        ["channels", "active", "map ms", "ours fwd ms", "spconv fwd ms", "ours/spconv", "ours fwd+bwd ms",
+         "dense fwd+bwd ms", "speed-up vs dense", "FLOP efficiency"],
+        [[r["channels"], f"{r['occupancy']:.1%}", fmt(r["kmap_build_ms"]), fmt(r["ours_forward_ms"]),
+          fmt(r["spconv_forward_ms"]), fmt(r.get("forward_vs_spconv")), fmt(r["ours_fwd_bwd_ms"]),
+          fmt(r["dense_fwd_bwd_ms"]), f"{r['fwd_bwd_speedup_vs_dense']:.0f}x", f"{r['flop_efficiency']:.0%}"]
+         for r in rows])
+
+
+def plot_sweep(rows, path: str) -> None:
+    """Forward+backward time of ours vs dense against occupancy (64 channels), if matplotlib is installed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no PNG written")
+        return
+    pts = sorted((r["occupancy"], r["ours_fwd_bwd_ms"], r["dense_fwd_bwd_ms"], r["ours_forward_ms"],
+                  r["spconv_forward_ms"]) for r in rows if r["channels"] == 64)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label="ours forward+backward")
+    ax.plot([p[0] for p in pts], [p[2] for p in pts], marker="s", label="dense conv3d forward+backward")
+    ax.plot([p[0] for p in pts], [p[3] for p in pts], marker="^", label="ours forward")
+    if all(p[4] is not None for p in pts):
+        ax.plot([p[0] for p in pts], [p[4] for p in pts], marker="v", label="spconv CPU forward")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("share of active voxels")
+    ax.set_ylabel("ms (median)")
+    ax.set_title("SubMConv3d 64->64, kernel 3")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", default="32,128,128", help="D,H,W (default 32,128,128)")
@@ -119,6 +175,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dense-repeats", type=int, default=3, help="timed runs of each dense step (median)")
     parser.add_argument("--quick", action="store_true", help="small grid 16,64,64 and few repeats")
     parser.add_argument("--out", default="bench_out", help="folder for conv.json and conv.md")
+    parser.add_argument("--sweep", action="store_true", help="also sweep channels and occupancy (conv_sweep.*)")
     args = parser.parse_args(argv)
     try:
         shape = tuple(int(v) for v in args.grid.split(","))
@@ -136,6 +193,12 @@ def main(argv=None) -> int:
               f"{args.occupancy:.1%} active, fp32, {torch.get_num_threads()} threads")
     print(header + "\n\n" + text)
     write_report(args.out, "conv", {"machine": machine(), "result": res}, header + "\n\n" + text)
+    if args.sweep:
+        rows = sweep(shape, args.repeats, args.dense_repeats)
+        table = sweep_table(rows)
+        print(table)
+        write_report(args.out, "conv_sweep", {"machine": machine(), "results": rows}, table)
+        plot_sweep(rows, f"{args.out}/conv_sweep.png")
     return 0
 
 

@@ -61,6 +61,26 @@ def run_one(preset, grid, batch, occupancy, pattern, path, steps, timeout, preci
     return {**row, **json.loads(done.stdout), "status": "ok"}
 
 
+def row_key(preset, grid, batch, occupancy, pattern, path, precision) -> tuple:
+    """Cache key of a measurement; the plain dense model costs the same at any occupancy and pattern."""
+    if path == "dense":
+        occupancy, pattern = None, None
+    return (preset, tuple(grid), batch, occupancy, pattern, path, precision)
+
+
+def load_rows(log: str) -> dict:
+    """Measured rows of an earlier run's output, by row_key."""
+    cache = {}
+    with open(log, encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith("{"):
+                r = json.loads(line)
+                if r.get("status") == "ok":
+                    cache[row_key(r["preset"], r["grid"], r["batch"], r["occupancy"], r["pattern"], r["path"],
+                                  r["precision"])] = r
+    return cache
+
+
 def pair_rows(results: List[dict]) -> List[list]:
     """Markdown rows: one per configuration, dense and sparse side by side, with ratios."""
     rows, fmt = [], (lambda r, k, s: f"{r[k] / s:.0f}" if r.get("status") == "ok" else r.get("status", "-"))
@@ -117,11 +137,17 @@ def main(argv=None) -> int:
     p.add_argument("--precision", choices=("preset", "fp32"), default="preset",
                    help="preset: the preset's use_fp16/use_checkpoint; fp32: both off")
     p.add_argument("--out", default="bench_out")
+    p.add_argument("--reuse", help="a log of an earlier run (its JSON lines): measured rows are not run again")
     args = p.parse_args(argv)
+    cache = load_rows(args.reuse) if args.reuse else {}
     results = []
     for preset, grid, batch, occ, pattern in SETS[args.set]:
         for path in ("dense", "sparse"):
-            row = run_one(preset, grid, batch, occ, pattern, path, args.steps, args.timeout, args.precision)
+            key = row_key(preset, grid, batch, occ, pattern, path, args.precision)
+            row = cache.get(key) or run_one(preset, grid, batch, occ, pattern, path, args.steps, args.timeout,
+                                            args.precision)
+            if row.get("status") == "ok":
+                cache[key] = row
             print(json.dumps(row), flush=True)
             results.append(row)
     table = markdown_table(HEADER, pair_rows(results))

@@ -18,6 +18,7 @@ import torch
 
 from .models.config import PRESETS, UNetConfig
 from .models.unet import UNet3D
+from .nn.blocks import ResBlock
 from .voxels import DenseVoxels
 
 # peak / saved-activation bytes during a training step, measured on CPU (see tests/test_estimate.py)
@@ -64,17 +65,45 @@ def _probe_grid(config: UNetConfig, grid: Sequence[int], cells_wanted: int):
 
 
 def _saved_bytes(model: UNet3D, field, batch: int) -> int:
-    seen = {}
+    """Bytes autograd keeps for the backward of one forward pass; with checkpointing, modelled from a pass
+    without it: every ResBlock keeps only its input, and the backward recomputes one block at a time."""
+    seen, per_block, block_inputs, current = {}, {}, {}, []
 
     def pack(t):
         storage = t.untyped_storage()
-        seen[storage.data_ptr()] = max(seen.get(storage.data_ptr(), 0), storage.nbytes())
+        key = storage.data_ptr()
+        if key not in seen:
+            seen[key] = storage.nbytes()
+            if current:
+                per_block[current[-1]] = per_block.get(current[-1], 0) + storage.nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model.train()
-        model(field, torch.zeros(batch))
-    return sum(seen.values())
+    def enter(module, args):
+        current.append(id(module))
+        values = args[0].feats if hasattr(args[0], "feats") else args[0].data
+        block_inputs[id(module)] = values.numel() * values.element_size()
+
+    checkpointing = model.config.use_checkpoint
+    model.config.use_checkpoint = False
+    blocks = [m for m in model.modules() if isinstance(m, ResBlock)]
+    for b in blocks:
+        b.use_checkpoint = False
+    handles = [b.register_forward_pre_hook(enter) for b in blocks]
+    handles += [b.register_forward_hook(lambda m, a, o: current.pop() and None) for b in blocks]
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model.train()
+            model(field, torch.zeros(batch))
+    finally:
+        for h in handles:
+            h.remove()
+        model.config.use_checkpoint = checkpointing
+        for b in blocks:
+            b.use_checkpoint = checkpointing
+    total = sum(seen.values())
+    if not checkpointing or not per_block:
+        return total
+    return total - sum(per_block.values()) + sum(block_inputs.values()) + max(per_block.values())
 
 
 def estimate(config: UNetConfig, grid: Sequence[int], batch: int, occupancy: float, path: str,
