@@ -33,6 +33,7 @@ def main(argv=None) -> int:
         print(done.stderr[-3000:], file=sys.stderr)
         return 1
     r = json.loads(done.stdout)
+    print(done.stdout.strip(), flush=True)  # the measurement first: estimating cannot lose it
     cfg = create_lightweight_unet_config(in_channels=8, out_channels=4, input_size=grid, **overrides)
     dense = estimate(cfg, grid, args.batch, r["active_share"], "dense")
     sparse_est = estimate(cfg, grid, args.batch, r["active_share"], "sparse")

@@ -54,14 +54,16 @@ class Estimate:
 
 
 def _probe_grid(config: UNetConfig, grid: Sequence[int], cells_wanted: int):
-    """A grid of the same depth with rows/columns divided by powers of two while the strides still divide."""
+    """A small grid whose every level divides like the real one: about 16 deep, rows and columns the smallest
+    multiples of the total strides that give `cells_wanted` cells (never more than the real grid)."""
     strides = config.level_strides()
-    fy = math.prod(s[1] for s in strides)
-    fx = math.prod(s[2] for s in strides)
+    fz, fy, fx = (math.prod(s[a] for s in strides) for a in range(3))
     d, h, w = grid
-    while h % (2 * fy) == 0 and w % (2 * fx) == 0 and d * (h // 2) * (w // 2) >= cells_wanted:
-        h, w = h // 2, w // 2
-    return (d, h, w)
+    depth = min(d, fz * max(1, math.ceil(16 / fz)))
+    m = 1
+    while depth * fy * m * fx * m < cells_wanted and fy * (m + 1) <= h and fx * (m + 1) <= w:
+        m += 1
+    return (depth, min(h, fy * m), min(w, fx * m))
 
 
 def _saved_bytes(model: UNet3D, field, batch: int) -> int:
@@ -116,7 +118,7 @@ def estimate(config: UNetConfig, grid: Sequence[int], batch: int, occupancy: flo
     grid = tuple(int(g) for g in grid)
     config.check_grid(grid)
     cells = grid[0] * grid[1] * grid[2]
-    wanted = 4096 if path == "dense" else int(PROBE_SPARSE_VOXELS / occupancy)
+    wanted = 32768 if path == "dense" else int(PROBE_SPARSE_VOXELS / occupancy)
     probe = _probe_grid(config, grid, wanted)
     torch.manual_seed(seed)
     model = UNet3D(config)

@@ -153,6 +153,11 @@ def write_ply(path, points: np.ndarray, names: Sequence[str], binary: bool = Tru
     fmt = "binary_little_endian" if binary else "ascii"
     header = ["ply", f"format {fmt} 1.0", f"element vertex {len(points)}"]
     header += [f"property float {n}" for n in names] + ["end_header"]
+    _write_points(path, header, points, binary)
+
+
+def _write_points(path, header: Sequence[str], points: np.ndarray, binary: bool) -> None:
+    """An ASCII header, then float32 little-endian rows or text rows."""
     with open(path, "wb") as fh:
         fh.write(("\n".join(header) + "\n").encode("ascii"))
         if binary:
@@ -208,12 +213,7 @@ def write_pcd(path, points: np.ndarray, names: Sequence[str], binary: bool = Tru
     header = ["# .PCD v0.7", "VERSION 0.7", "FIELDS " + " ".join(names), "SIZE " + " ".join(["4"] * f),
               "TYPE " + " ".join(["F"] * f), "COUNT " + " ".join(["1"] * f), f"WIDTH {len(points)}", "HEIGHT 1",
               "VIEWPOINT 0 0 0 1 0 0 0", f"POINTS {len(points)}", f"DATA {'binary' if binary else 'ascii'}"]
-    with open(path, "wb") as fh:
-        fh.write(("\n".join(header) + "\n").encode("ascii"))
-        if binary:
-            fh.write(points.astype("<f4").tobytes())
-        else:
-            np.savetxt(fh, points, fmt="%.7g")
+    _write_points(path, header, points, binary)
 
 
 POINT_READERS = {

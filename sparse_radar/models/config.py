@@ -123,11 +123,15 @@ class UNetConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "UNetConfig":
         """Config from a dict; unknown keys raise ValueError."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"UNetConfig: unknown field(s) {', '.join(unknown)}")
-        return cls(**values)
+        return dataclass_from_dict(cls, values, "UNetConfig: unknown field(s)")
+
+
+def dataclass_from_dict(cls, values: dict, complaint: str):
+    """cls(**values), with a ValueError '<complaint> a, b' naming keys that are not fields of cls."""
+    unknown = sorted(set(values) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ValueError(f"{complaint} {', '.join(unknown)}")
+    return cls(**values)
 
 
 def _preset(base: dict, overrides: dict) -> UNetConfig:

@@ -15,7 +15,8 @@ from torch import nn
 from ..kernels import grouping
 from ..voxels import SparseVoxels
 
-TOPK_QUERY_ELEMENTS = 1 << 22  # scores held at once by top-k attention: chunk * N_b * heads
+TOPK_QUERY_ELEMENTS = 1 << 18  # scores per query chunk of top-k attention (chunk * N_b * heads); autograd may
+# hold several chunks' score gradients at once in backward, so this stays small
 
 
 def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_id: torch.Tensor,

@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 from ..data.datasets import DATA_FORMATS
 from ..data.support import SUPPORT_TYPES
-from ..models.config import PRESETS, UNetConfig
+from ..models.config import PRESETS, UNetConfig, dataclass_from_dict
 from ..nn.attention import ATTENTION_TYPES
 from ..nn.norm import NORM_TYPES
 
@@ -109,11 +109,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
         """From a dict; unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training option(s): {', '.join(unknown)}")
-        return cls(**values)
+        return dataclass_from_dict(cls, values, "unknown training option(s):")
 
 
 def _bool(text: str) -> bool:
