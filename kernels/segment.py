@@ -13,11 +13,3 @@ def segment_sum(values: torch.Tensor, segment: torch.Tensor, num_segments: int) 
 def segment_counts(segment: torch.Tensor, num_segments: int) -> torch.Tensor:
     """Rows per segment, int64 [S]."""
     return torch.bincount(segment, minlength=num_segments)
-
-
-def segment_mean(values: torch.Tensor, segment: torch.Tensor, num_segments: int,
-                 counts: torch.Tensor) -> torch.Tensor:
-    """Mean of the rows in each segment (0 for an empty segment) -> [S, ...]."""
-    total = segment_sum(values, segment, num_segments)
-    shape = (num_segments,) + (1,) * (values.dim() - 1)
-    return total / counts.clamp_min(1).to(total.dtype).view(shape)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Tuple
 
 import numpy as np
 
@@ -55,8 +55,3 @@ class GridSpec:
 
 
 NTU4DRADLM_GRID = GridSpec((0.0, -20.0, -6.0, 120.0, 20.0, 10.0), (0.2, 0.2, 0.2))  # 600 x 200 x 80 (x, y, z)
-
-
-def scaled_grid(grid: GridSpec, factor: Sequence[float]) -> GridSpec:
-    """The same range with voxels `factor` (x, y, z) times larger."""
-    return GridSpec(grid.point_range, tuple(v * f for v, f in zip(grid.voxel_size, factor)))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 
@@ -69,8 +69,3 @@ def voxelize(points: np.ndarray, grid: GridSpec, channels: Sequence[Channel]) ->
     x = (uniq // ny) % nx
     y = uniq % ny
     return np.stack([z, x, y], axis=1).astype(np.int32), out.astype(np.float32)
-
-
-def channel_names(channels: Sequence[Channel]) -> List[str]:
-    """Names of the channels, in order."""
-    return [c.name for c in channels]

@@ -38,13 +38,6 @@ def per_sample(x: Field, rows: torch.Tensor) -> torch.Tensor:
     return rows[:, :, None, None, None]
 
 
-def linear(x: Field, layer: torch.nn.Linear) -> Field:
-    """Apply an nn.Linear over the channels of either field."""
-    if isinstance(x, SparseVoxels):
-        return x.replace(layer(x.feats))
-    return map_values(x, lambda d: layer(d.movedim(1, -1)).movedim(-1, 1))
-
-
 def cat_channels(a: Field, b: Field) -> Field:
     """Concatenate two fields on the same voxels along channels (UNet skips)."""
     if isinstance(a, SparseVoxels) and isinstance(b, SparseVoxels):

@@ -1,8 +1,6 @@
 """Norms with statistics over each sample's active voxels: group, layer, instance, rms, adaptive."""
 from __future__ import annotations
 
-from typing import Tuple
-
 import torch
 from torch import nn
 

@@ -7,8 +7,7 @@ import csv
 import json
 import math
 import os
-import time
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -256,10 +255,3 @@ def open_metrics(path: str, resume_step: int):
     writer.writerows(rows)
     fh.flush()
     return fh, writer
-
-
-def elapsed(start: float) -> float:
-    """Seconds since start."""
-    return time.perf_counter() - start
-
-

@@ -17,7 +17,7 @@ def index_volume(mask: np.ndarray) -> np.ndarray:
 def reference_pairs(mask, kernel, stride, padding, dilation, submanifold=False):
     """[(offset, out_row, in_row)] sorted, and the active output mask, by strided slicing of a padded volume."""
     vol = index_volume(mask)
-    b, shape = mask.shape[0], mask.shape[1:]
+    shape = mask.shape[1:]
     out_shape = kc.conv_output_shape(shape, kernel, stride, padding, dilation)
     padded = np.pad(vol, [(0, 0)] + [(p, p) for p in padding], constant_values=-1)
     taps = []

@@ -1,7 +1,6 @@
 """Each attention core against a naive float64 computation: explicit softmax over the allowed key set."""
 import math
 
-import numpy as np
 import pytest
 import torch
 
