@@ -1,0 +1,43 @@
+"""The benchmark scripts still run (tiny sizes) and their report helpers pair dense and sparse rows right."""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*args):
+    done = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_conv_benchmark_writes_its_report(tmp_path):
+    run("benchmarks.conv", "--grid", "8,32,32", "--channels", "8", "--repeats", "1", "--dense-repeats", "1",
+        "--out", str(tmp_path))
+    result = json.loads((tmp_path / "conv.json").read_text())["result"]
+    assert result["active"] == round(0.03 * 8 * 32 * 32) and result["ours_forward_ms"] > 0
+    assert "ours forward (cached map)" in (tmp_path / "conv.md").read_text()
+
+
+def test_attention_worker_measures_one_point():
+    row = json.loads(run("benchmarks.attention", "--grid", "4,16,16", "--repeats", "1", "--one", "window", "0.1",
+                         "sparse"))
+    assert row["type"] == "window" and row["tokens"] == row["active"] > 0 and row["ms"] > 0
+
+
+def test_unet_rows_reuse_dense_measurements(tmp_path):
+    from benchmarks.unet import load_rows, pair_rows, row_key
+    dense = {"preset": "tiny", "grid": [8, 16, 16], "batch": 1, "occupancy": 0.01, "pattern": "random",
+             "path": "dense", "precision": "preset", "status": "ok", "step_ms": 100.0, "peak_bytes": 8e8,
+             "estimated_bytes": 7e8}
+    sparse = {**dense, "path": "sparse", "step_ms": 10.0, "peak_bytes": 1e8, "active_share": 0.01}
+    log = tmp_path / "log"
+    log.write_text(json.dumps(dense) + "\n" + json.dumps(sparse) + "\nnot json\n")
+    cache = load_rows(str(log))
+    # the plain dense model costs the same at any occupancy or pattern
+    assert cache[row_key("tiny", (8, 16, 16), 1, 0.3, "structured", "dense", "preset")] == dense
+    assert row_key("tiny", (8, 16, 16), 1, 0.3, "random", "sparse", "preset") not in cache
+    row = pair_rows([dense, sparse])[0]
+    assert row[8] == "10.0x" and row[11] == "8.0x"
