@@ -5,6 +5,7 @@ from typing import Sequence, Tuple
 
 import torch
 
+from ..kernels.segment import segment_counts, segment_sum
 from ..kernels.coords import dilate_coords, keys_to_coords, linear_keys, lookup
 from ..structure import VoxelStructure
 from ..voxels import SparseVoxels
@@ -45,8 +46,8 @@ def coverage(support: VoxelStructure, target: SparseVoxels) -> torch.Tensor:
     inside = lookup(support.keys, target.structure.keys) >= 0
     b = target.batch_size
     seg = target.coords[:, 0].long()
-    hits = torch.zeros(b, device=target.device).index_add(0, seg, inside.float())
-    count = torch.bincount(seg, minlength=b).float()
+    hits = segment_sum(inside.float(), seg, b)
+    count = segment_counts(seg, b).float()
     return torch.where(count > 0, hits / count.clamp_min(1), torch.ones_like(count))
 
 

@@ -5,6 +5,9 @@ from typing import Union
 
 import torch
 
+from ..kernels.segment import segment_counts, segment_sum
+from ..nn.field_ops import per_sample as field_per_sample
+from ..nn.field_ops import sample_index
 from ..voxels import DenseVoxels, SparseVoxels
 
 State = Union[torch.Tensor, SparseVoxels, DenseVoxels]
@@ -32,10 +35,9 @@ def like(x: State, values: torch.Tensor) -> State:
 
 def per_row(x: State, per_sample: torch.Tensor) -> torch.Tensor:
     """Broadcast a per-sample vector [B] to x's values: [N, 1] (sparse) or [B, 1, ..., 1]."""
-    if isinstance(x, SparseVoxels):
-        return per_sample.index_select(0, x.coords[:, 0].long())[:, None]
-    v = vals(x)
-    return per_sample.view(-1, *([1] * (v.dim() - 1)))
+    if isinstance(x, (SparseVoxels, DenseVoxels)):
+        return field_per_sample(x, per_sample[:, None])
+    return per_sample.view(-1, *([1] * (x.dim() - 1)))
 
 
 def batch_size(x: State) -> int:
@@ -55,10 +57,9 @@ def per_sample_mean(x: State, values: torch.Tensor) -> torch.Tensor:
     """Mean of values (laid out like x) over each sample's active voxels and channels -> [B]."""
     b = batch_size(x)
     if isinstance(x, SparseVoxels):
-        seg = x.coords[:, 0].long()
-        total = values.new_zeros(b).index_add(0, seg, values.sum(1))
-        count = torch.bincount(seg, minlength=b).to(values.dtype) * values.shape[1]
-        return total / count.clamp_min(1)
+        seg = sample_index(x)
+        count = segment_counts(seg, b).to(values.dtype) * values.shape[1]
+        return segment_sum(values.sum(1), seg, b) / count.clamp_min(1)
     if isinstance(x, DenseVoxels) and x.mask is not None:
         m = x.mask.to(values.dtype)
         count = m.reshape(b, -1).sum(1) * values.shape[1]

@@ -11,6 +11,7 @@ from torch import nn
 from ..kernels import coords as kc
 from ..kernels.conv import sparse_conv, torch_to_kernel_weight
 from ..voxels import DenseVoxels, SparseVoxels
+from .field_ops import check_field
 
 Field = Union[SparseVoxels, DenseVoxels]
 
@@ -26,6 +27,12 @@ def autocast_dtype(device: torch.device):
     if torch.is_autocast_enabled(device.type):
         return torch.get_autocast_dtype(device.type)
     return None
+
+
+def cast_for_compute(values: torch.Tensor, weight: torch.Tensor, bias):
+    """(values, weight, bias) in the autocast dtype when autocast is on, else in the values' dtype."""
+    dtype = autocast_dtype(values.device) or values.dtype
+    return values.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
 
 
 class _SparseConvBase(nn.Module):
@@ -63,27 +70,14 @@ class _SparseConvBase(nn.Module):
 
     def forward(self, x: Field) -> Field:
         """Apply the layer to a SparseVoxels (sparse path) or a DenseVoxels (dense path)."""
-        if isinstance(x, SparseVoxels):
-            if x.num_channels != self.in_channels:
-                raise ValueError(f"{type(self).__name__} expects {self.in_channels} channels, got {x.num_channels}")
-            return self._sparse(x)
-        if isinstance(x, DenseVoxels):
-            if x.num_channels != self.in_channels:
-                raise ValueError(f"{type(self).__name__} expects {self.in_channels} channels, got {x.num_channels}")
-            return self._dense(x)
-        raise TypeError(f"{type(self).__name__} takes a SparseVoxels or DenseVoxels, got {type(x).__name__}")
+        check_field(x, type(self).__name__)
+        if x.num_channels != self.in_channels:
+            raise ValueError(f"{type(self).__name__} expects {self.in_channels} channels, got {x.num_channels}")
+        return self._sparse(x) if isinstance(x, SparseVoxels) else self._dense(x)
 
     def _cast(self, values: torch.Tensor):
-        """(values, weight, bias) in the autocast dtype when autocast is on, else as they are."""
-        dtype = autocast_dtype(values.device)
-        weight, bias = self.weight, self.bias
-        if dtype is not None:
-            values, weight = values.to(dtype), weight.to(dtype)
-            bias = None if bias is None else bias.to(dtype)
-        elif weight.dtype != values.dtype:
-            weight = weight.to(values.dtype)
-            bias = None if bias is None else bias.to(values.dtype)
-        return values, weight, bias
+        """(values, weight, bias) in the compute dtype (see cast_for_compute)."""
+        return cast_for_compute(values, self.weight, self.bias)
 
     def _apply_kmap(self, x: SparseVoxels, kmap) -> torch.Tensor:
         feats, weight, bias = self._cast(x.feats)

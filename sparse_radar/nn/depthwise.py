@@ -10,7 +10,7 @@ from torch import nn
 from ..kernels import coords as kc
 from ..kernels.depthwise import depthwise_conv
 from ..voxels import DenseVoxels, SparseVoxels
-from .conv import autocast_dtype
+from .conv import cast_for_compute
 from .field_ops import Field, check_field
 
 
@@ -36,9 +36,7 @@ class DepthwiseSubMConv3d(nn.Module):
         if x.num_channels != self.channels:
             raise ValueError(f"DepthwiseSubMConv3d expects {self.channels} channels, got {x.num_channels}")
         values = x.feats if isinstance(x, SparseVoxels) else x.masked_data()
-        dtype = autocast_dtype(values.device) or values.dtype
-        values, weight = values.to(dtype), self.weight.to(dtype)
-        bias = None if self.bias is None else self.bias.to(dtype)
+        values, weight, bias = cast_for_compute(values, self.weight, self.bias)
         if isinstance(x, DenseVoxels):
             pad = tuple(k // 2 for k in self.kernel_size)
             with torch.autocast(values.device.type, enabled=False):

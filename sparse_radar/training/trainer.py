@@ -141,8 +141,7 @@ class Trainer:
                 loss = self._loss(tgt, cond, sigma, noise, micro) / cfg.grad_accum
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += float(loss.detach())
-            voxels += sum(tgt.batch_counts().tolist()) if isinstance(tgt, SparseVoxels) else int(
-                tgt.active().sum())
+            voxels += tgt.num_voxels if isinstance(tgt, SparseVoxels) else int(tgt.active().sum())
             cover += float(cov.mean()) / cfg.grad_accum
         loss_value = distributed.mean_scalar(self.ctx, total)
         voxels = round(distributed.mean_scalar(self.ctx, float(voxels)) * self.ctx.world_size)
