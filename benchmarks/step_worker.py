@@ -6,6 +6,7 @@ Prints one JSON line: median step time (ms) and peak memory above the idle basel
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import resource
 import statistics
@@ -34,6 +35,22 @@ def peak_rss() -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+MMAP_THRESHOLD = 128 << 10  # default of --mmap-threshold: glibc's own starting value, kept fixed
+
+
+def fix_mmap_threshold(nbytes: int) -> bool:
+    """glibc: serve every allocation of nbytes or more by mmap, a fixed threshold (mallopt M_MMAP_THRESHOLD).
+
+    glibc's default raises the threshold (up to 32 MiB) each time a mapped block is freed, so tensors of a few MiB
+    end up in the heap, where freed space stays resident and fragments; peak RSS then measures the allocator's
+    slack as well as the tensors. With a fixed threshold peak RSS follows the live tensors, which is what CUDA's
+    max_memory_allocated counts. False where there is no glibc."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(-3, int(nbytes)))  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
 
 
 def reset_peak_rss() -> None:
@@ -96,7 +113,13 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--sdpa", choices=("auto", "math"), default="auto",
                    help="math: plain softmax attention that materialises the score matrix (the ablation baseline)")
+    p.add_argument("--mmap-threshold", type=int, default=MMAP_THRESHOLD,
+                   help="CPU: fixed glibc mmap threshold in bytes (see fix_mmap_threshold); 0: glibc's dynamic "
+                        "default, whose peak RSS includes heap fragmentation")
     args = p.parse_args(argv)
+    if args.mmap_threshold < 0:
+        p.error(f"--mmap-threshold must be >= 0, got {args.mmap_threshold}")
+    fixed = args.mmap_threshold > 0 and fix_mmap_threshold(args.mmap_threshold)
     grid = tuple(int(v) for v in args.grid.split(","))
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -142,7 +165,8 @@ def main(argv=None) -> int:
                       "pattern": args.pattern, "path": args.path, "active_voxels": active,
                       "active_share": active / (args.batch * grid[0] * grid[1] * grid[2]),
                       "step_ms": statistics.median(times) * 1e3, "peak_bytes": peak,
-                      "params": sum(p.numel() for p in model.parameters()), "device": str(device)}))
+                      "params": sum(p.numel() for p in model.parameters()), "device": str(device),
+                      "mmap_threshold": args.mmap_threshold if fixed else 0}))
     return 0
 
 

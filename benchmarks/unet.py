@@ -18,6 +18,7 @@ from sparse_radar.estimate import estimate
 from sparse_radar.models import PRESETS
 
 from .common import machine, markdown_table, write_report
+from .step_worker import MMAP_THRESHOLD
 
 SETS = {
     "quick": [("tiny", (16, 64, 64), 2, occ, "random") for occ in (0.01, 0.03, 0.1)],
@@ -40,18 +41,19 @@ def available_bytes() -> int:
     return 0
 
 
-def run_one(preset, grid, batch, occupancy, pattern, path, steps, timeout, precision) -> dict:
+def run_one(preset, grid, batch, occupancy, pattern, path, steps, timeout, precision, mmap_threshold) -> dict:
     """One worker process; a row describing the result, a non-fit or a time-out."""
     overrides = {} if precision == "preset" else {"use_fp16": False, "use_checkpoint": False}
     cfg = PRESETS[preset](in_channels=8, out_channels=4, input_size=grid, **overrides)
     est = estimate(cfg, grid, batch, occupancy, path)
     row = {"preset": preset, "grid": list(grid), "batch": batch, "occupancy": occupancy, "pattern": pattern,
-           "path": path, "estimated_bytes": est.step_peak, "precision": precision}
+           "path": path, "estimated_bytes": est.step_peak, "precision": precision,
+           "mmap_threshold": mmap_threshold}
     if est.total > 0.9 * available_bytes():
         return {**row, "status": f"does not fit: estimated {est.total / 1e9:.1f} GB"}
     cmd = [sys.executable, "-m", "benchmarks.step_worker", "--preset", preset, "--grid", ",".join(map(str, grid)),
            "--batch", str(batch), "--occupancy", str(occupancy), "--pattern", pattern, "--path", path,
-           "--steps", str(steps), "--overrides", json.dumps(overrides)]
+           "--steps", str(steps), "--overrides", json.dumps(overrides), "--mmap-threshold", str(mmap_threshold)]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -61,11 +63,11 @@ def run_one(preset, grid, batch, occupancy, pattern, path, steps, timeout, preci
     return {**row, **json.loads(done.stdout), "status": "ok"}
 
 
-def row_key(preset, grid, batch, occupancy, pattern, path, precision) -> tuple:
+def row_key(preset, grid, batch, occupancy, pattern, path, precision, mmap_threshold) -> tuple:
     """Cache key of a measurement; the plain dense model costs the same at any occupancy and pattern."""
     if path == "dense":
         occupancy, pattern = None, None
-    return (preset, tuple(grid), batch, occupancy, pattern, path, precision)
+    return (preset, tuple(grid), batch, occupancy, pattern, path, precision, mmap_threshold)
 
 
 def load_rows(log: str) -> dict:
@@ -77,7 +79,7 @@ def load_rows(log: str) -> dict:
                 r = json.loads(line)
                 if r.get("status") == "ok":
                     cache[row_key(r["preset"], r["grid"], r["batch"], r["occupancy"], r["pattern"], r["path"],
-                                  r["precision"])] = r
+                                  r["precision"], r.get("mmap_threshold", 0))] = r
     return cache
 
 
@@ -136,6 +138,8 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=int, default=3600, help="seconds per configuration and path")
     p.add_argument("--precision", choices=("preset", "fp32"), default="preset",
                    help="preset: the preset's use_fp16/use_checkpoint; fp32: both off")
+    p.add_argument("--mmap-threshold", type=int, default=MMAP_THRESHOLD,
+                   help="CPU allocator setting of the workers (benchmarks.step_worker); 0: glibc's dynamic default")
     p.add_argument("--out", default="bench_out")
     p.add_argument("--reuse", help="a log of an earlier run (its JSON lines): measured rows are not run again")
     args = p.parse_args(argv)
@@ -143,9 +147,9 @@ def main(argv=None) -> int:
     results = []
     for preset, grid, batch, occ, pattern in SETS[args.set]:
         for path in ("dense", "sparse"):
-            key = row_key(preset, grid, batch, occ, pattern, path, args.precision)
+            key = row_key(preset, grid, batch, occ, pattern, path, args.precision, args.mmap_threshold)
             row = cache.get(key) or run_one(preset, grid, batch, occ, pattern, path, args.steps, args.timeout,
-                                            args.precision)
+                                            args.precision, args.mmap_threshold)
             if row.get("status") == "ok":
                 cache[key] = row
             print(json.dumps(row), flush=True)

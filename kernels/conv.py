@@ -51,20 +51,26 @@ def gather_mm_scatter(src: torch.Tensor, weight: torch.Tensor, src_idx: torch.Te
     compute, acc = _dtypes(src)
     w = weight.to(compute).contiguous()  # [K, C1, C2]
     c1, c2 = w.shape[1], w.shape[2]
+    src = src.to(compute)  # one cast of the rows, not one per gathered copy
     if kmap.identity_offset is not None:  # the centre of a submanifold map: no gather, no scatter
-        out = torch.mm(src.to(compute), w[kmap.identity_offset]).to(acc)  # [n_dst, C2]
+        out = torch.mm(src, w[kmap.identity_offset]).to(acc)  # [n_dst, C2]
     else:
         out = torch.zeros(n_dst, c2, dtype=acc, device=src.device)  # [n_dst, C2]
-    max_rows = max(1, settings.gather_elements // max(c1, c2, 1))
-    for chunk in plan_chunks(kmap, max_rows):
+    chunks = plan_chunks(kmap, settings.gather_rows(src.device, max(c1, c2)))
+    rows = max((c[-1][2] - c[0][1] for c in chunks), default=0)
+    # one gather buffer and one product buffer for all chunks: fewer fresh allocations, less heap churn
+    gather_buf = torch.empty(rows, c1, dtype=compute, device=src.device)  # [P, C1]
+    product_buf = torch.empty(rows, c2, dtype=compute, device=src.device)  # [P, C2]
+    for chunk in chunks:
         base, end = chunk[0][1], chunk[-1][2]
-        gathered = src.index_select(0, src_idx[base:end]).to(compute)  # [P, C1]
+        gathered = torch.index_select(src, 0, src_idx[base:end], out=gather_buf[:end - base])
         if settings.deterministic:
             # per offset every destination row occurs at most once: no two adds race for a row
             for k, lo, hi in chunk:
-                out.index_add_(0, dst_idx[lo:hi], torch.mm(gathered[lo - base:hi - base], w[k]).to(acc))
+                product = torch.mm(gathered[lo - base:hi - base], w[k], out=product_buf[:hi - lo])
+                out.index_add_(0, dst_idx[lo:hi], product.to(acc))
         else:
-            product = torch.empty(end - base, c2, dtype=compute, device=src.device)  # [P, C2]
+            product = product_buf[:end - base]
             for k, lo, hi in chunk:
                 torch.mm(gathered[lo - base:hi - base], w[k], out=product[lo - base:hi - base])
             out.index_add_(0, dst_idx[base:end], product.to(acc))
@@ -77,13 +83,17 @@ def weight_grad(feats: torch.Tensor, grad_out: torch.Tensor, kmap: KernelMap, ke
     compute, acc = _dtypes(feats)
     cin, cout = feats.shape[1], grad_out.shape[1]
     grad_w = torch.zeros(kernel_volume, cin, cout, dtype=acc, device=feats.device)
+    feats, grad_out = feats.to(compute), grad_out.to(compute)  # one cast each, not one per gathered copy
     if kmap.identity_offset is not None:
-        grad_w[kmap.identity_offset] = torch.mm(feats.to(compute).t(), grad_out.to(compute)).to(acc)
-    max_rows = max(1, settings.gather_elements // max(cin, cout, 1))
-    for chunk in plan_chunks(kmap, max_rows):
+        grad_w[kmap.identity_offset] = torch.mm(feats.t(), grad_out).to(acc)
+    chunks = plan_chunks(kmap, settings.gather_rows(feats.device, max(cin, cout)))
+    rows = max((c[-1][2] - c[0][1] for c in chunks), default=0)
+    gx_buf = torch.empty(rows, cin, dtype=compute, device=feats.device)  # reused by every chunk
+    gy_buf = torch.empty(rows, cout, dtype=compute, device=feats.device)
+    for chunk in chunks:
         base, end = chunk[0][1], chunk[-1][2]
-        gx = feats.index_select(0, kmap.in_idx[base:end]).to(compute)  # [P, Cin]
-        gy = grad_out.index_select(0, kmap.out_idx[base:end]).to(compute)  # [P, Cout]
+        gx = torch.index_select(feats, 0, kmap.in_idx[base:end], out=gx_buf[:end - base])  # [P, Cin]
+        gy = torch.index_select(grad_out, 0, kmap.out_idx[base:end], out=gy_buf[:end - base])  # [P, Cout]
         for k, lo, hi in chunk:
             grad_w[k] += torch.mm(gx[lo - base:hi - base].t(), gy[lo - base:hi - base]).to(acc)
     return grad_w

@@ -3,7 +3,8 @@
 Method: run the model's forward once on a small probe grid (same depth, fewer rows/columns; for the sparse
 path random voxels at the requested occupancy) while counting the bytes autograd saves, scale them by the
 number of voxels, then add gradients and AdamW state (3 x parameters) and the backward pass's transient
-buffers (a factor per path, calibrated on CPU measurements: peak RSS above the idle baseline).
+buffers (a factor per path, calibrated on CPU measurements: peak RSS above the idle baseline, glibc mmap
+threshold fixed as benchmarks.step_worker sets it; below 1 where saved tensors are freed early in the backward).
 """
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ import torch
 
 from .models.config import PRESETS, UNetConfig
 from .models.unet import UNet3D
+from .nn.attention import AttentionBlock
 from .nn.blocks import ResBlock
 from .voxels import DenseVoxels
 
 # peak / saved-activation bytes during a training step, measured on CPU (see tests/test_estimate.py)
-BACKWARD_FACTOR = {"dense": 1.5, "sparse": 1.2}
+BACKWARD_FACTOR = {"dense": 1.0, "sparse": 0.8}
 STEP_OVERHEAD = 40_000_000  # bytes a step adds regardless of size: thread pools, kernel maps, allocator slack
 PROBE_SPARSE_VOXELS = 3000  # active voxels per probe sample, enough that fixed costs do not dominate
 
@@ -68,7 +70,8 @@ def _probe_grid(config: UNetConfig, grid: Sequence[int], cells_wanted: int):
 
 def _saved_bytes(model: UNet3D, field, batch: int) -> int:
     """Bytes autograd keeps for the backward of one forward pass; with checkpointing, modelled from a pass
-    without it: every ResBlock keeps only its input, and the backward recomputes one block at a time."""
+    without it: every ResBlock and AttentionBlock keeps only its input, and the backward recomputes one block
+    at a time."""
     seen, per_block, block_inputs, current = {}, {}, {}, []
 
     def pack(t):
@@ -87,7 +90,7 @@ def _saved_bytes(model: UNet3D, field, batch: int) -> int:
 
     checkpointing = model.config.use_checkpoint
     model.config.use_checkpoint = False
-    blocks = [m for m in model.modules() if isinstance(m, ResBlock)]
+    blocks = [m for m in model.modules() if isinstance(m, (ResBlock, AttentionBlock))]
     for b in blocks:
         b.use_checkpoint = False
     handles = [b.register_forward_pre_hook(enter) for b in blocks]

@@ -36,8 +36,31 @@ def test_unet_rows_reuse_dense_measurements(tmp_path):
     log = tmp_path / "log"
     log.write_text(json.dumps(dense) + "\n" + json.dumps(sparse) + "\nnot json\n")
     cache = load_rows(str(log))
-    # the plain dense model costs the same at any occupancy or pattern
-    assert cache[row_key("tiny", (8, 16, 16), 1, 0.3, "structured", "dense", "preset")] == dense
-    assert row_key("tiny", (8, 16, 16), 1, 0.3, "random", "sparse", "preset") not in cache
+    # the plain dense model costs the same at any occupancy or pattern; a log without the allocator setting
+    # was measured with glibc's dynamic default (0) and is not reused for a fixed threshold
+    assert cache[row_key("tiny", (8, 16, 16), 1, 0.3, "structured", "dense", "preset", 0)] == dense
+    assert row_key("tiny", (8, 16, 16), 1, 0.3, "structured", "dense", "preset", 1 << 20) not in cache
+    assert row_key("tiny", (8, 16, 16), 1, 0.3, "random", "sparse", "preset", 0) not in cache
     row = pair_rows([dense, sparse])[0]
     assert row[8] == "10.0x" and row[11] == "8.0x"
+
+
+def resident_growth(fixed: bool):
+    """(resident growth while an 8 MiB tensor lives, growth left once it is freed), in a fresh process."""
+    code = ("import torch; from benchmarks.step_worker import fix_mmap_threshold, current_rss\n"
+            f"assert {fixed} is False or fix_mmap_threshold(1 << 20)\n"
+            "t = torch.ones(16 << 20, dtype=torch.uint8); del t\n"  # glibc's dynamic threshold rises to 16 MiB
+            "base = current_rss(); t = torch.ones(8 << 20, dtype=torch.uint8)\n"
+            "pin = torch.ones(100)\n"  # allocated after t, so t is not at the top of the heap
+            "grown = current_rss() - base; del t\n"
+            "print(grown, current_rss() - base)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return tuple(map(int, done.stdout.split()))
+
+
+def test_fixed_mmap_threshold_keeps_freed_blocks_out_of_resident_memory():
+    grown, after = resident_growth(fixed=True)
+    assert grown >= 8 << 20 and after < 1 << 20  # resident while alive, gone once freed
+    grown, after = resident_growth(fixed=False)
+    assert after > 7 << 20  # glibc's default keeps the freed block resident in its heap

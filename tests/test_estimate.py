@@ -51,6 +51,6 @@ def test_estimate_scales_and_validates():
 
 
 def test_cli_says_whether_it_fits(capsys):
-    assert main(["--preset", "tiny", "--grid", "16,64,64", "--batch", "1", "--budget", "0.5GB"]) == 0
+    assert main(["--preset", "tiny", "--grid", "16,64,64", "--batch", "1", "--budget", "0.2GB"]) == 0
     out = capsys.readouterr().out
     assert "dense" in out and "sparse" in out and "does NOT fit" in out and "-> fits" in out

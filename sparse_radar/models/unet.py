@@ -77,7 +77,7 @@ class UNet3D(nn.Module):
         if c.attention_type == "none":
             return nn.Identity()
         return AttentionBlock(ch, c.attention_type, c.num_heads, c.norm_type, c.num_groups, c.window_size,
-                              topk=c.topk, patch_size=c.patch_size)
+                              topk=c.topk, patch_size=c.patch_size, use_checkpoint=c.use_checkpoint)
 
     def _precision(self, device: torch.device):
         if not self.config.use_fp16:

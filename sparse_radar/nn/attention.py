@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..kernels import coords as kc
 from ..voxels import SparseVoxels
@@ -38,11 +40,11 @@ class AttentionBlock(nn.Module):
 
     def __init__(self, channels: int, attention_type: str = "flash", num_heads: int = 4, norm_type: str = "group",
                  num_groups: int = 32, window_size: Sequence[int] = (4, 4, 4), shift: Sequence[int] = (0, 0, 0),
-                 topk: int = 32, patch_size: int = 64):
+                 topk: int = 32, patch_size: int = 64, use_checkpoint: bool = False):
         super().__init__()
         if channels % num_heads:
             raise ValueError(f"channels ({channels}) must be divisible by num_heads ({num_heads})")
-        self.channels, self.num_heads = channels, num_heads
+        self.channels, self.num_heads, self.use_checkpoint = channels, num_heads, use_checkpoint
         self.norm = build_norm(norm_type, channels, num_groups)
         self.qkv = nn.Linear(channels, 3 * channels)
         self.core = build_attention_core(attention_type, num_heads, window_size, shift, topk, patch_size)
@@ -51,8 +53,14 @@ class AttentionBlock(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, x: Field) -> Field:
-        """Same field type and voxels, attention added as a residual."""
+        """Same field type and voxels, attention added as a residual (recomputed in backward when checkpointing,
+        as ADM checkpoints its attention blocks)."""
         check_field(x, "AttentionBlock")
+        if self.use_checkpoint and self.training and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+    def _forward(self, x: Field) -> Field:
         h = self.norm(x)
         if isinstance(x, SparseVoxels):
             n = h.num_voxels

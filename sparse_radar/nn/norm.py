@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ..kernels.segment import segment_counts, segment_sum
+from ..kernels.segment import segment_counts
 from ..voxels import DenseVoxels, SparseVoxels
 from .field_ops import Field, check_field, per_sample, sample_index
+from .fused_norm import segment_group_norm
 
 NORM_TYPES = ("group", "layer", "instance", "rms", "adaptive")
 HALF = (torch.float16, torch.bfloat16)
@@ -17,21 +19,8 @@ def group_count(channels: int, num_groups: int) -> int:
     return max(g for g in range(1, min(channels, num_groups) + 1) if channels % g == 0)
 
 
-def _normalize_sparse(x: SparseVoxels, groups: int, center: bool, eps: float) -> torch.Tensor:
-    feats = x.feats.float() if x.feats.dtype in HALF else x.feats
-    n, c = feats.shape
-    seg, b = sample_index(x), x.batch_size
-    count = segment_counts(seg, b).clamp_min(1).to(feats.dtype) * (c // groups)  # [B]
-    xg = feats.view(n, groups, c // groups)
-    if center:
-        mean = segment_sum(xg.sum(-1), seg, b) / count[:, None]  # [B, G]
-        xg = xg - mean.index_select(0, seg)[:, :, None]
-    var = segment_sum(xg.square().sum(-1), seg, b) / count[:, None]  # [B, G]
-    out = xg * torch.rsqrt(var + eps).index_select(0, seg)[:, :, None]
-    return out.view(n, c)
-
-
 def _normalize_dense(x: DenseVoxels, groups: int, center: bool, eps: float) -> torch.Tensor:
+    """Values of x normalised per sample and channel group over active voxels (no affine), in fp32 for halves."""
     data = x.masked_data()
     data = data.float() if data.dtype in HALF else data
     b, c = data.shape[:2]
@@ -49,26 +38,16 @@ def _normalize_dense(x: DenseVoxels, groups: int, center: bool, eps: float) -> t
     return out.reshape(data.shape)
 
 
-def normalize(x: Field, groups: int, center: bool, eps: float) -> torch.Tensor:
-    """Values of x normalised per sample and channel group over active voxels (no affine), in fp32 for halves."""
-    if isinstance(x, SparseVoxels):
-        return _normalize_sparse(x, groups, center, eps)
-    return _normalize_dense(x, groups, center, eps)
-
-
-def _affine(x: Field, y: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
-    shape = (1, -1) if isinstance(x, SparseVoxels) else (1, -1, 1, 1, 1)
-    y = y * weight.view(shape)
-    return y if bias is None else y + bias.view(shape)
-
-
-def _finish(x: Field, y: torch.Tensor) -> Field:
-    y = y.to(x.dtype)
-    if isinstance(x, SparseVoxels):
-        return x.replace(y)
-    if x.mask is not None:
-        y = y * x.mask.to(y.dtype)
-    return x.replace(y)
+def _dense_norm(x: DenseVoxels, groups: int, center: bool, eps: float, weight, bias) -> torch.Tensor:
+    """Normalised and affine-mapped values of a dense field, in its dtype; torch's group_norm where no mask."""
+    if x.mask is None and center:  # the plain dense model: the op the reference runs
+        data = x.data.float() if x.data.dtype in HALF else x.data
+        return F.group_norm(data, groups, weight.to(data.dtype), None if bias is None else bias.to(data.dtype),
+                            eps).to(x.dtype)
+    shape = (1, -1, 1, 1, 1)
+    y = _normalize_dense(x, groups, center, eps) * weight.view(shape)
+    y = y if bias is None else y + bias.view(shape)
+    return (y if x.mask is None else y * x.mask.to(y.dtype)).to(x.dtype)
 
 
 class MaskedNorm(nn.Module):
@@ -90,7 +69,10 @@ class MaskedNorm(nn.Module):
         check_field(x, type(self).__name__)
         if x.num_channels != self.channels:
             raise ValueError(f"{type(self).__name__} expects {self.channels} channels, got {x.num_channels}")
-        return _finish(x, _affine(x, normalize(x, self.groups, self.center, self.eps), self.weight, self.bias))
+        if isinstance(x, SparseVoxels):
+            return x.replace(segment_group_norm(x.feats, self.weight, self.bias, sample_index(x), x.batch_size,
+                                                self.groups, self.center, self.eps))
+        return x.replace(_dense_norm(x, self.groups, self.center, self.eps, self.weight, self.bias))
 
 
 def inactive_share(x: Field) -> torch.Tensor:

@@ -160,3 +160,25 @@ def test_block_errors():
         AttentionBlock(6, "flash", 4)
     with pytest.raises(ValueError, match="attention_type"):
         AttentionBlock(8, "global", 2)
+
+
+@pytest.mark.parametrize("attention_type", ["flash", "window", "sparse"])
+def test_checkpointed_block_saves_only_its_input_and_gives_the_same_gradients(attention_type):
+    sv, _ = random_fields(2, 8, (4, 8, 8), [0.3, 0.5], seed=5)
+    results = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        block = AttentionBlock(8, attention_type, num_heads=2, num_groups=4, topk=4, use_checkpoint=ckpt)
+        torch.nn.init.normal_(block.proj.weight, std=0.3)
+        feats = sv.feats.clone().requires_grad_(True)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            out = block(sv.replace(feats))
+        out.feats.square().sum().backward()
+        results.append((out.feats.detach(), feats.grad, [p.grad for p in block.parameters()], sum(saved)))
+    (out0, gx0, gp0, saved0), (out1, gx1, gp1, saved1) = results
+    torch.testing.assert_close(out1, out0)
+    torch.testing.assert_close(gx1, gx0)
+    for a, b in zip(gp0, gp1):
+        torch.testing.assert_close(b, a)
+    assert saved1 == 0 < saved0  # checkpointing keeps its input by reference and recomputes the rest

@@ -1,0 +1,59 @@
+"""The one-op sparse group norm: float64 gradcheck, the unmasked dense path, and what it keeps for backward."""
+import numpy as np
+import pytest
+import torch
+
+from sparse_radar import DenseVoxels
+from sparse_radar.nn.fused_norm import segment_group_norm
+from sparse_radar.nn.norm import build_norm
+from tests.nn.test_norm import reference
+
+
+@pytest.mark.parametrize("groups,center,with_bias", [(3, True, True), (1, True, True), (6, True, False),
+                                                     (1, False, False), (2, False, True)])
+def test_gradcheck_float64(groups, center, with_bias):
+    g = torch.Generator().manual_seed(groups)
+    seg = torch.tensor([0, 0, 0, 2, 2, 2, 2, 0, 2, 2])  # sample 1 has no rows
+    rows = (torch.randn(10, 6, generator=g, dtype=torch.float64) * 2 + 1).requires_grad_(True)
+    weight = torch.randn(6, generator=g, dtype=torch.float64).requires_grad_(True)
+    bias = torch.randn(6, generator=g, dtype=torch.float64).requires_grad_(True) if with_bias else None
+    fn = lambda r, w, b: segment_group_norm(r, w, b, seg, 3, groups, center, 1e-5)
+    assert torch.autograd.gradcheck(fn, (rows, weight, bias))
+    ref = reference(rows.detach().numpy(), seg.numpy(), 3, groups, center, 1e-5, weight.detach().numpy(),
+                    None if bias is None else bias.detach().numpy())
+    np.testing.assert_allclose(fn(rows, weight, bias).detach().numpy(), ref, rtol=1e-10, atol=1e-12)
+
+
+def test_unmasked_dense_path_matches_the_reference():
+    g = torch.Generator().manual_seed(4)
+    data = torch.randn(2, 12, 3, 4, 5, generator=g) * 2 + 0.5
+    norm = build_norm("group", 12, num_groups=4)
+    with torch.no_grad():
+        for p in norm.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    out = norm(DenseVoxels(data)).data  # every voxel active: torch's group_norm
+    feats = data.permute(0, 2, 3, 4, 1).reshape(-1, 12)
+    batch = torch.arange(2).repeat_interleave(60)
+    ref = reference(feats.numpy(), batch.numpy(), 2, 4, True, 1e-5, norm.weight.detach().numpy(),
+                    norm.bias.detach().numpy())
+    np.testing.assert_allclose(out.permute(0, 2, 3, 4, 1).reshape(-1, 12).detach().numpy(), ref, rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_bf16_rows_keep_only_the_input_and_statistics():
+    g = torch.Generator().manual_seed(5)
+    rows = torch.randn(500, 32, generator=g).to(torch.bfloat16).requires_grad_(True)
+    seg = torch.arange(2).repeat_interleave(250)
+    weight = torch.randn(32, generator=g).requires_grad_(True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = segment_group_norm(rows, weight, None, seg, 2, 8)
+    assert out.dtype == torch.bfloat16
+    big = [t for t in saved if t.numel() >= rows.numel()]
+    assert len(big) == 1 and big[0].dtype == torch.bfloat16  # the input itself, no fp32 copies
+    out.float().square().sum().backward()
+    ref_rows = rows.detach().float().requires_grad_(True)
+    ref_w = weight.detach().clone().requires_grad_(True)
+    segment_group_norm(ref_rows, ref_w, None, seg, 2, 8).square().sum().backward()
+    torch.testing.assert_close(weight.grad, ref_w.grad, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(rows.grad.float(), ref_rows.grad, rtol=2e-2, atol=2e-2)
