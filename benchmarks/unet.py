@@ -3,7 +3,8 @@
 `python -m benchmarks.unet --set target` (lightweight, 32x128x128, batch 2, 3%: random and structured),
 `--set sweep` (presets x grids x occupancy x batch; hours on a CPU), `--set quick` (a minute).
 Writes unet.json, unet.md and unet.png to --out. The dense path is the plain dense model (no mask), what the
-reference runs; a path whose estimated memory exceeds this machine's is reported as not fitting.
+reference runs; a path whose estimated memory exceeds this machine's is reported as not fitting. On a CPU the
+workers fix glibc's mmap threshold (--mmap-threshold, see benchmarks.step_worker) so peak RSS follows live tensors.
 """
 from __future__ import annotations
 
