@@ -21,11 +21,14 @@ def _grouped(rows: torch.Tensor, groups: int) -> torch.Tensor:
     return rows.view(rows.shape[0], groups, rows.shape[1] // groups)
 
 
-def _normalized(xg: torch.Tensor, seg: torch.Tensor, mean: Optional[torch.Tensor], rstd: torch.Tensor):
-    """(x - mean) * rstd with each row's sample statistics [N, G, C/G]."""
-    if mean is not None:
-        xg = xg - mean.index_select(0, seg)[:, :, None]
-    return xg * rstd.index_select(0, seg)[:, :, None]
+def _per_row(stat: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+    """Per-(sample, group) statistics [B, G] broadcast to the rows: [N, G, 1]."""
+    return stat.index_select(0, seg)[:, :, None]
+
+
+def _centred(xg: torch.Tensor, seg: torch.Tensor, mean: Optional[torch.Tensor]) -> torch.Tensor:
+    """x - mean of each row's sample and group (x itself without centring)."""
+    return xg if mean is None else xg - _per_row(mean, seg)
 
 
 class SegmentGroupNormFunction(torch.autograd.Function):
@@ -37,9 +40,9 @@ class SegmentGroupNormFunction(torch.autograd.Function):
         xg = _grouped(rows, groups)
         count = (segment_counts(seg, batch).clamp_min(1) * (c // groups)).to(xg.dtype)[:, None]  # [B, 1]
         mean = segment_sum(xg.sum(-1), seg, batch) / count if center else None  # [B, G]
-        centred = xg if mean is None else xg - mean.index_select(0, seg)[:, :, None]
+        centred = _centred(xg, seg, mean)
         rstd = torch.rsqrt(segment_sum(centred.square().sum(-1), seg, batch) / count + eps)  # [B, G]
-        y = (centred * rstd.index_select(0, seg)[:, :, None]).view(n, c) * weight
+        y = (centred * _per_row(rstd, seg)).view(n, c) * weight
         if bias is not None:
             y = y + bias
         ctx.save_for_backward(rows, weight, seg, count, rstd, *(() if mean is None else (mean,)))
@@ -53,7 +56,7 @@ class SegmentGroupNormFunction(torch.autograd.Function):
         mean = maybe_mean[0] if maybe_mean else None
         n, c = rows.shape
         g = ctx.groups
-        xhat = _normalized(_grouped(rows, g), seg, mean, rstd)  # [N, G, C/G]
+        xhat = _centred(_grouped(rows, g), seg, mean) * _per_row(rstd, seg)  # [N, G, C/G]
         dy = grad_y.to(xhat.dtype).view(n, g, c // g)
         grad_weight = (dy * xhat).sum(0).reshape(c).to(weight.dtype) if ctx.needs_input_grad[1] else None
         grad_bias = dy.sum(0).reshape(c).to(weight.dtype) if ctx.has_bias and ctx.needs_input_grad[2] else None
@@ -62,10 +65,10 @@ class SegmentGroupNormFunction(torch.autograd.Function):
             dxhat = dy * weight.to(dy.dtype).view(1, g, c // g)
             # d/dx of (x - mean) * rstd: rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) per segment
             proj = segment_sum((dxhat * xhat).sum(-1), seg, ctx.batch) / count  # [B, G]
-            grad = dxhat - xhat * proj.index_select(0, seg)[:, :, None]
+            grad = dxhat - xhat * _per_row(proj, seg)
             if mean is not None:
-                grad -= (segment_sum(dxhat.sum(-1), seg, ctx.batch) / count).index_select(0, seg)[:, :, None]
-            grad_rows = (grad * rstd.index_select(0, seg)[:, :, None]).view(n, c).to(rows.dtype)
+                grad -= _per_row(segment_sum(dxhat.sum(-1), seg, ctx.batch) / count, seg)
+            grad_rows = (grad * _per_row(rstd, seg)).view(n, c).to(rows.dtype)
         return grad_rows, grad_weight, grad_bias, None, None, None, None, None
 
 

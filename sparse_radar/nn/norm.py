@@ -8,10 +8,9 @@ from torch import nn
 from ..kernels.segment import segment_counts
 from ..voxels import DenseVoxels, SparseVoxels
 from .field_ops import Field, check_field, per_sample, sample_index
-from .fused_norm import segment_group_norm
+from .fused_norm import HALF, segment_group_norm
 
 NORM_TYPES = ("group", "layer", "instance", "rms", "adaptive")
-HALF = (torch.float16, torch.bfloat16)
 
 
 def group_count(channels: int, num_groups: int) -> int:
