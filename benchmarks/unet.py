@@ -42,8 +42,9 @@ def available_bytes() -> int:
     return 0
 
 
-def run_one(preset, grid, batch, occupancy, pattern, path, steps, timeout, precision, mmap_threshold) -> dict:
-    """One worker process; a row describing the result, a non-fit or a time-out."""
+def run_one(preset, grid, batch, occupancy, pattern, path, steps, timeout, precision, mmap_threshold,
+            execute: bool = True) -> dict:
+    """One worker process; a row describing the result, a non-fit or a time-out ("not run" unless execute)."""
     overrides = {} if precision == "preset" else {"use_fp16": False, "use_checkpoint": False}
     cfg = PRESETS[preset](in_channels=8, out_channels=4, input_size=grid, **overrides)
     est = estimate(cfg, grid, batch, occupancy, path)
@@ -52,6 +53,8 @@ def run_one(preset, grid, batch, occupancy, pattern, path, steps, timeout, preci
            "mmap_threshold": mmap_threshold}
     if est.total > 0.9 * available_bytes():
         return {**row, "status": f"does not fit: estimated {est.total / 1e9:.1f} GB"}
+    if not execute:
+        return {**row, "status": "not run"}
     cmd = [sys.executable, "-m", "benchmarks.step_worker", "--preset", preset, "--grid", ",".join(map(str, grid)),
            "--batch", str(batch), "--occupancy", str(occupancy), "--pattern", pattern, "--path", path,
            "--steps", str(steps), "--overrides", json.dumps(overrides), "--mmap-threshold", str(mmap_threshold)]
@@ -143,16 +146,23 @@ def main(argv=None) -> int:
                    help="CPU allocator setting of the workers (benchmarks.step_worker); 0: glibc's dynamic default")
     p.add_argument("--out", default="bench_out")
     p.add_argument("--reuse", help="a log of an earlier run (its JSON lines): measured rows are not run again")
+    p.add_argument("--report-only", action="store_true",
+                   help="with --reuse: run nothing, report the configurations the log measured (a partial sweep)")
     args = p.parse_args(argv)
+    if args.report_only and not args.reuse:
+        p.error("--report-only needs --reuse LOG")
     cache = load_rows(args.reuse) if args.reuse else {}
     results = []
     for preset, grid, batch, occ, pattern in SETS[args.set]:
+        keys = {path: row_key(preset, grid, batch, occ, pattern, path, args.precision, args.mmap_threshold)
+                for path in ("dense", "sparse")}
+        if args.report_only and not any(k in cache for k in keys.values()):
+            continue
         for path in ("dense", "sparse"):
-            key = row_key(preset, grid, batch, occ, pattern, path, args.precision, args.mmap_threshold)
-            row = cache.get(key) or run_one(preset, grid, batch, occ, pattern, path, args.steps, args.timeout,
-                                            args.precision, args.mmap_threshold)
+            row = cache.get(keys[path]) or run_one(preset, grid, batch, occ, pattern, path, args.steps, args.timeout,
+                                                   args.precision, args.mmap_threshold, not args.report_only)
             if row.get("status") == "ok":
-                cache[key] = row
+                cache[keys[path]] = row
             print(json.dumps(row), flush=True)
             results.append(row)
     table = markdown_table(HEADER, pair_rows(results))

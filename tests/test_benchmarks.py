@@ -64,3 +64,18 @@ def test_fixed_mmap_threshold_keeps_freed_blocks_out_of_resident_memory():
     assert grown >= 8 << 20 and after < 1 << 20  # resident while alive, gone once freed
     grown, after = resident_growth(fixed=False)
     assert after > 7 << 20  # glibc's default keeps the freed block resident in its heap
+
+
+def test_unet_report_only_tabulates_a_partial_sweep(tmp_path):
+    base = {"preset": "tiny", "grid": [16, 64, 64], "batch": 1, "occupancy": 0.005, "pattern": "random",
+            "precision": "preset", "mmap_threshold": 1 << 17, "status": "ok"}
+    log = tmp_path / "sweep.log"
+    log.write_text(json.dumps({**base, "path": "dense", "step_ms": 900.0, "peak_bytes": 4e8, "estimated_bytes": 3e8})
+                   + "\n" + json.dumps({**base, "path": "sparse", "step_ms": 9.0, "peak_bytes": 2e7,
+                                        "estimated_bytes": 3e7, "active_share": 0.005}) + "\n")
+    run("benchmarks.unet", "--set", "sweep", "--reuse", str(log), "--report-only", "--out", str(tmp_path))
+    rows = [r for r in (tmp_path / "unet_sweep.md").read_text().splitlines()[2:] if r.startswith("|")]
+    # the dense row serves all five occupancies of that batch; only 0.5% has a sparse measurement
+    assert len(rows) == 5
+    assert "| 100.0x |" in rows[0] and "| 20.0x |" in rows[0]
+    assert all("not run" in r for r in rows[1:])
