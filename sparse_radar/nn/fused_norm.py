@@ -10,9 +10,8 @@ from typing import Optional
 
 import torch
 
+from ..kernels.conv import HALF_DTYPES as HALF
 from ..kernels.segment import segment_counts, segment_sum
-
-HALF = (torch.float16, torch.bfloat16)
 
 
 def _grouped(rows: torch.Tensor, groups: int) -> torch.Tensor:
