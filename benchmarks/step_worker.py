@@ -109,6 +109,9 @@ def main(argv=None) -> int:
     p.add_argument("--pattern", choices=("random", "structured"), default="random")
     p.add_argument("--path", choices=("sparse", "dense"), default="sparse")
     p.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
+    p.add_argument("--time-budget", type=float, default=0.0,
+                   help="seconds: after the first timed step, no step starts that would end past the budget "
+                        "(judged by the step before); the JSON says how many ran (timed_steps). 0: no budget")
     p.add_argument("--overrides", default="{}", help="JSON dict of UNetConfig overrides")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--sdpa", choices=("auto", "math"), default="auto",
@@ -117,6 +120,10 @@ def main(argv=None) -> int:
                    help="CPU: fixed glibc mmap threshold in bytes (see fix_mmap_threshold); 0: glibc's dynamic "
                         "default, whose peak RSS includes heap fragmentation")
     args = p.parse_args(argv)
+    if args.steps < 1:
+        p.error(f"--steps must be >= 1, got {args.steps}")
+    if args.time_budget < 0:
+        p.error(f"--time-budget must be >= 0 seconds, got {args.time_budget}")
     if args.mmap_threshold < 0:
         p.error(f"--mmap-threshold must be >= 0, got {args.mmap_threshold}")
     fixed = args.mmap_threshold > 0 and fix_mmap_threshold(args.mmap_threshold)
@@ -149,8 +156,11 @@ def main(argv=None) -> int:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    times = []
+    times, began = [], time.perf_counter()
     for i in range(args.steps + 1):
+        # the second step always runs: with the optimizer's state allocated, it is the steady state's peak
+        if i > 1 and args.time_budget and time.perf_counter() - began + times[-1] > args.time_budget:
+            break
         start = time.perf_counter()
         if args.sdpa == "math":
             from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -164,7 +174,8 @@ def main(argv=None) -> int:
     print(json.dumps({"preset": args.preset, "grid": list(grid), "batch": args.batch, "occupancy": args.occupancy,
                       "pattern": args.pattern, "path": args.path, "active_voxels": active,
                       "active_share": active / (args.batch * grid[0] * grid[1] * grid[2]),
-                      "step_ms": statistics.median(times) * 1e3, "peak_bytes": peak,
+                      "step_ms": statistics.median(times) * 1e3, "timed_steps": len(times),
+                      "peak_bytes": peak,
                       "params": sum(p.numel() for p in model.parameters()), "device": str(device),
                       "mmap_threshold": args.mmap_threshold if fixed else 0}))
     return 0

@@ -21,15 +21,27 @@ from sparse_radar.models import PRESETS
 from .common import machine, markdown_table, write_report
 from .step_worker import MMAP_THRESHOLD
 
+SMALL, TARGET, LARGE = (16, 64, 64), (32, 128, 128), (32, 256, 256)
+OCCUPANCIES = (0.005, 0.01, 0.03, 0.1, 0.3)
+REFERENCE_PRESETS = ("ultra_lightweight", "lightweight")
 SETS = {
-    "quick": [("tiny", (16, 64, 64), 2, occ, "random") for occ in (0.01, 0.03, 0.1)],
-    "target": [("lightweight", (32, 128, 128), 2, 0.03, "random"),
-               ("lightweight", (32, 128, 128), 2, 0.03, "structured")],
-    "sweep": [(p, g, b, o, pat) for p, g, b, o, pat in itertools.product(
-        ("tiny", "ultra_lightweight", "lightweight"), ((16, 64, 64), (32, 128, 128), (32, 256, 256)), (1, 2, 4),
-        (0.005, 0.01, 0.03, 0.1, 0.3), ("random",))] + [
-        (p, g, 2, 0.03, "structured") for p in ("tiny", "ultra_lightweight", "lightweight")
-        for g in ((16, 64, 64), (32, 128, 128))],
+    "quick": [("tiny", SMALL, 2, occ, "random") for occ in (0.01, 0.03, 0.1)],
+    "target": [("lightweight", TARGET, 2, 0.03, "random"), ("lightweight", TARGET, 2, 0.03, "structured")],
+    # every value the benchmark issue names, without the full product (see "full"): the larger grid with the
+    # lightweight preset first (its dense step is the longest), then the target grid with the two reference
+    # presets at every occupancy up to 10% and on scenes, then every preset x batch x occupancy at the small grid
+    "sweep": [("lightweight", LARGE, 1, occ, pat) for occ, pat in ((0.03, "random"), (0.01, "random"),
+                                                                   (0.03, "structured"))]
+    + [(p, TARGET, 2, occ, "random") for p in REFERENCE_PRESETS for occ in OCCUPANCIES[:4]]
+    + [(p, TARGET, 2, 0.03, "structured") for p in REFERENCE_PRESETS]
+    + [(p, SMALL, b, occ, "random") for p in ("tiny",) + REFERENCE_PRESETS for b in (1, 2, 4) for occ in OCCUPANCIES]
+    + [(p, SMALL, 2, 0.03, "structured") for p in ("tiny",) + REFERENCE_PRESETS],
+    # the full product: days of dense steps on a CPU (the tiny preset's global attention at ds 2 alone takes
+    # many minutes a step from 32x128x128 on)
+    "full": [(p, g, b, o, pat) for p, g, b, o, pat in itertools.product(
+        ("tiny",) + REFERENCE_PRESETS, (SMALL, TARGET, LARGE), (1, 2, 4), OCCUPANCIES, ("random",))] + [
+        (p, g, b, 0.03, "structured") for p in ("tiny",) + REFERENCE_PRESETS for g in (SMALL, TARGET, LARGE)
+        for b in ((1,) if g == LARGE else (2,))],
 }
 
 
@@ -43,7 +55,7 @@ def available_bytes() -> int:
 
 
 def run_one(preset, grid, batch, occupancy, pattern, path, steps, timeout, precision, mmap_threshold,
-            execute: bool = True) -> dict:
+            execute: bool = True, time_budget: float = 0.0) -> dict:
     """One worker process; a row describing the result, a non-fit or a time-out ("not run" unless execute)."""
     overrides = {} if precision == "preset" else {"use_fp16": False, "use_checkpoint": False}
     cfg = PRESETS[preset](in_channels=8, out_channels=4, input_size=grid, **overrides)
@@ -57,7 +69,8 @@ def run_one(preset, grid, batch, occupancy, pattern, path, steps, timeout, preci
         return {**row, "status": "not run"}
     cmd = [sys.executable, "-m", "benchmarks.step_worker", "--preset", preset, "--grid", ",".join(map(str, grid)),
            "--batch", str(batch), "--occupancy", str(occupancy), "--pattern", pattern, "--path", path,
-           "--steps", str(steps), "--overrides", json.dumps(overrides), "--mmap-threshold", str(mmap_threshold)]
+           "--steps", str(steps), "--overrides", json.dumps(overrides), "--mmap-threshold", str(mmap_threshold),
+           "--time-budget", str(time_budget)]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -74,16 +87,27 @@ def row_key(preset, grid, batch, occupancy, pattern, path, precision, mmap_thres
     return (preset, tuple(grid), batch, occupancy, pattern, path, precision, mmap_threshold)
 
 
-def load_rows(log: str) -> dict:
-    """Measured rows of an earlier run's output, by row_key."""
+def read_rows(path: str) -> List[dict]:
+    """The rows of an earlier run: its JSON report, or its log (one JSON row a line, other lines ignored)."""
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    try:
+        report = json.loads(text)
+    except ValueError:
+        report = None
+    if isinstance(report, dict) and isinstance(report.get("results"), list):
+        return report["results"]
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def load_rows(*paths: str) -> dict:
+    """Measured rows of earlier runs' logs or reports, by row_key."""
     cache = {}
-    with open(log, encoding="utf-8") as fh:
-        for line in fh:
-            if line.startswith("{"):
-                r = json.loads(line)
-                if r.get("status") == "ok":
-                    cache[row_key(r["preset"], r["grid"], r["batch"], r["occupancy"], r["pattern"], r["path"],
-                                  r["precision"], r.get("mmap_threshold", 0))] = r
+    for path in paths:
+        for r in read_rows(path):
+            if r.get("status") == "ok":
+                cache[row_key(r["preset"], r["grid"], r["batch"], r["occupancy"], r["pattern"], r["path"],
+                              r["precision"], r.get("mmap_threshold", 0))] = r
     return cache
 
 
@@ -98,12 +122,13 @@ def pair_rows(results: List[dict]) -> List[list]:
         rows.append([s["preset"], "x".join(map(str, s["grid"])), s["batch"], f"{s['occupancy']:.1%}", s["pattern"],
                      f"{s.get('active_share', s['occupancy']):.2%}", fmt(d, "step_ms", 1), fmt(s, "step_ms", 1),
                      f"{d['step_ms'] / s['step_ms']:.1f}x" if ok else "-", fmt(d, "peak_bytes", 1e6),
-                     fmt(s, "peak_bytes", 1e6), mem_ratio])
+                     fmt(s, "peak_bytes", 1e6), mem_ratio,
+                     f"{d.get('timed_steps', '-')}/{s.get('timed_steps', '-')}"])
     return rows
 
 
 HEADER = ["preset", "grid", "batch", "occupancy", "pattern", "active", "dense ms", "sparse ms", "speed-up",
-          "dense MB", "sparse MB", "memory saving"]
+          "dense MB", "sparse MB", "memory saving", "timed steps (dense/sparse)"]
 
 
 def plot(results: List[dict], path: str) -> None:
@@ -140,18 +165,23 @@ def main(argv=None) -> int:
     p.add_argument("--set", choices=list(SETS), default="target")
     p.add_argument("--steps", type=int, default=2, help="timed steps per configuration (after one warm-up)")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per configuration and path")
+    p.add_argument("--time-budget", type=float, default=0.0,
+                   help="seconds per configuration and path after which no further timed step starts (at least "
+                        "one always runs; benchmarks.step_worker); 0: all --steps")
     p.add_argument("--precision", choices=("preset", "fp32"), default="preset",
                    help="preset: the preset's use_fp16/use_checkpoint; fp32: both off")
     p.add_argument("--mmap-threshold", type=int, default=MMAP_THRESHOLD,
                    help="CPU allocator setting of the workers (benchmarks.step_worker); 0: glibc's dynamic default")
     p.add_argument("--out", default="bench_out")
-    p.add_argument("--reuse", help="a log of an earlier run (its JSON lines): measured rows are not run again")
+    p.add_argument("--reuse", action="append", default=[],
+                   help="a log (its JSON lines) or JSON report of an earlier run, repeatable: measured rows are "
+                        "not run again")
     p.add_argument("--report-only", action="store_true",
                    help="with --reuse: run nothing, report the configurations the log measured (a partial sweep)")
     args = p.parse_args(argv)
     if args.report_only and not args.reuse:
         p.error("--report-only needs --reuse LOG")
-    cache = load_rows(args.reuse) if args.reuse else {}
+    cache = load_rows(*args.reuse)
     results = []
     for preset, grid, batch, occ, pattern in SETS[args.set]:
         keys = {path: row_key(preset, grid, batch, occ, pattern, path, args.precision, args.mmap_threshold)
@@ -160,7 +190,8 @@ def main(argv=None) -> int:
             continue
         for path in ("dense", "sparse"):
             row = cache.get(keys[path]) or run_one(preset, grid, batch, occ, pattern, path, args.steps, args.timeout,
-                                                   args.precision, args.mmap_threshold, not args.report_only)
+                                                   args.precision, args.mmap_threshold, not args.report_only,
+                                                   args.time_budget)
             if row.get("status") == "ok":
                 cache[keys[path]] = row
             print(json.dumps(row), flush=True)

@@ -27,6 +27,26 @@ def test_attention_worker_measures_one_point():
     assert row["type"] == "window" and row["tokens"] == row["active"] > 0 and row["ms"] > 0
 
 
+def test_step_worker_time_budget_keeps_one_timed_step():
+    args = ("benchmarks.step_worker", "--preset", "tiny", "--grid", "8,16,16", "--batch", "1", "--steps", "3")
+    assert json.loads(run(*args))["timed_steps"] == 3
+    # the budget is spent by the warm-up: only the second step (the steady state's peak) runs
+    row = json.loads(run(*args, "--time-budget", "0.001"))
+    assert row["timed_steps"] == 1 and row["step_ms"] > 0
+
+
+def test_unet_sweep_covers_every_value_the_issue_names():
+    from benchmarks.unet import SETS
+    sweep = SETS["sweep"]
+    assert {p for p, *_ in sweep} == {"tiny", "ultra_lightweight", "lightweight"}
+    grids = {g for _, g, *_ in sweep}
+    assert {(16, 64, 64), (32, 128, 128)} <= grids and any(d * h * w > 32 * 128 * 128 for d, h, w in grids)
+    assert {b for _, _, b, *_ in sweep} == {1, 2, 4}
+    assert {o for *_, o, pat in sweep if pat == "random"} == {0.005, 0.01, 0.03, 0.1, 0.3}
+    assert {p for p, *_, pat in sweep if pat == "structured"} == {"tiny", "ultra_lightweight", "lightweight"}
+    assert len(set(sweep)) == len(sweep) and set(sweep) <= set(SETS["full"])
+
+
 def test_unet_rows_reuse_dense_measurements(tmp_path):
     from benchmarks.unet import load_rows, pair_rows, row_key
     dense = {"preset": "tiny", "grid": [8, 16, 16], "batch": 1, "occupancy": 0.01, "pattern": "random",
@@ -43,6 +63,12 @@ def test_unet_rows_reuse_dense_measurements(tmp_path):
     assert row_key("tiny", (8, 16, 16), 1, 0.3, "random", "sparse", "preset", 0) not in cache
     row = pair_rows([dense, sparse])[0]
     assert row[8] == "10.0x" and row[11] == "8.0x"
+    # a JSON report serves as well as a log, and several can be given
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"machine": {}, "results": [{**sparse, "batch": 4, "timed_steps": 1}]}, indent=2))
+    both = load_rows(str(log), str(report))
+    assert both[row_key("tiny", (8, 16, 16), 4, 0.01, "random", "sparse", "preset", 0)]["timed_steps"] == 1
+    assert row_key("tiny", (8, 16, 16), 1, 0.01, "random", "sparse", "preset", 0) in both
 
 
 def resident_growth(fixed: bool):
