@@ -9,6 +9,7 @@ workers fix glibc's mmap threshold (--mmap-threshold, see benchmarks.step_worker
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import subprocess
@@ -18,8 +19,9 @@ from typing import List
 from sparse_radar.estimate import estimate
 from sparse_radar.models import PRESETS
 
+from .bound import bound, record_layers
 from .common import machine, markdown_table, write_report
-from .step_worker import MMAP_THRESHOLD
+from .step_worker import MMAP_THRESHOLD, make_input
 
 SMALL, TARGET, LARGE = (16, 64, 64), (32, 128, 128), (32, 256, 256)
 OCCUPANCIES = (0.005, 0.01, 0.03, 0.1, 0.3)
@@ -111,8 +113,21 @@ def load_rows(*paths: str) -> dict:
     return cache
 
 
-def pair_rows(results: List[dict]) -> List[list]:
-    """Markdown rows: one per configuration, dense and sparse side by side, with ratios."""
+@functools.lru_cache(maxsize=None)
+def _layers(preset: str, grid: tuple):
+    return record_layers(preset, grid)
+
+
+def arithmetic_bound(row: dict) -> float:
+    """Dense / sparse forward multiply-adds of a configuration's input (benchmarks.bound): the speed-up the sparse
+    path would reach at the dense kernels' FLOP rate."""
+    mask, _ = make_input(tuple(row["grid"]), row["batch"], row["occupancy"], row["pattern"], 1)
+    return bound(_layers(row["preset"], tuple(row["grid"])), mask).ratio
+
+
+def pair_rows(results: List[dict], with_bound: bool = True) -> List[list]:
+    """Markdown rows: one per configuration, dense and sparse side by side, with ratios (and the arithmetic
+    bound on the speed-up)."""
     rows, fmt = [], (lambda r, k, s: f"{r[k] / s:.0f}" if r.get("status") == "ok" else r.get("status", "-"))
     for i in range(0, len(results), 2):
         d, s = results[i], results[i + 1]
@@ -121,14 +136,15 @@ def pair_rows(results: List[dict]) -> List[list]:
             f"~{d['estimated_bytes'] / s['peak_bytes']:.1f}x (dense estimated)" if s.get("status") == "ok" else "-")
         rows.append([s["preset"], "x".join(map(str, s["grid"])), s["batch"], f"{s['occupancy']:.1%}", s["pattern"],
                      f"{s.get('active_share', s['occupancy']):.2%}", fmt(d, "step_ms", 1), fmt(s, "step_ms", 1),
-                     f"{d['step_ms'] / s['step_ms']:.1f}x" if ok else "-", fmt(d, "peak_bytes", 1e6),
+                     f"{d['step_ms'] / s['step_ms']:.1f}x" if ok else "-",
+                     f"{arithmetic_bound(s):.1f}x" if with_bound else "-", fmt(d, "peak_bytes", 1e6),
                      fmt(s, "peak_bytes", 1e6), mem_ratio,
                      f"{d.get('timed_steps', '-')}/{s.get('timed_steps', '-')}"])
     return rows
 
 
 HEADER = ["preset", "grid", "batch", "occupancy", "pattern", "active", "dense ms", "sparse ms", "speed-up",
-          "dense MB", "sparse MB", "memory saving", "timed steps (dense/sparse)"]
+          "arithmetic bound", "dense MB", "sparse MB", "memory saving", "timed steps (dense/sparse)"]
 
 
 def plot(results: List[dict], path: str) -> None:
