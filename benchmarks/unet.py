@@ -29,15 +29,16 @@ REFERENCE_PRESETS = ("ultra_lightweight", "lightweight")
 SETS = {
     "quick": [("tiny", SMALL, 2, occ, "random") for occ in (0.01, 0.03, 0.1)],
     "target": [("lightweight", TARGET, 2, 0.03, "random"), ("lightweight", TARGET, 2, 0.03, "structured")],
-    # every value the benchmark issue names, without the full product (see "full"): the larger grid with the
-    # lightweight preset first (its dense step is the longest), then the target grid with the two reference
-    # presets at every occupancy up to 10% and on scenes, then every preset x batch x occupancy at the small grid
-    "sweep": [("lightweight", LARGE, 1, occ, pat) for occ, pat in ((0.03, "random"), (0.01, "random"),
-                                                                   (0.03, "structured"))]
+    # every value the benchmark issue names, without the full product (see "full"), cheapest rows first so that an
+    # interrupted run (resumed with --reuse) has covered every value: the larger grid on scenes, every preset x
+    # batch x occupancy at the small grid, the two reference presets at the target grid at every occupancy up to
+    # 10% and on scenes, then the larger grid's random rows (global attention over ~51k voxels a sample at 3%)
+    "sweep": [("lightweight", LARGE, 1, 0.03, "structured")]
+    + [(p, SMALL, b, occ, "random") for p in ("tiny",) + REFERENCE_PRESETS for b in (1, 2, 4) for occ in OCCUPANCIES]
+    + [(p, SMALL, 2, 0.03, "structured") for p in ("tiny",) + REFERENCE_PRESETS]
     + [(p, TARGET, 2, occ, "random") for p in REFERENCE_PRESETS for occ in OCCUPANCIES[:4]]
     + [(p, TARGET, 2, 0.03, "structured") for p in REFERENCE_PRESETS]
-    + [(p, SMALL, b, occ, "random") for p in ("tiny",) + REFERENCE_PRESETS for b in (1, 2, 4) for occ in OCCUPANCIES]
-    + [(p, SMALL, 2, 0.03, "structured") for p in ("tiny",) + REFERENCE_PRESETS],
+    + [("lightweight", LARGE, 1, occ, "random") for occ in (0.01, 0.03)],
     # the full product: days of dense steps on a CPU (the tiny preset's global attention at ds 2 alone takes
     # many minutes a step from 32x128x128 on)
     "full": [(p, g, b, o, pat) for p, g, b, o, pat in itertools.product(
