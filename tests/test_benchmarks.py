@@ -71,6 +71,24 @@ def test_unet_rows_reuse_dense_measurements(tmp_path):
     assert row_key("tiny", (8, 16, 16), 1, 0.01, "random", "sparse", "preset", 0) in both
 
 
+def test_unet_timed_out_dense_rows_are_reused_and_bound_the_speed_up(tmp_path):
+    from benchmarks.unet import load_rows, pair_rows, row_key, run_one, timed_out
+    row = run_one("tiny", (8, 16, 16), 1, 0.03, "random", "dense", 2, 0.001, "preset", 0)
+    assert row["status"] == "timed out after 0.001 s" and row["step_ms_at_least"] == 0.001 * 1e3 / 3
+    assert timed_out(row) == 0.001
+    dense = {"preset": "tiny", "grid": [8, 16, 16], "batch": 1, "occupancy": 0.01, "pattern": "random",
+             "path": "dense", "precision": "preset", "estimated_bytes": 9e8, "status": "timed out after 600 s",
+             "timeout_s": 600, "step_ms_at_least": 200e3}
+    sparse = {**dense, "path": "sparse", "status": "ok", "step_ms": 1000.0, "peak_bytes": 1e8, "active_share": 0.01}
+    log = tmp_path / "log"
+    log.write_text(json.dumps(dense) + "\n")
+    cache = load_rows(str(log))
+    assert timed_out(cache[row_key("tiny", (8, 16, 16), 1, 0.3, "random", "dense", "preset", 0)]) == 600
+    assert timed_out({"status": "timed out after 90 s"}) == 90 and timed_out(sparse) == 0
+    row = pair_rows([dense, sparse], with_bound=False)[0]
+    assert row[6] == "timed out after 600 s" and row[8] == "> 200.0x" and row[12] == "~9.0x (dense estimated)"
+
+
 def resident_growth(fixed: bool):
     """(resident growth while an 8 MiB tensor lives, growth left once it is freed), in a fresh process."""
     code = ("import torch; from benchmarks.step_worker import fix_mmap_threshold, current_rss\n"
