@@ -72,7 +72,7 @@ def _saved_bytes(model: UNet3D, field, batch: int) -> int:
     """Bytes autograd keeps for the backward of one forward pass; with checkpointing, modelled from a pass
     without it: every ResBlock and AttentionBlock keeps only its input, and the backward recomputes one block
     at a time."""
-    seen, per_block, block_inputs, current = {}, {}, {}, []
+    seen, per_block, block_inputs, current, alive = {}, {}, {}, [], []
 
     def pack(t):
         storage = t.untyped_storage()
@@ -81,7 +81,14 @@ def _saved_bytes(model: UNet3D, field, batch: int) -> int:
             seen[key] = storage.nbytes()
             if current:
                 per_block[current[-1]] = per_block.get(current[-1], 0) + storage.nbytes()
-        return t
+        # the graph gets an index, not the tensor: a tensor an op saves of its own output would otherwise keep its
+        # graph alive for good, a reference cycle autograd cannot see; `alive` keeps every saved storage until
+        # the count is done (so no address is reused) and is emptied then, as the graph holds these hooks
+        alive.append(t)
+        return len(alive) - 1
+
+    def unpack(_):
+        raise RuntimeError("the estimator's probe forward has no backward")
 
     def enter(module, args):
         current.append(id(module))
@@ -96,10 +103,11 @@ def _saved_bytes(model: UNet3D, field, batch: int) -> int:
     handles = [b.register_forward_pre_hook(enter) for b in blocks]
     handles += [b.register_forward_hook(lambda m, a, o: current.pop() and None) for b in blocks]
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
             model.train()
             model(field, torch.zeros(batch))
     finally:
+        alive.clear()
         for h in handles:
             h.remove()
         model.config.use_checkpoint = checkpointing

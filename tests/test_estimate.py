@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from sparse_radar.estimate import estimate, main, parse_bytes
 from sparse_radar.models import PRESETS
@@ -54,3 +55,20 @@ def test_cli_says_whether_it_fits(capsys):
     assert main(["--preset", "tiny", "--grid", "16,64,64", "--batch", "1", "--budget", "0.2GB"]) == 0
     out = capsys.readouterr().out
     assert "dense" in out and "sparse" in out and "does NOT fit" in out and "-> fits" in out
+
+
+def test_probe_forward_frees_its_graph():
+    # the count keeps saved tensors only while it runs; before, a saved output kept its whole graph (and through
+    # it every parameter) alive for good, and each estimate leaked the probe's activations
+    import gc
+    import weakref
+
+    from sparse_radar import DenseVoxels, UNet3D
+    from sparse_radar.estimate import _saved_bytes
+    from sparse_radar.models import create_tiny_unet_config
+    model = UNet3D(create_tiny_unet_config(in_channels=8, out_channels=4))
+    assert _saved_bytes(model, DenseVoxels(torch.randn(1, 8, 8, 16, 16)), 1) > 0
+    weight = weakref.ref(model.input_conv.weight)
+    del model
+    gc.collect()
+    assert weight() is None
