@@ -120,6 +120,7 @@ def count(layers: List[Layer], mask: torch.Tensor) -> Dict[Shape, Dict[str, int]
     """{level grid: {conv/attention multiply-adds, dense and sparse}} for the active voxels of `mask`."""
     masks = level_masks(mask, {layer.shape for layer in layers})
     levels: Dict[Shape, Dict[str, int]] = {}
+    pairs_of: Dict[Tuple[Shape, int], int] = {}  # every conv of a level with the same kernel has the same pairs
     for layer in layers:
         m = masks[layer.shape]
         row = levels.setdefault(layer.shape, {"cells": m.numel(), "active": int(m.sum()), "conv_dense": 0,
@@ -129,7 +130,11 @@ def count(layers: List[Layer], mask: torch.Tensor) -> Dict[Shape, Dict[str, int]
             row["attention_sparse"] += attention_macs(layer, group_counts(m, layer))
         else:  # a dense conv computes every tap of every cell; a strided or inverse one (kernel = stride) one each
             dense_pairs = m.numel() * (layer.taps if layer.kind == "subm" else 1)
-            pairs = neighbour_pairs(m, layer.taps) if layer.kind == "subm" else int(m.sum())
+            pairs = row["active"]
+            if layer.kind == "subm":
+                if (layer.shape, layer.taps) not in pairs_of:
+                    pairs_of[layer.shape, layer.taps] = neighbour_pairs(m, layer.taps)
+                pairs = pairs_of[layer.shape, layer.taps]
             row["conv_dense"] += dense_pairs * layer.macs_per_pair
             row["conv_sparse"] += pairs * layer.macs_per_pair
     return levels
