@@ -2,11 +2,10 @@
 path (q, k, v [B, heads, d, D, H, W] with a key mask [B, 1, D, H, W] or None) computing the same function."""
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 from .attention_dense import (dense_global, dense_height, dense_linear, dense_topk, dense_window,
-                              gather_dense_tokens)
+                              gather_dense_tokens, topk_softmax)
 
 import torch
 import torch.nn.functional as F
@@ -15,8 +14,7 @@ from torch import nn
 from ..kernels import grouping
 from ..voxels import SparseVoxels
 
-TOPK_QUERY_ELEMENTS = 1 << 18  # scores per query chunk of top-k attention (chunk * N_b * heads); autograd may
-# hold several chunks' score gradients at once in backward, so this stays small
+TOPK_QUERY_ELEMENTS = 1 << 22  # scores per query chunk when top-k attention picks its keys (no autograd)
 
 
 def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_id: torch.Tensor,
@@ -161,23 +159,11 @@ class TopKAttention(nn.Module):
         self.topk = topk
 
     def sparse(self, q, k, v, x: SparseVoxels) -> torch.Tensor:
-        """[N, h, d] outputs; memory O(N*topk + chunk*N)."""
-        scale = 1.0 / math.sqrt(q.shape[-1])
+        """[N, h, d] outputs; memory O(N*topk*d + chunk*N)."""
         outs = []
         for lo, hi in _sample_slices(x):
-            kb, vb = k[lo:hi].transpose(0, 1), v[lo:hi].transpose(0, 1)  # [h, Nb, d]
-            n_b, heads = hi - lo, q.shape[1]
-            keep = min(self.topk, n_b)
-            chunk = max(1, TOPK_QUERY_ELEMENTS // max(1, n_b * heads))
-            for start in range(lo, hi, chunk):
-                qc = q[start:min(hi, start + chunk)].transpose(0, 1)  # [h, c, d]
-                scores = torch.matmul(qc, kb.transpose(1, 2)) * scale  # [h, c, Nb]
-                top, idx = scores.topk(keep, dim=-1)  # [h, c, keep]
-                weights = torch.softmax(top, dim=-1)
-                flat = idx + (torch.arange(heads, device=idx.device) * n_b)[:, None, None]
-                picked = vb.reshape(heads * n_b, -1).index_select(0, flat.reshape(-1))
-                picked = picked.view(*idx.shape, vb.shape[-1])  # [h, c, keep, d]
-                outs.append((weights[..., None] * picked).sum(2).transpose(0, 1))
+            qs, ks, vs = (t[lo:hi].transpose(0, 1) for t in (q, k, v))  # [h, Nb, d]
+            outs.append(topk_softmax(qs, ks, vs, min(self.topk, hi - lo), TOPK_QUERY_ELEMENTS).transpose(0, 1))
         return torch.cat(outs) if outs else q.clone()
 
     def dense(self, q, k, v, mask) -> torch.Tensor:

@@ -88,30 +88,42 @@ def dense_linear(q, k, v, mask) -> torch.Tensor:
     return (num / den.clamp_min(1e-6)[:, :, None, :]).reshape(q.shape)
 
 
+def topk_softmax(q, k, v, keep: int, budget: int, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """[h, Lq, d]: softmax over each query's `keep` highest-scoring keys (q [h, Lq, d], k, v [h, Lk, d]).
+
+    The keys are chosen without autograd, query chunk by query chunk (at most `budget` scores at once), then
+    their scores are recomputed from gathered keys: the gradient is the same (top-k passes gradient only to
+    the chosen scores) but backward never builds a full [h, Lk, d] key gradient per chunk, which made a grid
+    of L cells cost O(L^3). Keys where `valid` [Lk] is False are never chosen (keep <= valid keys)."""
+    heads, length, d = k.shape
+    if q.shape[1] == 0 or keep == 0:
+        return torch.zeros_like(q)
+    scale = 1.0 / math.sqrt(d)
+    chunk = max(1, budget // max(1, length * heads))
+    with torch.no_grad():
+        bias = None if valid is None else key_bias(valid, q.dtype)
+        picks = []
+        for start in range(0, q.shape[1], chunk):
+            scores = torch.matmul(q[:, start:start + chunk], k.transpose(1, 2))
+            picks.append((scores if bias is None else scores + bias).topk(keep, dim=-1).indices)
+        idx = torch.cat(picks, 1) + (torch.arange(heads, device=q.device) * length)[:, None, None]  # [h, Lq, keep]
+    # index_select, not fancy indexing: its backward (index_add_) is deterministic on CPU
+    kp, vp = (t.reshape(heads * length, d).index_select(0, idx.reshape(-1)).view(*idx.shape, d) for t in (k, v))
+    weights = torch.softmax(torch.einsum("hqkd,hqd->hqk", kp, q) * scale, dim=-1)
+    return torch.einsum("hqk,hqkd->hqd", weights, vp)
+
+
 def dense_topk(q, k, v, mask, topk: int, budget: int) -> torch.Tensor:
-    """Top-k attention over each sample's active keys, queries in chunks of the grid."""
+    """Top-k attention over each sample's active keys, for every cell of the grid."""
     b, h, d = q.shape[:3]
     flat = lambda t: t.reshape(b, h, d, -1).transpose(2, 3)  # [B, h, L, d]
     qf, kf, vf = flat(q), flat(k), flat(v)
-    length = qf.shape[2]
-    valid = _valid(q, mask).reshape(b, length)
-    out = torch.zeros_like(qf)
-    scale = 1.0 / math.sqrt(d)
-    chunk = max(1, budget // max(1, length * h))
+    valid = _valid(q, mask).reshape(b, -1)
+    samples = []
     for s in range(b):
         n_active = int(valid[s].sum())
-        if n_active == 0:
-            continue
-        keep = min(topk, n_active)
-        bias = key_bias(valid[s], q.dtype)  # [L]
-        values = vf[s].reshape(h * length, d)
-        for start in range(0, length, chunk):
-            scores = torch.matmul(qf[s, :, start:start + chunk], kf[s].transpose(1, 2)) * scale + bias
-            top, idx = scores.topk(keep, dim=-1)  # [h, c, keep]
-            flat_idx = idx + (torch.arange(h, device=q.device) * length)[:, None, None]
-            picked = values.index_select(0, flat_idx.reshape(-1)).view(*idx.shape, d)
-            out[s, :, start:start + chunk] = (torch.softmax(top, -1)[..., None] * picked).sum(2)
-    return out.transpose(2, 3).reshape(q.shape)
+        samples.append(topk_softmax(qf[s], kf[s], vf[s], min(topk, n_active), budget, valid[s]))
+    return torch.stack(samples).transpose(2, 3).reshape(q.shape)
 
 
 def gather_dense_tokens(sparse_fn: Callable, q, k, v, mask) -> torch.Tensor:

@@ -135,6 +135,16 @@ def test_topk_attention_keeps_the_highest_scores(topk, monkeypatch):
     check(build_attention_core("sparse", HEADS, topk=topk), q, k, v, sv, ref)
 
 
+def test_topk_attention_gradients_match_finite_differences_on_both_paths(monkeypatch):
+    import sparse_radar.nn.attention_cores as cores
+    monkeypatch.setattr(cores, "TOPK_QUERY_ELEMENTS", 50)  # keys picked over several query chunks
+    sv, q, k, v = tokens(seed=7, shape=(3, 4, 4))
+    core = build_attention_core("sparse", HEADS, topk=3)
+    inputs = tuple(t.clone().requires_grad_(True) for t in (q, k, v))
+    assert torch.autograd.gradcheck(lambda *t: core.sparse(*t, sv), inputs)
+    assert torch.autograd.gradcheck(lambda *t: torch.cat(both_paths(core, *t, sv)), inputs)
+
+
 def test_topk_with_k_at_least_n_equals_full_attention():
     sv, q, k, v = tokens(seed=6)
     full = build_attention_core("flash", HEADS).sparse(q, k, v, sv)
