@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 
-from .common import machine, markdown_table, write_report
+from .common import grouped_bars, machine, markdown_table, pyplot, save_figure, write_report
 
 BASE = {"use_fp16": False, "use_checkpoint": False, "dropout": 0.0}
 # (row, README claim, baseline overrides, optimised overrides, worker flags of baseline, of optimised)
@@ -48,6 +49,35 @@ def effect(base, opt) -> str:
     return f"{1 - opt[1] / base[1]:.0%} / {base[0] / opt[0]:.2f}x"
 
 
+def claimed(claim: str):
+    """(memory saving, speed-up) midpoints of a README claim such as '40-60% / 3-5x' or '80-90% / 10x+'."""
+    memory, speed = claim.split("/")
+    mid = lambda text: sum(map(float, re.findall(r"[0-9.]+", text))) / len(re.findall(r"[0-9.]+", text))
+    return mid(memory) / 100, mid(speed)
+
+
+def plot(raw, path: str) -> None:
+    """Memory saving and speed-up of each optimisation: README claim (midpoint) beside ours, if matplotlib is installed."""
+    plt = pyplot()
+    if plt is None:
+        return
+    names = [name for name, *_ in ROWS]
+    ours = {(r["row"], r["path"]): (r["baseline"], r["optimised"]) for r in raw}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, which, title in ((axes[0], 0, "memory saving (share of baseline peak)"), (axes[1], 1, "speed-up (x)")):
+        series = {"README claim": [claimed(claim)[which] for _, claim, *_ in ROWS]}
+        for route in ("dense", "sparse"):
+            values = []
+            for name in names:
+                base, opt = ours.get((name, route), (None, None))
+                ok = base is not None and opt is not None
+                values.append(float("nan") if not ok else 1 - opt[1] / base[1] if which == 0 else base[0] / opt[0])
+            series[f"ours, {route} path"] = values
+        grouped_bars(ax, [n.split(" vs ")[0].replace(" ", "\n", 1) for n in names], series, title)
+        ax.axhline(0 if which == 0 else 1, color="grey", linewidth=0.8)
+    save_figure(fig, path)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", default="8,64,64")
@@ -74,6 +104,7 @@ def main(argv=None) -> int:
               f"{args.occupancy:.0%} random occupancy, CPU; 'saving / speed-up' of the optimised model")
     print(header + "\n\n" + table)
     write_report(args.out, "ablation", {"machine": machine(), "rows": raw}, header + "\n\n" + table)
+    plot(raw, f"{args.out}/ablation.png")
     return 0
 
 

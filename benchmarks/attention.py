@@ -14,17 +14,20 @@ import time
 
 import torch
 
-from .common import machine, markdown_table, write_report
+from .common import machine, markdown_table, pyplot, save_figure, write_report
+from .step_worker import MMAP_THRESHOLD
 
 TYPES = ("flash", "window", "linear", "sparse", "height", "serialized")
 
 
-def one(attention_type: str, grid, occupancy: float, path: str, repeats: int) -> dict:
+def one(attention_type: str, grid, occupancy: float, path: str, repeats: int, mmap_threshold: int) -> dict:
     """Measure in this process (called in a child): median fwd+bwd ms and peak RSS above baseline."""
     from sparse_radar import DenseVoxels
     from sparse_radar.nn import AttentionBlock
 
-    from .step_worker import current_rss, peak_rss, reset_peak_rss
+    from .step_worker import current_rss, fix_mmap_threshold, peak_rss, reset_peak_rss
+
+    fixed = mmap_threshold > 0 and fix_mmap_threshold(mmap_threshold)
 
     torch.manual_seed(0)
     block = AttentionBlock(64, attention_type, 4, "group", 32, (4, 4, 4), topk=32, patch_size=64)
@@ -47,7 +50,8 @@ def one(attention_type: str, grid, occupancy: float, path: str, repeats: int) ->
             times.append(time.perf_counter() - start)
     return {"type": attention_type, "path": path, "occupancy": occupancy, "active": active,
             "tokens": active if path == "sparse" else grid[0] * grid[1] * grid[2],
-            "ms": statistics.median(times) * 1e3, "peak_bytes": peak_rss() - base}
+            "ms": statistics.median(times) * 1e3, "peak_bytes": peak_rss() - base,
+            "mmap_threshold": mmap_threshold if fixed else 0}
 
 
 def main(argv=None) -> int:
@@ -56,12 +60,14 @@ def main(argv=None) -> int:
     p.add_argument("--occupancy", default="0.01,0.03,0.1,0.3")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--timeout", type=int, default=900)
+    p.add_argument("--mmap-threshold", type=int, default=MMAP_THRESHOLD,
+                   help="fixed glibc mmap threshold in bytes, as benchmarks.step_worker; 0: glibc's dynamic one")
     p.add_argument("--out", default="bench_out")
     p.add_argument("--one", nargs=3, metavar=("TYPE", "OCCUPANCY", "PATH"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     grid = tuple(int(v) for v in args.grid.split(","))
     if args.one:
-        print(json.dumps(one(args.one[0], grid, float(args.one[1]), args.one[2], args.repeats)))
+        print(json.dumps(one(args.one[0], grid, float(args.one[1]), args.one[2], args.repeats, args.mmap_threshold)))
         return 0
     results = []
     for kind in TYPES:
@@ -69,7 +75,7 @@ def main(argv=None) -> int:
         for occ in [float(o) for o in args.occupancy.split(",")]:
             for path in (("dense", "sparse") if dense is None else ("sparse",)):  # dense cost: same for any occupancy
                 cmd = [sys.executable, "-m", "benchmarks.attention", "--grid", args.grid, "--repeats",
-                       str(args.repeats), "--one", kind, str(occ), path]
+                       str(args.repeats), "--mmap-threshold", str(args.mmap_threshold), "--one", kind, str(occ), path]
                 try:
                     done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
                     row = json.loads(done.stdout) if done.returncode == 0 else \
@@ -91,7 +97,8 @@ def main(argv=None) -> int:
                      f"{d['peak_bytes'] / 1e6:.0f}" if ok else "-", f"{r['peak_bytes'] / 1e6:.1f}" if ok else "-"])
     table = markdown_table(["attention", "active voxels", "dense ms (all cells)", "sparse ms", "speed-up",
                             "dense MB", "sparse MB"], rows)
-    header = f"AttentionBlock(64 ch, 4 heads) forward+backward, grid {args.grid}, batch 1, CPU, medians"
+    header = (f"AttentionBlock(64 ch, 4 heads) forward+backward, grid {args.grid}, batch 1, CPU, medians; "
+              f"mmap threshold {args.mmap_threshold or 'dynamic'}")
     print(header + "\n\n" + table)
     write_report(args.out, "attention", {"machine": machine(), "results": results}, header + "\n\n" + table)
     _plot(results, f"{args.out}/attention.png")
@@ -99,12 +106,8 @@ def main(argv=None) -> int:
 
 
 def _plot(results, path):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no PNG written")
+    plt = pyplot()
+    if plt is None:
         return
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for kind in TYPES:
@@ -119,9 +122,7 @@ def _plot(results, path):
         ax.set_xlabel("active voxels")
         ax.set_title(title)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -48,3 +48,36 @@ def write_report(out_dir: str, name: str, payload: Dict[str, object], table: str
         json.dump(payload, fh, indent=2)
     with open(os.path.join(out_dir, f"{name}.md"), "w", encoding="utf-8") as fh:
         fh.write(table + "\n")
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, or None (saying so) where matplotlib is not installed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no PNG written (pip install matplotlib)")
+        return None
+    return plt
+
+
+def grouped_bars(ax, labels: Sequence[str], series: Dict[str, Sequence[float]], title: str, log: bool = False,
+                 fontsize: int = 7) -> None:
+    """Draw one group of bars per label, one bar per series (NaN: no bar), on a matplotlib axes."""
+    width = 0.8 / max(1, len(series))
+    for i, (name, values) in enumerate(series.items()):
+        ax.bar([x - 0.4 + width * (i + 0.5) for x in range(len(labels))], values, width, label=name)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xticks(list(range(len(labels))), labels, fontsize=fontsize)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+
+
+def save_figure(fig, path: str) -> None:
+    """Lay out, write as PNG and close a matplotlib figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+    plt.close(fig)

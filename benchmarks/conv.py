@@ -16,7 +16,7 @@ from sparse_radar import SparseVoxels
 from sparse_radar.kernels import keys_to_coords, submanifold_kmap, to_spconv_weight
 from sparse_radar.nn import SubMConv3d
 
-from .common import machine, markdown_table, median_ms, write_report
+from .common import grouped_bars, machine, markdown_table, median_ms, pyplot, save_figure, write_report
 
 
 def random_sites(shape, occupancy: float, generator: torch.Generator) -> torch.Tensor:
@@ -138,14 +138,22 @@ def sweep_table(rows) -> str:
          for r in rows])
 
 
+def plot_one(res, title: str, path: str) -> None:
+    """Bar chart of the median time of each step of one measurement (log scale), if matplotlib is installed."""
+    plt = pyplot()
+    if plt is None:
+        return
+    steps = [(name, res[key]) for name, key in ROWS if res.get(key) is not None]
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    grouped_bars(ax, [name.replace(" (", "\n(").replace(" incl", "\nincl") for name, _ in steps],
+                 {"median ms": [ms for _, ms in steps]}, title, log=True, fontsize=6)
+    save_figure(fig, path)
+
+
 def plot_sweep(rows, path: str) -> None:
     """Forward+backward time of ours vs dense against occupancy (64 channels), if matplotlib is installed."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no PNG written")
+    plt = pyplot()
+    if plt is None:
         return
     pts = sorted((r["occupancy"], r["ours_fwd_bwd_ms"], r["dense_fwd_bwd_ms"], r["ours_forward_ms"],
                   r["spconv_forward_ms"]) for r in rows if r["channels"] == 64)
@@ -161,9 +169,7 @@ def plot_sweep(rows, path: str) -> None:
     ax.set_ylabel("ms (median)")
     ax.set_title("SubMConv3d 64->64, kernel 3")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> int:
@@ -193,6 +199,7 @@ def main(argv=None) -> int:
               f"{args.occupancy:.1%} active, fp32, {torch.get_num_threads()} threads")
     print(header + "\n\n" + text)
     write_report(args.out, "conv", {"machine": machine(), "result": res}, header + "\n\n" + text)
+    plot_one(res, header.split(", batch")[0], f"{args.out}/conv.png")
     if args.sweep:
         rows = sweep(shape, args.repeats, args.dense_repeats)
         table = sweep_table(rows)

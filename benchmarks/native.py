@@ -13,7 +13,20 @@ from sparse_radar.data import NTU4DRADLM_GRID
 from sparse_radar.estimate import estimate
 from sparse_radar.models import create_lightweight_unet_config
 
-from .common import machine, markdown_table, write_report
+from .common import grouped_bars, machine, markdown_table, pyplot, save_figure, write_report
+
+
+def plot(measured_bytes: float, sparse_estimate: float, dense_estimate: float, title: str, path: str) -> None:
+    """Bar chart of the sparse step's measured and estimated peak beside the dense estimate and a 24 GB card."""
+    plt = pyplot()
+    if plt is None:
+        return
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    grouped_bars(ax, ["sparse\n(measured)", "sparse\n(estimated, random voxels)", "dense\n(estimated)"],
+                 {"peak GB": [measured_bytes / 1e9, sparse_estimate / 1e9, dense_estimate / 1e9]}, title, fontsize=8)
+    ax.axhline(24, color="red", linewidth=1, linestyle="--", label="24 GB")
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> int:
@@ -48,6 +61,8 @@ def main(argv=None) -> int:
     print(header + "\n\n" + table)
     write_report(args.out, "native", {"machine": machine(), "sparse": r, "dense_estimate": dense.to_dict()},
                  header + "\n\n" + table)
+    plot(r["peak_bytes"], sparse_est.step_peak, dense.step_peak, f"lightweight, native grid {grid}, batch {args.batch}",
+         f"{args.out}/native.png")
     return 0
 
 

@@ -21,7 +21,7 @@ from sparse_radar.estimate import estimate
 from sparse_radar.models import PRESETS
 
 from .bound import bound, record_layers
-from .common import machine, markdown_table, write_report
+from .common import grouped_bars, machine, markdown_table, pyplot, save_figure, write_report
 from .step_worker import MMAP_THRESHOLD, make_input
 
 SMALL, TARGET, LARGE = (16, 64, 64), (32, 128, 128), (32, 256, 256)
@@ -168,12 +168,8 @@ HEADER = ["preset", "grid", "batch", "occupancy", "pattern", "active", "dense ms
 
 def plot(results: List[dict], path: str) -> None:
     """Bar chart of step time and peak memory per configuration (log scale), if matplotlib is installed."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no PNG written (pip install matplotlib)")
+    plt = pyplot()
+    if plt is None:
         return
     pairs = [(results[i], results[i + 1]) for i in range(0, len(results), 2)]
     labels = [f"{s['preset']}\n{'x'.join(map(str, s['grid']))} b{s['batch']}\n{s['occupancy']:.1%} {s['pattern'][:6]}"
@@ -181,18 +177,10 @@ def plot(results: List[dict], path: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(pairs) * 2), 4.5))
     for ax, key, scale, title in ((axes[0], "step_ms", 1e3, "step time (s)"),
                                   (axes[1], "peak_bytes", 1e9, "peak memory (GB)")):
-        x = range(len(pairs))
         dense = [d.get(key, d["estimated_bytes"] if key == "peak_bytes" else float("nan")) / scale for d, _ in pairs]
-        sparse = [s.get(key, float("nan")) / scale for _, s in pairs]
-        ax.bar([i - 0.2 for i in x], dense, 0.4, label="dense")
-        ax.bar([i + 0.2 for i in x], sparse, 0.4, label="sparse")
-        ax.set_yscale("log")
-        ax.set_xticks(list(x), labels, fontsize=7)
-        ax.set_title(title)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        grouped_bars(ax, labels, {"dense": dense, "sparse": [s.get(key, float("nan")) / scale for _, s in pairs]},
+                     title, log=True)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> int:

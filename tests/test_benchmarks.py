@@ -19,6 +19,7 @@ def test_conv_benchmark_writes_its_report(tmp_path):
     result = json.loads((tmp_path / "conv.json").read_text())["result"]
     assert result["active"] == round(0.03 * 8 * 32 * 32) and result["ours_forward_ms"] > 0
     assert "ours forward (cached map)" in (tmp_path / "conv.md").read_text()
+    assert (tmp_path / "conv.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_attention_worker_measures_one_point():
@@ -123,3 +124,14 @@ def test_unet_report_only_tabulates_a_partial_sweep(tmp_path):
     assert len(rows) == 5
     assert "| 100.0x |" in rows[0] and "| 20.0x |" in rows[0]
     assert all("not run" in r for r in rows[1:])
+
+
+def test_ablation_reads_the_readme_claims_and_plots_them_beside_ours(tmp_path):
+    from benchmarks.ablation import ROWS, claimed, plot
+    assert claimed("40-60% / 3-5x") == (0.5, 4.0)
+    assert claimed("40-50% / 0.9x") == (0.45, 0.9)
+    assert claimed("80-90% / 10x+") == (0.85, 10.0)
+    raw = [{"row": name, "path": path, "baseline": [200.0, 4e8], "optimised": [100.0, 1e8] if path == "dense" else None}
+           for name, *_ in ROWS for path in ("dense", "sparse")]
+    plot(raw, str(tmp_path / "ablation.png"))
+    assert (tmp_path / "ablation.png").read_bytes()[:4] == b"\x89PNG"
