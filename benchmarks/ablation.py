@@ -37,15 +37,24 @@ def measure(grid, batch, occupancy, path, overrides, flags, steps, timeout):
     except subprocess.TimeoutExpired:
         return None, f"timed out after {timeout} s"
     if done.returncode != 0:
-        return None, done.stderr.strip().splitlines()[-1][:160]
+        lines = done.stderr.strip().splitlines()
+        return None, lines[-1][:160] if lines else died(done.returncode)
     r = json.loads(done.stdout)
     return (r["step_ms"], r["peak_bytes"]), "ok"
 
 
-def effect(base, opt) -> str:
-    """'saving% / speed-up x' of an optimised measurement against its baseline."""
+def died(returncode: int) -> str:
+    """Why a worker that wrote nothing to stderr stopped: a signal (-9 on Linux is usually the OOM killer)."""
+    if returncode < 0:
+        return f"killed by signal {-returncode}" + (" (out of memory)" if returncode == -9 else "")
+    return f"exited with status {returncode}"
+
+
+def effect(base, opt, why_base: str = "", why_opt: str = "") -> str:
+    """'saving% / speed-up x' of an optimised measurement against its baseline, or why there is none."""
     if base is None or opt is None:
-        return "n/a"
+        return "; ".join(f"{name}: {why}" for name, m, why in (("baseline", base, why_base),
+                                                               ("optimised", opt, why_opt)) if m is None) or "n/a"
     return f"{1 - opt[1] / base[1]:.0%} / {base[0] / opt[0]:.2f}x"
 
 
@@ -66,7 +75,7 @@ def plot(raw, path: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, which, title in ((axes[0], 0, "memory saving (share of baseline peak)"), (axes[1], 1, "speed-up (x)")):
         series = {"README claim": [claimed(claim)[which] for _, claim, *_ in ROWS]}
-        for route in ("dense", "sparse"):
+        for route in sorted({r["path"] for r in raw}):
             values = []
             for name in names:
                 base, opt = ours.get((name, route), (None, None))
@@ -81,30 +90,41 @@ def plot(raw, path: str) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", default="8,64,64")
+    p.add_argument("--sparse-grid", help="grid of the sparse path's measurements (default: --grid); the sparse "
+                                         "path fits larger grids, where activations rather than weights dominate")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--occupancy", type=float, default=0.03)
+    p.add_argument("--paths", default="dense,sparse", help="comma-separated: dense, sparse or both")
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--timeout", type=int, default=1800)
+    p.add_argument("--name", default="ablation", help="stem of the report files")
     p.add_argument("--out", default="bench_out")
     args = p.parse_args(argv)
+    paths = [q.strip() for q in args.paths.split(",")]
+    if not paths or any(q not in ("dense", "sparse") for q in paths) or len(set(paths)) != len(paths):
+        p.error(f"--paths must list dense and/or sparse, got {args.paths!r}")
+    grids = {"dense": args.grid, "sparse": args.sparse_grid or args.grid}
     rows, raw = [], []
     for name, claim, base_o, opt_o, base_f, opt_f in ROWS:
         cells = [name, claim]
-        for path in ("dense", "sparse"):
-            base, why_b = measure(args.grid, args.batch, args.occupancy, path, base_o, base_f, args.steps, args.timeout)
-            opt, why_o = measure(args.grid, args.batch, args.occupancy, path, opt_o, opt_f, args.steps, args.timeout)
-            raw.append({"row": name, "path": path, "baseline": base, "optimised": opt, "status": [why_b, why_o]})
+        for path in paths:
+            grid = grids[path]
+            base, why_b = measure(grid, args.batch, args.occupancy, path, base_o, base_f, args.steps, args.timeout)
+            opt, why_o = measure(grid, args.batch, args.occupancy, path, opt_o, opt_f, args.steps, args.timeout)
+            raw.append({"row": name, "path": path, "grid": grid, "baseline": base, "optimised": opt,
+                        "status": [why_b, why_o]})
             print(json.dumps(raw[-1]), flush=True)
-            cells.append(effect(base, opt))
+            cells.append(effect(base, opt, why_b, why_o))
         rows.append(cells)
-    rows.append([*LATENT, "pending (no latent diffusion yet)", "pending (no latent diffusion yet)"])
-    table = markdown_table(["optimisation", "README claim (memory / speed)", "ours, dense path", "ours, sparse path"],
+    rows.append([*LATENT, *["pending (no latent diffusion yet)"] * len(paths)])
+    table = markdown_table(["optimisation", "README claim (memory / speed)", *[f"ours, {q} path" for q in paths]],
                            rows)
-    header = (f"lightweight preset as base, grid {args.grid}, batch {args.batch}, sparse path at "
-              f"{args.occupancy:.0%} random occupancy, CPU; 'saving / speed-up' of the optimised model")
+    where = ", ".join(f"{q} path on {grids[q]}" for q in paths)
+    header = (f"lightweight preset as base, {where}, batch {args.batch}, sparse path at {args.occupancy:.0%} random "
+              f"occupancy, CPU; 'saving / speed-up' of the optimised model")
     print(header + "\n\n" + table)
-    write_report(args.out, "ablation", {"machine": machine(), "rows": raw}, header + "\n\n" + table)
-    plot(raw, f"{args.out}/ablation.png")
+    write_report(args.out, args.name, {"machine": machine(), "rows": raw}, header + "\n\n" + table)
+    plot(raw, f"{args.out}/{args.name}.png")
     return 0
 
 

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -127,11 +129,19 @@ def test_unet_report_only_tabulates_a_partial_sweep(tmp_path):
 
 
 def test_ablation_reads_the_readme_claims_and_plots_them_beside_ours(tmp_path):
-    from benchmarks.ablation import ROWS, claimed, plot
+    from benchmarks.ablation import ROWS, claimed, died, effect, plot
     assert claimed("40-60% / 3-5x") == (0.5, 4.0)
     assert claimed("40-50% / 0.9x") == (0.45, 0.9)
     assert claimed("80-90% / 10x+") == (0.85, 10.0)
+    assert effect((200.0, 4e8), (100.0, 1e8)) == "75% / 2.00x"
+    assert effect(None, (100.0, 1e8), died(-9), "ok") == "baseline: killed by signal 9 (out of memory)"
     raw = [{"row": name, "path": path, "baseline": [200.0, 4e8], "optimised": [100.0, 1e8] if path == "dense" else None}
            for name, *_ in ROWS for path in ("dense", "sparse")]
     plot(raw, str(tmp_path / "ablation.png"))
     assert (tmp_path / "ablation.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ablation_rejects_unknown_paths():
+    from benchmarks.ablation import main
+    with pytest.raises(SystemExit):
+        main(["--paths", "dense,voxel"])
