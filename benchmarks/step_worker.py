@@ -6,6 +6,7 @@ Prints one JSON line: median step time (ms) and peak memory above the idle basel
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import resource
@@ -119,6 +120,9 @@ def main(argv=None) -> int:
     p.add_argument("--mmap-threshold", type=int, default=MMAP_THRESHOLD,
                    help="CPU: fixed glibc mmap threshold in bytes (see fix_mmap_threshold); 0: glibc's dynamic "
                         "default, whose peak RSS includes heap fragmentation")
+    p.add_argument("--profile", action="store_true",
+                   help="after the timed steps, profile one more with torch.profiler and print its top operators "
+                        "to stderr")
     args = p.parse_args(argv)
     if args.steps < 1:
         p.error(f"--steps must be >= 1, got {args.steps}")
@@ -156,21 +160,27 @@ def main(argv=None) -> int:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    def attention_backend():
+        if args.sdpa != "math":
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        return sdpa_kernel([SDPBackend.MATH])
+
     times, began = [], time.perf_counter()
     for i in range(args.steps + 1):
         # the second step always runs: with the optimizer's state allocated, it is the steady state's peak
         if i > 1 and args.time_budget and time.perf_counter() - began + times[-1] > args.time_budget:
             break
         start = time.perf_counter()
-        if args.sdpa == "math":
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-            with sdpa_kernel([SDPBackend.MATH]):
-                step()
-        else:
+        with attention_backend():
             step()
         if i:
             times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated() - base if device.type == "cuda" else peak_rss() - base
+    if args.profile:  # one more step, not timed: the profiler's overhead stays out of the numbers above
+        with attention_backend(), torch.profiler.profile() as prof:
+            step()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15), file=sys.stderr)
     print(json.dumps({"preset": args.preset, "grid": list(grid), "batch": args.batch, "occupancy": args.occupancy,
                       "pattern": args.pattern, "path": args.path, "active_voxels": active,
                       "active_share": active / (args.batch * grid[0] * grid[1] * grid[2]),

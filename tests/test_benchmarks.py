@@ -38,6 +38,15 @@ def test_step_worker_time_budget_keeps_one_timed_step():
     assert row["timed_steps"] == 1 and row["step_ms"] > 0
 
 
+def test_step_worker_profile_goes_to_stderr_and_keeps_the_json():
+    done = subprocess.run([sys.executable, "-m", "benchmarks.step_worker", "--preset", "tiny", "--grid", "8,16,16",
+                           "--batch", "1", "--steps", "1", "--profile"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["timed_steps"] == 1
+    assert "Self CPU" in done.stderr and "SparseConvFunction" in done.stderr
+
+
 def test_unet_sweep_covers_every_value_the_issue_names():
     from benchmarks.unet import SETS
     sweep = SETS["sweep"]
