@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 
 import torch
 import torch.nn.functional as F
@@ -145,7 +146,7 @@ def plot_one(res, title: str, path: str) -> None:
         return
     steps = [(name, res[key]) for name, key in ROWS if res.get(key) is not None]
     fig, ax = plt.subplots(figsize=(8, 4.2))
-    grouped_bars(ax, [name.replace(" (", "\n(").replace(" incl", "\nincl") for name, _ in steps],
+    grouped_bars(ax, [textwrap.fill(name, 16) for name, _ in steps],
                  {"median ms": [ms for _, ms in steps]}, title, log=True, fontsize=6)
     save_figure(fig, path)
 
