@@ -25,7 +25,7 @@ from sparse_radar.nn.attention_cores import GlobalAttention, HeightAttention, Li
 from sparse_radar.nn.conv import SparseConv3d, SparseInverseConv3d, SubMConv3d
 from sparse_radar.nn.depthwise import DepthwiseSubMConv3d
 
-from .common import machine, markdown_table, write_report
+from .common import grouped_bars, machine, markdown_table, pyplot, save_figure, write_report
 from .step_worker import make_input
 
 Shape = Tuple[int, int, int]
@@ -146,6 +146,7 @@ class Bound:
     dense: int
     sparse: int
     rows: List[list] = field(default_factory=list)
+    levels: List[Tuple[str, int, int]] = field(default_factory=list)  # (level grid, dense, sparse multiply-adds)
 
     @property
     def ratio(self) -> float:
@@ -159,6 +160,7 @@ def bound(layers: List[Layer], mask: torch.Tensor) -> Bound:
     for shape, r in sorted(levels.items(), key=lambda kv: -kv[1]["cells"]):
         dense, sparse = r["conv_dense"] + r["attention_dense"], r["conv_sparse"] + r["attention_sparse"]
         result.dense, result.sparse = result.dense + dense, result.sparse + sparse
+        result.levels.append(("x".join(map(str, shape)), dense, sparse))
         result.rows.append(["x".join(map(str, shape)), f"{r['active'] / r['cells']:.1%}",
                             f"{r['conv_dense'] / 1e9:.1f}", f"{r['conv_sparse'] / 1e9:.2f}",
                             f"{r['attention_dense'] / 1e9:.1f}", f"{r['attention_sparse'] / 1e9:.2f}",
@@ -169,6 +171,20 @@ def bound(layers: List[Layer], mask: torch.Tensor) -> Bound:
 
 HEADER = ["level grid", "active", "conv GMAC dense", "conv GMAC sparse", "attention GMAC dense",
           "attention GMAC sparse", "dense / sparse"]
+
+
+def plot(bounds: Dict[str, Bound], title: str, path: str) -> None:
+    """Dense vs sparse multiply-adds per level, one panel per voxel pattern (log scale), if matplotlib is installed."""
+    plt = pyplot()
+    if plt is None:
+        return
+    fig, axes = plt.subplots(1, len(bounds), figsize=(6 * len(bounds), 4.2), squeeze=False)
+    for ax, (pattern, b) in zip(axes[0], bounds.items()):
+        grouped_bars(ax, [name for name, _, _ in b.levels],
+                     {"dense": [d / 1e9 for _, d, _ in b.levels], "sparse": [s / 1e9 for _, _, s in b.levels]},
+                     f"{pattern} voxels (whole forward: {b.ratio:.1f}x)", log=True)
+    fig.suptitle(f"{title}: forward multiply-adds per level (G)")
+    save_figure(fig, path)
 
 
 def main(argv=None) -> int:
@@ -191,9 +207,10 @@ def main(argv=None) -> int:
     layers = record_layers(args.preset, grid)
     sections, payload = [], {"machine": machine(), "preset": args.preset, "grid": list(grid), "batch": args.batch,
                              "occupancy": args.occupancy, "results": {}}
+    bounds = {}
     for pattern in args.patterns:
         mask, _ = make_input(grid, args.batch, args.occupancy, pattern, 1)
-        b = bound(layers, mask)
+        b = bounds[pattern] = bound(layers, mask)
         payload["results"][pattern] = {"dense_macs": b.dense, "sparse_macs": b.sparse, "ratio": b.ratio,
                                        "active_share": float(mask.float().mean())}
         sections.append(f"{args.preset}, {args.grid}, batch {args.batch}, {pattern} voxels at "
@@ -201,6 +218,7 @@ def main(argv=None) -> int:
     text = "\n\n".join(sections)
     print(text)
     write_report(args.out, "bound", payload, text)
+    plot(bounds, f"{args.preset} {args.grid} b{args.batch}", f"{args.out}/bound.png")
     return 0
 
 

@@ -28,14 +28,18 @@ def random_sites(shape, occupancy: float, generator: torch.Generator) -> torch.T
     return keys_to_coords(keys, shape)
 
 
-def measure(shape, occupancy: float, channels: int, repeats: int, dense_repeats: int, with_dense: bool = True):
+def measure(shape, occupancy: float, channels: int, repeats: int, dense_repeats: int, with_dense: bool = True,
+            device: str = "cpu"):
     """Median times (ms) of each step of the reference case, and FLOP rates."""
     g = torch.Generator().manual_seed(0)
     coords = random_sites(shape, occupancy, g)
     feats = torch.randn(coords.shape[0], channels, generator=g)
-    sv = SparseVoxels(feats, coords, shape, 1)
     layer = SubMConv3d(channels, channels, 3, bias=False)
-    res = {"grid": list(shape), "occupancy": occupancy, "channels": channels, "active": int(coords.shape[0])}
+    spconv_ms = spconv_forward_ms(layer, feats, coords, shape, repeats) if device == "cpu" else None
+    coords, feats, layer = coords.to(device), feats.to(device), layer.to(device)
+    sv = SparseVoxels(feats, coords, shape, 1)
+    res = {"grid": list(shape), "occupancy": occupancy, "channels": channels, "active": int(coords.shape[0]),
+           "device": device}
     res["kmap_build_ms"] = median_ms(lambda: submanifold_kmap(sv.coords, shape, 1, (3, 3, 3), (1, 1, 1)), repeats)
     kmap = sv.structure.submanifold_map((3, 3, 3), (1, 1, 1))
     with torch.no_grad():
@@ -44,10 +48,10 @@ def measure(shape, occupancy: float, channels: int, repeats: int, dense_repeats:
     flops = 2.0 * kmap.num_pairs * channels * channels
     res["pairs"] = kmap.num_pairs
     res["ours_gflops"] = flops / res["ours_forward_ms"] / 1e6
-    a, b = torch.randn(coords.shape[0], channels), torch.randn(channels, channels)
+    a, b = torch.randn(coords.shape[0], channels, device=device), torch.randn(channels, channels, device=device)
     res["mm_gflops"] = 2.0 * coords.shape[0] * channels * channels / median_ms(lambda: torch.mm(a, b), repeats) / 1e6
     res["flop_efficiency"] = res["ours_gflops"] / res["mm_gflops"]
-    res["spconv_forward_ms"] = spconv_forward_ms(layer, feats, coords, shape, repeats)
+    res["spconv_forward_ms"] = spconv_ms  # spconv's CPU build: measured on CPU runs only
 
     def ours_fwd_bwd():
         f = feats.clone().requires_grad_(True)
@@ -112,12 +116,12 @@ def report(res) -> str:
     return table + "\n\n" + "\n".join(ratios)
 
 
-def sweep(shape, repeats: int, dense_repeats: int):
+def sweep(shape, repeats: int, dense_repeats: int, device: str = "cpu"):
     """Channel sweep at 3% and occupancy sweep at 64 channels; dense timed once per channel count."""
     rows, dense = [], {}
     points = [(c, 0.03) for c in (16, 32, 64, 128)] + [(64, o) for o in (0.005, 0.01, 0.1, 0.3)]
     for channels, occ in points:
-        res = measure(shape, occ, channels, repeats, dense_repeats, with_dense=channels not in dense)
+        res = measure(shape, occ, channels, repeats, dense_repeats, with_dense=channels not in dense, device=device)
         if channels not in dense:
             dense[channels] = (res["dense_forward_ms"], res["dense_fwd_bwd_ms"])
         res["dense_forward_ms"], res["dense_fwd_bwd_ms"] = dense[channels]
@@ -183,7 +187,11 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="small grid 16,64,64 and few repeats")
     parser.add_argument("--out", default="bench_out", help="folder for conv.json and conv.md")
     parser.add_argument("--sweep", action="store_true", help="also sweep channels and occupancy (conv_sweep.*)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu or cuda (default: cuda where available)")
     args = parser.parse_args(argv)
+    if args.device not in ("cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
+        parser.error(f"--device must be cpu, or cuda on a machine with a GPU, got {args.device!r}")
     try:
         shape = tuple(int(v) for v in args.grid.split(","))
         if len(shape) != 3 or min(shape) < 1:
@@ -194,15 +202,16 @@ def main(argv=None) -> int:
         parser.error(f"--occupancy must be in (0, 1], got {args.occupancy}")
     if args.quick:
         shape, args.repeats, args.dense_repeats = (16, 64, 64), 5, 2
-    res = measure(shape, args.occupancy, args.channels, args.repeats, args.dense_repeats)
+    res = measure(shape, args.occupancy, args.channels, args.repeats, args.dense_repeats, device=args.device)
     text = report(res)
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} threads"
     header = (f"SubMConv3d {args.channels}->{args.channels}, kernel 3, grid {'x'.join(map(str, shape))}, batch 1, "
-              f"{args.occupancy:.1%} active, fp32, {torch.get_num_threads()} threads")
+              f"{args.occupancy:.1%} active, fp32, {where}")
     print(header + "\n\n" + text)
     write_report(args.out, "conv", {"machine": machine(), "result": res}, header + "\n\n" + text)
     plot_one(res, header.split(", batch")[0], f"{args.out}/conv.png")
     if args.sweep:
-        rows = sweep(shape, args.repeats, args.dense_repeats)
+        rows = sweep(shape, args.repeats, args.dense_repeats, args.device)
         table = sweep_table(rows)
         print(table)
         write_report(args.out, "conv_sweep", {"machine": machine(), "results": rows}, table)

@@ -17,6 +17,8 @@ import subprocess
 import sys
 from typing import List
 
+import torch
+
 from sparse_radar.estimate import estimate
 from sparse_radar.models import PRESETS
 
@@ -49,8 +51,10 @@ SETS = {
 }
 
 
-def available_bytes() -> int:
-    """MemAvailable of this machine."""
+def available_bytes(device: str = "cpu") -> int:
+    """Memory a worker may use: the GPU's free memory for cuda, else this machine's MemAvailable."""
+    if device == "cuda":
+        return torch.cuda.mem_get_info()[0]
     with open("/proc/meminfo") as fh:
         for line in fh:
             if line.startswith("MemAvailable:"):
@@ -59,22 +63,22 @@ def available_bytes() -> int:
 
 
 def run_one(preset, grid, batch, occupancy, pattern, path, steps, timeout, precision, mmap_threshold,
-            execute: bool = True, time_budget: float = 0.0) -> dict:
+            execute: bool = True, time_budget: float = 0.0, device: str = "cpu") -> dict:
     """One worker process; a row describing the result, a non-fit or a time-out ("not run" unless execute)."""
     overrides = {} if precision == "preset" else {"use_fp16": False, "use_checkpoint": False}
     cfg = PRESETS[preset](in_channels=8, out_channels=4, input_size=grid, **overrides)
     est = estimate(cfg, grid, batch, occupancy, path)
     row = {"preset": preset, "grid": list(grid), "batch": batch, "occupancy": occupancy, "pattern": pattern,
            "path": path, "estimated_bytes": est.step_peak, "precision": precision,
-           "mmap_threshold": mmap_threshold}
-    if est.total > 0.9 * available_bytes():
+           "mmap_threshold": mmap_threshold, "device": device}
+    if est.total > 0.9 * available_bytes(device):
         return {**row, "status": f"does not fit: estimated {est.total / 1e9:.1f} GB"}
     if not execute:
         return {**row, "status": "not run"}
     cmd = [sys.executable, "-m", "benchmarks.step_worker", "--preset", preset, "--grid", ",".join(map(str, grid)),
            "--batch", str(batch), "--occupancy", str(occupancy), "--pattern", pattern, "--path", path,
            "--steps", str(steps), "--overrides", json.dumps(overrides), "--mmap-threshold", str(mmap_threshold),
-           "--time-budget", str(time_budget)]
+           "--time-budget", str(time_budget), "--device", device]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -86,11 +90,11 @@ def run_one(preset, grid, batch, occupancy, pattern, path, steps, timeout, preci
     return {**row, **json.loads(done.stdout), "status": "ok"}
 
 
-def row_key(preset, grid, batch, occupancy, pattern, path, precision, mmap_threshold) -> tuple:
+def row_key(preset, grid, batch, occupancy, pattern, path, precision, mmap_threshold, device="cpu") -> tuple:
     """Cache key of a measurement; the plain dense model costs the same at any occupancy and pattern."""
     if path == "dense":
         occupancy, pattern = None, None
-    return (preset, tuple(grid), batch, occupancy, pattern, path, precision, mmap_threshold)
+    return (preset, tuple(grid), batch, occupancy, pattern, path, precision, mmap_threshold, device)
 
 
 def read_rows(path: str) -> List[dict]:
@@ -119,7 +123,7 @@ def load_rows(*paths: str) -> dict:
         for r in read_rows(path):
             if r.get("status") == "ok" or timed_out(r):
                 cache[row_key(r["preset"], r["grid"], r["batch"], r["occupancy"], r["pattern"], r["path"],
-                              r["precision"], r.get("mmap_threshold", 0))] = r
+                              r["precision"], r.get("mmap_threshold", 0), r.get("device", "cpu"))] = r
     return cache
 
 
@@ -195,6 +199,9 @@ def main(argv=None) -> int:
                    help="preset: the preset's use_fp16/use_checkpoint; fp32: both off")
     p.add_argument("--mmap-threshold", type=int, default=MMAP_THRESHOLD,
                    help="CPU allocator setting of the workers (benchmarks.step_worker); 0: glibc's dynamic default")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where the workers run: cpu or cuda (default: cuda where available); peak memory on cuda "
+                        "is torch.cuda.max_memory_allocated above the idle baseline")
     p.add_argument("--out", default="bench_out")
     p.add_argument("--reuse", action="append", default=[],
                    help="a log (its JSON lines) or JSON report of an earlier run, repeatable: measured rows are "
@@ -204,11 +211,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.report_only and not args.reuse:
         p.error("--report-only needs --reuse LOG")
+    if args.device not in ("cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
+        p.error(f"--device must be cpu, or cuda on a machine with a GPU, got {args.device!r}")
     cache = load_rows(*args.reuse)
     results = []
     for preset, grid, batch, occ, pattern in SETS[args.set]:
-        keys = {path: row_key(preset, grid, batch, occ, pattern, path, args.precision, args.mmap_threshold)
-                for path in ("dense", "sparse")}
+        keys = {path: row_key(preset, grid, batch, occ, pattern, path, args.precision, args.mmap_threshold,
+                              args.device) for path in ("dense", "sparse")}
         if args.report_only and not any(k in cache for k in keys.values()):
             continue
         for path in ("dense", "sparse"):
@@ -216,12 +225,13 @@ def main(argv=None) -> int:
             # a row that timed out is an answer for the same or a shorter time-out, not for a longer one
             if row is None or (not args.report_only and 0 < timed_out(row) < args.timeout):
                 row = run_one(preset, grid, batch, occ, pattern, path, args.steps, args.timeout, args.precision,
-                              args.mmap_threshold, not args.report_only, args.time_budget)
+                              args.mmap_threshold, not args.report_only, args.time_budget, args.device)
             if row.get("status") == "ok" or timed_out(row):
                 cache[keys[path]] = row
             print(json.dumps(row), flush=True)
             results.append(row)
-    table = markdown_table(HEADER, pair_rows(results))
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    table = f"UNet training step, dense vs sparse, {where}\n\n" + markdown_table(HEADER, pair_rows(results))
     print(table)
     write_report(args.out, f"unet_{args.set}", {"machine": machine(), "results": results}, table)
     plot(results, f"{args.out}/unet_{args.set}.png")

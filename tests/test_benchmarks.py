@@ -130,7 +130,9 @@ def test_unet_report_only_tabulates_a_partial_sweep(tmp_path):
                    + "\n" + json.dumps({**base, "path": "sparse", "step_ms": 9.0, "peak_bytes": 2e7,
                                         "estimated_bytes": 3e7, "active_share": 0.005}) + "\n")
     run("benchmarks.unet", "--set", "sweep", "--reuse", str(log), "--report-only", "--out", str(tmp_path))
-    rows = [r for r in (tmp_path / "unet_sweep.md").read_text().splitlines()[2:] if r.startswith("|")]
+    text = (tmp_path / "unet_sweep.md").read_text()
+    assert text.startswith("UNet training step, dense vs sparse, CPU")
+    rows = [r for r in text.splitlines() if r.startswith("|")][2:]  # past the table's header
     # the dense row serves all five occupancies of that batch; only 0.5% has a sparse measurement
     assert len(rows) == 5
     assert "| 100.0x |" in rows[0] and "| 20.0x |" in rows[0]

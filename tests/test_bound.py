@@ -70,5 +70,6 @@ def test_cli_writes_a_table_per_pattern(tmp_path):
     assert set(results) == {"random", "structured"}
     assert all(r["ratio"] > 1 and r["dense_macs"] > r["sparse_macs"] for r in results.values())
     assert (tmp_path / "bound.md").read_text().count("| total |") == 2
+    assert (tmp_path / "bound.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(SystemExit):
         main(["--grid", "8,16"])

@@ -1,0 +1,90 @@
+"""On a GPU: the sparse path on CUDA computes what it computes on the CPU (outputs and gradients), for the
+conv kernel, every attention type and a whole UNet; and a benchmark worker measures on CUDA.
+Skipped where torch sees no CUDA device."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sparse_radar.models import UNet3D
+from sparse_radar.nn import SubMConv3d
+from sparse_radar.nn.attention import ATTENTION_TYPES
+from tests.factory import random_fields
+from tests.models.test_unet_parity import small_model
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def run_both(module, field, loss_weights):
+    """(output values, input gradient, parameter gradients) on the CPU and on CUDA."""
+    results = []
+    for device in ("cpu", "cuda"):
+        m = module.to(device)
+        m.zero_grad()
+        feats = field.feats.to(device).requires_grad_(True)
+        out = m(field.to(device).replace(feats))
+        (out.feats * loss_weights.to(device)).sum().backward()
+        results.append((out.feats.detach().cpu(), feats.grad.cpu(), [p.grad.cpu() for p in m.parameters()]))
+    return results
+
+
+def assert_same(results, rtol=1e-4, atol=1e-5):
+    (out_c, gx_c, gp_c), (out_g, gx_g, gp_g) = results
+    torch.testing.assert_close(out_g, out_c, rtol=rtol, atol=atol)
+    torch.testing.assert_close(gx_g, gx_c, rtol=rtol, atol=atol)
+    for a, b in zip(gp_g, gp_c):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+
+
+@pytest.fixture(autouse=True)
+def exact_matmuls():
+    """TF32 would round the GPU's matrix products to 10 mantissa bits: compare in full fp32."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_submanifold_conv_on_cuda_equals_cpu():
+    sv, _ = random_fields(2, 16, (8, 16, 16), [0.05, 0.3], seed=3)
+    conv = SubMConv3d(16, 24, 3)
+    weights = torch.randn(sv.num_voxels, 24, generator=torch.Generator().manual_seed(4))
+    assert_same(run_both(conv, sv, weights))
+
+
+@pytest.mark.parametrize("attention_type", [t for t in ATTENTION_TYPES if t != "none"])
+def test_attention_on_cuda_equals_cpu(attention_type):
+    from sparse_radar.nn.attention import AttentionBlock
+    sv, _ = random_fields(2, 16, (4, 8, 8), [0.2, 0.4], seed=5)
+    block = AttentionBlock(16, attention_type, 2, "group", 4, (2, 2, 2), topk=4, patch_size=8)
+    torch.nn.init.normal_(block.proj.weight, std=0.3)
+    weights = torch.randn(sv.num_voxels, 16, generator=torch.Generator().manual_seed(6))
+    assert_same(run_both(block, sv, weights))
+
+
+def test_unet_on_cuda_equals_cpu():
+    model = small_model(attention_type="window", norm_type="group", downsample_stride="xy_only")
+    assert isinstance(model, UNet3D)
+    sv, _ = random_fields(2, 5, (8, 8, 8), [0.1, 0.3], seed=7)
+    t = torch.tensor([0.3, -0.7])
+    weights = torch.randn(sv.num_voxels, 3, generator=torch.Generator().manual_seed(8))
+
+    class WithLabels(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return self.model(x, t.to(x.feats.device))
+    assert_same(run_both(WithLabels(), sv, weights), rtol=1e-3, atol=1e-4)
+
+
+def test_step_worker_measures_on_cuda():
+    done = subprocess.run([sys.executable, "-m", "benchmarks.step_worker", "--preset", "tiny", "--grid", "8,32,32",
+                           "--batch", "1", "--steps", "1", "--device", "cuda"], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    row = json.loads(done.stdout)
+    assert row["device"] == "cuda" and row["step_ms"] > 0 and row["peak_bytes"] > 0
