@@ -12,7 +12,8 @@ import re
 import subprocess
 import sys
 
-from .common import grouped_bars, machine, markdown_table, pyplot, save_figure, write_report
+from .common import (add_device_argument, check_device, device_name, grouped_bars, machine, markdown_table, pyplot,
+                     save_figure, write_report)
 
 BASE = {"use_fp16": False, "use_checkpoint": False, "dropout": 0.0}
 # (row, README claim, baseline overrides, optimised overrides, worker flags of baseline, of optimised)
@@ -27,11 +28,11 @@ ROWS = [
 LATENT = ("Latent diffusion vs voxel space", "80-90% / 10x+")
 
 
-def measure(grid, batch, occupancy, path, overrides, flags, steps, timeout):
+def measure(grid, batch, occupancy, path, overrides, flags, steps, timeout, device="cpu"):
     """(step ms, peak bytes) of one configuration, or None with the reason."""
     cmd = [sys.executable, "-m", "benchmarks.step_worker", "--preset", "lightweight", "--grid", grid,
            "--batch", str(batch), "--occupancy", str(occupancy), "--path", path, "--steps", str(steps),
-           "--overrides", json.dumps({**BASE, **overrides}), *flags]
+           "--overrides", json.dumps({**BASE, **overrides}), "--device", device, *flags]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -66,7 +67,7 @@ def claimed(claim: str):
 
 
 def plot(raw, path: str) -> None:
-    """Memory saving and speed-up of each optimisation: README claim (midpoint) beside ours, if matplotlib is installed."""
+    """Memory saving and speed-up of each optimisation, README claim (midpoint) beside ours, if matplotlib is there."""
     plt = pyplot()
     if plt is None:
         return
@@ -98,19 +99,23 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--timeout", type=int, default=1800)
     p.add_argument("--name", default="ablation", help="stem of the report files")
+    add_device_argument(p)
     p.add_argument("--out", default="bench_out")
     args = p.parse_args(argv)
     paths = [q.strip() for q in args.paths.split(",")]
     if not paths or any(q not in ("dense", "sparse") for q in paths) or len(set(paths)) != len(paths):
         p.error(f"--paths must list dense and/or sparse, got {args.paths!r}")
+    check_device(p, args.device)
     grids = {"dense": args.grid, "sparse": args.sparse_grid or args.grid}
     rows, raw = [], []
     for name, claim, base_o, opt_o, base_f, opt_f in ROWS:
         cells = [name, claim]
         for path in paths:
             grid = grids[path]
-            base, why_b = measure(grid, args.batch, args.occupancy, path, base_o, base_f, args.steps, args.timeout)
-            opt, why_o = measure(grid, args.batch, args.occupancy, path, opt_o, opt_f, args.steps, args.timeout)
+            base, why_b = measure(grid, args.batch, args.occupancy, path, base_o, base_f, args.steps, args.timeout,
+                                  args.device)
+            opt, why_o = measure(grid, args.batch, args.occupancy, path, opt_o, opt_f, args.steps, args.timeout,
+                                 args.device)
             raw.append({"row": name, "path": path, "grid": grid, "baseline": base, "optimised": opt,
                         "status": [why_b, why_o]})
             print(json.dumps(raw[-1]), flush=True)
@@ -121,7 +126,7 @@ def main(argv=None) -> int:
                            rows)
     where = ", ".join(f"{q} path on {grids[q]}" for q in paths)
     header = (f"lightweight preset as base, {where}, batch {args.batch}, sparse path at {args.occupancy:.0%} random "
-              f"occupancy, CPU; 'saving / speed-up' of the optimised model")
+              f"occupancy, {device_name(args.device)}; 'saving / speed-up' of the optimised model")
     print(header + "\n\n" + table)
     write_report(args.out, args.name, {"machine": machine(), "rows": raw}, header + "\n\n" + table)
     plot(raw, f"{args.out}/{args.name}.png")

@@ -84,3 +84,20 @@ def save_figure(fig, path: str) -> None:
     fig.savefig(path, dpi=110)
     import matplotlib.pyplot as plt
     plt.close(fig)
+
+
+def add_device_argument(parser, what: str = "where the workers run") -> None:
+    """--device cpu|cuda, defaulting to cuda where torch sees a GPU."""
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help=f"{what}: cpu or cuda (default: cuda where available)")
+
+
+def check_device(parser, device: str) -> None:
+    """Exit with a usage error unless device is cpu, or cuda on a machine with a GPU."""
+    if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
+        parser.error(f"--device must be cpu, or cuda on a machine with a GPU, got {device!r}")
+
+
+def device_name(device: str) -> str:
+    """The card's name for cuda, else 'CPU, N threads'."""
+    return torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"

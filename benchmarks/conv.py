@@ -17,7 +17,8 @@ from sparse_radar import SparseVoxels
 from sparse_radar.kernels import keys_to_coords, submanifold_kmap, to_spconv_weight
 from sparse_radar.nn import SubMConv3d
 
-from .common import grouped_bars, machine, markdown_table, median_ms, pyplot, save_figure, write_report
+from .common import (add_device_argument, check_device, device_name, grouped_bars, machine, markdown_table,
+                     median_ms, pyplot, save_figure, write_report)
 
 
 def random_sites(shape, occupancy: float, generator: torch.Generator) -> torch.Tensor:
@@ -187,11 +188,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="small grid 16,64,64 and few repeats")
     parser.add_argument("--out", default="bench_out", help="folder for conv.json and conv.md")
     parser.add_argument("--sweep", action="store_true", help="also sweep channels and occupancy (conv_sweep.*)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cpu or cuda (default: cuda where available)")
+    add_device_argument(parser, "where to measure")
     args = parser.parse_args(argv)
-    if args.device not in ("cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
-        parser.error(f"--device must be cpu, or cuda on a machine with a GPU, got {args.device!r}")
+    check_device(parser, args.device)
     try:
         shape = tuple(int(v) for v in args.grid.split(","))
         if len(shape) != 3 or min(shape) < 1:
@@ -204,9 +203,8 @@ def main(argv=None) -> int:
         shape, args.repeats, args.dense_repeats = (16, 64, 64), 5, 2
     res = measure(shape, args.occupancy, args.channels, args.repeats, args.dense_repeats, device=args.device)
     text = report(res)
-    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} threads"
     header = (f"SubMConv3d {args.channels}->{args.channels}, kernel 3, grid {'x'.join(map(str, shape))}, batch 1, "
-              f"{args.occupancy:.1%} active, fp32, {where}")
+              f"{args.occupancy:.1%} active, fp32, {device_name(args.device)}")
     print(header + "\n\n" + text)
     write_report(args.out, "conv", {"machine": machine(), "result": res}, header + "\n\n" + text)
     plot_one(res, header.split(", batch")[0], f"{args.out}/conv.png")

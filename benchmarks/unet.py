@@ -23,7 +23,8 @@ from sparse_radar.estimate import estimate
 from sparse_radar.models import PRESETS
 
 from .bound import bound, record_layers
-from .common import grouped_bars, machine, markdown_table, pyplot, save_figure, write_report
+from .common import (add_device_argument, check_device, device_name, grouped_bars, machine, markdown_table, pyplot,
+                     save_figure, write_report)
 from .step_worker import MMAP_THRESHOLD, make_input
 
 SMALL, TARGET, LARGE = (16, 64, 64), (32, 128, 128), (32, 256, 256)
@@ -199,9 +200,8 @@ def main(argv=None) -> int:
                    help="preset: the preset's use_fp16/use_checkpoint; fp32: both off")
     p.add_argument("--mmap-threshold", type=int, default=MMAP_THRESHOLD,
                    help="CPU allocator setting of the workers (benchmarks.step_worker); 0: glibc's dynamic default")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="where the workers run: cpu or cuda (default: cuda where available); peak memory on cuda "
-                        "is torch.cuda.max_memory_allocated above the idle baseline")
+    add_device_argument(p, "where the workers run (peak memory on cuda: torch.cuda.max_memory_allocated above the "
+                           "idle baseline)")
     p.add_argument("--out", default="bench_out")
     p.add_argument("--reuse", action="append", default=[],
                    help="a log (its JSON lines) or JSON report of an earlier run, repeatable: measured rows are "
@@ -211,8 +211,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.report_only and not args.reuse:
         p.error("--report-only needs --reuse LOG")
-    if args.device not in ("cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
-        p.error(f"--device must be cpu, or cuda on a machine with a GPU, got {args.device!r}")
+    check_device(p, args.device)
     cache = load_rows(*args.reuse)
     results = []
     for preset, grid, batch, occ, pattern in SETS[args.set]:
@@ -230,8 +229,8 @@ def main(argv=None) -> int:
                 cache[keys[path]] = row
             print(json.dumps(row), flush=True)
             results.append(row)
-    where = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    table = f"UNet training step, dense vs sparse, {where}\n\n" + markdown_table(HEADER, pair_rows(results))
+    table = (f"UNet training step, dense vs sparse, {device_name(args.device)}\n\n"
+             + markdown_table(HEADER, pair_rows(results)))
     print(table)
     write_report(args.out, f"unet_{args.set}", {"machine": machine(), "results": results}, table)
     plot(results, f"{args.out}/unet_{args.set}.png")
