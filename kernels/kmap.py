@@ -133,7 +133,8 @@ def strided_kmap(coords: torch.Tensor, spatial_shape: Sequence[int], kernel_size
     """
     per_offset, out_shape = _strided_candidates(coords, spatial_shape, kernel_size, stride, padding, dilation)
     device = coords.device
-    all_keys = torch.cat([k for _, k in per_offset]) if per_offset else torch.zeros(0, dtype=torch.int64)
+    empty = torch.zeros(0, dtype=torch.int64, device=device)
+    all_keys = torch.cat([k for _, k in per_offset]) if per_offset else empty
     out_keys = torch.unique(all_keys)  # sorted
     ins = [rows for rows, _ in per_offset]
     outs = [lookup(out_keys, keys) for _, keys in per_offset]
