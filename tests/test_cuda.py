@@ -8,7 +8,6 @@ import sys
 import pytest
 import torch
 
-from sparse_radar.models import UNet3D
 from sparse_radar.nn import SubMConv3d
 from sparse_radar.nn.attention import ATTENTION_TYPES
 from tests.factory import random_fields
@@ -66,7 +65,6 @@ def test_attention_on_cuda_equals_cpu(attention_type):
 
 def test_unet_on_cuda_equals_cpu():
     model = small_model(attention_type="window", norm_type="group", downsample_stride="xy_only")
-    assert isinstance(model, UNet3D)
     sv, _ = random_fields(2, 5, (8, 8, 8), [0.1, 0.3], seed=7)
     t = torch.tensor([0.3, -0.7])
     weights = torch.randn(sv.num_voxels, 3, generator=torch.Generator().manual_seed(8))
