@@ -22,7 +22,7 @@ setup(
     package_dir={"sparse_radar": "sparse_radar", "sparse_radar.kernels": "kernels"},
     install_requires=["torch>=2.1", "numpy", "einops", "tqdm"],
     extras_require={
-        "dev": ["pytest", "spconv"],
+        "dev": ["pytest", "spconv", "matplotlib"],  # the tests run the benchmarks, which draw PNGs
         "cuda": ["spconv-cu120", "flash-attn"],
         "bench": ["matplotlib"],
     },
