@@ -12,18 +12,23 @@ import time
 from tqdm import tqdm
 
 from .training import distributed
-from .training.config import parse_args
+from .training.config import build_parser, parse_args
+from .training.run_folder import plan_run, prepare_folder
 from .training.trainer import Trainer, TrainingStopped, open_metrics, write_config
 
 
 def run(argv=None) -> int:
-    """Train as the flags say; returns the exit code."""
+    """Train as the flags say; returns the exit code (2: bad flags or data, 1: training stopped)."""
     cfg = parse_args(argv)
     ctx = distributed.setup()
     try:
-        trainer = Trainer(cfg, ctx)
-        cfg = trainer.cfg
-        return _loop(trainer, cfg, ctx)
+        try:  # every check that needs the checkpoint, the data or the run folder, before anything is written
+            trainer = Trainer(cfg, ctx, plan_run(cfg))
+        except ValueError as exc:  # bad flags, a conflicting run folder, malformed data: a usage error
+            if ctx.main:
+                print(f"{build_parser().prog}: error: {exc}", file=sys.stderr)
+            return 2
+        return _loop(trainer, trainer.cfg, ctx)
     except TrainingStopped as exc:
         if ctx.main:
             print(f"training stopped: {exc}", file=sys.stderr)
@@ -35,8 +40,10 @@ def run(argv=None) -> int:
 def _loop(trainer: Trainer, cfg, ctx) -> int:
     metrics = writer = None
     if ctx.main:
+        for line in prepare_folder(trainer.plan):
+            print(line, flush=True)
         write_config(cfg, trainer.model, trainer.diffusion)
-        metrics, writer = open_metrics(os.path.join(cfg.out, "metrics.csv"), trainer.step)
+        metrics, writer = open_metrics(os.path.join(cfg.out, "metrics.csv"), trainer.step, trainer.plan.history)
         params = sum(p.numel() for p in trainer.model.parameters())
         print(f"run folder {cfg.out}: {cfg.mode} on {cfg.data} ({len(trainer.dataset)} scans, grid "
               f"{trainer.grid_shape}), {cfg.backend} {cfg.preset} UNet ({params / 1e6:.2f} M parameters), "
@@ -44,12 +51,17 @@ def _loop(trainer: Trainer, cfg, ctx) -> int:
               (f", resuming at step {trainer.step}" if trainer.step else ""), flush=True)
     bar = tqdm(total=cfg.steps, initial=trainer.step, disable=not (ctx.main and cfg.progress), unit="step",
                dynamic_ncols=True, mininterval=1.0)
-    start = time.perf_counter()
+    start, skipped = time.perf_counter(), 0
     try:
         while trainer.step < cfg.steps:
             row = trainer.train_step()
             row["seconds"] = round(time.perf_counter() - start, 3)
             bar.update(1)
+            if row["skipped_samples"] and ctx.main:
+                skipped += row["skipped_samples"]
+                bar.write(f"step {row['step']}: {row['skipped_samples']} sample(s) with an empty support skipped "
+                          f"({skipped} so far){'; no update (every sample empty)' if not row['grad_norm'] else ''}",
+                          file=sys.stderr)
             bar.set_postfix(loss=f"{row['loss']:.4f}", cover=f"{row['coverage']:.2f}", refresh=False)
             if ctx.main:
                 writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})

@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 import torch
 
 from .edm import DiffusionConfig, Denoiser
-from .fields import State, like, per_row, per_sample_mean, randn_like, vals
+from .fields import State, like, nonempty_mean, per_row, per_sample_mean, randn_like, vals
 
 
 def cm_sigmas(n: int, cfg: DiffusionConfig, device=None) -> torch.Tensor:
@@ -71,7 +71,7 @@ def consistency_loss(student: Denoiser, target: Denoiser, x0: State, n_steps: in
     _restore_rng(rng)
     with torch.no_grad():
         ref = vals(target(x_n, s_n))
-    return per_sample_mean(x0, (pred.float() - ref.float()).square()).mean()
+    return nonempty_mean(x0, per_sample_mean(x0, (pred.float() - ref.float()).square()))
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ from typing import Callable, Optional, Tuple
 import torch
 
 from ..nn.field_ops import cat_channels
-from .fields import State, batch_size, like, per_row, per_sample_mean, vals
+from .fields import State, batch_size, like, nonempty_mean, per_row, per_sample_mean, vals
 
 
 @dataclass
@@ -93,13 +93,13 @@ class Denoiser:
 
 
 def edm_loss(denoiser: Callable, target: State, sigma: torch.Tensor, noise: State) -> torch.Tensor:
-    """EDM loss: mean over samples of lambda(sigma) * mean over active voxels of |D(y + sigma n) - y|^2."""
+    """EDM loss (eq. 2 / Table 1): mean over the samples with voxels of lambda(sigma) * mean over active voxels of |D(y + sigma n) - y|^2."""
     y, n = vals(target), vals(noise)
     noisy = like(target, y + per_row(target, sigma).to(y.dtype) * n)
     denoised = vals(denoiser(noisy, sigma))
     err = (denoised.float() - y.float()).square()
     per_sample = per_sample_mean(target, err)  # [B]
-    return (edm_weight(sigma, denoiser.cfg.sigma_data) * per_sample).mean()
+    return nonempty_mean(target, edm_weight(sigma, denoiser.cfg.sigma_data) * per_sample)
 
 
 def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0, device=None) -> torch.Tensor:

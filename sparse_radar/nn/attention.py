@@ -64,7 +64,8 @@ class AttentionBlock(nn.Module):
         h = self.norm(x)
         if isinstance(x, SparseVoxels):
             n = h.num_voxels
-            q, k, v = self.qkv(h.feats).view(n, 3, self.num_heads, -1).unbind(1)  # each [N, heads, d]
+            head_dim = self.channels // self.num_heads
+            q, k, v = self.qkv(h.feats).view(n, 3, self.num_heads, head_dim).unbind(1)  # each [N, heads, d]
             out = self.core.sparse(q, k, v, h)  # [N, heads, d]
             return x.replace(x.feats + self.proj(out.reshape(n, self.channels)))
         b, spatial = h.batch_size, h.spatial_shape

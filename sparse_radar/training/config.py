@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import sys
 from dataclasses import asdict, dataclass, fields
 from typing import Optional, Sequence
 
@@ -12,6 +14,11 @@ from ..nn.attention import ATTENTION_TYPES
 from ..nn.norm import NORM_TYPES
 
 MODES = ("edm", "cd", "ct")
+DEFAULT_OUT = "runs/latest"
+# Flags a resumed run may change; their meaning is documented in the README and logged when they change.
+RESUMABLE_FLAGS = ("steps", "lr", "save_every", "preview_every", "preview_steps", "progress")
+# Flags that say where and how to resume, not what the run is.
+CONTROL_FLAGS = ("resume", "out", "overwrite")
 BACKENDS = ("sparse", "dense")
 MODEL_FLAGS = ("attention_type", "attention_resolutions", "downsample_type", "downsample_stride",
                "model_channels", "channel_mult", "num_res_blocks", "norm_type", "use_fp16", "use_checkpoint",
@@ -57,7 +64,8 @@ class TrainConfig:
     preview_steps: int = 12
     resume: Optional[str] = None
     seed: int = 0
-    out: str = "runs/latest"
+    out: Optional[str] = None
+    overwrite: bool = False
     progress: bool = True
 
     def __post_init__(self):
@@ -72,8 +80,20 @@ class TrainConfig:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if self.mode == "cd" and not self.teacher:
             raise ValueError("--mode cd distils a trained EDM model: pass its checkpoint with --teacher")
-        if not self.lr > 0:
-            raise ValueError(f"--lr must be > 0, got {self.lr}")
+        if self.mode == "cd" and self.cm_steps < 2:
+            raise ValueError(f"--cm_steps must be >= 2 (the boundaries sigma_min and sigma_max), got {self.cm_steps}")
+        for name, lo in (("lr", 0.0), ("grad_clip", None), ("weight_decay", None)):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0 or (lo is not None and value <= lo):
+                raise ValueError(f"--{name} must be a finite number {'> 0' if lo is not None else '>= 0'}"
+                                 f"{' (0 = no clipping)' if name == 'grad_clip' else ''}, got {value}")
+        if not 0 <= self.cd_target_ema < 1:
+            raise ValueError(f"--cd_target_ema must be in [0, 1) (the target network's EMA decay), "
+                             f"got {self.cd_target_ema}")
+        if self.preview_every < 0:
+            raise ValueError(f"--preview_every must be >= 0 (0 = only the final preview), got {self.preview_every}")
+        if self.out is not None and not str(self.out).strip():
+            raise ValueError("--out must name a folder, got an empty string")
         self.ema_rates()
         self.radius()
 
@@ -122,7 +142,7 @@ def _bool(text: str) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI parser; every TrainConfig field is a flag."""
-    p = argparse.ArgumentParser(prog="python -m sparse_radar.train",
+    p = argparse.ArgumentParser(prog="python -m sparse_radar.train", allow_abbrev=False,
                                 description="Train an EDM / consistency model that turns sparse radar voxels into "
                                             "a dense LiDAR-like scene. With no flags: a small sparse model on the "
                                             "built-in synthetic street scenes.")
@@ -134,7 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
         "mode": "edm training, cd (consistency distillation, needs --teacher) or ct (consistency training)",
         "teacher": "EDM checkpoint to distil (mode cd)", "ema_rate": "comma-separated EMA rates",
         "grad_accum": "micro-batches per optimizer step", "resume": "checkpoint file or run folder to continue",
-        "out": "run folder", "train_size": "synthetic scans in the training split",
+        "out": f"run folder (default {DEFAULT_OUT}; with --resume: the checkpoint's run)",
+        "overwrite": "replace the run at --out, or cut a resumed run back to the checkpoint's step",
+        "grad_clip": "clip the gradient norm to this value; 0 = no clipping",
+        "train_size": "synthetic scans in the training split",
     }
     for f in fields(TrainConfig):
         kind = {"Optional[int]": int, "int": int, "Optional[float]": float, "float": float}.get(str(f.type), str)
@@ -147,10 +170,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv=None) -> TrainConfig:
-    """TrainConfig from command-line flags (errors exit with a message naming the flag)."""
+    """TrainConfig from command-line flags (errors exit 2 with a message naming the flag).
+
+    The result's `given_flags` holds the names of the flags on the command line (what --resume checks)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    given = {name for name in vars(args) if _on_command_line(name, argv)}
     try:
-        return TrainConfig(**vars(args))
+        cfg = TrainConfig(**vars(args))
+        # model flags are checked now, on a grid every preset divides (the data's grid is checked at start-up)
+        cfg.model_config((64, 1024, 1024))
     except ValueError as exc:
         parser.error(str(exc))
+    cfg.given_flags = frozenset(given)
+    return cfg
+
+
+def _on_command_line(name: str, argv) -> bool:
+    words = sys.argv[1:] if argv is None else list(argv)
+    flag = f"--{name}"
+    return any(w == flag or w.startswith(flag + "=") for w in words)
+
+
+def given_flags(cfg: TrainConfig) -> frozenset:
+    """Flags set by the user: those parse_args saw, else (a TrainConfig built in code) those off their default."""
+    given = getattr(cfg, "given_flags", None)
+    if given is not None:
+        return given
+    return frozenset(f.name for f in fields(cfg) if getattr(cfg, f.name) != f.default)

@@ -4,10 +4,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import io
 import json
 import math
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -22,10 +23,11 @@ from ..models.unet import UNet3D
 from ..voxels import DenseVoxels, SparseVoxels
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, given_flags
+from .run_folder import RunPlan, adopt_teacher, plan_run
 from .preview import save_preview
 
-CSV_COLUMNS = ["step", "loss", "grad_norm", "lr", "support_voxels", "coverage", "seconds"]
+CSV_COLUMNS = ["step", "loss", "grad_norm", "lr", "support_voxels", "coverage", "seconds", "skipped_samples"]
 
 
 class TrainingStopped(RuntimeError):
@@ -35,15 +37,10 @@ class TrainingStopped(RuntimeError):
 class Trainer:
     """Builds model, data and optimizer from a TrainConfig and trains with exact resume."""
 
-    def __init__(self, cfg: TrainConfig, ctx: distributed.DistContext):
+    def __init__(self, cfg: TrainConfig, ctx: distributed.DistContext, plan: Optional[RunPlan] = None):
         self.ctx, self.device = ctx, ctx.device
-        state = None
-        if cfg.resume:
-            state = load_checkpoint(cfg.resume)
-            saved = TrainConfig.from_dict(state["train_config"])
-            keep = {k: getattr(cfg, k) for k in ("steps", "save_every", "preview_every", "progress", "resume")}
-            folder = cfg.resume if os.path.isdir(cfg.resume) else os.path.dirname(os.path.dirname(cfg.resume))
-            cfg = TrainConfig.from_dict({**saved.to_dict(), **keep, "out": folder})
+        self.plan = plan_run(cfg) if plan is None else plan
+        cfg, state = self.plan.cfg, self.plan.state
         self.cfg = cfg
         self.dataset = open_dataset(cfg.data, cfg.data_format, "train", cfg.train_size)
         self.grid_shape = tuple(self.dataset.grid_shape)
@@ -51,6 +48,8 @@ class Trainer:
         self.teacher = None
         if cfg.mode == "cd":
             teacher_state = load_checkpoint(cfg.teacher)
+            if state is None:
+                cfg = self.cfg = adopt_teacher(cfg, teacher_state, given_flags(cfg))
             model_cfg = UNetConfig.from_dict(teacher_state["model_config"])
             self.teacher = UNet3D(model_cfg).to(self.device).eval()
             self.teacher.load_state_dict(_best_weights(teacher_state))
@@ -71,6 +70,8 @@ class Trainer:
         self.step = 0
         if state is not None:
             self._restore(state)
+            for group in self.opt.param_groups:  # --lr may change on resume (RESUMABLE_FLAGS)
+                group["lr"] = cfg.lr
         self.net = DistributedDataParallel(self.model) if ctx.active else self.model
         self._perm_cache: Dict[int, torch.Tensor] = {}
 
@@ -130,7 +131,7 @@ class Trainer:
         torch.manual_seed(cfg.seed * 104729 + self.step * 31 + self.ctx.rank)  # dropout: a function of the step
         self.model.train()
         self.opt.zero_grad(set_to_none=True)
-        total, voxels, cover = 0.0, 0, 0.0
+        total, voxels, cover, empty = 0.0, 0, 0.0, 0
         for micro in range(cfg.grad_accum):
             positions = self.batch_positions(self.step, micro)
             tgt, cond, cov = self._fields(positions)
@@ -142,18 +143,29 @@ class Trainer:
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += float(loss.detach())
             voxels += tgt.num_voxels if isinstance(tgt, SparseVoxels) else int(tgt.active().sum())
+            empty += int((_sample_voxels(tgt) == 0).sum())  # skipped by the loss (nonempty_mean)
             cover += float(cov.mean()) / cfg.grad_accum
         loss_value = distributed.mean_scalar(self.ctx, total)
         voxels = round(distributed.mean_scalar(self.ctx, float(voxels)) * self.ctx.world_size)
         cover = distributed.mean_scalar(self.ctx, cover)
+        empty = round(distributed.mean_scalar(self.ctx, float(empty)) * self.ctx.world_size)
         if distributed.any_true(self.ctx, not math.isfinite(loss_value)):
             raise TrainingStopped(
-                f"the loss became {loss_value} at step {self.step + 1}; no update was applied. The last checkpoint "
-                f"is in {os.path.join(cfg.out, 'checkpoints')}. Try a lower --lr (now {cfg.lr}), --use_fp16 False, "
-                f"or a smaller --grad_clip (now {cfg.grad_clip}).")
-        if self.scaler:
-            self.scaler.unscale_(self.opt)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+                f"the loss became {loss_value} at step {self.step + 1}; no update was applied. {self._last_saved()} "
+                f"Try a lower --lr (now {cfg.lr}), --use_fp16 False, or a smaller --grad_clip (now {cfg.grad_clip}).")
+        grad_norm = 0.0
+        if empty < cfg.batch_size * cfg.grad_accum * self.ctx.world_size:  # else: every sample was empty, no update
+            if self.scaler:
+                self.scaler.unscale_(self.opt)
+            max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf  # 0 = no clipping; the norm is still logged
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+            self._apply_update()
+        self.step += 1
+        return {"step": self.step, "loss": loss_value, "grad_norm": grad_norm, "lr": self.opt.param_groups[0]["lr"],
+                "support_voxels": voxels, "coverage": cover, "skipped_samples": empty}
+
+    def _apply_update(self) -> None:
+        """Optimizer step, then the EMA and consistency-target updates."""
         if self.scaler:
             self.scaler.step(self.opt)
             self.scaler.update()
@@ -162,11 +174,14 @@ class Trainer:
         for rate, ema_model in self.ema.items():
             ema_update(ema_model, self.model, rate)
         if self.cm_target is not None:
-            mu = cfg.cd_target_ema if cfg.mode == "cd" else ct_schedule(self.step, cfg.steps)[1]
+            mu = self.cfg.cd_target_ema if self.cfg.mode == "cd" else ct_schedule(self.step, self.cfg.steps)[1]
             ema_update(self.cm_target, self.model, mu)
-        self.step += 1
-        return {"step": self.step, "loss": loss_value, "grad_norm": grad_norm, "lr": self.opt.param_groups[0]["lr"],
-                "support_voxels": voxels, "coverage": cover}
+
+    def _last_saved(self) -> str:
+        latest = os.path.join(self.cfg.out, "checkpoints", "latest.pt")
+        if os.path.isfile(latest):
+            return f"The last checkpoint is {latest} (step {load_checkpoint(latest)['step']})."
+        return f"No checkpoint was written yet (the first is due at step {self.cfg.save_every})."
 
     # ----- checkpoints ----------------------------------------------------------------------------------
     def payload(self) -> dict:
@@ -228,6 +243,13 @@ class Trainer:
         save_preview(path, radar, target, sample.to("cpu"))
 
 
+def _sample_voxels(field) -> torch.Tensor:
+    """Active voxels per sample [B] of a SparseVoxels or DenseVoxels."""
+    if isinstance(field, SparseVoxels):
+        return field.batch_counts()
+    return field.active().reshape(field.batch_size, -1).sum(1)
+
+
 def _best_weights(state: dict) -> dict:
     """The EMA weights of a checkpoint (its first rate), else its raw weights."""
     ema = state.get("ema") or {}
@@ -235,22 +257,33 @@ def _best_weights(state: dict) -> dict:
 
 
 def write_config(cfg: TrainConfig, model: UNet3D, diffusion: DiffusionConfig) -> None:
-    """config.json: the resolved training, model and diffusion configs."""
+    """config.json: the resolved training, model and diffusion configs (written atomically)."""
     os.makedirs(cfg.out, exist_ok=True)
-    with open(os.path.join(cfg.out, "config.json"), "w", encoding="utf-8") as fh:
-        json.dump({"train": cfg.to_dict(), "model": model.config.to_dict(), "diffusion": diffusion.to_dict()},
-                  fh, indent=2)
+    text = json.dumps({"train": cfg.to_dict(), "model": model.config.to_dict(), "diffusion": diffusion.to_dict()},
+                      indent=2)
+    _replace_text(os.path.join(cfg.out, "config.json"), text)
 
 
-def open_metrics(path: str, resume_step: int):
-    """metrics.csv opened for appending; rows after resume_step (written after the last checkpoint) dropped."""
+def _replace_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8", newline="") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def open_metrics(path: str, resume_step: int, history: Optional[str] = None):
+    """metrics.csv opened for appending, starting with the rows of `history` (default: path itself) up to
+    resume_step; rows after it (written after the last checkpoint, or a later branch) are dropped. The file is
+    replaced atomically, so an interruption never leaves it cut short."""
+    history = path if history is None else history
     rows = []
-    if resume_step > 0 and os.path.exists(path):
-        with open(path, newline="", encoding="utf-8") as fh:
+    if resume_step > 0 and os.path.exists(history):
+        with open(history, newline="", encoding="utf-8") as fh:
             rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
-    fh = open(path, "w", newline="", encoding="utf-8")
-    writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    fh.flush()
-    return fh, writer
+    _replace_text(path, buffer.getvalue())
+    fh = open(path, "a", newline="", encoding="utf-8")
+    return fh, csv.DictWriter(fh, fieldnames=CSV_COLUMNS, extrasaction="ignore")

@@ -80,7 +80,7 @@ def test_non_finite_loss_stops_with_a_message(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(trainer_module, "edm_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
     assert run(SMALL + ["--steps", "3", "--out", str(tmp_path / "nan")]) == 1
     err = capsys.readouterr().err
-    assert "loss became nan at step 1" in err and "--lr" in err
+    assert "loss became nan at step 1" in err and "--lr" in err and "No checkpoint was written yet" in err
     assert not os.path.exists(tmp_path / "nan" / "checkpoints")
 
 
@@ -100,7 +100,11 @@ def test_consistency_distillation_and_training_modes(tmp_path):
 def test_bad_flags_exit_with_a_message(capsys):
     for argv, message in ((["--mode", "cd"], "--teacher"), (["--attention_type", "global"], "--attention_type"),
                           (["--batch_size", "0"], "--batch_size"), (["--use_fp16", "maybe"], "True or False"),
-                          (["--support_radius", "1,2"], "--support_radius")):
+                          (["--support_radius", "1,2"], "--support_radius"), (["--grad_clip", "-1"], "--grad_clip"),
+                          (["--cd_target_ema", "1.5"], "--cd_target_ema"), (["--preview_every", "-1"], "--preview_every"),
+                          (["--out", ""], "--out"), (["--mode", "cd", "--teacher", "t", "--cm_steps", "1"], "--cm_steps"),
+                          (["--num_res_blocks", "0"], "UNetConfig.num_res_blocks"),
+                          (["--channel_mult", "1,x"], "UNetConfig.channel_mult")):
         with pytest.raises(SystemExit) as exc:
             parse_args(argv)
         assert exc.value.code == 2 and message in capsys.readouterr().err
@@ -119,3 +123,18 @@ def test_checkpoints_never_unpickle_code(tmp_path):
     save_checkpoint(str(tmp_path / "ok.pt"), {"w": torch.ones(2), "config": {"a": [1, 2]}})
     assert load_checkpoint(str(tmp_path / "ok.pt"))["config"] == {"a": [1, 2]}
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+
+
+def test_grad_clip_zero_means_no_clipping(tmp_path):
+    """--grad_clip 0 is 'off': the same update as an unreachable clip norm, unlike a clipping one."""
+    def weights(clip):
+        t = Trainer(TrainConfig(train_size=2, model_channels=8, steps=1, progress=False, grad_clip=clip,
+                                out=str(tmp_path / str(clip))), DistContext())
+        row = t.train_step()
+        return row["grad_norm"], [p.detach().clone() for p in t.model.parameters()]
+    norm0, off = weights(0.0)
+    norm_big, big = weights(1e9)
+    _, clipped = weights(1e-4)
+    assert norm0 == norm_big > 1e-4
+    assert all(torch.equal(a, b) for a, b in zip(off, big))
+    assert not all(torch.equal(a, b) for a, b in zip(off, clipped))
