@@ -33,11 +33,11 @@ def as_triple(value, name: str) -> Triple:
 
 
 def check_key_range(spatial_shape: Sequence[int], batch_size: int) -> None:
-    """Raise ValueError when batch_size * D * H * W does not fit a signed int64 key."""
+    """Raise ValueError when the largest key, batch_size * D * H * W - 1, does not fit a signed int64."""
     volume = int(batch_size)
     for size in spatial_shape:
         volume *= int(size)
-    if volume > INT64_MAX:
+    if volume - 1 > INT64_MAX:
         raise ValueError(
             f"grid {tuple(spatial_shape)} x batch {batch_size} has {volume} cells, "
             f"more than int64 keys can index ({INT64_MAX})"

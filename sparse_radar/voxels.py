@@ -13,13 +13,21 @@ from .structure import VoxelStructure
 Shape3 = Tuple[int, int, int]
 
 
+INT32_LIMIT = 2**31  # coords are stored as int32: every coordinate and the batch index must stay below it
+
+
 def _spatial_shape(value) -> Shape3:
     try:
-        shape = tuple(int(v) for v in value)
-    except TypeError:
+        items = list(value)
+        shape = tuple(int(v) for v in items)
+    except (TypeError, ValueError):
         raise TypeError(f"spatial_shape must be three ints (D, H, W), got {value!r}") from None
+    if any(isinstance(v, (bool, str, bytes)) or v != s for v, s in zip(items, shape)):
+        raise ValueError(f"spatial_shape must be three whole numbers (D, H, W), got {value!r}")
     if len(shape) != 3 or any(s <= 0 for s in shape):
         raise ValueError(f"spatial_shape must be three positive ints (D, H, W), got {value!r}")
+    if max(shape) > INT32_LIMIT:
+        raise ValueError(f"spatial_shape {shape}: coords are int32, so each size must be at most 2^31")
     return shape  # type: ignore[return-value]
 
 
@@ -52,8 +60,9 @@ class SparseVoxels:
                 f"coords must be an integer tensor [N, 4] (batch, z, y, x), got {coords.dtype} {tuple(coords.shape)}")
         if coords.shape[0] != feats.shape[0]:
             raise ValueError(f"feats has {feats.shape[0]} rows but coords has {coords.shape[0]}: one row per voxel")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or \
+                not 1 <= batch_size <= INT32_LIMIT:
+            raise ValueError(f"batch_size must be a positive int (at most 2^31), got {batch_size!r}")
         shape = _spatial_shape(spatial_shape)
         kc.check_key_range(shape, int(batch_size))
         coords = coords.to(device=feats.device, dtype=torch.int64)
@@ -162,6 +171,8 @@ class DenseVoxels:
             if mask.dtype != torch.bool or tuple(mask.shape) != expected:
                 raise ValueError(f"mask must be a bool tensor of shape {expected}, got {mask.dtype} {tuple(mask.shape)}")
             mask = mask.to(data.device)
+        if data.shape[0] < 1 or min(data.shape[2:]) < 1:
+            raise ValueError(f"data must hold at least one sample and one voxel, got shape {tuple(data.shape)}")
         kc.check_key_range(data.shape[2:], data.shape[0])
         _check_finite(data, "data")
         self._data, self._mask, self._lineage = data, mask, ()

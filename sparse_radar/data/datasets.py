@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import warnings
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..voxels import SparseVoxels
-from . import formats
+from . import formats, point_fields
 from .grid import GridSpec
 from .synthetic import SensorConfig, generate_scan, split_seed
 from .voxelize import RADAR_CHANNELS, TARGET_CHANNELS, Channel, voxelize
@@ -56,77 +57,126 @@ def voxel_pair(radar: np.ndarray, lidar: np.ndarray, grid: GridSpec,
     return {"radar_coords": rc, "radar_feats": rf, "target_coords": tc, "target_feats": tf}
 
 
-class ReferenceVoxelDataset(Dataset):
+class FolderDataset(Dataset):
+    """Paired (radar, target) files of a folder; `inspect` reads one pair for start-up validation, `keep`
+    narrows the pairs (validate.validate_dataset drops empty frames)."""
+
+    pairs: List[Tuple[str, str]]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> Sample:
+        return self.load(i)[0]
+
+    def load(self, i: int) -> Tuple[Sample, int]:
+        """(sample, count of feature values clipped into range) of pair i."""
+        raise NotImplementedError
+
+    def inspect(self, i: int) -> Dict[str, int]:
+        """Voxel counts and clipped values of pair i; raises DataFormatError naming a malformed file."""
+        sample, clipped = self.load(i)
+        return {"radar_voxels": len(sample["radar_coords"]), "target_voxels": len(sample["target_coords"]),
+                "clipped": clipped}
+
+    def keep(self, indices: Sequence[int]) -> None:
+        """Keep only these pairs (in this order)."""
+        self.pairs = [self.pairs[i] for i in indices]
+
+
+def _unique_stems(paths: Sequence[str], what: str) -> Dict[str, str]:
+    """{file name without extension: path}; two files of one frame name are an error (which would pair?)."""
+    stems: Dict[str, str] = {}
+    for path in sorted(paths):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if stem in stems:
+            raise ValueError(f"{what}: frame {stem!r} has two files, {os.path.basename(stems[stem])} and "
+                             f"{os.path.basename(path)}; keep one per frame")
+        stems[stem] = path
+    return stems
+
+
+def _warn_unpaired(root: str, unpaired: Sequence[str], what: str) -> None:
+    if unpaired:
+        shown = ", ".join(os.path.basename(p) for p in unpaired[:3]) + (" ..." if len(unpaired) > 3 else "")
+        warnings.warn(f"{root}: {len(unpaired)} radar frame(s) without a {what} file are skipped ({shown})",
+                      stacklevel=3)
+
+
+class ReferenceVoxelDataset(FolderDataset):
     """The reference layout <root>/<scene>/radar_voxel/<frame>.npz|.npy and target_voxel/<frame>.npz|.npy.
 
-    Features are taken as the reference stores them, in [0, 1], and mapped to [-1, 1]."""
+    Features are taken as the reference stores them, in [0, 1], and mapped to [-1, 1] (values outside are
+    clipped and counted)."""
 
     def __init__(self, root: str):
-        self.pairs: List[Tuple[str, str]] = []
+        self.pairs, unpaired = [], []
         for radar_dir in sorted(glob.glob(os.path.join(root, "*", "radar_voxel"))):
             target_dir = os.path.join(os.path.dirname(radar_dir), "target_voxel")
-            for path in sorted(glob.glob(os.path.join(radar_dir, "*.np[yz]"))):
-                twin = os.path.join(target_dir, os.path.basename(path))
-                if os.path.exists(twin):
-                    self.pairs.append((path, twin))
+            radar = _unique_stems(glob.glob(os.path.join(radar_dir, "*.np[yz]")), radar_dir)
+            target = _unique_stems(glob.glob(os.path.join(target_dir, "*.np[yz]")), target_dir)
+            for stem, path in radar.items():
+                if stem in target:
+                    self.pairs.append((path, target[stem]))
+                else:
+                    unpaired.append(path)
         if not self.pairs:
             raise ValueError(f"{root}: no <scene>/radar_voxel/*.npz|.npy with a matching target_voxel file")
+        _warn_unpaired(root, unpaired, "target_voxel")
         self.grid_shape = self._read(self.pairs[0][0])[2]
 
     @staticmethod
     def _read(path):
         return formats.read_voxel_npz(path) if path.endswith(".npz") else formats.read_voxel_npy(path)
 
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, i: int) -> Sample:
-        out = {}
+    def load(self, i: int) -> Tuple[Sample, int]:
+        """(sample, feature values outside [0, 1] that were clipped) of pair i."""
+        out, clipped = {}, 0
         for name, path in zip(("radar", "target"), self.pairs[i]):
             coords, feats, shape = self._read(path)
             if shape != self.grid_shape:
                 raise formats.DataFormatError(path, f"grid {shape} differs from the dataset's {self.grid_shape}")
             if feats.shape[1] != 4:
                 raise formats.DataFormatError(path, f"expected 4 feature channels, got {feats.shape[1]}")
+            clipped += int(((feats < 0) | (feats > 1)).sum())
             out[f"{name}_coords"], out[f"{name}_feats"] = coords, 2.0 * np.clip(feats, 0, 1) - 1.0
-        return out
+        return out, clipped
 
 
-class PointPairDataset(Dataset):
+class PointPairDataset(FolderDataset):
     """Paired point files <root>/radar/<frame>.* and <root>/lidar/<frame>.* voxelized on `grid`.
 
     fmt: 'vod' (View-of-Delft .bin: radar rcs and v_r, LiDAR reflectance), 'coloradar' (.bin radar with
-    intensity and radial velocity; LiDAR any point format) or 'points' (.npy/.npz/.ply/.pcd: radar x, y, z,
-    rcs, doppler; LiDAR x, y, z, intensity)."""
+    intensity and radial velocity; LiDAR any point format) or 'points' (.npy/.npz/.ply/.pcd; PLY/PCD fields by
+    name, see point_fields: radar x, y, z, rcs, doppler; LiDAR x, y, z, intensity)."""
 
     def __init__(self, root: str, fmt: str, grid: GridSpec = GridSpec()):
         if fmt not in ("vod", "coloradar", "points"):
             raise ValueError(f"PointPairDataset format must be vod, coloradar or points, got {fmt!r}")
         self.fmt, self.grid, self.grid_shape = fmt, grid, grid.shape
-        lidar = {os.path.splitext(os.path.basename(p))[0]: p for p in glob.glob(os.path.join(root, "lidar", "*"))}
-        self.pairs = [(p, lidar[os.path.splitext(os.path.basename(p))[0]])
-                      for p in sorted(glob.glob(os.path.join(root, "radar", "*")))
-                      if os.path.splitext(os.path.basename(p))[0] in lidar]
+        lidar = _unique_stems(glob.glob(os.path.join(root, "lidar", "*")), os.path.join(root, "lidar"))
+        radar = _unique_stems(glob.glob(os.path.join(root, "radar", "*")), os.path.join(root, "radar"))
+        self.pairs = [(path, lidar[stem]) for stem, path in radar.items() if stem in lidar]
         if not self.pairs:
             raise ValueError(f"{root}: no radar/<frame>.* file with a matching lidar/<frame>.* file")
+        _warn_unpaired(root, [p for stem, p in radar.items() if stem not in lidar], "lidar")
 
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, i: int) -> Sample:
+    def load(self, i: int) -> Tuple[Sample, int]:
+        """(sample, 0) of pair i: point features are clipped to each channel's range by design (voxelize)."""
         radar_path, lidar_path = self.pairs[i]
         if self.fmt == "vod":
-            radar = formats.read_vod_radar(radar_path)[:, [0, 1, 2, 3, 4]]
-            lidar = formats.read_vod_lidar(lidar_path)
+            radar = point_fields.radar_columns(radar_path, *formats.read_point_fields(radar_path, "vod_radar"))
+            lidar = point_fields.lidar_columns(lidar_path, formats.read_vod_lidar(lidar_path), None)
         elif self.fmt == "coloradar":
-            radar = formats.read_coloradar(radar_path)
-            radar = np.column_stack([radar[:, :3], radar[:, 3] - 20.0, radar[:, 4]])  # intensity dB -> rcs-like
-            lidar = formats.read_points(lidar_path, "vod_lidar" if lidar_path.endswith(".bin") else None)
+            raw = formats.read_coloradar(radar_path)
+            radar = point_fields.radar_columns(
+                radar_path, np.column_stack([raw[:, :3], raw[:, 3] - 20.0, raw[:, 4]]), None)  # intensity dB -> rcs
+            lidar = point_fields.lidar_columns(
+                lidar_path, *formats.read_point_fields(lidar_path, "vod_lidar" if lidar_path.endswith(".bin") else None))
         else:
-            radar, lidar = formats.read_points(radar_path), formats.read_points(lidar_path)
-        if radar.shape[1] < 5:
-            raise formats.DataFormatError(radar_path, f"radar points need x, y, z, rcs, doppler; got {radar.shape[1]} columns")
-        return voxel_pair(radar[:, :5], lidar, self.grid)
+            radar = point_fields.radar_columns(radar_path, *formats.read_point_fields(radar_path))
+            lidar = point_fields.lidar_columns(lidar_path, *formats.read_point_fields(lidar_path))
+        return voxel_pair(radar, lidar, self.grid), 0
 
 
 def open_dataset(data: str, data_format: str = "reference", split: str = "train", size: int = 64,

@@ -13,6 +13,7 @@ class DataFormatError(ValueError):
 
     def __init__(self, path, problem: str):
         super().__init__(f"{os.fspath(path)}: {problem}")
+        self.path, self.problem = os.fspath(path), problem
 
 
 def _load_npz(path):
@@ -22,22 +23,67 @@ def _load_npz(path):
         raise DataFormatError(path, f"not a readable .npz/.npy file ({exc})") from None
 
 
+INT32_LIMIT = 2**31  # voxel coords are int32
+
+
+def _numeric(path, array: np.ndarray, name: str) -> np.ndarray:
+    """array, refused unless it holds finite numbers (no strings, objects or NaN)."""
+    if array.dtype.kind not in "biuf":
+        raise DataFormatError(path, f"{name} must be numeric, got dtype {array.dtype}")
+    if array.dtype.kind == "f" and array.size and not np.isfinite(array).all():
+        bad = int((~np.isfinite(array)).any(axis=tuple(range(1, array.ndim))).sum()) if array.ndim > 1 else \
+            int((~np.isfinite(array)).sum())
+        raise DataFormatError(path, f"{name} hold NaN or inf ({bad} row(s))")
+    return array
+
+
+def _whole(path, array: np.ndarray, name: str) -> np.ndarray:
+    """Integer values of array as int64 (float arrays must hold whole numbers)."""
+    array = _numeric(path, array, name)
+    if array.dtype.kind == "f":
+        if array.size and (np.abs(array).max() >= 2**62 or not np.array_equal(array, np.floor(array))):
+            raise DataFormatError(path, f"{name} must be whole numbers, got fractional or huge values")
+    elif array.dtype.kind == "u" and array.size and array.max() >= 2**63:
+        raise DataFormatError(path, f"{name} hold values beyond int64")
+    return array.astype(np.int64)
+
+
+def _grid_shape(path, shape_array) -> Tuple[int, int, int, int]:
+    shape_array = np.asarray(shape_array)
+    if shape_array.ndim != 1 or shape_array.size != 4:
+        raise DataFormatError(path, f"shape must be four ints (H, W, Z, C), got {shape_array.tolist()!r}")
+    shape = tuple(int(v) for v in _whole(path, shape_array, "shape"))
+    if min(shape) < 1 or max(shape[:3]) > INT32_LIMIT:
+        raise DataFormatError(path, f"shape {shape} must be positive, each grid size at most 2^31")
+    return shape  # type: ignore[return-value]
+
+
 def read_voxel_npz(path) -> Tuple[np.ndarray, np.ndarray, Tuple[int, int, int]]:
     """Reference voxel file (coords [N, 3] x, y, z; features [N, C]; shape (H, W, Z, C)).
 
-    Returns (coords [N, 3] as (z, x, y) int32, features [N, C] float32, grid (Z, X, Y))."""
+    Returns (coords [N, 3] as (z, x, y) int32, features [N, C] float32, grid (Z, X, Y)); non-numeric, NaN,
+    fractional, out-of-grid or duplicate coords and non-numeric or NaN features raise DataFormatError."""
     data = _load_npz(path)
+    if isinstance(data, np.ndarray):
+        raise DataFormatError(path, "a single array; expected an .npz with coords, features, shape")
     missing = [k for k in ("coords", "features", "shape") if k not in data]
     if missing:
         raise DataFormatError(path, f"missing array(s) {', '.join(missing)}; expected coords, features, shape")
-    coords, feats, shape = data["coords"], data["features"], tuple(int(s) for s in data["shape"])
+    coords, feats = data["coords"], data["features"]
+    shape = _grid_shape(path, data["shape"])
     if coords.ndim != 2 or coords.shape[1] != 3 or feats.ndim != 2 or len(feats) != len(coords):
         raise DataFormatError(path, f"coords must be [N, 3] and features [N, C] with the same N, got "
                                     f"{coords.shape} and {feats.shape}")
-    if len(shape) != 4:
-        raise DataFormatError(path, f"shape must be (H, W, Z, C), got {shape}")
+    coords = _whole(path, coords, "coords")
+    feats = _numeric(path, feats, "features")
     if len(coords) and (coords.min() < 0 or np.any(coords.max(0) >= np.array(shape[:3]))):
         raise DataFormatError(path, f"coords fall outside the grid {shape[:3]}")
+    if len(coords):
+        keys = (coords[:, 0] * shape[1] + coords[:, 1]) * shape[2] + coords[:, 2]
+        uniq, counts = np.unique(keys, return_counts=True)
+        if (counts > 1).any():
+            raise DataFormatError(path, f"{int((counts > 1).sum())} duplicate coordinate(s), e.g. "
+                                        f"{coords[keys == uniq[counts > 1][0]][0].tolist()}; one row per voxel")
     return coords[:, [2, 0, 1]].astype(np.int32), feats.astype(np.float32), (shape[2], shape[0], shape[1])
 
 
@@ -46,6 +92,7 @@ def read_voxel_npy(path) -> Tuple[np.ndarray, np.ndarray, Tuple[int, int, int]]:
     grid = _load_npz(path)
     if not isinstance(grid, np.ndarray) or grid.ndim != 4:
         raise DataFormatError(path, f"expected a dense (H, W, Z, C) array, got {getattr(grid, 'shape', type(grid))}")
+    grid = _numeric(path, grid, "voxel values")
     xyz = np.argwhere(np.any(grid != 0, axis=3))
     feats = grid[xyz[:, 0], xyz[:, 1], xyz[:, 2]]
     return xyz[:, [2, 0, 1]].astype(np.int32), feats.astype(np.float32), (grid.shape[2], grid.shape[0], grid.shape[1])
@@ -76,6 +123,11 @@ def read_coloradar(path) -> np.ndarray:
 
 def read_point_array(path) -> np.ndarray:
     """.npy point array [N, F>=3], or the 'points' (else the only) array of a .npz."""
+    return _point_array(path)[0]
+
+
+def _point_array(path) -> Tuple[np.ndarray, Optional[List[str]]]:
+    """(points [N, F] float32, field names of a structured array or None)."""
     data = _load_npz(path)
     if not isinstance(data, np.ndarray):
         keys = list(data.keys())
@@ -85,9 +137,43 @@ def read_point_array(path) -> np.ndarray:
             data = data[keys[0]]
         else:
             raise DataFormatError(path, f"holds arrays {keys}; expected one named 'points'")
+    names = None
+    if data.dtype.names:  # a structured array: one named field per column
+        names = list(data.dtype.names)
+        data = np.stack([_numeric(path, data[n], f"field {n!r}").astype(np.float64) for n in names], axis=-1) \
+            if len(data) else np.zeros((0, len(names)))
     if data.ndim != 2 or data.shape[1] < 3:
         raise DataFormatError(path, f"expected points [N, F>=3], got shape {data.shape}")
-    return data.astype(np.float32)
+    return _numeric(path, data, "points").astype(np.float32), names
+
+
+def _count(path, text: str, what: str, limit: int) -> int:
+    """A header's element count: a whole number in [0, limit] (limit from the file's size, so a huge count
+    is refused before anything is allocated)."""
+    try:
+        n = int(text)
+    except (TypeError, ValueError):
+        raise DataFormatError(path, f"{what} count {text!r} is not a whole number") from None
+    if n < 0:
+        raise DataFormatError(path, f"{what} count {n} is negative")
+    if n > limit:
+        raise DataFormatError(path, f"{what} count {n} exceeds what the file's {os.path.getsize(path)} bytes can hold")
+    return n
+
+
+def _text_rows(fh, path, n: int, width: int, exact: bool) -> np.ndarray:
+    """n text lines of `width` numbers each -> float64 [n, width]."""
+    rows = []
+    for i in range(n):
+        words = fh.readline().decode("ascii", errors="replace").split()
+        if len(words) < width or (exact and len(words) != width):
+            raise DataFormatError(path, f"data line {i + 1} of {n} holds {len(words)} values, {width} expected")
+        try:
+            rows.append([float(w) for w in words[:width]])
+        except ValueError:
+            raise DataFormatError(path, f"data line {i + 1} holds a non-numeric value: {' '.join(words[:width])!r}") \
+                from None
+    return np.array(rows, dtype=np.float64).reshape(n, width)
 
 
 _PLY_TYPES = {"char": "i1", "uchar": "u1", "short": "i2", "ushort": "u2", "int": "i4", "uint": "u4",
@@ -113,13 +199,14 @@ def read_ply(path) -> Tuple[np.ndarray, List[str]]:
     """PLY vertices (ascii, binary_little_endian, binary_big_endian) -> (points [N, F] float32, property names)."""
     with open(path, "rb") as fh:
         header = _read_header(fh, path, b"end_header", b"ply")
-        fmt, count, names, types, in_vertex = None, 0, [], [], False
+        fmt, count, names, types, in_vertex = None, None, [], [], False
+        body_bytes = os.path.getsize(path) - fh.tell()
         for line in header:
             words = line.split()
             if words[:1] == ["format"]:
-                fmt = words[1]
+                fmt = words[1] if len(words) > 1 else None
             elif words[:2] == ["element", "vertex"]:
-                count, in_vertex = int(words[2]), True
+                count, in_vertex = _count(path, words[2] if len(words) > 2 else None, "vertex", body_bytes), True
             elif words[:1] == ["element"]:
                 in_vertex = False
             elif words[:1] == ["property"] and in_vertex:
@@ -131,13 +218,12 @@ def read_ply(path) -> Tuple[np.ndarray, List[str]]:
                 names.append(words[2])
         if fmt not in ("ascii", "binary_little_endian", "binary_big_endian"):
             raise DataFormatError(path, f"unknown PLY format {fmt!r}")
+        if count is None:
+            raise DataFormatError(path, "no 'element vertex N' line in the header")
         if not names:
             raise DataFormatError(path, "no vertex properties")
         if fmt == "ascii":
-            rows = [fh.readline().split() for _ in range(count)]
-            if any(len(r) < len(names) for r in rows):
-                raise DataFormatError(path, f"expected {count} vertex lines of {len(names)} values")
-            return np.array([r[:len(names)] for r in rows], dtype=np.float64).astype(np.float32), names
+            return _text_rows(fh, path, count, len(names), exact=False).astype(np.float32), names
         order = "<" if fmt == "binary_little_endian" else ">"
         dtype = np.dtype([(n, order + t) for n, t in zip(names, types)])
         body = fh.read(dtype.itemsize * count)
@@ -179,20 +265,20 @@ def read_pcd(path) -> Tuple[np.ndarray, List[str]]:
         try:
             names, sizes, kinds = meta["FIELDS"], [int(s) for s in meta["SIZE"]], meta["TYPE"]
             counts = [int(c) for c in meta.get("COUNT", ["1"] * len(names))]
-            n = int(meta["POINTS"][0]) if "POINTS" in meta else int(meta["WIDTH"][0]) * int(meta["HEIGHT"][0])
             mode = meta["DATA"][0]
+            n_text = meta["POINTS"][0] if "POINTS" in meta else str(int(meta["WIDTH"][0]) * int(meta["HEIGHT"][0]))
         except (KeyError, IndexError, ValueError) as exc:
             raise DataFormatError(path, f"incomplete PCD header ({exc})") from None
+        if min(sizes + counts, default=0) < 1:
+            raise DataFormatError(path, f"PCD SIZE and COUNT must be positive, got {sizes} and {counts}")
+        if mode not in ("ascii", "binary"):
+            raise DataFormatError(path, f"PCD DATA {mode!r} is not supported (ascii or binary)")
+        n = _count(path, n_text, "POINTS", os.path.getsize(path) - fh.tell())
         if not len(names) == len(sizes) == len(kinds) == len(counts):
             raise DataFormatError(path, "FIELDS, SIZE, TYPE and COUNT disagree in length")
         cols = [f"{name}_{i}" if c > 1 else name for name, c in zip(names, counts) for i in range(c)]
         if mode == "ascii":
-            rows = [fh.readline().split() for _ in range(n)]
-            if any(len(r) != len(cols) for r in rows):
-                raise DataFormatError(path, f"expected {n} lines of {len(cols)} values")
-            return np.array(rows, dtype=np.float64).astype(np.float32), cols
-        if mode != "binary":
-            raise DataFormatError(path, f"PCD DATA {mode!r} is not supported (ascii or binary)")
+            return _text_rows(fh, path, n, len(cols), exact=True).astype(np.float32), cols
         try:
             fields = [(f"{name}_{i}", "<" + _PCD_TYPES[(kind, size)]) for name, size, kind, c in
                       zip(names, sizes, kinds, counts) for i in range(c)]
@@ -217,14 +303,20 @@ def write_pcd(path, points: np.ndarray, names: Sequence[str], binary: bool = Tru
 
 
 POINT_READERS = {
-    "vod_radar": read_vod_radar, "vod_lidar": read_vod_lidar, "coloradar": read_coloradar,
-    "npy": read_point_array, "npz": read_point_array,
-    "ply": lambda p: read_ply(p)[0], "pcd": lambda p: read_pcd(p)[0],
+    "vod_radar": lambda p: (read_vod_radar(p), VOD_RADAR_FIELDS), "vod_lidar": lambda p: (read_vod_lidar(p), None),
+    "coloradar": lambda p: (read_coloradar(p), None), "npy": _point_array, "npz": _point_array,
+    "ply": read_ply, "pcd": read_pcd,
 }
+VOD_RADAR_FIELDS = ["x", "y", "z", "rcs", "v_r", "v_r_compensated", "time"]
 
 
 def read_points(path, fmt: Optional[str] = None) -> np.ndarray:
     """Points [N, F] of any supported point format (fmt, or guessed from the extension)."""
+    return read_point_fields(path, fmt)[0]
+
+
+def read_point_fields(path, fmt: Optional[str] = None) -> Tuple[np.ndarray, Optional[List[str]]]:
+    """(points [N, F], field names or None where the format has none: .bin, plain .npy/.npz)."""
     if fmt is None:
         ext = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
         if ext == "bin":

@@ -94,6 +94,12 @@ class UNet3D(nn.Module):
             shape = tuple(noise_labels.shape) if isinstance(noise_labels, torch.Tensor) else type(noise_labels)
             raise ValueError(f"noise_labels must be a tensor of shape [{x.batch_size}], got {shape}")
         self.config.check_grid(x.spatial_shape)
+        weight = self.input_conv.weight
+        if x.dtype != weight.dtype:
+            raise TypeError(
+                f"UNet3D: the input field is {x.dtype} but the model's weights are {weight.dtype}; cast one to the "
+                f"other (x.to({weight.dtype}) or model.to({x.dtype})). For mixed precision keep fp32 inputs and "
+                f"set UNetConfig.use_fp16=True (autocast)")
         with self._precision(x.device):
             out = self._run(x, noise_labels)
         return out.replace((out.feats if isinstance(out, SparseVoxels) else out.data).to(x.dtype))

@@ -13,7 +13,8 @@ from typing import Dict, List, Optional
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..data.datasets import collate, open_dataset
+from ..data.datasets import FolderDataset, collate, open_dataset
+from ..data.validate import validate_dataset
 from ..data.support import training_fields
 from ..diffusion.consistency import consistency_loss, ct_schedule, ema_update
 from ..diffusion.edm import DiffusionConfig, Denoiser, edm_loss, karras_sigmas, sample_sigma
@@ -43,6 +44,8 @@ class Trainer:
         cfg, state = self.plan.cfg, self.plan.state
         self.cfg = cfg
         self.dataset = open_dataset(cfg.data, cfg.data_format, "train", cfg.train_size)
+        if isinstance(self.dataset, FolderDataset):  # every file read once now (cached), not mid-run
+            validate_dataset(self.dataset, progress=cfg.progress and ctx.main)
         self.grid_shape = tuple(self.dataset.grid_shape)
         self.diffusion = DiffusionConfig()
         self.teacher = None
