@@ -66,7 +66,7 @@ def test_sparse_equals_masked_dense(attention_type, norm_type, downsample_stride
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
 
 
-@pytest.mark.parametrize("attention_type,norm_type", zip(ATTENTION_TYPES, NORM_TYPES * 2))
+@pytest.mark.parametrize("attention_type,norm_type", list(zip(ATTENTION_TYPES, NORM_TYPES * 2)))
 def test_fully_occupied_sparse_equals_unmasked_dense(attention_type, norm_type):
     model = small_model(attention_type=attention_type, norm_type=norm_type)
     data = torch.randn(2, 5, 8, 8, 8, generator=torch.Generator().manual_seed(3))
