@@ -66,6 +66,21 @@ def test_flash_is_softmax_over_the_sample():
     check(build_attention_core("flash", HEADS), q, k, v, sv, ref)
 
 
+def test_flash_attn_is_optional(monkeypatch):
+    """flash-attn (the `cuda` extra) is never imported at start-up, and without it the varlen path declines so
+    GlobalAttention falls back to SDPA."""
+    import subprocess
+    import sys
+
+    from sparse_radar.nn import attention_cores
+    code = "import sys, sparse_radar, sparse_radar.nn, sparse_radar.train; print('flash_attn' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
+        == "False"
+    monkeypatch.setitem(sys.modules, "flash_attn", None)  # import flash_attn now raises ImportError
+    sv, q, k, v = tokens()
+    assert attention_cores._flash_attn_varlen(q, k, v, sv) is None
+
+
 def test_height_is_softmax_along_each_column():
     sv, q, k, v = tokens(seed=1, shape=(6, 3, 3), occupancy=(0.5, 0.4))
     c = sv.coords.tolist()
