@@ -8,6 +8,7 @@ from typing import Sequence, Tuple
 import torch
 
 INT64_MAX = 2**63 - 1
+INT32_LIMIT = 2**31  # coords are stored as int32: every coordinate and the batch index must stay below it
 
 Triple = Tuple[int, int, int]
 

@@ -12,7 +12,7 @@ import time
 from tqdm import tqdm
 
 from .training import distributed
-from .training.config import build_parser, parse_args
+from .training.config import PROG, parse_args
 from .training.run_folder import plan_run, prepare_folder
 from .training.trainer import Trainer, TrainingStopped, open_metrics, write_config
 
@@ -26,7 +26,7 @@ def run(argv=None) -> int:
             trainer = Trainer(cfg, ctx, plan_run(cfg))
         except ValueError as exc:  # bad flags, a conflicting run folder, malformed data: a usage error
             if ctx.main:
-                print(f"{build_parser().prog}: error: {exc}", file=sys.stderr)
+                print(f"{PROG}: error: {exc}", file=sys.stderr)
             return 2
         return _loop(trainer, trainer.cfg, ctx)
     except TrainingStopped as exc:
@@ -60,7 +60,8 @@ def _loop(trainer: Trainer, cfg, ctx) -> int:
             if row["skipped_samples"] and ctx.main:
                 skipped += row["skipped_samples"]
                 bar.write(f"step {row['step']}: {row['skipped_samples']} sample(s) with an empty support skipped "
-                          f"({skipped} so far){'; no update (every sample empty)' if not row['grad_norm'] else ''}",
+                          f"({skipped} so far)"
+                          f"{'; no update' if row['skipped_samples'] == trainer.samples_per_step else ''}",
                           file=sys.stderr)
             bar.set_postfix(loss=f"{row['loss']:.4f}", cover=f"{row['coverage']:.2f}", refresh=False)
             if ctx.main:

@@ -13,9 +13,6 @@ from .structure import VoxelStructure
 Shape3 = Tuple[int, int, int]
 
 
-INT32_LIMIT = 2**31  # coords are stored as int32: every coordinate and the batch index must stay below it
-
-
 def _spatial_shape(value) -> Shape3:
     try:
         items = list(value)
@@ -26,7 +23,7 @@ def _spatial_shape(value) -> Shape3:
         raise ValueError(f"spatial_shape must be three whole numbers (D, H, W), got {value!r}")
     if len(shape) != 3 or any(s <= 0 for s in shape):
         raise ValueError(f"spatial_shape must be three positive ints (D, H, W), got {value!r}")
-    if max(shape) > INT32_LIMIT:
+    if max(shape) > kc.INT32_LIMIT:
         raise ValueError(f"spatial_shape {shape}: coords are int32, so each size must be at most 2^31")
     return shape  # type: ignore[return-value]
 
@@ -61,7 +58,7 @@ class SparseVoxels:
         if coords.shape[0] != feats.shape[0]:
             raise ValueError(f"feats has {feats.shape[0]} rows but coords has {coords.shape[0]}: one row per voxel")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or \
-                not 1 <= batch_size <= INT32_LIMIT:
+                not 1 <= batch_size <= kc.INT32_LIMIT:
             raise ValueError(f"batch_size must be a positive int (at most 2^31), got {batch_size!r}")
         shape = _spatial_shape(spatial_shape)
         kc.check_key_range(shape, int(batch_size))

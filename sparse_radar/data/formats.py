@@ -7,6 +7,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..kernels.coords import INT32_LIMIT
+
 
 class DataFormatError(ValueError):
     """A file that cannot be read as the expected format; the message names the file and the problem."""
@@ -23,17 +25,13 @@ def _load_npz(path):
         raise DataFormatError(path, f"not a readable .npz/.npy file ({exc})") from None
 
 
-INT32_LIMIT = 2**31  # voxel coords are int32
-
-
 def _numeric(path, array: np.ndarray, name: str) -> np.ndarray:
     """array, refused unless it holds finite numbers (no strings, objects or NaN)."""
     if array.dtype.kind not in "biuf":
         raise DataFormatError(path, f"{name} must be numeric, got dtype {array.dtype}")
     if array.dtype.kind == "f" and array.size and not np.isfinite(array).all():
-        bad = int((~np.isfinite(array)).any(axis=tuple(range(1, array.ndim))).sum()) if array.ndim > 1 else \
-            int((~np.isfinite(array)).sum())
-        raise DataFormatError(path, f"{name} hold NaN or inf ({bad} row(s))")
+        bad = ~np.isfinite(array).reshape(len(array), -1).all(1) if array.ndim else ~np.isfinite(array)
+        raise DataFormatError(path, f"{name} hold NaN or inf ({int(bad.sum())} row(s))")
     return array
 
 
@@ -53,7 +51,7 @@ def _grid_shape(path, shape_array) -> Tuple[int, int, int, int]:
     if shape_array.ndim != 1 or shape_array.size != 4:
         raise DataFormatError(path, f"shape must be four ints (H, W, Z, C), got {shape_array.tolist()!r}")
     shape = tuple(int(v) for v in _whole(path, shape_array, "shape"))
-    if min(shape) < 1 or max(shape[:3]) > INT32_LIMIT:
+    if min(shape) < 1 or max(shape[:3]) > INT32_LIMIT:  # voxel coords are int32
         raise DataFormatError(path, f"shape {shape} must be positive, each grid size at most 2^31")
     return shape  # type: ignore[return-value]
 

@@ -93,7 +93,8 @@ class Denoiser:
 
 
 def edm_loss(denoiser: Callable, target: State, sigma: torch.Tensor, noise: State) -> torch.Tensor:
-    """EDM loss (eq. 2 / Table 1): mean over the samples with voxels of lambda(sigma) * mean over active voxels of |D(y + sigma n) - y|^2."""
+    """EDM loss (eq. 2 / Table 1): mean over the samples that have voxels of lambda(sigma) * mean over their
+    active voxels of |D(y + sigma n) - y|^2."""
     y, n = vals(target), vals(noise)
     noisy = like(target, y + per_row(target, sigma).to(y.dtype) * n)
     denoised = vals(denoiser(noisy, sigma))

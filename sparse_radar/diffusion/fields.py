@@ -67,15 +67,18 @@ def per_sample_mean(x: State, values: torch.Tensor) -> torch.Tensor:
     return values.reshape(b, -1).mean(1)
 
 
+def has_voxels(x: State) -> torch.Tensor:
+    """bool [B]: which samples of x hold at least one active voxel (every sample of a tensor or unmasked field)."""
+    b = batch_size(x)
+    if isinstance(x, SparseVoxels):
+        return segment_counts(sample_index(x), b) > 0
+    if isinstance(x, DenseVoxels) and x.mask is not None:
+        return x.mask.reshape(b, -1).any(1)
+    return torch.ones(b, dtype=torch.bool, device=vals(x).device)
+
+
 def nonempty_mean(x: State, per_sample: torch.Tensor) -> torch.Tensor:
     """Mean of per-sample values [B] over the samples of x that hold active voxels (a sample with none is
     skipped; with no such sample the result is a zero that still depends on per_sample, for DDP's backward)."""
-    b = batch_size(x)
-    if isinstance(x, SparseVoxels):
-        has = segment_counts(sample_index(x), b) > 0
-    elif isinstance(x, DenseVoxels) and x.mask is not None:
-        has = x.mask.reshape(b, -1).any(1)
-    else:
-        return per_sample.mean()
-    has = has.to(per_sample.dtype)
+    has = has_voxels(x).to(per_sample.dtype)
     return (per_sample * has).sum() / has.sum().clamp_min(1)

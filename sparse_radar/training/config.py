@@ -13,6 +13,7 @@ from ..models.config import PRESETS, UNetConfig, dataclass_from_dict
 from ..nn.attention import ATTENTION_TYPES
 from ..nn.norm import NORM_TYPES
 
+PROG = "python -m sparse_radar.train"
 MODES = ("edm", "cd", "ct")
 DEFAULT_OUT = "runs/latest"
 # Flags a resumed run may change; their meaning is documented in the README and logged when they change.
@@ -82,11 +83,11 @@ class TrainConfig:
             raise ValueError("--mode cd distils a trained EDM model: pass its checkpoint with --teacher")
         if self.mode == "cd" and self.cm_steps < 2:
             raise ValueError(f"--cm_steps must be >= 2 (the boundaries sigma_min and sigma_max), got {self.cm_steps}")
-        for name, lo in (("lr", 0.0), ("grad_clip", None), ("weight_decay", None)):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0 or (lo is not None and value <= lo):
-                raise ValueError(f"--{name} must be a finite number {'> 0' if lo is not None else '>= 0'}"
-                                 f"{' (0 = no clipping)' if name == 'grad_clip' else ''}, got {value}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"--lr must be a finite number > 0, got {self.lr}")
+        for name, meaning in (("grad_clip", " (0 = no clipping)"), ("weight_decay", "")):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"--{name} must be a finite number >= 0{meaning}, got {getattr(self, name)}")
         if not 0 <= self.cd_target_ema < 1:
             raise ValueError(f"--cd_target_ema must be in [0, 1) (the target network's EMA decay), "
                              f"got {self.cd_target_ema}")
@@ -142,7 +143,7 @@ def _bool(text: str) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI parser; every TrainConfig field is a flag."""
-    p = argparse.ArgumentParser(prog="python -m sparse_radar.train", allow_abbrev=False,
+    p = argparse.ArgumentParser(prog=PROG, allow_abbrev=False,
                                 description="Train an EDM / consistency model that turns sparse radar voxels into "
                                             "a dense LiDAR-like scene. With no flags: a small sparse model on the "
                                             "built-in synthetic street scenes.")

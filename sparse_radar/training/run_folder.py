@@ -21,6 +21,7 @@ from ..models.config import UNetConfig
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import CONTROL_FLAGS, DEFAULT_OUT, MODEL_FLAGS, RESUMABLE_FLAGS, TrainConfig, given_flags
 
+ARCH_FLAGS = ("preset",) + MODEL_FLAGS  # the flags that choose the network
 STEP_FILE = re.compile(r"step_(\d+)\.pt$")
 PREVIEW_STEP_FILE = re.compile(r"preview_step_(\d+)\.png$")
 
@@ -59,7 +60,10 @@ def is_run_folder(folder: str) -> bool:
 
 
 def _same(a: str, b: str) -> bool:
-    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+    """True when a and b name one folder (the same file, or the same absolute path)."""
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.abspath(a) == os.path.abspath(b)
 
 
 def _refuse_existing(out: str, overwrite: bool, hint: str) -> List[str]:
@@ -91,9 +95,9 @@ def plan_run(cfg: TrainConfig, given: Optional[frozenset] = None) -> RunPlan:
                              f"for the continued run")
     plan = RunPlan(_resumed_config(cfg, state, given, out), state)
     plan.notes = _changes(cfg, state, given)
-    if source is not None and (_same(out, source) or os.path.abspath(out) == os.path.abspath(source)):
-        latest = _latest_step(out)
-        if latest is not None and latest > step:
+    if source is not None and _same(out, source):
+        latest = _latest_step(out, path, step)
+        if latest > step:
             if not cfg.overwrite:
                 raise RunFolderError(
                     f"--resume {cfg.resume} is step {step} of the run {out}, which has gone on to step {latest}: "
@@ -129,14 +133,14 @@ def _locate(resume: str):
     return resume, None
 
 
-def _latest_step(folder: str) -> Optional[int]:
-    """The highest step a run folder holds (step files and latest.pt), or None."""
-    steps = [int(m.group(1)) for n in os.listdir(os.path.join(folder, "checkpoints"))
-             if (m := STEP_FILE.match(n))] if os.path.isdir(os.path.join(folder, "checkpoints")) else []
-    latest = os.path.join(folder, "checkpoints", "latest.pt")
-    if os.path.isfile(latest):
+def _latest_step(folder: str, resumed: str, resumed_step: int) -> int:
+    """The highest step a run folder holds (step files and latest.pt); the resumed file is not loaded again."""
+    ckpt = os.path.join(folder, "checkpoints")
+    steps = [resumed_step] + [int(m.group(1)) for n in os.listdir(ckpt) if (m := STEP_FILE.match(n))]
+    latest = os.path.join(ckpt, "latest.pt")
+    if os.path.isfile(latest) and not os.path.samefile(latest, resumed):
         steps.append(int(load_checkpoint(latest)["step"]))
-    return max(steps) if steps else None
+    return max(steps)
 
 
 def _files_after(folder: str, step: int) -> List[str]:
@@ -150,23 +154,28 @@ def _files_after(folder: str, step: int) -> List[str]:
     return out
 
 
+def _model_conflicts(cfg: TrainConfig, given: frozenset, base: dict, reference: UNetConfig, who: str) -> List[str]:
+    """The preset and model flags given on cfg that would change `reference`, the architecture built from the
+    train config `base` (a checkpoint's or a teacher's); a flag equal to what base already builds is no conflict."""
+    names = [n for n in ARCH_FLAGS if n in given]
+    if not names:
+        return []
+    wanted = TrainConfig.from_dict({**base, **{n: getattr(cfg, n) for n in names}}).model_config(reference.input_size)
+    conflicts = []
+    for name in names:
+        if name == "preset":  # a preset names a whole architecture
+            if wanted != reference:
+                conflicts.append(f"--preset {cfg.preset} ({who}: {base.get('preset')})")
+        elif getattr(wanted, name) != getattr(reference, name):
+            conflicts.append(f"--{name} {getattr(cfg, name)} ({who}: {_show(getattr(reference, name))})")
+    return conflicts
+
+
 def _resumed_config(cfg: TrainConfig, state: dict, given: frozenset, out: str) -> TrainConfig:
     saved = TrainConfig.from_dict(state["train_config"])
-    conflicts = []
-    model_given = [n for n in ("preset",) + MODEL_FLAGS if n in given]
-    if model_given:
-        saved_model = UNetConfig.from_dict(state["model_config"])
-        merged = TrainConfig.from_dict({**saved.to_dict(), **{n: getattr(cfg, n) for n in model_given}})
-        wanted = merged.model_config(saved_model.input_size)
-        for name in model_given:
-            key = name if hasattr(saved_model, name) else None
-            if key is None:  # the preset: compare the whole architecture
-                if wanted != saved_model:
-                    conflicts.append(f"--preset {cfg.preset} (checkpoint: {saved.preset})")
-                continue
-            if getattr(wanted, key) != getattr(saved_model, key):
-                conflicts.append(f"--{name} {getattr(cfg, name)} (checkpoint: {_show(getattr(saved_model, key))})")
-    for name in sorted(given - set(model_given) - set(RESUMABLE_FLAGS) - set(CONTROL_FLAGS) - {"preset"}):
+    conflicts = _model_conflicts(cfg, given, state["train_config"], UNetConfig.from_dict(state["model_config"]),
+                                 "checkpoint")
+    for name in sorted(given - set(ARCH_FLAGS) - set(RESUMABLE_FLAGS) - set(CONTROL_FLAGS)):
         if getattr(cfg, name) != getattr(saved, name):
             conflicts.append(f"--{name} {getattr(cfg, name)} (checkpoint: {getattr(saved, name)})")
     if conflicts:
@@ -197,17 +206,12 @@ def _show(value) -> str:
 def adopt_teacher(cfg: TrainConfig, teacher_state: dict, given: frozenset) -> TrainConfig:
     """--mode cd: the student is the teacher's architecture; model flags that contradict it are refused, and the
     run's train config records the teacher's preset and model flags (so config.json agrees with itself)."""
-    teacher_model = UNetConfig.from_dict(teacher_state["model_config"])
-    teacher_train = teacher_state.get("train_config", {})
-    model_given = [n for n in ("preset",) + MODEL_FLAGS if n in given]
-    wanted = cfg.model_config(teacher_model.input_size) if model_given else teacher_model
-    bad = [f"--{n} {getattr(cfg, n)} (teacher: {_show(getattr(teacher_model, n, teacher_train.get(n)))})"
-           for n in model_given if (getattr(wanted, n) != getattr(teacher_model, n) if hasattr(teacher_model, n)
-                                    else wanted != teacher_model)]
+    teacher_train = teacher_state.get("train_config") or {}
+    bad = _model_conflicts(cfg, given, teacher_train, UNetConfig.from_dict(teacher_state["model_config"]), "teacher")
     if bad:
         raise RunFolderError(f"--mode cd trains a student of the teacher's architecture, and these flags contradict "
                              f"it: {'; '.join(bad)}. Leave them out")
-    values = {n: teacher_train.get(n, getattr(cfg, n)) for n in ("preset",) + MODEL_FLAGS}
+    values = {n: teacher_train.get(n, getattr(cfg, n)) for n in ARCH_FLAGS}
     adopted = TrainConfig.from_dict({**cfg.to_dict(), **values})
     adopted.given_flags = given
     return adopted

@@ -18,6 +18,7 @@ from ..data.validate import validate_dataset
 from ..data.support import training_fields
 from ..diffusion.consistency import consistency_loss, ct_schedule, ema_update
 from ..diffusion.edm import DiffusionConfig, Denoiser, edm_loss, karras_sigmas, sample_sigma
+from ..diffusion.fields import has_voxels
 from ..diffusion.samplers import sample_consistency, sample_heun
 from ..models.config import UNetConfig
 from ..models.unet import UNet3D
@@ -146,7 +147,7 @@ class Trainer:
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += float(loss.detach())
             voxels += tgt.num_voxels if isinstance(tgt, SparseVoxels) else int(tgt.active().sum())
-            empty += int((_sample_voxels(tgt) == 0).sum())  # skipped by the loss (nonempty_mean)
+            empty += int((~has_voxels(tgt)).sum())  # skipped by the loss (nonempty_mean)
             cover += float(cov.mean()) / cfg.grad_accum
         loss_value = distributed.mean_scalar(self.ctx, total)
         voxels = round(distributed.mean_scalar(self.ctx, float(voxels)) * self.ctx.world_size)
@@ -157,7 +158,7 @@ class Trainer:
                 f"the loss became {loss_value} at step {self.step + 1}; no update was applied. {self._last_saved()} "
                 f"Try a lower --lr (now {cfg.lr}), --use_fp16 False, or a smaller --grad_clip (now {cfg.grad_clip}).")
         grad_norm = 0.0
-        if empty < cfg.batch_size * cfg.grad_accum * self.ctx.world_size:  # else: every sample was empty, no update
+        if empty < self.samples_per_step:  # else: every sample was empty, no update
             if self.scaler:
                 self.scaler.unscale_(self.opt)
             max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf  # 0 = no clipping; the norm is still logged
@@ -166,6 +167,11 @@ class Trainer:
         self.step += 1
         return {"step": self.step, "loss": loss_value, "grad_norm": grad_norm, "lr": self.opt.param_groups[0]["lr"],
                 "support_voxels": voxels, "coverage": cover, "skipped_samples": empty}
+
+    @property
+    def samples_per_step(self) -> int:
+        """Samples of one optimizer step over all processes and micro-batches."""
+        return self.cfg.batch_size * self.cfg.grad_accum * self.ctx.world_size
 
     def _apply_update(self) -> None:
         """Optimizer step, then the EMA and consistency-target updates."""
@@ -244,13 +250,6 @@ class Trainer:
             out = sample_heun(den, x_b, sigmas.to(self.device))
         sample = out if isinstance(out, SparseVoxels) else out.to_sparse()
         save_preview(path, radar, target, sample.to("cpu"))
-
-
-def _sample_voxels(field) -> torch.Tensor:
-    """Active voxels per sample [B] of a SparseVoxels or DenseVoxels."""
-    if isinstance(field, SparseVoxels):
-        return field.batch_counts()
-    return field.active().reshape(field.batch_size, -1).sum(1)
 
 
 def _best_weights(state: dict) -> dict:

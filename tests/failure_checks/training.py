@@ -146,7 +146,8 @@ def grad_clip(request, tmp_path, capsys):
 def bad_flags(request, tmp_path, capsys):
     for argv, message in ((["--cd_target_ema", "1.5"], "--cd_target_ema"), (["--preview_every", "-1"], "--preview_every"),
                           (["--out", ""], "--out"), (["--mode", "cd", "--teacher", "t", "--cm_steps", "1"], "--cm_steps"),
-                          (["--num_res_blocks", "0"], "UNetConfig.num_res_blocks")):
+                          (["--num_res_blocks", "0"], "UNetConfig.num_res_blocks"),
+                          (["--channel_mult", "1,x"], "UNetConfig.channel_mult")):
         with pytest.raises(SystemExit) as exc:
             parse_args(argv)
         err = capsys.readouterr().err

@@ -100,11 +100,7 @@ def test_consistency_distillation_and_training_modes(tmp_path):
 def test_bad_flags_exit_with_a_message(capsys):
     for argv, message in ((["--mode", "cd"], "--teacher"), (["--attention_type", "global"], "--attention_type"),
                           (["--batch_size", "0"], "--batch_size"), (["--use_fp16", "maybe"], "True or False"),
-                          (["--support_radius", "1,2"], "--support_radius"), (["--grad_clip", "-1"], "--grad_clip"),
-                          (["--cd_target_ema", "1.5"], "--cd_target_ema"), (["--preview_every", "-1"], "--preview_every"),
-                          (["--out", ""], "--out"), (["--mode", "cd", "--teacher", "t", "--cm_steps", "1"], "--cm_steps"),
-                          (["--num_res_blocks", "0"], "UNetConfig.num_res_blocks"),
-                          (["--channel_mult", "1,x"], "UNetConfig.channel_mult")):
+                          (["--support_radius", "1,2"], "--support_radius")):  # more: failure_checks bad-flags
         with pytest.raises(SystemExit) as exc:
             parse_args(argv)
         assert exc.value.code == 2 and message in capsys.readouterr().err
@@ -123,7 +119,6 @@ def test_checkpoints_never_unpickle_code(tmp_path):
     save_checkpoint(str(tmp_path / "ok.pt"), {"w": torch.ones(2), "config": {"a": [1, 2]}})
     assert load_checkpoint(str(tmp_path / "ok.pt"))["config"] == {"a": [1, 2]}
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
-
 
 
 def test_metrics_history_is_replaced_atomically(tmp_path, monkeypatch):
