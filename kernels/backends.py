@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib
+import importlib.util
+import os
 import threading
 from dataclasses import dataclass, replace
 from typing import Iterator, Optional
@@ -9,8 +13,11 @@ from typing import Iterator, Optional
 import torch
 
 # Backends that compute the kernels of this package. "torch" is the reference and runs everywhere;
-# faster ones register here once they exist and are tested against it.
-KNOWN_BACKENDS = ("torch",)
+# "triton" (implicit GEMM over neighbour tables) runs on CUDA tensors, or on CPU tensors under
+# TRITON_INTERPRET=1 (how the tests check it without a GPU), and is tested against "torch".
+KNOWN_BACKENDS = ("torch", "triton")
+BACKEND_ENV = "SPARSE_RADAR_BACKEND"  # overrides what "auto" picks
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # elements per gathered chunk when not overridden: on a CPU a small chunk keeps the step's transient buffers
 # (and the heap fragmentation they cause) small at no measured cost in time; a GPU wants fewer, larger GEMMs
@@ -39,15 +46,57 @@ def current() -> KernelSettings:
     return getattr(_state, "settings", None) or KernelSettings()
 
 
-def resolve_backend(requested: Optional[str] = None) -> str:
-    """Turn a requested backend ("auto" or a name) into one that can run here."""
-    name = requested or current().backend
-    if name == "auto":
-        return "torch"
-    if name not in KNOWN_BACKENDS:
-        raise ValueError(f"unknown or unavailable kernel backend {name!r}; available: 'auto', " +
+def _check_name(name: str, origin: str) -> str:
+    if name != "auto" and name not in KNOWN_BACKENDS:
+        raise ValueError(f"unknown kernel backend {name!r} ({origin}); expected 'auto' or one of " +
                          ", ".join(repr(b) for b in KNOWN_BACKENDS))
     return name
+
+
+@functools.lru_cache(maxsize=None)
+def triton_importable() -> bool:
+    """True when the triton package can be found (checked on first use, never at import time)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_interpreting() -> bool:
+    """True when Triton kernels run in its interpreter (TRITON_INTERPRET=1), which takes CPU tensors."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _triton_refusal(tensor: Optional[torch.Tensor]) -> Optional[str]:
+    """Why the triton backend cannot take this tensor, or None when it can."""
+    if not triton_importable():
+        return "triton is not installed (pip install triton)"
+    if tensor is None:
+        return None
+    if tensor.device.type != "cuda" and not triton_interpreting():
+        return f"its kernels need CUDA tensors (got {tensor.device.type}; TRITON_INTERPRET=1 runs them on the CPU)"
+    if tensor.dtype not in TRITON_DTYPES:
+        return f"it computes float32, float16 and bfloat16, not {tensor.dtype}"
+    return None
+
+
+def resolve_backend(requested: Optional[str] = None, tensor: Optional[torch.Tensor] = None) -> str:
+    """The backend that runs a kernel on `tensor`: a named one, or for "auto" $SPARSE_RADAR_BACKEND,
+    else triton for CUDA tensors when it imports, else torch."""
+    name = _check_name(requested or current().backend, "kernel settings")
+    if name == "auto" and os.environ.get(BACKEND_ENV):
+        name = _check_name(os.environ[BACKEND_ENV], f"${BACKEND_ENV}")
+    if name == "auto":
+        usable = tensor is not None and tensor.device.type == "cuda" and _triton_refusal(tensor) is None
+        return "triton" if usable else "torch"
+    if name == "triton":
+        why = _triton_refusal(tensor)
+        if why is not None:
+            raise ValueError(f"kernel backend 'triton' cannot run here: {why}")
+    return name
+
+
+def conv_op(backend: str, kind: str):
+    """The autograd op of `backend` for `kind` ("conv" or "depthwise"), imported on first use."""
+    module = importlib.import_module(f"{__package__}.{backend}")
+    return getattr(module, {"conv": "SPARSE_CONV", "depthwise": "DEPTHWISE_CONV"}[kind])
 
 
 @contextlib.contextmanager
@@ -57,7 +106,7 @@ def kernel_settings(backend: Optional[str] = None, gather_elements: Optional[int
     old = current()
     new = old
     if backend is not None:
-        resolve_backend(backend)
+        _check_name(backend, "kernel_settings")
         new = replace(new, backend=backend)
     if gather_elements is not None:
         if isinstance(gather_elements, bool) or not isinstance(gather_elements, int) or gather_elements < 1:

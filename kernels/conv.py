@@ -1,133 +1,12 @@
-"""Gather-GEMM-scatter sparse convolution with an explicit, chunked backward."""
+"""Sparse convolution: one entry point that checks its inputs and dispatches to a backend; weight layouts."""
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Optional
 
 import torch
 
 from . import backends
-from .kmap import KernelMap
-
-HALF_DTYPES = (torch.float16, torch.bfloat16)
-
-Segment = Tuple[int, int, int]  # (kernel offset, first pair, end pair)
-
-
-def plan_chunks(kmap: KernelMap, max_rows: int) -> List[List[Segment]]:
-    """Split the non-identity pairs into chunks of at most max_rows contiguous pairs."""
-    chunks: List[List[Segment]] = []
-    current: List[Segment] = []
-    size = 0
-    for k in range(kmap.kernel_volume):
-        if k == kmap.identity_offset:
-            if current:  # a chunk must stay contiguous in the pair arrays
-                chunks.append(current)
-                current, size = [], 0
-            continue
-        lo, hi = kmap.offset_ptr[k], kmap.offset_ptr[k + 1]
-        while lo < hi:
-            take = min(hi - lo, max_rows - size)
-            current.append((k, lo, lo + take))
-            size += take
-            lo += take
-            if size == max_rows:
-                chunks.append(current)
-                current, size = [], 0
-    if current:
-        chunks.append(current)
-    return chunks
-
-
-def _dtypes(x: torch.Tensor) -> Tuple[torch.dtype, torch.dtype]:
-    """(compute dtype of the GEMMs, accumulation dtype): fp32 accumulation for half inputs."""
-    if x.dtype in HALF_DTYPES:
-        return (torch.float32 if x.device.type == "cpu" else x.dtype), torch.float32
-    return x.dtype, x.dtype
-
-
-def gather_mm_scatter(src: torch.Tensor, weight: torch.Tensor, src_idx: torch.Tensor, dst_idx: torch.Tensor,
-                      kmap: KernelMap, n_dst: int, settings: backends.KernelSettings) -> torch.Tensor:
-    """dst[dst_idx] += src[src_idx] @ weight[k] for every pair; returns the accumulator [n_dst, C2]."""
-    compute, acc = _dtypes(src)
-    w = weight.to(compute).contiguous()  # [K, C1, C2]
-    c1, c2 = w.shape[1], w.shape[2]
-    src = src.to(compute)  # one cast of the rows, not one per gathered copy
-    if kmap.identity_offset is not None:  # the centre of a submanifold map: no gather, no scatter
-        out = torch.mm(src, w[kmap.identity_offset]).to(acc)  # [n_dst, C2]
-    else:
-        out = torch.zeros(n_dst, c2, dtype=acc, device=src.device)  # [n_dst, C2]
-    chunks = plan_chunks(kmap, settings.gather_rows(src.device, max(c1, c2)))
-    rows = max((c[-1][2] - c[0][1] for c in chunks), default=0)
-    # one gather buffer and one product buffer for all chunks: fewer fresh allocations, less heap churn
-    gather_buf = torch.empty(rows, c1, dtype=compute, device=src.device)  # [P, C1]
-    product_buf = torch.empty(rows, c2, dtype=compute, device=src.device)  # [P, C2]
-    for chunk in chunks:
-        base, end = chunk[0][1], chunk[-1][2]
-        gathered = torch.index_select(src, 0, src_idx[base:end], out=gather_buf[:end - base])
-        if settings.deterministic:
-            # per offset every destination row occurs at most once: no two adds race for a row
-            for k, lo, hi in chunk:
-                product = torch.mm(gathered[lo - base:hi - base], w[k], out=product_buf[:hi - lo])
-                out.index_add_(0, dst_idx[lo:hi], product.to(acc))
-        else:
-            product = product_buf[:end - base]
-            for k, lo, hi in chunk:
-                torch.mm(gathered[lo - base:hi - base], w[k], out=product[lo - base:hi - base])
-            out.index_add_(0, dst_idx[base:end], product.to(acc))
-    return out
-
-
-def weight_grad(feats: torch.Tensor, grad_out: torch.Tensor, kmap: KernelMap, kernel_volume: int,
-                settings: backends.KernelSettings) -> torch.Tensor:
-    """dW[k] = feats[in_idx_k]^T @ grad_out[out_idx_k]; returns [K, Cin, Cout] in the accumulation dtype."""
-    compute, acc = _dtypes(feats)
-    cin, cout = feats.shape[1], grad_out.shape[1]
-    grad_w = torch.zeros(kernel_volume, cin, cout, dtype=acc, device=feats.device)
-    feats, grad_out = feats.to(compute), grad_out.to(compute)  # one cast each, not one per gathered copy
-    if kmap.identity_offset is not None:
-        grad_w[kmap.identity_offset] = torch.mm(feats.t(), grad_out).to(acc)
-    chunks = plan_chunks(kmap, settings.gather_rows(feats.device, max(cin, cout)))
-    rows = max((c[-1][2] - c[0][1] for c in chunks), default=0)
-    gx_buf = torch.empty(rows, cin, dtype=compute, device=feats.device)  # reused by every chunk
-    gy_buf = torch.empty(rows, cout, dtype=compute, device=feats.device)
-    for chunk in chunks:
-        base, end = chunk[0][1], chunk[-1][2]
-        gx = torch.index_select(feats, 0, kmap.in_idx[base:end], out=gx_buf[:end - base])  # [P, Cin]
-        gy = torch.index_select(grad_out, 0, kmap.out_idx[base:end], out=gy_buf[:end - base])  # [P, Cout]
-        for k, lo, hi in chunk:
-            grad_w[k] += torch.mm(gx[lo - base:hi - base].t(), gy[lo - base:hi - base]).to(acc)
-    return grad_w
-
-
-class SparseConvFunction(torch.autograd.Function):
-    """Autograd op: out[o] = sum over pairs (i, o, k) of feats[i] @ weight[k], plus bias."""
-
-    @staticmethod
-    def forward(ctx, feats, weight, bias, kmap: KernelMap, settings: backends.KernelSettings):
-        out = gather_mm_scatter(feats, weight, kmap.in_idx, kmap.out_idx, kmap, kmap.n_out, settings)
-        if bias is not None:
-            out += bias.to(out.dtype)
-        ctx.save_for_backward(feats, weight)
-        ctx.kmap, ctx.settings, ctx.has_bias = kmap, settings, bias is not None
-        return out.to(feats.dtype)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        feats, weight = ctx.saved_tensors
-        kmap, settings = ctx.kmap, ctx.settings
-        grad_out = grad_out.contiguous()
-        grad_feats = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            w_t = weight.transpose(1, 2)  # [K, Cout, Cin]
-            grad_feats = gather_mm_scatter(grad_out, w_t, kmap.out_idx, kmap.in_idx, kmap, kmap.n_in, settings)
-            grad_feats = grad_feats.to(feats.dtype)
-        if ctx.needs_input_grad[1]:
-            grad_weight = weight_grad(feats, grad_out, kmap, weight.shape[0], settings).to(weight.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = grad_out.sum(0, dtype=torch.float32 if grad_out.dtype in HALF_DTYPES else None)
-            grad_bias = grad_bias.to(weight.dtype)
-        return grad_feats, grad_weight, grad_bias, None, None
+from .kernel_map import KernelMap
 
 
 def sparse_conv(feats: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], kmap: KernelMap,
@@ -137,9 +16,25 @@ def sparse_conv(feats: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
         raise ValueError(f"feats must be [{kmap.n_in}, Cin] for this kernel map, got {tuple(feats.shape)}")
     if weight.dim() != 3 or weight.shape[0] != kmap.kernel_volume or weight.shape[1] != feats.shape[1]:
         raise ValueError(f"weight must be [{kmap.kernel_volume}, {feats.shape[1]}, Cout], got {tuple(weight.shape)}")
+    if bias is not None and bias.shape != (weight.shape[2],):
+        raise ValueError(f"bias must be [{weight.shape[2]}], got {tuple(bias.shape)}")
     settings = settings or backends.current()
-    backends.resolve_backend(settings.backend)
-    return SparseConvFunction.apply(feats.contiguous(), weight, bias, kmap, settings)
+    op = backends.conv_op(backends.resolve_backend(settings.backend, feats), "conv")
+    with torch.autocast(feats.device.type, enabled=False):  # the op chooses its own precision (fp32 sums)
+        return op.apply(feats.contiguous(), weight, bias, kmap, settings)
+
+
+def depthwise_conv(feats: torch.Tensor, weight: torch.Tensor, kmap: KernelMap,
+                   settings: Optional[backends.KernelSettings] = None) -> torch.Tensor:
+    """Depthwise sparse conv of feats [N_in, C] with weight [K, C] over kmap -> [N_out, C]."""
+    if feats.dim() != 2 or feats.shape[0] != kmap.n_in:
+        raise ValueError(f"feats must be [{kmap.n_in}, C] for this kernel map, got {tuple(feats.shape)}")
+    if weight.shape != (kmap.kernel_volume, feats.shape[1]):
+        raise ValueError(f"weight must be [{kmap.kernel_volume}, {feats.shape[1]}], got {tuple(weight.shape)}")
+    settings = settings or backends.current()
+    op = backends.conv_op(backends.resolve_backend(settings.backend, feats), "depthwise")
+    with torch.autocast(feats.device.type, enabled=False):
+        return op.apply(feats.contiguous(), weight, kmap, settings)
 
 
 def torch_to_kernel_weight(weight: torch.Tensor) -> torch.Tensor:

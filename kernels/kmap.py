@@ -1,56 +1,17 @@
-"""Kernel maps: the (input row, output row, kernel offset) pairs of sparse convolutions."""
+"""Kernel-map builders: submanifold, strided, inverse and generative (children) maps, as neighbour tables.
+
+Every builder works on whole tensors (no loop over rows, no host sync) except where the number of output
+sites must be known: strided and children maps read that one count back.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 
 from .coords import (Triple, check_key_range, conv_output_shape, kernel_offsets, keys_to_coords, linear_keys,
                      lookup)
-
-
-@dataclass(frozen=True)
-class KernelMap:
-    """Pairs grouped by kernel offset: offset k owns rows offset_ptr[k]:offset_ptr[k+1] of in_idx/out_idx."""
-
-    in_idx: torch.Tensor  # [P] int64 rows of the input features
-    out_idx: torch.Tensor  # [P] int64 rows of the output features
-    offset_ptr: Tuple[int, ...]  # K + 1 boundaries, on the host
-    n_in: int
-    n_out: int
-    identity_offset: Optional[int] = None  # offset whose pairs are exactly (i, i) for every row
-
-    @property
-    def kernel_volume(self) -> int:
-        """Number of kernel offsets K."""
-        return len(self.offset_ptr) - 1
-
-    @property
-    def num_pairs(self) -> int:
-        """Total number of (input, output, offset) pairs."""
-        return self.offset_ptr[-1]
-
-    def transposed(self) -> "KernelMap":
-        """The same pairs with inputs and outputs swapped (what an inverse conv and dX use)."""
-        return KernelMap(self.out_idx, self.in_idx, self.offset_ptr, self.n_out, self.n_in, self.identity_offset)
-
-    def pairs_of(self, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(in_idx, out_idx) of offset k."""
-        lo, hi = self.offset_ptr[k], self.offset_ptr[k + 1]
-        return self.in_idx[lo:hi], self.out_idx[lo:hi]
-
-
-def _pack(ins: List[torch.Tensor], outs: List[torch.Tensor], n_in: int, n_out: int,
-          identity_offset: Optional[int], device) -> KernelMap:
-    counts = [int(t.numel()) for t in ins]
-    ptr = [0]
-    for c in counts:
-        ptr.append(ptr[-1] + c)
-    empty = torch.zeros(0, dtype=torch.int64, device=device)
-    in_idx = torch.cat(ins) if ins else empty
-    out_idx = torch.cat(outs) if outs else empty
-    return KernelMap(in_idx, out_idx, tuple(ptr), n_in, n_out, identity_offset)
+from .kernel_map import KernelMap
 
 
 TABLE_MAX_CELLS = 1 << 25  # dense lookup tables up to 32M cells (128 MiB of int32); sorted search above
@@ -80,27 +41,30 @@ def submanifold_kmap(coords: torch.Tensor, spatial_shape: Sequence[int], batch_s
     rel = (kernel_offsets(kernel_size, device) - torch.tensor([k // 2 for k in kernel_size], device=device)) \
         * torch.tensor(dilation, device=device)  # [K, 3]
     deltas = (rel[:, 0] * padded[1] + rel[:, 1]) * padded[2] + rel[:, 2]  # [K]
-    identity = int(torch.nonzero(deltas == 0)[0])
+    identity = centre_offset(kernel_size)
     cells = batch_size * padded[0] * padded[1] * padded[2]
-    table = None
+    site_of_cell = None
     if cells <= TABLE_MAX_CELLS:
-        table = torch.full((cells,), -1, dtype=torch.int32, device=device)
-        table[keys] = torch.arange(n, dtype=torch.int32, device=device)
-    rows_per_block = max(1, (1 << 24) // max(n, 1))  # bound the [K, N] query block
-    ins, outs = [], []
+        site_of_cell = torch.full((cells,), -1, dtype=torch.int32, device=device)
+        site_of_cell[keys] = torch.arange(n, dtype=torch.int32, device=device)
+    table = torch.empty(n, deltas.numel(), dtype=torch.int32, device=device)  # [N, K]
+    rows_per_block = max(1, (1 << 24) // max(n, 1))  # bound the [k, N] query block
     for first in range(0, deltas.numel(), rows_per_block):
         query = keys[None, :] + deltas[first:first + rows_per_block, None]  # [k, N]
-        found = table[query].long() if table is not None else lookup(keys, query)
-        k_of, row = torch.nonzero(found >= 0, as_tuple=True)  # sorted by offset, then row
-        counts = torch.bincount(k_of, minlength=query.shape[0]).tolist()
-        ins.extend(torch.split(found[k_of, row], counts))
-        outs.extend(torch.split(row, counts))
-    return _pack(list(ins), list(outs), n, n, identity, device)
+        found = site_of_cell[query] if site_of_cell is not None else lookup(keys, query)
+        table[:, first:first + query.shape[0]] = found.t().to(torch.int32)
+    return KernelMap(n, n, deltas.numel(), identity, table=table)
+
+
+def centre_offset(kernel_size: Triple) -> int:
+    """Row-major index of the centre of an odd kernel (the identity offset of a submanifold map)."""
+    kd, kh, kw = kernel_size
+    return ((kd // 2) * kh + kh // 2) * kw + kw // 2
 
 
 def _strided_candidates(coords: torch.Tensor, spatial_shape: Sequence[int], kernel_size: Triple,
-                        stride: Triple, padding: Triple, dilation: Triple):
-    """Per offset: rows of inputs that reach an output cell, and that cell's key in the output grid."""
+                        stride: Triple, padding: Triple, dilation: Triple, batch_size: Optional[int]):
+    """Per input and offset, the key in the output grid of the cell it reaches, or -1: ([N, K] int64, grid)."""
     device = coords.device
     out_shape = conv_output_shape(spatial_shape, kernel_size, stride, padding, dilation)
     if any(o <= 0 for o in out_shape):
@@ -108,62 +72,75 @@ def _strided_candidates(coords: torch.Tensor, spatial_shape: Sequence[int], kern
             f"convolution (kernel {kernel_size}, stride {stride}, padding {padding}, dilation {dilation}) "
             f"leaves no output cell on grid {tuple(spatial_shape)}"
         )
+    if batch_size is None:
+        batch_size = int(coords[:, 0].max()) + 1 if coords.shape[0] else 1
+    check_key_range(out_shape, batch_size)  # padding can make the output grid larger than the input's
     c64 = coords.to(torch.int64)
     pad = torch.tensor(padding, device=device)
     dil = torch.tensor(dilation, device=device)
     st = torch.tensor(stride, device=device)
     limit = torch.tensor(out_shape, device=device)
-    rows = torch.arange(coords.shape[0], device=device)
-    per_offset = []
-    for off in kernel_offsets(kernel_size, device):
+    offsets = kernel_offsets(kernel_size, device)
+    keys = torch.empty(coords.shape[0], offsets.shape[0], dtype=torch.int64, device=device)  # [N, K]
+    for k, off in enumerate(offsets):
         num = c64[:, 1:] + pad - off * dil  # [N, 3] = out * stride when aligned
-        ok = ((num % st) == 0).all(dim=1) & (num >= 0).all(dim=1)
         q = torch.div(num, st, rounding_mode="floor")
-        ok &= (q < limit).all(dim=1)
-        out_keys = linear_keys(torch.cat([c64[ok, :1], q[ok]], dim=1), out_shape)
-        per_offset.append((rows[ok], out_keys))
-    return per_offset, out_shape
+        ok = ((num % st) == 0).all(dim=1) & (num >= 0).all(dim=1) & (q < limit).all(dim=1)
+        key = linear_keys(torch.cat([c64[:, :1], q], dim=1), out_shape)
+        keys[:, k] = torch.where(ok, key, -1)
+    return keys, out_shape
+
+
+def _rows_of_keys(sorted_keys: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """int32 row of each key in sorted_keys, -1 for a key < 0 or absent."""
+    rows = lookup(sorted_keys, keys)
+    return torch.where(keys >= 0, rows, -1).to(torch.int32)
+
+
+def _valid_sorted(keys: torch.Tensor, unique: bool) -> torch.Tensor:
+    """The keys >= 0 of keys, sorted (and deduplicated when unique); reads one count back."""
+    flat = keys.reshape(-1)
+    if unique:
+        flat = torch.unique(flat)  # sorted; -1 (no cell) comes first
+    else:
+        flat = torch.sort(flat).values
+    misses = int((flat < 0).sum())  # the one host sync: how many output sites there are
+    return flat[misses:]
 
 
 def strided_kmap(coords: torch.Tensor, spatial_shape: Sequence[int], kernel_size: Triple, stride: Triple,
-                 padding: Triple, dilation: Triple) -> Tuple[KernelMap, torch.Tensor, Triple]:
+                 padding: Triple, dilation: Triple,
+                 batch_size: Optional[int] = None) -> Tuple[KernelMap, torch.Tensor, Triple]:
     """Regular sparse conv (spconv semantics): outputs = cells whose window holds an input.
 
     Returns the map, the output coords [M, 4] (key-sorted) and the output grid size.
     """
-    per_offset, out_shape = _strided_candidates(coords, spatial_shape, kernel_size, stride, padding, dilation)
-    device = coords.device
-    empty = torch.zeros(0, dtype=torch.int64, device=device)
-    all_keys = torch.cat([k for _, k in per_offset]) if per_offset else empty
-    out_keys = torch.unique(all_keys)  # sorted
-    ins = [rows for rows, _ in per_offset]
-    outs = [lookup(out_keys, keys) for _, keys in per_offset]
-    kmap = _pack(ins, outs, coords.shape[0], out_keys.numel(), None, device)
+    keys, out_shape = _strided_candidates(coords, spatial_shape, kernel_size, stride, padding, dilation,
+                                          batch_size)
+    out_keys = _valid_sorted(keys, unique=True)
+    kmap = KernelMap(coords.shape[0], out_keys.numel(), keys.shape[1], table_t=_rows_of_keys(out_keys, keys))
     return kmap, keys_to_coords(out_keys, out_shape), out_shape
 
 
 def inverse_kmap(fine_coords: torch.Tensor, fine_shape: Sequence[int], coarse_keys: torch.Tensor,
                  coarse_shape: Sequence[int], kernel_size: Triple, stride: Triple, padding: Triple,
-                 dilation: Triple) -> KernelMap:
+                 dilation: Triple, batch_size: Optional[int] = None) -> KernelMap:
     """Transposed conv from a coarse site set back onto a given fine site set (in = coarse, out = fine)."""
-    per_offset, out_shape = _strided_candidates(fine_coords, fine_shape, kernel_size, stride, padding, dilation)
+    keys, out_shape = _strided_candidates(fine_coords, fine_shape, kernel_size, stride, padding, dilation,
+                                          batch_size)
     if tuple(out_shape) != tuple(coarse_shape):
         raise ValueError(
             f"an inverse conv with kernel {kernel_size}, stride {stride}, padding {padding}, dilation {dilation} "
             f"maps grid {tuple(fine_shape)} to {tuple(out_shape)}, not to the input's grid {tuple(coarse_shape)}: "
             "pass the kernel_size/stride/padding/dilation of the strided conv being inverted"
         )
-    ins, outs = [], []
-    for fine_rows, keys in per_offset:
-        coarse_rows = lookup(coarse_keys, keys)
-        ok = coarse_rows >= 0
-        ins.append(coarse_rows[ok])
-        outs.append(fine_rows[ok])
-    return _pack(ins, outs, coarse_keys.numel(), fine_coords.shape[0], None, fine_coords.device)
+    table = _rows_of_keys(coarse_keys, keys)  # [N_fine, K]: the coarse row feeding each fine site
+    return KernelMap(coarse_keys.numel(), fine_coords.shape[0], keys.shape[1], table=table)
 
 
 def children_kmap(coords: torch.Tensor, spatial_shape: Sequence[int], stride: Triple,
-                  fine_shape: Optional[Sequence[int]] = None) -> Tuple[KernelMap, torch.Tensor, Triple]:
+                  fine_shape: Optional[Sequence[int]] = None,
+                  batch_size: Optional[int] = None) -> Tuple[KernelMap, torch.Tensor, Triple]:
     """Generative upsampling: every child c*stride + j (j < stride) of each site, inside fine_shape.
 
     Returns the map (offset j of a [s_d, s_h, s_w] kernel), the child coords (key-sorted) and fine_shape.
@@ -172,20 +149,20 @@ def children_kmap(coords: torch.Tensor, spatial_shape: Sequence[int], stride: Tr
         fine_shape = tuple(int(n) * s for n, s in zip(spatial_shape, stride))
     fine_shape = tuple(int(n) for n in fine_shape)
     device = coords.device
+    if batch_size is None:
+        batch_size = int(coords[:, 0].max()) + 1 if coords.shape[0] else 1
+    check_key_range(fine_shape, batch_size)
     c64 = coords.to(torch.int64)
     st = torch.tensor(stride, device=device)
     limit = torch.tensor(fine_shape, device=device)
-    rows = torch.arange(coords.shape[0], device=device)
-    parents, child_keys = [], []
-    for off in kernel_offsets(stride, device):
+    offsets = kernel_offsets(stride, device)
+    keys = torch.empty(coords.shape[0], offsets.shape[0], dtype=torch.int64, device=device)  # [N, S]
+    for k, off in enumerate(offsets):
         child = c64[:, 1:] * st + off  # [N, 3]
         ok = (child < limit).all(dim=1)
-        parents.append(rows[ok])
-        child_keys.append(linear_keys(torch.cat([c64[ok, :1], child[ok]], dim=1), fine_shape))
-    all_keys = torch.cat(child_keys) if child_keys else torch.zeros(0, dtype=torch.int64, device=device)
-    out_keys = torch.sort(all_keys).values  # children of distinct parents never collide
-    outs = [lookup(out_keys, keys) for keys in child_keys]
-    kmap = _pack(parents, outs, coords.shape[0], out_keys.numel(), None, device)
+        keys[:, k] = torch.where(ok, linear_keys(torch.cat([c64[:, :1], child], dim=1), fine_shape), -1)
+    out_keys = _valid_sorted(keys, unique=False)  # children of distinct parents never collide
+    kmap = KernelMap(coords.shape[0], out_keys.numel(), keys.shape[1], table_t=_rows_of_keys(out_keys, keys))
     return kmap, keys_to_coords(out_keys, fine_shape), fine_shape  # type: ignore[return-value]
 
 

@@ -86,7 +86,7 @@ class VoxelStructure:
         key = ("down", kernel_size, stride, padding, dilation)
         if key not in self.cache:
             kmap, out_coords, out_shape = km.strided_kmap(self.coords, self.spatial_shape, kernel_size, stride,
-                                                           padding, dilation)
+                                                           padding, dilation, self.batch_size)
             out_keys = kc.linear_keys(out_coords, out_shape)
             coarse = VoxelStructure(out_coords, out_keys, out_shape, self.batch_size, parent=self)
             self.cache[key] = (kmap, coarse)
@@ -106,7 +106,7 @@ class VoxelStructure:
                 kmap = cached[0].transposed()  # the strided conv's own pairs, reversed
             else:
                 kmap = km.inverse_kmap(parent.coords, parent.spatial_shape, self.keys, self.spatial_shape,
-                                       kernel_size, stride, padding, dilation)
+                                       kernel_size, stride, padding, dilation, self.batch_size)
             self.cache[key] = (kmap, parent)
         return self.cache[key]  # type: ignore[return-value]
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernels import coords as kc
-from ..kernels.depthwise import depthwise_conv
+from ..kernels.conv import depthwise_conv
 from ..voxels import DenseVoxels, SparseVoxels
 from .conv import cast_for_compute
 from .field_ops import Field, check_field

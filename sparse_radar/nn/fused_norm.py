@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from ..kernels.conv import HALF_DTYPES as HALF
+from ..kernels.torch.conv import HALF_DTYPES as HALF
 from ..kernels.segment import segment_counts, segment_sum
 
 

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from sparse_radar.kernels import conv as kconv
+from sparse_radar.kernels import torch as ktorch
 from sparse_radar.kernels import kmap as km
 from sparse_radar.kernels.backends import kernel_settings
 from tests.factory import random_fields
@@ -43,7 +44,7 @@ def test_chunked_path_equals_unchunked_and_deterministic_is_bitwise():
     grad = torch.randn(kmap.n_out, 8, generator=g)
     whole = _run(sv.feats, weight, kmap, grad)
     with kernel_settings(gather_elements=16 * 5):  # 5 rows a chunk: many chunks, segments split
-        assert len(kconv.plan_chunks(kmap, 5)) > kmap.kernel_volume
+        assert len(ktorch.plan_chunks(kmap, 5)) > kmap.kernel_volume
         chunked = _run(sv.feats, weight, kmap, grad)
     for a, b in zip(whole, chunked):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
@@ -59,7 +60,7 @@ def test_plan_chunks_covers_every_non_identity_pair_once():
     sv, _ = random_fields(1, 1, (6, 6, 6), 0.3, seed=3)
     kmap = subm_map(sv)
     seen = []
-    for chunk in kconv.plan_chunks(kmap, 11):
+    for chunk in ktorch.plan_chunks(kmap, 11):
         assert sum(hi - lo for _, lo, hi in chunk) <= 11
         assert all(b[1] == a[2] for a, b in zip(chunk, chunk[1:])), "chunk not contiguous"
         seen.extend(range(lo, hi) for _, lo, hi in chunk)
@@ -123,7 +124,7 @@ def test_spconv_weight_layout_round_trip():
 
 
 def test_depthwise_gradcheck_float64_and_saves_only_inputs():
-    from sparse_radar.kernels.depthwise import depthwise_conv
+    from sparse_radar.kernels.conv import depthwise_conv
     sv, _ = random_fields(2, 3, (4, 5, 5), [0.3, 0.4], seed=5, dtype=torch.float64)
     kmap = subm_map(sv)
     g = torch.Generator().manual_seed(3)

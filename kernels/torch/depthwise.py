@@ -1,10 +1,10 @@
-"""Depthwise sparse convolution (one kernel per channel) as an autograd op that saves only its inputs."""
+"""Torch backend: depthwise sparse convolution (one kernel per channel), an autograd op saving only its inputs."""
 from __future__ import annotations
 
 import torch
 
+from ..kernel_map import KernelMap
 from .conv import HALF_DTYPES
-from .kmap import KernelMap
 
 
 def _accumulate(src: torch.Tensor, weight: torch.Tensor, src_idx: torch.Tensor, dst_idx: torch.Tensor,
@@ -24,11 +24,11 @@ def _accumulate(src: torch.Tensor, weight: torch.Tensor, src_idx: torch.Tensor, 
     return out
 
 
-class DepthwiseConvFunction(torch.autograd.Function):
+class TorchDepthwiseConv(torch.autograd.Function):
     """out[o, c] = sum over pairs (i, o, k) of feats[i, c] * weight[k, c]."""
 
     @staticmethod
-    def forward(ctx, feats, weight, kmap: KernelMap):
+    def forward(ctx, feats, weight, kmap: KernelMap, settings=None):
         ctx.save_for_backward(feats, weight)
         ctx.kmap = kmap
         return _accumulate(feats, weight, kmap.in_idx, kmap.out_idx, kmap, kmap.n_out).to(feats.dtype)
@@ -50,13 +50,4 @@ class DepthwiseConvFunction(torch.autograd.Function):
                 if i.numel():
                     grad_weight[k] = (feats.index_select(0, i).to(acc) * grad_out.index_select(0, o).to(acc)).sum(0)
             grad_weight = grad_weight.to(weight.dtype)
-        return grad_feats, grad_weight, None
-
-
-def depthwise_conv(feats: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
-    """Depthwise sparse conv of feats [N_in, C] with weight [K, C] over kmap -> [N_out, C]."""
-    if feats.dim() != 2 or feats.shape[0] != kmap.n_in:
-        raise ValueError(f"feats must be [{kmap.n_in}, C] for this kernel map, got {tuple(feats.shape)}")
-    if weight.shape != (kmap.kernel_volume, feats.shape[1]):
-        raise ValueError(f"weight must be [{kmap.kernel_volume}, {feats.shape[1]}], got {tuple(weight.shape)}")
-    return DepthwiseConvFunction.apply(feats.contiguous(), weight, kmap)
+        return grad_feats, grad_weight, None, None

@@ -1,0 +1,126 @@
+"""KernelMap: who feeds whom in a sparse conv, as neighbour tables and as offset-grouped pairs.
+
+The two forms hold the same facts. Implicit-GEMM kernels read the tables (one row per site, one column per
+kernel offset, -1 for none); gather-GEMM-scatter reads the pairs, grouped by offset. A builder gives one
+form, the other is derived on first use and kept: tables need no host sync, pairs need one (the counts).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+
+def invert_table(table: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Given t[i, k] = j (or -1), the table [n_rows, K] of u[j, k] = i; no host sync."""
+    n, k = table.shape
+    rows = torch.arange(n, dtype=torch.int32, device=table.device).unsqueeze(1).expand(n, k)
+    target = torch.where(table >= 0, table.long(), n_rows)  # misses land on a spare last row
+    out = torch.full((n_rows + 1, k), -1, dtype=torch.int32, device=table.device)
+    out.scatter_(0, target, rows)  # each (j, k) is written by at most one i: the result is deterministic
+    return out[:n_rows]
+
+
+def pairs_from_table(table: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Tuple[int, ...]]:
+    """(row, partner, offset_ptr) of the valid entries of table [N, K], grouped by offset, rows ascending."""
+    k_of, row = torch.nonzero(table.t() >= 0, as_tuple=True)  # sorted by offset, then row
+    partner = table[row, k_of].long()
+    counts = torch.bincount(k_of, minlength=table.shape[1]).tolist()  # the one host sync
+    ptr = [0]
+    for c in counts:
+        ptr.append(ptr[-1] + c)
+    return row, partner, tuple(ptr)
+
+
+class KernelMap:
+    """Pairs (input row, output row, offset k) of a sparse conv, as tables and as offset-grouped pairs.
+
+    table [n_out, K] int32: the input row feeding output o through offset k, or -1.
+    table_t [n_in, K] int32: the output row that input i feeds through offset k, or -1.
+    in_idx / out_idx [P] int64 with offset_ptr (K + 1 host ints): offset k owns pairs offset_ptr[k]:[k+1].
+    """
+
+    def __init__(self, n_in: int, n_out: int, kernel_volume: int, identity_offset: Optional[int] = None, *,
+                 table: Optional[torch.Tensor] = None, table_t: Optional[torch.Tensor] = None,
+                 pairs: Optional[Tuple[torch.Tensor, torch.Tensor, Tuple[int, ...]]] = None):
+        if table is None and table_t is None and pairs is None:
+            raise ValueError("a KernelMap needs a table, a transposed table or pairs")
+        self.n_in, self.n_out, self.identity_offset = int(n_in), int(n_out), identity_offset
+        self._k = int(kernel_volume)
+        self._table, self._table_t, self._pairs = table, table_t, pairs
+
+    @property
+    def kernel_volume(self) -> int:
+        """Number of kernel offsets K."""
+        return self._k
+
+    @property
+    def table(self) -> torch.Tensor:
+        """int32 [n_out, K]: input row per (output row, offset), -1 where none."""
+        if self._table is None:
+            if self._table_t is not None:
+                self._table = invert_table(self._table_t, self.n_out)
+            else:
+                self._table = self._table_from_pairs(self.out_idx, self.in_idx, self.n_out)
+        return self._table
+
+    @property
+    def table_t(self) -> torch.Tensor:
+        """int32 [n_in, K]: output row per (input row, offset), -1 where none (what dX reads)."""
+        if self._table_t is None:
+            if self._table is not None:
+                self._table_t = invert_table(self._table, self.n_in)
+            else:
+                self._table_t = self._table_from_pairs(self.in_idx, self.out_idx, self.n_in)
+        return self._table_t
+
+    def _table_from_pairs(self, rows: torch.Tensor, partners: torch.Tensor, n_rows: int) -> torch.Tensor:
+        counts = torch.tensor([b - a for a, b in zip(self.offset_ptr[:-1], self.offset_ptr[1:])],
+                              device=rows.device)
+        k_of = torch.repeat_interleave(torch.arange(self._k, device=rows.device), counts)
+        out = torch.full((n_rows, self._k), -1, dtype=torch.int32, device=rows.device)
+        out[rows, k_of] = partners.to(torch.int32)
+        return out
+
+    def _grouped_pairs(self) -> Tuple[torch.Tensor, torch.Tensor, Tuple[int, ...]]:
+        if self._pairs is None:
+            if self._table is not None:
+                out_rows, in_rows, ptr = pairs_from_table(self._table)
+            else:
+                in_rows, out_rows, ptr = pairs_from_table(self._table_t)  # type: ignore[arg-type]
+            self._pairs = (in_rows, out_rows, ptr)
+        return self._pairs
+
+    @property
+    def in_idx(self) -> torch.Tensor:
+        """[P] int64 input rows of the pairs."""
+        return self._grouped_pairs()[0]
+
+    @property
+    def out_idx(self) -> torch.Tensor:
+        """[P] int64 output rows of the pairs."""
+        return self._grouped_pairs()[1]
+
+    @property
+    def offset_ptr(self) -> Tuple[int, ...]:
+        """K + 1 host ints: offset k owns pairs offset_ptr[k]:offset_ptr[k + 1]."""
+        return self._grouped_pairs()[2]
+
+    @property
+    def num_pairs(self) -> int:
+        """Total number of (input, output, offset) pairs."""
+        return self.offset_ptr[-1]
+
+    def pairs_of(self, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(in_idx, out_idx) of offset k."""
+        lo, hi = self.offset_ptr[k], self.offset_ptr[k + 1]
+        return self.in_idx[lo:hi], self.out_idx[lo:hi]
+
+    def transposed(self) -> "KernelMap":
+        """The same pairs with inputs and outputs swapped (what an inverse conv and dX use); shares the forms."""
+        pairs = None if self._pairs is None else (self._pairs[1], self._pairs[0], self._pairs[2])
+        return KernelMap(self.n_out, self.n_in, self._k, self.identity_offset, table=self._table_t,
+                         table_t=self._table, pairs=pairs)
+
+    def __repr__(self) -> str:
+        return f"KernelMap(n_in={self.n_in}, n_out={self.n_out}, K={self._k}, identity={self.identity_offset})"
