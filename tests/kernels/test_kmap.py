@@ -172,3 +172,15 @@ def test_children_kmap_and_prune():
     assert torch.equal(kept, child_coords[keep]) and torch.equal(rows, torch.nonzero(keep).flatten())
     with pytest.raises(ValueError, match="bool"):
         km.prune(child_coords, keep.long())
+
+
+def test_output_grids_too_large_for_int64_keys_are_refused():
+    """Padding enlarges a strided conv's output grid, and children multiply the grid: both are checked."""
+    coords = torch.zeros(1, 4, dtype=torch.int32)
+    side = 2 ** 20  # the input grid (2^60 cells) fits int64 keys
+    with pytest.raises(ValueError, match="int64"):
+        km.strided_kmap(coords, (side,) * 3, (1, 1, 1), (1, 1, 1), (side,) * 3, (1, 1, 1), batch_size=1)
+    with pytest.raises(ValueError, match="int64"):
+        km.children_kmap(coords, (side,) * 3, (4, 2, 2))  # 2^64 cells
+    kmap, out, _ = km.strided_kmap(coords, (side,) * 3, (1, 1, 1), (1, 1, 1), (0, 0, 0), (1, 1, 1), batch_size=1)
+    assert torch.equal(out, coords) and kmap.n_out == 1

@@ -1,0 +1,119 @@
+"""Triton kernels of sparse convolution over a neighbour table [N_out, K] (int32, -1 for none).
+
+Implicit GEMM: one program computes a [BLOCK_N, BLOCK_CO] tile of the output, looping over every kernel
+offset and input-channel block, gathering the input rows the table names and multiplying them with the
+offset's weight slice; products are summed in fp32. The same kernel gives dX over the transposed table
+with transposed weights. dW is one launch over (offset, channel tile, row split) writing fp32 partials
+that one sum reduces, so no result depends on the order of atomics.
+
+UPCAST multiplies in fp32: the CPU interpreter (TRITON_INTERPRET=1) computes bf16 dots wrongly, so the
+launchers set it for bf16 there only; on a GPU, halves go to the tensor cores as they are.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def implicit_gemm_kernel(x_ptr, w_ptr, table_ptr, bias_ptr, out_ptr, n_out, c_in, c_out, kernel_volume,
+                         stride_wk, stride_wi, stride_wo,
+                         HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                         BLOCK_N: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr):
+    """out[o, :] = sum_k x[table[o, k], :] @ w[k] (+ bias); x [N_in, Cin], w strided [K, Cin, Cout]."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    row_ok = rows < n_out
+    col_ok = cols < c_out
+    acc = tl.zeros((BLOCK_N, BLOCK_CO), dtype=tl.float32)
+    for k in range(0, kernel_volume):
+        src = tl.load(table_ptr + rows.to(tl.int64) * kernel_volume + k, mask=row_ok, other=-1)
+        src_ok = src >= 0
+        if tl.max(src, axis=0) >= 0:  # skip offsets no row of this tile uses
+            src_off = src.to(tl.int64) * c_in
+            for c0 in range(0, c_in, BLOCK_CI):
+                ci = c0 + tl.arange(0, BLOCK_CI)
+                ci_ok = ci < c_in
+                a = tl.load(x_ptr + src_off[:, None] + ci[None, :], mask=src_ok[:, None] & ci_ok[None, :], other=0.0)
+                b = tl.load(w_ptr + k * stride_wk + ci[:, None] * stride_wi + cols[None, :] * stride_wo,
+                            mask=ci_ok[:, None] & col_ok[None, :], other=0.0)
+                if UPCAST:
+                    a, b = a.to(tl.float32), b.to(tl.float32)
+                acc += tl.dot(a, b, input_precision=PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    out = out_ptr + rows.to(tl.int64)[:, None] * c_out + cols[None, :]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def weight_grad_kernel(x_ptr, dy_ptr, table_ptr, partial_ptr, n_out, c_in, c_out, kernel_volume, rows_per_split,
+                       PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr):
+    """partial[s, k] = sum over rows o of split s of x[table[o, k], :]^T @ dy[o, :]  (fp32 [S, K, Cin, Cout])."""
+    k = tl.program_id(0)
+    n_co_tiles = tl.cdiv(c_out, BLOCK_CO)
+    ci = (tl.program_id(1) // n_co_tiles) * BLOCK_CI + tl.arange(0, BLOCK_CI)
+    co = (tl.program_id(1) % n_co_tiles) * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    split = tl.program_id(2)
+    ci_ok = ci < c_in
+    co_ok = co < c_out
+    first = split * rows_per_split
+    last = tl.minimum(first + rows_per_split, n_out)
+    acc = tl.zeros((BLOCK_CI, BLOCK_CO), dtype=tl.float32)
+    for n0 in range(first, last, BLOCK_N):
+        rows = n0 + tl.arange(0, BLOCK_N)
+        row_ok = rows < last
+        src = tl.load(table_ptr + rows.to(tl.int64) * kernel_volume + k, mask=row_ok, other=-1)
+        src_ok = src >= 0
+        if tl.max(src, axis=0) >= 0:
+            a = tl.load(x_ptr + src.to(tl.int64)[:, None] * c_in + ci[None, :],
+                        mask=src_ok[:, None] & ci_ok[None, :], other=0.0)  # [BLOCK_N, BLOCK_CI]
+            g = tl.load(dy_ptr + rows.to(tl.int64)[:, None] * c_out + co[None, :],
+                        mask=src_ok[:, None] & co_ok[None, :], other=0.0)  # [BLOCK_N, BLOCK_CO]
+            if UPCAST:
+                a, g = a.to(tl.float32), g.to(tl.float32)
+            acc += tl.dot(tl.trans(a), g, input_precision=PRECISION)
+    dst = partial_ptr + ((split * kernel_volume + k) * c_in + ci[:, None]).to(tl.int64) * c_out + co[None, :]
+    tl.store(dst, acc, mask=ci_ok[:, None] & co_ok[None, :])
+
+
+@triton.jit
+def depthwise_kernel(x_ptr, w_ptr, table_ptr, out_ptr, n_out, channels, kernel_volume,
+                     BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    """out[o, c] = sum_k x[table[o, k], c] * w[k, c]; x [N_in, C], w [K, C]."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    row_ok = rows < n_out
+    col_ok = cols < channels
+    acc = tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32)
+    for k in range(0, kernel_volume):
+        src = tl.load(table_ptr + rows.to(tl.int64) * kernel_volume + k, mask=row_ok, other=-1)
+        src_ok = src >= 0
+        a = tl.load(x_ptr + src.to(tl.int64)[:, None] * channels + cols[None, :],
+                    mask=src_ok[:, None] & col_ok[None, :], other=0.0)
+        w = tl.load(w_ptr + k * channels + cols, mask=col_ok, other=0.0)
+        acc += a.to(tl.float32) * w.to(tl.float32)[None, :]
+    out = out_ptr + rows.to(tl.int64)[:, None] * channels + cols[None, :]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def depthwise_weight_grad_kernel(x_ptr, dy_ptr, table_ptr, partial_ptr, n_out, channels, kernel_volume,
+                                 rows_per_split, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    """partial[s, k, c] = sum over rows o of split s of x[table[o, k], c] * dy[o, c]  (fp32 [S, K, C])."""
+    k = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    split = tl.program_id(2)
+    col_ok = cols < channels
+    first = split * rows_per_split
+    last = tl.minimum(first + rows_per_split, n_out)
+    acc = tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32)
+    for n0 in range(first, last, BLOCK_N):
+        rows = n0 + tl.arange(0, BLOCK_N)
+        row_ok = rows < last
+        src = tl.load(table_ptr + rows.to(tl.int64) * kernel_volume + k, mask=row_ok, other=-1)
+        ok = (src >= 0)[:, None] & col_ok[None, :]
+        a = tl.load(x_ptr + src.to(tl.int64)[:, None] * channels + cols[None, :], mask=ok, other=0.0)
+        g = tl.load(dy_ptr + rows.to(tl.int64)[:, None] * channels + cols[None, :], mask=ok, other=0.0)
+        acc += a.to(tl.float32) * g.to(tl.float32)
+    tl.store(partial_ptr + (split * kernel_volume + k).to(tl.int64) * channels + cols, tl.sum(acc, axis=0),
+             mask=col_ok)

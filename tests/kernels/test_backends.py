@@ -1,0 +1,71 @@
+"""Backend choice: what "auto" picks per tensor, the environment override, clear refusals; table forms agree."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from sparse_radar.kernels import backends
+from sparse_radar.kernels.backends import kernel_settings, resolve_backend
+from sparse_radar.kernels.kernel_map import KernelMap, invert_table
+from tests.kernels.triton_cases import MAPS, make_map
+
+
+def test_auto_picks_torch_for_cpu_tensors_and_the_environment_overrides(monkeypatch):
+    x = torch.zeros(3, 2)
+    monkeypatch.delenv(backends.BACKEND_ENV, raising=False)
+    assert resolve_backend("auto", x) == "torch"
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv(backends.BACKEND_ENV, "triton")
+    assert resolve_backend("auto", x) == "triton"
+    assert resolve_backend("torch", x) == "torch"  # a backend named in the settings wins over the variable
+    monkeypatch.setenv(backends.BACKEND_ENV, "cuda-magic")
+    with pytest.raises(ValueError, match="SPARSE_RADAR_BACKEND"):
+        resolve_backend("auto", x)
+
+
+def test_triton_refuses_cpu_tensors_outside_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="CUDA tensors"):
+        resolve_backend("triton", torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="unknown kernel backend"):
+        with kernel_settings(backend="cuda-magic"):
+            pass
+
+
+def test_triton_is_not_imported_until_a_kernel_needs_it():
+    code = ("import sys, torch, sparse_radar; from sparse_radar.kernels import resolve_backend; "
+            "resolve_backend('auto', torch.zeros(1)); print('triton' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def _pair_set(kmap):
+    rows = []
+    for k in range(kmap.kernel_volume):
+        i, o = kmap.pairs_of(k)
+        rows += [(k, int(a), int(b)) for a, b in zip(i.cpu(), o.cpu())]
+    return sorted(rows)
+
+
+@pytest.mark.parametrize("name", sorted(MAPS))
+def test_table_transposed_table_and_pairs_hold_the_same_pairs(name):
+    kmap = make_map(name)
+    table, table_t = kmap.table.cpu(), kmap.table_t.cpu()
+    from_table = sorted((k, int(table[o, k]), o) for o, k in zip(*np.nonzero(table.numpy() >= 0)))
+    from_t = sorted((k, i, int(table_t[i, k])) for i, k in zip(*np.nonzero(table_t.numpy() >= 0)))
+    assert from_table == from_t == _pair_set(kmap)
+    assert len(from_table) > 0
+    # each form rebuilt from another alone gives the same pairs
+    again = KernelMap(kmap.n_in, kmap.n_out, kmap.kernel_volume, pairs=(kmap.in_idx, kmap.out_idx, kmap.offset_ptr))
+    assert torch.equal(again.table, kmap.table) and torch.equal(again.table_t, kmap.table_t)
+    assert torch.equal(invert_table(invert_table(kmap.table, kmap.n_in), kmap.n_out), kmap.table)
+    flipped = kmap.transposed()
+    assert torch.equal(flipped.table, kmap.table_t) and _pair_set(flipped) == sorted(
+        (k, o, i) for k, i, o in _pair_set(kmap))
+
+
+def test_a_map_needs_one_form():
+    with pytest.raises(ValueError, match="table"):
+        KernelMap(1, 1, 1)

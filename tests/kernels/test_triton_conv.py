@@ -1,0 +1,103 @@
+"""The triton backend against the torch backend (float64) on every kind of map, dtype and gradient.
+
+Without a GPU these run in Triton's CPU interpreter (tests/conftest.py sets TRITON_INTERPRET=1).
+"""
+import pytest
+import torch
+
+from sparse_radar.kernels import backends
+from sparse_radar.kernels import conv as kconv
+from sparse_radar.kernels.backends import kernel_settings
+from tests.kernels.triton_cases import DEVICE, MAPS, make_map, random_inputs
+
+pytest.importorskip("triton")
+TOLERANCE = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+
+
+def run(backend, kmap, feats, weight, bias, grad, dtype, depthwise=False):
+    """(out, dX, dW, dbias) of one backend, inputs cast to dtype on DEVICE, results in float64."""
+    f = feats.to(DEVICE, dtype).requires_grad_(True)
+    w = weight.to(DEVICE, dtype).requires_grad_(True)
+    b = None if depthwise or bias is None else bias.to(DEVICE, dtype).requires_grad_(True)
+    with kernel_settings(backend=backend):
+        out = kconv.depthwise_conv(f, w, kmap) if depthwise else kconv.sparse_conv(f, w, b, kmap)
+        out.backward(grad.to(DEVICE, dtype))
+    assert out.dtype == dtype and f.grad.dtype == dtype and w.grad.dtype == dtype
+    grads = (out, f.grad, w.grad) + (() if b is None else (b.grad,))
+    return [t.detach().double().cpu() for t in grads]
+
+
+def reference(kmap, feats, weight, bias, grad, dtype, depthwise=False):
+    """The torch backend in float64 on the inputs rounded to dtype: what exact sums of those inputs give."""
+    rounded = [None if t is None else t.to(dtype).double() for t in (feats, weight, bias, grad)]
+    return run("torch", kmap, *rounded, torch.float64, depthwise)
+
+
+def assert_close_scaled(ours, ref, tol, what):
+    scale = max(ref.abs().max().item(), 1e-6)
+    err = (ours - ref).abs().max().item()
+    assert err <= tol * scale * 4, f"{what}: max error {err:.3g} against scale {scale:.3g}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", sorted(MAPS))
+def test_conv_matches_torch_backend(name, dtype):
+    kmap = make_map(name)
+    feats, weight, bias, grad = random_inputs(kmap, 5, 7, dtype, seed=len(name))
+    ours = run("triton", kmap, feats, weight, bias, grad, dtype)
+    ref = reference(kmap, feats, weight, bias, grad, dtype)
+    for what, a, b in zip(("out", "dX", "dW", "dbias"), ours, ref):
+        assert_close_scaled(a, b, TOLERANCE[dtype], f"{name} {dtype} {what}")
+
+
+def test_channel_tiles_and_row_splits():
+    """Cin and Cout wider than one tile (loops over channel blocks), dW split over many row ranges."""
+    kmap = make_map("subm", shape=(6, 8, 8), occupancy=(0.3, 0.3))
+    feats, weight, bias, grad = random_inputs(kmap, 70, 80, torch.float32, seed=4)
+    ref = reference(kmap, feats, weight, bias, grad, torch.float32)
+    ours = run("triton", kmap, feats, weight, bias, grad, torch.float32)
+    for what, a, b in zip(("out", "dX", "dW", "dbias"), ours, ref):
+        assert_close_scaled(a, b, TOLERANCE[torch.float32], what)
+    from sparse_radar.kernels.triton import conv as tconv
+    x = feats.float().to(DEVICE)
+    g = grad.float().to(DEVICE)
+    one_split = tconv.weight_grad(x, g, kmap.table)
+    old = tconv.TARGET_PROGRAMS
+    try:
+        tconv.TARGET_PROGRAMS = 10 ** 6  # as many splits as row blocks
+        many = tconv.weight_grad(x, g, kmap.table)
+        again = tconv.weight_grad(x, g, kmap.table)
+    finally:
+        tconv.TARGET_PROGRAMS = old
+    torch.testing.assert_close(many, one_split, rtol=1e-5, atol=1e-5)
+    assert torch.equal(many, again)  # partials and one sum: no atomics, bitwise repeatable
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_depthwise_matches_torch_backend(dtype):
+    kmap = make_map("subm")
+    feats, weight, _, grad = random_inputs(kmap, 20, 20, dtype, seed=2, depthwise=True)
+    ours = run("triton", kmap, feats, weight, None, grad, dtype, depthwise=True)
+    ref = reference(kmap, feats, weight, None, grad, dtype, depthwise=True)
+    for what, a, b in zip(("out", "dX", "dW"), ours, ref):
+        assert_close_scaled(a, b, TOLERANCE[dtype], f"depthwise {dtype} {what}")
+
+
+def test_empty_map_and_sites_without_neighbours():
+    kmap = make_map("subm", shape=(4, 4, 4), occupancy=(0.0, 0.0))
+    assert kmap.n_in == 0
+    out = run("triton", kmap, *random_inputs(kmap, 3, 4, torch.float32), torch.float32)
+    assert out[0].shape == (0, 4) and torch.count_nonzero(out[2]) == 0
+    lonely = make_map("strided", shape=(9, 9, 9), occupancy=(0.01, 0.01))  # most outputs see one input
+    ours = run("triton", lonely, *random_inputs(lonely, 3, 4, torch.float32), torch.float32)
+    ref = reference(lonely, *random_inputs(lonely, 3, 4, torch.float32), torch.float32)
+    for a, b in zip(ours, ref):
+        assert_close_scaled(a, b, TOLERANCE[torch.float32], "sparse strided map")
+
+
+def test_float64_is_refused_by_name_and_left_to_torch_by_auto():
+    kmap = make_map("subm")
+    feats, weight, bias, _ = random_inputs(kmap, 3, 2, torch.float64)
+    with kernel_settings(backend="triton"), pytest.raises(ValueError, match="float32, float16 and bfloat16"):
+        kconv.sparse_conv(feats.to(DEVICE), weight.to(DEVICE), None, kmap)
+    assert backends.resolve_backend("auto", feats.to(DEVICE)) == "torch"
