@@ -1,6 +1,7 @@
 """On a GPU: the sparse path on CUDA computes what it computes on the CPU (outputs and gradients), for the
-conv kernel, every attention type and a whole UNet; and a benchmark worker measures on CUDA.
-Skipped where torch sees no CUDA device."""
+conv kernel, every attention type and a whole UNet; the triton backend computes what the torch backend does;
+deterministic mode is bitwise repeatable; and a benchmark worker measures on CUDA.
+Skipped where torch sees no CUDA device (tests/kernels runs the kernel claims on CUDA there too)."""
 import json
 import subprocess
 import sys
@@ -8,31 +9,25 @@ import sys
 import pytest
 import torch
 
+from sparse_radar.kernels.backends import kernel_settings
 from sparse_radar.nn import SubMConv3d
 from sparse_radar.nn.attention import ATTENTION_TYPES
 from tests.factory import random_fields
-from tests.models.test_unet_parity import small_model
+from tests.models.unet_cases import outputs_and_grads, unet_case
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def run_both(module, field, loss_weights):
     """(output values, input gradient, parameter gradients) on the CPU and on CUDA."""
-    results = []
-    for device in ("cpu", "cuda"):
-        m = module.to(device)
-        m.zero_grad()
-        feats = field.feats.to(device).requires_grad_(True)
-        out = m(field.to(device).replace(feats))
-        (out.feats * loss_weights.to(device)).sum().backward()
-        results.append((out.feats.detach().cpu(), feats.grad.cpu(), [p.grad.cpu() for p in m.parameters()]))
-    return results
+    return [outputs_and_grads(module, field, loss_weights, device) for device in ("cpu", "cuda")]
 
 
 def assert_same(results, rtol=1e-4, atol=1e-5):
     (out_c, gx_c, gp_c), (out_g, gx_g, gp_g) = results
     torch.testing.assert_close(out_g, out_c, rtol=rtol, atol=atol)
     torch.testing.assert_close(gx_g, gx_c, rtol=rtol, atol=atol)
+    assert len(gp_g) == len(gp_c) > 0
     for a, b in zip(gp_g, gp_c):
         torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
 
@@ -64,19 +59,27 @@ def test_attention_on_cuda_equals_cpu(attention_type):
 
 
 def test_unet_on_cuda_equals_cpu():
-    model = small_model(attention_type="window", norm_type="group", downsample_stride="xy_only")
-    sv, _ = random_fields(2, 5, (8, 8, 8), [0.1, 0.3], seed=7)
-    t = torch.tensor([0.3, -0.7])
-    weights = torch.randn(sv.num_voxels, 3, generator=torch.Generator().manual_seed(8))
+    module, sv, weights = unet_case()
+    assert_same(run_both(module, sv, weights), rtol=1e-3, atol=1e-4)
 
-    class WithLabels(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
 
-        def forward(self, x):
-            return self.model(x, t.to(x.feats.device))
-    assert_same(run_both(WithLabels(), sv, weights), rtol=1e-3, atol=1e-4)
+@pytest.mark.parametrize("overrides", [{}, {"use_depthwise": True, "norm_type": "instance"},
+                                       {"downsample_stride": "full", "attention_type": "linear"}])
+def test_triton_backend_equals_torch_backend_on_a_unet(overrides):
+    module, sv, weights = unet_case(**overrides)
+    results = [outputs_and_grads(module, sv, weights, "cuda", backend) for backend in ("torch", "triton")]
+    assert_same(results, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_deterministic_mode_is_bitwise_on_cuda(backend):
+    """Convs, norms and attention: two runs in deterministic mode give the same bits, gradients included."""
+    module, sv, weights = unet_case(attention_type="sparse", norm_type="adaptive")
+    with kernel_settings(deterministic=True):
+        first = outputs_and_grads(module, sv, weights, "cuda", backend)
+        again = outputs_and_grads(module, sv, weights, "cuda", backend)
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert all(torch.equal(a, b) for a, b in zip(first[2], again[2]))
 
 
 def test_step_worker_measures_on_cuda():

@@ -25,16 +25,22 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 def _upcast(dtype: torch.dtype) -> bool:
+    """bf16 in the CPU interpreter: its bf16 dot is wrong and its bf16 stores truncate, so multiply and store
+    in fp32 there and round with torch (round-to-nearest-even, as a GPU's conversion does)."""
     return dtype == torch.bfloat16 and backends.triton_interpreting()
+
+
+def _out_buffer(n: int, c: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.empty(n, c, dtype=torch.float32 if _upcast(like.dtype) else like.dtype, device=like.device)
 
 
 def implicit_gemm(x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor, n_out: int,
                   bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """out[o] = sum_k x[table[o, k]] @ weight[k] (+ bias): x [N_in, Cin], weight [K, Cin, Cout] -> [n_out, Cout]."""
     c_in, c_out = weight.shape[1], weight.shape[2]
-    out = torch.empty(n_out, c_out, dtype=x.dtype, device=x.device)
+    out = _out_buffer(n_out, c_out, x)
     if n_out == 0:
-        return out
+        return out.to(x.dtype)
     block_ci = _pow2_block(c_in, 16, 64)
     block_co = _pow2_block(c_out, 16, 64)
     block_n = 64 if n_out >= 64 * 256 else 32
@@ -44,7 +50,7 @@ def implicit_gemm(x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor, n_
         weight.stride(0), weight.stride(1), weight.stride(2),
         HAS_BIAS=bias is not None, PRECISION=_precision(x.dtype), UPCAST=_upcast(x.dtype),
         BLOCK_N=block_n, BLOCK_CI=block_ci, BLOCK_CO=block_co)
-    return out
+    return out.to(x.dtype)
 
 
 def _splits(n_rows: int, block_n: int, tiles: int) -> int:
@@ -101,14 +107,14 @@ class TritonSparseConv(torch.autograd.Function):
 def depthwise(x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor, n_out: int) -> torch.Tensor:
     """out[o, c] = sum_k x[table[o, k], c] * weight[k, c] -> [n_out, C] in x's dtype."""
     channels = x.shape[1]
-    out = torch.empty(n_out, channels, dtype=x.dtype, device=x.device)
+    out = _out_buffer(n_out, channels, x)
     if n_out == 0:
-        return out
+        return out.to(x.dtype)
     block_c = _pow2_block(channels, 16, 128)
     grid = (triton.cdiv(n_out, 64), triton.cdiv(channels, block_c))
     depthwise_kernel[grid](x, weight.contiguous(), table, out, n_out, channels, table.shape[1],
                            BLOCK_N=64, BLOCK_C=block_c)
-    return out
+    return out.to(x.dtype)
 
 
 def depthwise_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, table: torch.Tensor) -> torch.Tensor:

@@ -69,18 +69,51 @@ def test_plan_chunks_covers_every_non_identity_pair_once():
     assert flat == [i for i in range(kmap.num_pairs) if not lo <= i < hi]
 
 
-def test_bfloat16_accumulates_in_float32():
+# (device, backend) pairs that can run here: on a machine without a GPU the CUDA rows are absent, so
+# tests/test_cuda.py re-runs these claims on CUDA (where index_add_ uses atomics and halves use tensor cores).
+RUNNABLE = [("cpu", "torch"), ("cpu", "triton")] + ([("cuda", "torch"), ("cuda", "triton")]
+                                                    if torch.cuda.is_available() else [])
+
+
+def _runnable(device, backend):
+    if backend == "triton":
+        pytest.importorskip("triton")
+        if device == "cpu" and torch.cuda.is_available():
+            pytest.skip("Triton's CPU interpreter is only switched on where no GPU is")
+
+
+@pytest.mark.parametrize("device,backend", RUNNABLE)
+def test_bfloat16_accumulates_in_float32(device, backend):
+    _runnable(device, backend)
     sv, _ = random_fields(1, 64, (10, 10, 10), 0.5, seed=4)
-    kmap = subm_map(sv)
+    kmap = subm_map(sv.to(device))
     g = torch.Generator().manual_seed(2)
     feats = sv.feats.to(torch.bfloat16)
     weight = torch.randn(27, 64, 32, generator=g).to(torch.bfloat16)
-    out = kconv.sparse_conv(feats, weight, None, kmap)
+    with kernel_settings(backend=backend):
+        out = kconv.sparse_conv(feats.to(device), weight.to(device), None, kmap).cpu()
     assert out.dtype == torch.bfloat16
-    ref = kconv.sparse_conv(feats.double(), weight.double(), None, kmap)
-    # fp32 accumulation leaves only the final rounding to bf16 (relative 2^-8)
+    with kernel_settings(backend="torch"):
+        ref = kconv.sparse_conv(feats.double().to(device), weight.double().to(device), None, kmap).cpu()
+    # fp32 accumulation leaves only the final rounding to bf16 (relative 2^-8); bf16 sums would not
     err = (out.double() - ref).abs()
     assert bool((err <= ref.abs() * 2.0**-8 + 1e-4).all()), float((err / ref.abs().clamp_min(1e-3)).max())
+
+
+@pytest.mark.parametrize("device,backend", RUNNABLE)
+def test_deterministic_mode_is_bitwise_repeatable(device, backend):
+    _runnable(device, backend)
+    sv, _ = random_fields(2, 16, (8, 10, 12), [0.2, 0.05], seed=2)
+    kmap = subm_map(sv.to(device))
+    g = torch.Generator().manual_seed(1)
+    weight = torch.randn(27, 16, 8, generator=g).to(device)
+    grad = torch.randn(kmap.n_out, 8, generator=g).to(device)
+    feats = sv.feats.to(device)
+    with kernel_settings(backend=backend, deterministic=True):
+        first = _run(feats, weight, kmap, grad)
+        again = _run(feats, weight, kmap, grad)
+    for a, b in zip(first, again):
+        assert torch.equal(a, b)
 
 
 def test_empty_map_gives_zero_rows_and_grads():
