@@ -18,6 +18,7 @@ import torch
 KNOWN_BACKENDS = ("torch", "triton")
 BACKEND_ENV = "SPARSE_RADAR_BACKEND"  # overrides what "auto" picks
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 # elements per gathered chunk when not overridden: on a CPU a small chunk keeps the step's transient buffers
 # (and the heap fragmentation they cause) small at no measured cost in time; a GPU wants fewer, larger GEMMs

@@ -1,7 +1,12 @@
-"""Per-segment (per-sample) reductions over rows [N, ...] with a segment id per row."""
+"""Per-sample (segment) reductions over rows [N, ...]: scatter sums for any order, and for rows sorted by
+segment (CSR row_ptr [S + 1]) the fused sums and affine maps that norms are made of, dispatched to a backend."""
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import torch
+
+from . import backends
 
 
 def segment_sum(values: torch.Tensor, segment: torch.Tensor, num_segments: int) -> torch.Tensor:
@@ -13,3 +18,41 @@ def segment_sum(values: torch.Tensor, segment: torch.Tensor, num_segments: int) 
 def segment_counts(segment: torch.Tensor, num_segments: int) -> torch.Tensor:
     """Rows per segment, int64 [S]."""
     return torch.bincount(segment, minlength=num_segments)
+
+
+def row_pointers(sorted_segment: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """CSR offsets int64 [S + 1] of segment ids sorted ascending (no host sync)."""
+    bounds = torch.arange(num_segments + 1, device=sorted_segment.device, dtype=sorted_segment.dtype)
+    return torch.searchsorted(sorted_segment, bounds)
+
+
+def sorted_segment_sums(u: torch.Tensor, row_ptr: torch.Tensor, segment: torch.Tensor,
+                        v: Optional[torch.Tensor] = None, shift: Optional[torch.Tensor] = None,
+                        shift_u: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Per segment s and column c, in fp32 (fp64 for fp64 rows): (sum of a, sum of a * b) with b = v - shift[s] and a = u, or
+    a = u - shift[s] when shift_u; rows sorted by segment. u, v [N, C]; shift [S, C]; second is None without v."""
+    op = _backend_module(u)
+    return op.sorted_segment_sums(u.contiguous(), row_ptr, segment, None if v is None else v.contiguous(),
+                                  shift, shift_u, backends.current().deterministic)
+
+
+def segment_affine(u: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, segment: torch.Tensor,
+                   v: Optional[torch.Tensor] = None, v_scale: Optional[torch.Tensor] = None,
+                   out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """Rows u * scale[s] + v * v_scale[s] + offset[s] (per-segment [S, C] factors), in fp32 (fp64 for fp64)."""
+    op = _backend_module(u)
+    acc = accumulation_dtype(u.dtype)
+    return op.segment_affine(u.contiguous(), scale.to(acc).contiguous(), offset.to(acc).contiguous(), segment,
+                             None if v is None else v.contiguous(),
+                             None if v_scale is None else v_scale.to(acc).contiguous(), out_dtype or u.dtype)
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; everything else is summed in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _backend_module(tensor: torch.Tensor):
+    import importlib
+    name = backends.resolve_backend(backends.current().backend, tensor)
+    return importlib.import_module(f"{__package__}.{name}.segment")

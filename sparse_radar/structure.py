@@ -7,6 +7,7 @@ import torch
 
 from .kernels import coords as kc
 from .kernels import kmap as km
+from .kernels.segment import row_pointers
 from .kernels.kmap import KernelMap
 
 Shape3 = Tuple[int, int, int]
@@ -71,6 +72,18 @@ class VoxelStructure:
         parent = None if self.parent is None else self.parent.to(device)
         return VoxelStructure(self.coords.to(device), self.keys.to(device), self.spatial_shape,
                               self.batch_size, parent)
+
+    def sample_ids(self) -> torch.Tensor:
+        """Sample index of each site, int64 [N], ascending (cached)."""
+        if "sample_ids" not in self.cache:
+            self.cache["sample_ids"] = self.coords[:, 0].long()
+        return self.cache["sample_ids"]  # type: ignore[return-value]
+
+    def row_ptr(self) -> torch.Tensor:
+        """CSR offsets int64 [B + 1]: sample b owns rows row_ptr[b]:row_ptr[b + 1] (cached, no host sync)."""
+        if "row_ptr" not in self.cache:
+            self.cache["row_ptr"] = row_pointers(self.sample_ids(), self.batch_size)
+        return self.cache["row_ptr"]  # type: ignore[return-value]
 
     def submanifold_map(self, kernel_size: Shape3, dilation: Shape3) -> KernelMap:
         """Kernel map of a submanifold conv on these sites (cached)."""

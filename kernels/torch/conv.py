@@ -8,7 +8,7 @@ import torch
 from .. import backends
 from ..kernel_map import KernelMap
 
-HALF_DTYPES = (torch.float16, torch.bfloat16)
+HALF_DTYPES = backends.HALF_DTYPES
 
 Segment = Tuple[int, int, int]  # (kernel offset, first pair, end pair)
 

@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels.segment import segment_counts
+from ..kernels.backends import HALF_DTYPES as HALF
 from ..voxels import DenseVoxels, SparseVoxels
-from .field_ops import Field, check_field, per_sample, sample_index
-from .fused_norm import HALF, segment_group_norm
+from .field_ops import Field, check_field, per_sample
+from .fused_norm import segment_group_norm
 
 NORM_TYPES = ("group", "layer", "instance", "rms", "adaptive")
 
@@ -69,7 +69,8 @@ class MaskedNorm(nn.Module):
         if x.num_channels != self.channels:
             raise ValueError(f"{type(self).__name__} expects {self.channels} channels, got {x.num_channels}")
         if isinstance(x, SparseVoxels):
-            return x.replace(segment_group_norm(x.feats, self.weight, self.bias, sample_index(x), x.batch_size,
+            s = x.structure
+            return x.replace(segment_group_norm(x.feats, self.weight, self.bias, s.sample_ids(), s.row_ptr(),
                                                 self.groups, self.center, self.eps))
         return x.replace(_dense_norm(x, self.groups, self.center, self.eps, self.weight, self.bias))
 
@@ -78,7 +79,8 @@ def inactive_share(x: Field) -> torch.Tensor:
     """Per sample, the share of grid voxels that are empty [B]: inactive (sparse/masked) or all-zero (unmasked)."""
     cells = float(x.spatial_shape[0] * x.spatial_shape[1] * x.spatial_shape[2])
     if isinstance(x, SparseVoxels):
-        active = segment_counts(sample_index(x), x.batch_size).to(torch.float32)
+        row_ptr = x.structure.row_ptr()
+        active = (row_ptr[1:] - row_ptr[:-1]).to(torch.float32)
     elif x.mask is not None:
         active = x.mask.reshape(x.batch_size, -1).sum(1).to(torch.float32)
     else:

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from sparse_radar import DenseVoxels
+from sparse_radar.kernels.segment import row_pointers
 from sparse_radar.nn.fused_norm import segment_group_norm
 from sparse_radar.nn.norm import build_norm
 from tests.nn.test_norm import reference
@@ -13,11 +14,12 @@ from tests.nn.test_norm import reference
                                                      (1, False, False), (2, False, True)])
 def test_gradcheck_float64(groups, center, with_bias):
     g = torch.Generator().manual_seed(groups)
-    seg = torch.tensor([0, 0, 0, 2, 2, 2, 2, 0, 2, 2])  # sample 1 has no rows
+    seg = torch.tensor([0, 0, 0, 0, 2, 2, 2, 2, 2, 2])  # rows sorted by sample; sample 1 has no rows
+    row_ptr = row_pointers(seg, 3)
     rows = (torch.randn(10, 6, generator=g, dtype=torch.float64) * 2 + 1).requires_grad_(True)
     weight = torch.randn(6, generator=g, dtype=torch.float64).requires_grad_(True)
     bias = torch.randn(6, generator=g, dtype=torch.float64).requires_grad_(True) if with_bias else None
-    fn = lambda r, w, b: segment_group_norm(r, w, b, seg, 3, groups, center, 1e-5)
+    fn = lambda r, w, b: segment_group_norm(r, w, b, seg, row_ptr, groups, center, 1e-5)
     assert torch.autograd.gradcheck(fn, (rows, weight, bias))
     ref = reference(rows.detach().numpy(), seg.numpy(), 3, groups, center, 1e-5, weight.detach().numpy(),
                     None if bias is None else bias.detach().numpy())
@@ -47,13 +49,13 @@ def test_bf16_rows_keep_only_the_input_and_statistics():
     weight = torch.randn(32, generator=g).requires_grad_(True)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        out = segment_group_norm(rows, weight, None, seg, 2, 8)
+        out = segment_group_norm(rows, weight, None, seg, row_pointers(seg, 2), 8)
     assert out.dtype == torch.bfloat16
     big = [t for t in saved if t.numel() >= rows.numel()]
     assert len(big) == 1 and big[0].dtype == torch.bfloat16  # the input itself, no fp32 copies
     out.float().square().sum().backward()
     ref_rows = rows.detach().float().requires_grad_(True)
     ref_w = weight.detach().clone().requires_grad_(True)
-    segment_group_norm(ref_rows, ref_w, None, seg, 2, 8).square().sum().backward()
+    segment_group_norm(ref_rows, ref_w, None, seg, row_pointers(seg, 2), 8).square().sum().backward()
     torch.testing.assert_close(weight.grad, ref_w.grad, rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(rows.grad.float(), ref_rows.grad, rtol=2e-2, atol=2e-2)
