@@ -57,8 +57,11 @@ def zorder_codes(coords: torch.Tensor) -> torch.Tensor:
     return (_spread_bits(c[:, 1]) << 2) | (_spread_bits(c[:, 2]) << 1) | _spread_bits(c[:, 3])
 
 
-def patch_ids(coords: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Per sample, voxels in z-order cut into consecutive patches of patch_size: a global patch id [N]."""
+def patch_ids(coords: torch.Tensor, patch_size: int, offset: int = 0) -> torch.Tensor:
+    """Per sample, voxels in z-order cut into consecutive patches of patch_size: a global patch id [N].
+
+    With an offset the cuts move: the voxel of z-order rank r is in patch (r + offset) // patch_size of its
+    sample, so alternating offsets 0 and patch_size // 2 between blocks lets tokens attend across cuts."""
     c = coords.to(torch.int64)
     n = c.shape[0]
     if n == 0:
@@ -69,8 +72,35 @@ def patch_ids(coords: torch.Tensor, patch_size: int) -> torch.Tensor:
     counts = torch.bincount(batch)
     start = torch.cumsum(counts, 0) - counts
     rank = torch.arange(n, device=c.device) - start[batch]
-    patch_per_sample = (counts + patch_size - 1) // patch_size
+    patch_per_sample = (counts + offset + patch_size - 1) // patch_size
     first_patch = torch.cumsum(patch_per_sample, 0) - patch_per_sample
     ids = torch.empty(n, dtype=torch.int64, device=c.device)
-    ids[order] = first_patch[batch] + rank // patch_size
+    ids[order] = first_patch[batch] + (rank + offset) // patch_size
     return ids
+
+
+class _DeterministicGather(torch.autograd.Function):
+    """src.index_select(0, index) whose backward sums repeated rows in a fixed order (index_put_ with
+    accumulate sorts the indices on CUDA), where index_select's index_add_ would race in atomics."""
+
+    @staticmethod
+    def forward(ctx, src, index):
+        ctx.save_for_backward(index)
+        ctx.rows = src.shape[0]
+        return src.index_select(0, index)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (index,) = ctx.saved_tensors
+        out = grad.new_zeros((ctx.rows,) + tuple(grad.shape[1:]))
+        return out.index_put_((index,), grad, accumulate=True), None
+
+
+def gather_rows(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """src.index_select(0, index) [len(index), ...]; with deterministic kernel settings on CUDA, a backward
+    that gives the same bits every run (on a CPU index_add_ already does)."""
+    from .backends import current
+    if src.is_cuda and current().deterministic and torch.is_grad_enabled() and src.requires_grad:
+        return _DeterministicGather.apply(src, index)
+    return src.index_select(0, index)

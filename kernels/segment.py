@@ -56,3 +56,24 @@ def _backend_module(tensor: torch.Tensor):
     import importlib
     name = backends.resolve_backend(backends.current().backend, tensor)
     return importlib.import_module(f"{__package__}.{name}.segment")
+
+
+class _ExpandSegments(torch.autograd.Function):
+    """rows [S, C] -> one copy per row of each segment [N, C]; backward sums per segment without atomics."""
+
+    @staticmethod
+    def forward(ctx, rows, segment, row_ptr):
+        ctx.save_for_backward(segment, row_ptr)
+        ctx.dtype = rows.dtype
+        return rows.index_select(0, segment)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        segment, row_ptr = ctx.saved_tensors
+        return sorted_segment_sums(grad, row_ptr, segment)[0].to(ctx.dtype), None, None
+
+
+def expand_segments(rows: torch.Tensor, segment: torch.Tensor, row_ptr: torch.Tensor) -> torch.Tensor:
+    """Per-segment rows [S, C] repeated for each row of sorted segments -> [N, C] (deterministic backward)."""
+    return _ExpandSegments.apply(rows, segment, row_ptr)

@@ -76,8 +76,11 @@ class UNet3D(nn.Module):
         c = self.config
         if c.attention_type == "none":
             return nn.Identity()
+        self._attention_blocks = getattr(self, "_attention_blocks", 0) + 1
+        shifted = self._attention_blocks % 2 == 0  # every second block moves serialized attention's patch cuts
         return AttentionBlock(ch, c.attention_type, c.num_heads, c.norm_type, c.num_groups, c.window_size,
-                              topk=c.topk, patch_size=c.patch_size, use_checkpoint=c.use_checkpoint)
+                              topk=c.topk, patch_size=c.patch_size, use_checkpoint=c.use_checkpoint,
+                              shifted=shifted)
 
     def _precision(self, device: torch.device):
         if not self.config.use_fp16:

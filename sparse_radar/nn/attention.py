@@ -18,8 +18,8 @@ ATTENTION_TYPES = ("flash", "window", "linear", "sparse", "height", "serialized"
 
 
 def build_attention_core(attention_type: str, num_heads: int, window_size=(4, 4, 4), shift=(0, 0, 0),
-                         topk: int = 32, patch_size: int = 64) -> nn.Module:
-    """The attention core module of an attention_type (not 'none')."""
+                         topk: int = 32, patch_size: int = 64, shifted: bool = False) -> nn.Module:
+    """The attention core module of an attention_type (not 'none'); shifted moves serialized patch cuts."""
     if attention_type == "flash":
         return GlobalAttention()
     if attention_type == "window":
@@ -31,7 +31,7 @@ def build_attention_core(attention_type: str, num_heads: int, window_size=(4, 4,
     if attention_type == "height":
         return HeightAttention()
     if attention_type == "serialized":
-        return SerializedAttention(patch_size)
+        return SerializedAttention(patch_size, shifted)
     raise ValueError(f"unknown attention_type {attention_type!r}; expected one of {', '.join(ATTENTION_TYPES)}")
 
 
@@ -40,14 +40,14 @@ class AttentionBlock(nn.Module):
 
     def __init__(self, channels: int, attention_type: str = "flash", num_heads: int = 4, norm_type: str = "group",
                  num_groups: int = 32, window_size: Sequence[int] = (4, 4, 4), shift: Sequence[int] = (0, 0, 0),
-                 topk: int = 32, patch_size: int = 64, use_checkpoint: bool = False):
+                 topk: int = 32, patch_size: int = 64, use_checkpoint: bool = False, shifted: bool = False):
         super().__init__()
         if channels % num_heads:
             raise ValueError(f"channels ({channels}) must be divisible by num_heads ({num_heads})")
         self.channels, self.num_heads, self.use_checkpoint = channels, num_heads, use_checkpoint
         self.norm = build_norm(norm_type, channels, num_groups)
         self.qkv = nn.Linear(channels, 3 * channels)
-        self.core = build_attention_core(attention_type, num_heads, window_size, shift, topk, patch_size)
+        self.core = build_attention_core(attention_type, num_heads, window_size, shift, topk, patch_size, shifted)
         self.proj = nn.Linear(channels, channels)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)

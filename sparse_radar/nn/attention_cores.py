@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from .attention_dense import (dense_global, dense_height, dense_linear, dense_topk, dense_window,
-                              gather_dense_tokens, topk_softmax)
+from .attention_dense import (dense_global, dense_height, dense_linear, dense_serialized, dense_topk,
+                              dense_window, sdpa, topk_softmax)
 
 import torch
 import torch.nn.functional as F
@@ -25,13 +25,13 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_i
     if q.shape[0] == 0:
         return q.clone()
     flat = index.clamp_min(0).reshape(-1)
-    # index_select, not t[index]: its backward (index_add_) is deterministic; index_put_ accumulate is not on CPU
-    qg, kg, vg = (t.index_select(0, flat).view(*index.shape, *t.shape[1:]).transpose(1, 2) for t in (q, k, v))
+    # gather_rows, not t[index]: a deterministic backward (index_add_ on CPU, sorted sums on CUDA)
+    qg, kg, vg = (grouping.gather_rows(t, flat).view(*index.shape, *t.shape[1:]).transpose(1, 2) for t in (q, k, v))
     if bias is None:
         mask = valid[:, None, None, :]  # [G, 1, 1, L] keys that exist
     else:
         mask = bias.to(qg.dtype).masked_fill(~valid[:, None, None, :], torch.finfo(qg.dtype).min)
-    out = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=mask)  # [G, h, L, d]
+    out = sdpa(qg, kg, vg, attn_mask=mask)  # [G, h, L, d]
     rows = out.transpose(1, 2)[valid]  # [N, h, d] in bucket order
     return torch.zeros_like(q).index_copy(0, index[valid], rows)
 
@@ -48,7 +48,7 @@ class GlobalAttention(nn.Module):
         outs = []  # one unpadded, unmasked call per sample: memory-efficient SDPA kernels, O(N) memory
         for lo, hi in _sample_slices(x):
             qs, ks, vs = (t[lo:hi].transpose(0, 1)[None] for t in (q, k, v))  # [1, h, Nb, d]
-            outs.append(F.scaled_dot_product_attention(qs, ks, vs)[0].transpose(0, 1))
+            outs.append(sdpa(qs, ks, vs)[0].transpose(0, 1))
         return torch.cat(outs) if outs else q.clone()
 
     def dense(self, q, k, v, mask) -> torch.Tensor:
@@ -110,19 +110,24 @@ class HeightAttention(nn.Module):
 
 
 class SerializedAttention(nn.Module):
-    """`serialized`: per sample, voxels in z-order attend within consecutive patches of patch_size."""
+    """`serialized`: per sample, voxels in z-order attend within consecutive patches of patch_size; with
+    shifted=True the cuts move by half a patch (blocks alternate, as PTv3 varies its serialization)."""
 
-    def __init__(self, patch_size: int):
+    def __init__(self, patch_size: int, shifted: bool = False):
         super().__init__()
         self.patch_size = patch_size
+        self.offset = patch_size // 2 if shifted else 0
+
+    def extra_repr(self) -> str:
+        return f"patch_size={self.patch_size}, offset={self.offset}"
 
     def sparse(self, q, k, v, x: SparseVoxels) -> torch.Tensor:
         """[N, h, d] outputs."""
-        return grouped_attention(q, k, v, grouping.patch_ids(x.coords, self.patch_size))
+        return grouped_attention(q, k, v, grouping.patch_ids(x.coords, self.patch_size, self.offset))
 
     def dense(self, q, k, v, mask) -> torch.Tensor:
-        """[B, h, d, D, H, W] outputs: a curve order is a token order, so the dense path gathers tokens."""
-        return gather_dense_tokens(self.sparse, q, k, v, mask)
+        """[B, h, d, D, H, W] outputs, computed on the grid in curve order."""
+        return dense_serialized(q, k, v, mask, self.patch_size, self.offset)
 
 
 def _sample_slices(x: SparseVoxels):

@@ -11,7 +11,19 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..kernels.backends import current as kernel_settings_now
 from ..kernels.coords import kernel_offsets
+from ..kernels.grouping import gather_rows, zorder_codes
+
+
+def sdpa(q, k, v, attn_mask=None) -> torch.Tensor:
+    """F.scaled_dot_product_attention; in deterministic kernel settings on CUDA, its math backend (plain
+    matmuls and softmax), since the fused backwards may sum in a varying order."""
+    if q.is_cuda and kernel_settings_now().deterministic:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        with sdpa_kernel([SDPBackend.MATH]):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
 
 
 def key_bias(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -31,7 +43,7 @@ def dense_global(q, k, v, mask) -> torch.Tensor:
     b, h, d = q.shape[:3]
     flat = lambda t: t.reshape(b, h, d, -1).transpose(2, 3)  # [B, h, L, d]
     bias = None if mask is None else key_bias(mask.reshape(b, 1, 1, -1), q.dtype)
-    out = F.scaled_dot_product_attention(flat(q), flat(k), flat(v), attn_mask=bias)
+    out = sdpa(flat(q), flat(k), flat(v), attn_mask=bias)
     return out.transpose(2, 3).reshape(q.shape)
 
 
@@ -58,7 +70,7 @@ def dense_window(q, k, v, mask, window: Sequence[int], shift: Sequence[int], tab
     idx = (rel[..., 0] * span[1] + rel[..., 1]) * span[2] + rel[..., 2]  # [L, L]
     bias = table.index_select(0, idx.reshape(-1)).view(*idx.shape, -1).permute(2, 0, 1).to(q.dtype)  # [h, L, L]
     attn = bias[None] + key_bias(valid.transpose(2, 3), q.dtype)  # [Bn, h, L, L]
-    out = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=attn)  # [Bn, h, L, d]
+    out = sdpa(qw, kw, vw, attn_mask=attn)  # [Bn, h, L, d]
     out = out.reshape(b, counts[0], counts[1], counts[2], h, wd, wh, ww, d)
     out = out.permute(0, 4, 8, 1, 5, 2, 6, 3, 7).reshape(b, h, d, *padded)
     (d0, _), (h0, _), (w0, _) = pads
@@ -70,7 +82,7 @@ def dense_height(q, k, v, mask) -> torch.Tensor:
     b, h, d, depth, rows, cols = q.shape
     col = lambda t: t.permute(0, 4, 5, 1, 3, 2).reshape(b * rows * cols, h, depth, d)  # [BHW, h, D, d]
     valid = _valid(q, mask).permute(0, 3, 4, 1, 2).reshape(b * rows * cols, 1, 1, depth)
-    out = F.scaled_dot_product_attention(col(q), col(k), col(v), attn_mask=key_bias(valid, q.dtype))
+    out = sdpa(col(q), col(k), col(v), attn_mask=key_bias(valid, q.dtype))
     return out.reshape(b, rows, cols, h, depth, d).permute(0, 3, 5, 4, 1, 2)
 
 
@@ -107,8 +119,8 @@ def topk_softmax(q, k, v, keep: int, budget: int, valid: Optional[torch.Tensor] 
             scores = torch.matmul(q[:, start:start + chunk], k.transpose(1, 2))
             picks.append((scores if bias is None else scores + bias).topk(keep, dim=-1).indices)
         idx = torch.cat(picks, 1) + (torch.arange(heads, device=q.device) * length)[:, None, None]  # [h, Lq, keep]
-    # index_select, not fancy indexing: its backward (index_add_) is deterministic on CPU
-    kp, vp = (t.reshape(heads * length, d).index_select(0, idx.reshape(-1)).view(*idx.shape, d) for t in (k, v))
+    # gather_rows, not fancy indexing: its backward is deterministic (index_add_ on CPU, sorted on CUDA)
+    kp, vp = (gather_rows(t.reshape(heads * length, d), idx.reshape(-1)).view(*idx.shape, d) for t in (k, v))
     weights = torch.softmax(torch.einsum("hqkd,hqd->hqk", kp, q) * scale, dim=-1)
     return torch.einsum("hqk,hqkd->hqd", weights, vp)
 
@@ -126,15 +138,32 @@ def dense_topk(q, k, v, mask, topk: int, budget: int) -> torch.Tensor:
     return torch.stack(samples).transpose(2, 3).reshape(q.shape)
 
 
-def gather_dense_tokens(sparse_fn: Callable, q, k, v, mask) -> torch.Tensor:
-    """Run a sparse core on the active voxels of a dense grid and scatter the result back."""
-    from ..structure import VoxelStructure
-    from ..voxels import SparseVoxels
-
+def dense_serialized(q, k, v, mask, patch_size: int, offset: int) -> torch.Tensor:
+    """Serialized attention on the grid: every cell in z-order, active cells ranked per sample, patches of
+    patch_size ranks (moved by offset), softmax within a patch over its active keys."""
     b, h, d = q.shape[:3]
-    structure = VoxelStructure.from_mask(_valid(q, mask))
-    tokens = SparseVoxels.wrap(q.new_empty(structure.num_voxels, 0), structure)
-    tok = lambda t: t.reshape(b, h * d, -1).transpose(1, 2).reshape(-1, h, d).index_select(0, structure.keys)
-    out = sparse_fn(tok(q), tok(k), tok(v), tokens)  # [N, h, d]
-    full = q.new_zeros(q.shape[0] * q[0, 0, 0].numel(), h, d).index_copy(0, structure.keys, out)
-    return full.reshape(b, -1, h * d).transpose(1, 2).reshape(q.shape)
+    spatial = q.shape[3:]
+    cells = spatial[0] * spatial[1] * spatial[2]
+    grid = torch.stack(torch.meshgrid(*(torch.arange(n, device=q.device) for n in spatial), indexing="ij"), -1)
+    curve = torch.argsort(zorder_codes(torch.cat([grid.new_zeros(cells, 1), grid.reshape(-1, 3)], 1)))  # [L]
+    active = _valid(q, mask).reshape(b, cells)[:, curve]  # [B, L] in curve order
+    slot = torch.cumsum(active.long(), 1) - 1 + offset  # [B, L]: position in the sample's patch sequence
+    n_patches = (cells + offset + patch_size - 1) // patch_size
+    spare = n_patches * patch_size  # one column past the patches, where inactive cells go
+    slot = torch.where(active, slot, spare)
+    cell_of_slot = torch.full((b, spare + 1), cells, dtype=torch.long, device=q.device)  # cells: a zero token
+    cell_of_slot.scatter_(1, slot, curve.expand(b, cells).contiguous())
+    cell_of_slot = cell_of_slot[:, :spare]  # [B, nP * P]
+    filled = cell_of_slot < cells
+
+    def patches(t):  # [B, h, d, D, H, W] -> [B * nP, h, P, d]
+        flat = torch.cat([t.reshape(b, h, d, cells), t.new_zeros(b, h, d, 1)], 3)
+        taken = torch.gather(flat, 3, cell_of_slot[:, None, None, :].expand(b, h, d, spare))
+        return taken.reshape(b, h, d, n_patches, patch_size).permute(0, 3, 1, 4, 2).reshape(-1, h, patch_size, d)
+
+    keys = key_bias(filled.reshape(b * n_patches, 1, 1, patch_size), q.dtype)
+    out = sdpa(patches(q), patches(k), patches(v), attn_mask=keys)  # [B * nP, h, P, d]
+    out = out.reshape(b, n_patches, h, patch_size, d).permute(0, 2, 4, 1, 3).reshape(b, h, d, spare)
+    full = out.new_zeros(b, h, d, cells + 1)
+    full.scatter_(3, cell_of_slot[:, None, None, :].expand(b, h, d, spare), out)  # each active cell once
+    return full[..., :cells].reshape(q.shape)

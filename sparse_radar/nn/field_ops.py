@@ -5,6 +5,7 @@ from typing import Callable, Union
 
 import torch
 
+from ..kernels.segment import expand_segments
 from ..voxels import DenseVoxels, SparseVoxels
 
 Field = Union[SparseVoxels, DenseVoxels]
@@ -34,7 +35,7 @@ def map_values(x: Field, fn: Callable[[torch.Tensor], torch.Tensor]) -> Field:
 def per_sample(x: Field, rows: torch.Tensor) -> torch.Tensor:
     """Broadcast per-sample rows [B, C] to the field's layout ([N, C] or [B, C, 1, 1, 1])."""
     if isinstance(x, SparseVoxels):
-        return rows.index_select(0, x.coords[:, 0].long())
+        return expand_segments(rows, x.structure.sample_ids(), x.structure.row_ptr())
     return rows[:, :, None, None, None]
 
 
@@ -52,5 +53,5 @@ def cat_channels(a: Field, b: Field) -> Field:
 
 
 def sample_index(x: SparseVoxels) -> torch.Tensor:
-    """Sample (batch) index of each voxel, int64 [N]."""
-    return x.coords[:, 0].long()
+    """Sample (batch) index of each voxel, int64 [N] (cached on the structure)."""
+    return x.structure.sample_ids()

@@ -94,3 +94,16 @@ def test_group_norm_on_triton_matches_float64(groups, center, with_bias):
         results.append([t.double().cpu() for t in (out, rows.grad, w.grad) + (() if b is None else (b.grad,))])
     for ours, ref in zip(*results):
         torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_expand_segments_gradient():
+    from sparse_radar.kernels.segment import expand_segments
+    segment, row_ptr, u, _, _ = sorted_rows(counts=(5, 0, 7), channels=3)
+    rows = torch.randn(3, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda r: expand_segments(r, segment, row_ptr), (rows,))
+    grad = torch.randn(12, 3, device=DEVICE)
+    ours = rows.detach().float().requires_grad_(True)
+    with kernel_settings(backend="triton"):
+        expand_segments(ours, segment, row_ptr).backward(grad)
+    ref = torch.zeros(3, 3, dtype=torch.float64).index_add(0, segment.cpu(), grad.double().cpu())
+    torch.testing.assert_close(ours.grad.double().cpu(), ref, rtol=1e-6, atol=1e-6)

@@ -19,6 +19,11 @@ def tokens(seed=0, shape=(4, 6, 6), occupancy=(0.2, 0.35)):
 
 def both_paths(core, q, k, v, sv):
     """(sparse output, dense output read at the active voxels); the dense inputs hold garbage elsewhere."""
+    return core.sparse(q, k, v, sv), dense_at_active(core, q, k, v, sv)
+
+
+def dense_at_active(core, q, k, v, sv):
+    """The dense path's output read at the active voxels; the dense inputs hold garbage elsewhere."""
     b, (d0, h0, w0) = sv.batch_size, sv.spatial_shape
     c = sv.coords.long()
     g = torch.Generator().manual_seed(77)
@@ -28,7 +33,7 @@ def both_paths(core, q, k, v, sv):
         full[c[:, 0], c[:, 1], c[:, 2], c[:, 3]] = t
         dense.append(full.permute(0, 4, 5, 1, 2, 3))  # [B, h, d, D, H, W]
     out = core.dense(*dense, sv.to_dense().mask).permute(0, 3, 4, 5, 1, 2)
-    return core.sparse(q, k, v, sv), out[c[:, 0], c[:, 1], c[:, 2], c[:, 3]]
+    return out[c[:, 0], c[:, 1], c[:, 2], c[:, 3]]
 
 
 def check(core, q, k, v, sv, ref):
@@ -109,15 +114,40 @@ def test_window_softmax_with_relative_position_bias(shift):
     check(core, q, k, v, sv, ref)
 
 
-def test_serialized_attends_within_zorder_patches():
+@pytest.mark.parametrize("shifted", [False, True])
+def test_serialized_attends_within_zorder_patches(shifted):
+    """Both paths against patches cut from a Morton order computed here; shifted cuts move by half a patch."""
     sv, q, k, v = tokens(seed=3)
     c = sv.coords.tolist()
+    offset = 2 if shifted else 0
     patch = {}
     for b in (0, 1):
         rows = sorted((i for i in range(len(c)) if c[i][0] == b), key=lambda i: morton(*c[i][1:]))
-        patch.update({i: (b, rank // 5) for rank, i in enumerate(rows)})
+        patch.update({i: (b, (rank + offset) // 5) for rank, i in enumerate(rows)})
     ref = naive_softmax(q, k, v, lambda i, j: patch[i] == patch[j])
-    check(build_attention_core("serialized", HEADS, patch_size=5), q, k, v, sv, ref)
+    check(build_attention_core("serialized", HEADS, patch_size=5, shifted=shifted), q, k, v, sv, ref)
+
+
+def test_serialized_dense_path_does_not_build_sparse_tokens(monkeypatch):
+    """The dense path is a computation of its own: the sparse grouping is never called on the way."""
+    from sparse_radar.kernels import grouping
+    sv, q, k, v = tokens(seed=5)
+    core = build_attention_core("serialized", HEADS, patch_size=4)
+    expected = core.sparse(q, k, v, sv)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the dense path called the sparse grouping")
+    monkeypatch.setattr(grouping, "patch_ids", refuse)
+    monkeypatch.setattr(grouping, "bucketize", refuse)
+    torch.testing.assert_close(dense_at_active(core, q, k, v, sv), expected)
+
+
+def test_unet_alternates_serialized_patch_cuts():
+    from sparse_radar.models import UNet3D, create_tiny_unet_config
+    cfg = create_tiny_unet_config(attention_type="serialized", attention_resolutions=(1, 2, 4), patch_size=8)
+    offsets = [m.offset for m in UNet3D(cfg).modules() if type(m).__name__ == "SerializedAttention"]
+    assert len(offsets) > 2 and set(offsets) == {0, 4}
+    assert all(a != b for a, b in zip(offsets, offsets[1:]))
 
 
 def test_linear_attention_formula():
