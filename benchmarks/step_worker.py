@@ -96,6 +96,13 @@ def make_input(grid, batch: int, occupancy: float, pattern: str, channels: int, 
     return mask, data
 
 
+def launch_counts(events) -> dict:
+    """Kernel launches (CUDA runtime and driver launch calls: torch's kernels and Triton's) and aten calls."""
+    launches = sum(e.count for e in events if "LaunchKernel" in e.key)
+    aten = sum(e.count for e in events if e.key.startswith("aten::"))
+    return {"kernel_launches_per_step": launches, "aten_calls_per_step": aten}
+
+
 def build(preset: str, grid, overrides: dict) -> UNet3D:
     """The preset's model for this grid, 8 channels in, 4 out."""
     return UNet3D(PRESETS[preset](in_channels=8, out_channels=4, input_size=tuple(grid), **overrides))
@@ -121,8 +128,11 @@ def main(argv=None) -> int:
                    help="CPU: fixed glibc mmap threshold in bytes (see fix_mmap_threshold); 0: glibc's dynamic "
                         "default, whose peak RSS includes heap fragmentation")
     p.add_argument("--profile", action="store_true",
-                   help="after the timed steps, profile one more with torch.profiler and print its top operators "
-                        "to stderr")
+                   help="after the timed steps, profile one more with torch.profiler: its top operators go to "
+                        "stderr, its kernel launches (CUDA) and operator calls into the JSON")
+    p.add_argument("--field", choices=("fresh", "cached"), default="fresh",
+                   help="sparse path: fresh builds the field (and so its kernel maps) every step, as the trainer "
+                        "does with each batch; cached reuses one field and its maps")
     args = p.parse_args(argv)
     if args.steps < 1:
         p.error(f"--steps must be >= 1, got {args.steps}")
@@ -139,6 +149,9 @@ def main(argv=None) -> int:
     # sparse: the active voxels; dense: the plain dense model on the same data (what users run today)
     field = DenseVoxels(data, mask).to_sparse() if args.path == "sparse" else DenseVoxels(data)
     field = field.to(device)
+    fresh = args.path == "sparse" and args.field == "fresh"
+    if fresh:
+        feats, coords = field.feats, field.coords
     active = int(mask.sum())
     del mask, data
     labels = torch.zeros(args.batch, device=device)
@@ -152,7 +165,8 @@ def main(argv=None) -> int:
         base = current_rss()
 
     def step():
-        out = model(field, labels)
+        x = SparseVoxels(feats, coords, grid, args.batch) if fresh else field  # new structure: maps rebuilt
+        out = model(x, labels)
         values = out.feats if isinstance(out, SparseVoxels) else out.data
         values.float().square().mean().backward()
         opt.step()
@@ -177,17 +191,20 @@ def main(argv=None) -> int:
         if i:
             times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated() - base if device.type == "cuda" else peak_rss() - base
+    profile = {}
     if args.profile:  # one more step, not timed: the profiler's overhead stays out of the numbers above
         with attention_backend(), torch.profiler.profile() as prof:
             step()
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15), file=sys.stderr)
+        events = prof.key_averages()
+        print(events.table(sort_by="self_cpu_time_total", row_limit=15), file=sys.stderr)
+        profile = launch_counts(events)
     print(json.dumps({"preset": args.preset, "grid": list(grid), "batch": args.batch, "occupancy": args.occupancy,
                       "pattern": args.pattern, "path": args.path, "active_voxels": active,
                       "active_share": active / (args.batch * grid[0] * grid[1] * grid[2]),
                       "step_ms": statistics.median(times) * 1e3, "timed_steps": len(times),
                       "peak_bytes": peak,
                       "params": sum(p.numel() for p in model.parameters()), "device": str(device),
-                      "mmap_threshold": args.mmap_threshold if fixed else 0}))
+                      "mmap_threshold": args.mmap_threshold if fixed else 0, "field": args.field, **profile}))
     return 0
 
 

@@ -64,14 +64,14 @@ def available_bytes(device: str = "cpu") -> int:
 
 
 def run_one(preset, grid, batch, occupancy, pattern, path, steps, timeout, precision, mmap_threshold,
-            execute: bool = True, time_budget: float = 0.0, device: str = "cpu") -> dict:
+            execute: bool = True, time_budget: float = 0.0, device: str = "cpu", field: str = "fresh") -> dict:
     """One worker process; a row describing the result, a non-fit or a time-out ("not run" unless execute)."""
     overrides = {} if precision == "preset" else {"use_fp16": False, "use_checkpoint": False}
     cfg = PRESETS[preset](in_channels=8, out_channels=4, input_size=grid, **overrides)
     est = estimate(cfg, grid, batch, occupancy, path)
     row = {"preset": preset, "grid": list(grid), "batch": batch, "occupancy": occupancy, "pattern": pattern,
            "path": path, "estimated_bytes": est.step_peak, "precision": precision,
-           "mmap_threshold": mmap_threshold, "device": device}
+           "mmap_threshold": mmap_threshold, "device": device, "field": field if path == "sparse" else None}
     if est.total > 0.9 * available_bytes(device):
         return {**row, "status": f"does not fit: estimated {est.total / 1e9:.1f} GB"}
     if not execute:
@@ -79,7 +79,7 @@ def run_one(preset, grid, batch, occupancy, pattern, path, steps, timeout, preci
     cmd = [sys.executable, "-m", "benchmarks.step_worker", "--preset", preset, "--grid", ",".join(map(str, grid)),
            "--batch", str(batch), "--occupancy", str(occupancy), "--pattern", pattern, "--path", path,
            "--steps", str(steps), "--overrides", json.dumps(overrides), "--mmap-threshold", str(mmap_threshold),
-           "--time-budget", str(time_budget), "--device", device]
+           "--time-budget", str(time_budget), "--device", device, "--field", field]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -91,11 +91,13 @@ def run_one(preset, grid, batch, occupancy, pattern, path, steps, timeout, preci
     return {**row, **json.loads(done.stdout), "status": "ok"}
 
 
-def row_key(preset, grid, batch, occupancy, pattern, path, precision, mmap_threshold, device="cpu") -> tuple:
-    """Cache key of a measurement; the plain dense model costs the same at any occupancy and pattern."""
+def row_key(preset, grid, batch, occupancy, pattern, path, precision, mmap_threshold, device="cpu",
+            field="fresh") -> tuple:
+    """Cache key of a measurement; the plain dense model costs the same at any occupancy and pattern and has
+    no sparse field to build."""
     if path == "dense":
-        occupancy, pattern = None, None
-    return (preset, tuple(grid), batch, occupancy, pattern, path, precision, mmap_threshold, device)
+        occupancy, pattern, field = None, None, None
+    return (preset, tuple(grid), batch, occupancy, pattern, path, precision, mmap_threshold, device, field)
 
 
 def read_rows(path: str) -> List[dict]:
@@ -124,7 +126,8 @@ def load_rows(*paths: str) -> dict:
         for r in read_rows(path):
             if r.get("status") == "ok" or timed_out(r):
                 cache[row_key(r["preset"], r["grid"], r["batch"], r["occupancy"], r["pattern"], r["path"],
-                              r["precision"], r.get("mmap_threshold", 0), r.get("device", "cpu"))] = r
+                              r["precision"], r.get("mmap_threshold", 0), r.get("device", "cpu"),
+                              r.get("field", "cached"))] = r  # rows before the --field option reused one field
     return cache
 
 
@@ -202,6 +205,9 @@ def main(argv=None) -> int:
                    help="CPU allocator setting of the workers (benchmarks.step_worker); 0: glibc's dynamic default")
     add_device_argument(p, "where the workers run (peak memory on cuda: torch.cuda.max_memory_allocated above the "
                            "idle baseline)")
+    p.add_argument("--field", choices=("fresh", "cached"), default="fresh",
+                   help="sparse path: fresh builds each step's field and kernel maps, as the trainer does; cached "
+                        "reuses one field (the kernel-map cost left out)")
     p.add_argument("--out", default="bench_out")
     p.add_argument("--reuse", action="append", default=[],
                    help="a log (its JSON lines) or JSON report of an earlier run, repeatable: measured rows are "
@@ -216,7 +222,7 @@ def main(argv=None) -> int:
     results = []
     for preset, grid, batch, occ, pattern in SETS[args.set]:
         keys = {path: row_key(preset, grid, batch, occ, pattern, path, args.precision, args.mmap_threshold,
-                              args.device) for path in ("dense", "sparse")}
+                              args.device, args.field) for path in ("dense", "sparse")}
         if args.report_only and not any(k in cache for k in keys.values()):
             continue
         for path in ("dense", "sparse"):
@@ -224,7 +230,7 @@ def main(argv=None) -> int:
             # a row that timed out is an answer for the same or a shorter time-out, not for a longer one
             if row is None or (not args.report_only and 0 < timed_out(row) < args.timeout):
                 row = run_one(preset, grid, batch, occ, pattern, path, args.steps, args.timeout, args.precision,
-                              args.mmap_threshold, not args.report_only, args.time_budget, args.device)
+                              args.mmap_threshold, not args.report_only, args.time_budget, args.device, args.field)
             if row.get("status") == "ok" or timed_out(row):
                 cache[keys[path]] = row
             print(json.dumps(row), flush=True)

@@ -44,7 +44,9 @@ def test_step_worker_profile_goes_to_stderr_and_keeps_the_json():
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout)["timed_steps"] == 1
-    assert "Self CPU" in done.stderr and "SparseConvFunction" in done.stderr
+    assert "Self CPU" in done.stderr and "TorchSparseConv" in done.stderr
+    row = json.loads(done.stdout)
+    assert row["aten_calls_per_step"] > 100 and row["kernel_launches_per_step"] == 0  # no CUDA here
 
 
 def test_unet_sweep_covers_every_value_the_issue_names():
@@ -79,8 +81,11 @@ def test_unet_rows_reuse_dense_measurements(tmp_path):
     report = tmp_path / "report.json"
     report.write_text(json.dumps({"machine": {}, "results": [{**sparse, "batch": 4, "timed_steps": 1}]}, indent=2))
     both = load_rows(str(log), str(report))
-    assert both[row_key("tiny", (8, 16, 16), 4, 0.01, "random", "sparse", "preset", 0)]["timed_steps"] == 1
-    assert row_key("tiny", (8, 16, 16), 1, 0.01, "random", "sparse", "preset", 0) in both
+    # rows without a field setting reused one field (before --field): they answer for cached, not fresh
+    assert both[row_key("tiny", (8, 16, 16), 4, 0.01, "random", "sparse", "preset", 0, "cpu", "cached")][
+        "timed_steps"] == 1
+    assert row_key("tiny", (8, 16, 16), 1, 0.01, "random", "sparse", "preset", 0, "cpu", "cached") in both
+    assert row_key("tiny", (8, 16, 16), 1, 0.01, "random", "sparse", "preset", 0, "cpu", "fresh") not in both
 
 
 def test_unet_timed_out_dense_rows_are_reused_and_bound_the_speed_up(tmp_path):
@@ -129,7 +134,9 @@ def test_unet_report_only_tabulates_a_partial_sweep(tmp_path):
     log.write_text(json.dumps({**base, "path": "dense", "step_ms": 900.0, "peak_bytes": 4e8, "estimated_bytes": 3e8})
                    + "\n" + json.dumps({**base, "path": "sparse", "step_ms": 9.0, "peak_bytes": 2e7,
                                         "estimated_bytes": 3e7, "active_share": 0.005}) + "\n")
-    run("benchmarks.unet", "--set", "sweep", "--reuse", str(log), "--report-only", "--out", str(tmp_path))
+    # a log from before --field reused one field: it is tabulated as --field cached
+    run("benchmarks.unet", "--set", "sweep", "--reuse", str(log), "--report-only", "--field", "cached", "--out",
+        str(tmp_path))
     text = (tmp_path / "unet_sweep.md").read_text()
     assert text.startswith("UNet training step, dense vs sparse, CPU")
     rows = [r for r in text.splitlines() if r.startswith("|")][2:]  # past the table's header
@@ -156,3 +163,27 @@ def test_ablation_rejects_unknown_paths():
     from benchmarks.ablation import main
     with pytest.raises(SystemExit):
         main(["--paths", "dense,voxel"])
+
+
+def test_conv_cases_measure_each_library_in_its_own_process(tmp_path):
+    """Tiny versions of the fixed cases: rows per library, and a library over its time limit is reported."""
+    run("benchmarks.conv_cases", "--device", "cpu", "--scale", "0.02", "--repeats", "1", "--cases", "scene",
+        "--libraries", "torch,dense", "--precisions", "fp32", "--out", str(tmp_path))
+    rows = json.loads((tmp_path / "conv_cases.json").read_text())["results"]
+    assert [r["library"] for r in rows] == ["torch", "dense"]
+    assert all(r["status"] == "ok" and r["fwd_bwd_ms"] > 0 and r["voxels"] == rows[0]["voxels"] > 0 for r in rows)
+    run("benchmarks.conv_cases", "--device", "cpu", "--scale", "0.02", "--cases", "published", "--libraries",
+        "torch", "--precisions", "fp32", "--timeout", "0.01", "--out", str(tmp_path))
+    row = json.loads((tmp_path / "conv_cases.json").read_text())["results"][0]
+    assert row["status"] == "no result in 0 s" or row["status"].startswith("no result in")
+
+
+def test_wall_sites_are_unique_sorted_and_about_the_target():
+    import torch
+
+    from benchmarks.conv_cases import wall_sites
+    from sparse_radar.kernels import linear_keys
+    coords = wall_sites((16, 64, 64), 3000, torch.Generator().manual_seed(0))
+    keys = linear_keys(coords, (16, 64, 64))
+    assert coords.shape[0] == 3000 and bool((keys[1:] > keys[:-1]).all())
+    assert int((coords[:, 1] == 0).sum()) >= 500  # the ground layer (a third of the target, some dropped)
