@@ -187,3 +187,13 @@ def test_wall_sites_are_unique_sorted_and_about_the_target():
     keys = linear_keys(coords, (16, 64, 64))
     assert coords.shape[0] == 3000 and bool((keys[1:] > keys[:-1]).all())
     assert int((coords[:, 1] == 0).sum()) >= 500  # the ground layer (a third of the target, some dropped)
+
+
+def test_gpu_check_parts_report_a_failing_command(tmp_path):
+    """A part whose command fails (output piped through tail) makes the script's status non-zero."""
+    script = os.path.join(ROOT, "benchmarks", "gpu_check.sh")
+    code = (f'set -uo pipefail; source <(sed -n "/^part() {{/,/^}}/p" "{script}"); OUT="{tmp_path}"; status=0; '
+            'part ok 5 true; echo "after ok $status"; part bad 5 bash -c "echo out; exit 3"; echo "after bad $status"')
+    done = subprocess.run(["bash", "-c", code], capture_output=True, text=True, timeout=60)
+    assert "after ok 0" in done.stdout and "after bad 1" in done.stdout, done.stdout + done.stderr
+    assert "exit 3" in (tmp_path / "bad.txt").read_text() and "out" in (tmp_path / "bad.txt").read_text()
