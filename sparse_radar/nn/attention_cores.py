@@ -140,16 +140,19 @@ class LinearAttention(nn.Module):
     """`linear`: O(N) kernel attention with feature map elu(x) + 1, per sample (Katharopoulos et al. 2020)."""
 
     def sparse(self, q, k, v, x: SparseVoxels) -> torch.Tensor:
-        """[N, h, d] outputs."""
-        fq, fk = F.elu(q) + 1, F.elu(k) + 1
-        outs = []
-        for lo, hi in _sample_slices(x):
-            kv = torch.einsum("nhd,nhe->hde", fk[lo:hi], v[lo:hi])  # [h, d, e]
-            z = fk[lo:hi].sum(0)  # [h, d]
-            num = torch.einsum("nhd,hde->nhe", fq[lo:hi], kv)
-            den = torch.einsum("nhd,hd->nh", fq[lo:hi], z)[..., None]
-            outs.append(num / den.clamp_min(1e-6))
-        return torch.cat(outs) if outs else q.clone()
+        """[N, h, d] outputs; every sample at once over padded per-sample buckets (no loop over samples)."""
+        if q.shape[0] == 0:
+            return q.clone()
+        index, valid = grouping.bucketize(x.structure.sample_ids())  # [S, L]: rows of each non-empty sample
+        flat = index.clamp_min(0).reshape(-1)
+        keep = valid[:, :, None, None]
+        fq, fk, vv = ((grouping.gather_rows(t, flat).view(*index.shape, *t.shape[1:])) for t in (q, k, v))
+        fq, fk = F.elu(fq) + 1, (F.elu(fk) + 1) * keep.to(fk.dtype)  # padded keys contribute nothing
+        kv = torch.einsum("slhd,slhe->shde", fk, vv)  # [S, h, d, e]
+        num = torch.einsum("slhd,shde->slhe", fq, kv)
+        den = torch.einsum("slhd,shd->slh", fq, fk.sum(1))[..., None]
+        rows = (num / den.clamp_min(1e-6))[valid]  # [N, h, e] in bucket order
+        return torch.zeros_like(q).index_copy(0, index[valid], rows)
 
     def dense(self, q, k, v, mask) -> torch.Tensor:
         """[B, h, d, D, H, W] outputs."""

@@ -150,8 +150,9 @@ def test_unet_alternates_serialized_patch_cuts():
     assert all(a != b for a, b in zip(offsets, offsets[1:]))
 
 
-def test_linear_attention_formula():
-    sv, q, k, v = tokens(seed=4)
+@pytest.mark.parametrize("occupancy", [(0.2, 0.35), (0.0, 0.3)])  # the second batch has an empty sample
+def test_linear_attention_formula(occupancy):
+    sv, q, k, v = tokens(seed=4, occupancy=occupancy)
     phi = lambda t: torch.nn.functional.elu(t) + 1
     c = sv.coords.tolist()
     ref = torch.zeros_like(q)
