@@ -19,6 +19,8 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
+from sparse_radar.kernels import keys_to_coords
+
 from .common import add_device_argument, check_device, device_name, machine, markdown_table, median_ms, write_report
 
 CASES = {
@@ -60,7 +62,6 @@ def wall_sites(grid, target: int, generator: torch.Generator) -> torch.Tensor:
     first = torch.full((unique.numel(),), flat.numel(), dtype=torch.int64)
     first.scatter_reduce_(0, inverse, torch.arange(flat.numel()), reduce="amin")
     unique = unique[torch.argsort(first)[:target]]  # the first `target` voxels placed: the last wall is cut short
-    from sparse_radar.kernels import keys_to_coords
     return keys_to_coords(torch.sort(unique).values, grid)
 
 

@@ -94,10 +94,14 @@ def resolve_backend(requested: Optional[str] = None, tensor: Optional[torch.Tens
     return name
 
 
+def backend_module(backend: str, part: str = ""):
+    """The backend's package (or its module `part`), imported on first use."""
+    return importlib.import_module(f"{__package__}.{backend}" + (f".{part}" if part else ""))
+
+
 def conv_op(backend: str, kind: str):
-    """The autograd op of `backend` for `kind` ("conv" or "depthwise"), imported on first use."""
-    module = importlib.import_module(f"{__package__}.{backend}")
-    return getattr(module, {"conv": "SPARSE_CONV", "depthwise": "DEPTHWISE_CONV"}[kind])
+    """The autograd op of `backend` for `kind` ("conv" or "depthwise")."""
+    return getattr(backend_module(backend), {"conv": "SPARSE_CONV", "depthwise": "DEPTHWISE_CONV"}[kind])
 
 
 @contextlib.contextmanager

@@ -5,6 +5,8 @@ from typing import Sequence, Tuple
 
 import torch
 
+from .backends import current
+
 
 def bucketize(group_id: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Rows grouped by id into padded buckets: index [G, L] (row or -1) and valid [G, L], without a loop."""
@@ -100,7 +102,6 @@ class _DeterministicGather(torch.autograd.Function):
 def gather_rows(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """src.index_select(0, index) [len(index), ...]; with deterministic kernel settings on CUDA, a backward
     that gives the same bits every run (on a CPU index_add_ already does)."""
-    from .backends import current
     if src.is_cuda and current().deterministic and torch.is_grad_enabled() and src.requires_grad:
         return _DeterministicGather.apply(src, index)
     return src.index_select(0, index)

@@ -53,9 +53,7 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _backend_module(tensor: torch.Tensor):
-    import importlib
-    name = backends.resolve_backend(backends.current().backend, tensor)
-    return importlib.import_module(f"{__package__}.{name}.segment")
+    return backends.backend_module(backends.resolve_backend(backends.current().backend, tensor), "segment")
 
 
 class _ExpandSegments(torch.autograd.Function):

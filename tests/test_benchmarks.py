@@ -175,7 +175,7 @@ def test_conv_cases_measure_each_library_in_its_own_process(tmp_path):
     run("benchmarks.conv_cases", "--device", "cpu", "--scale", "0.02", "--cases", "published", "--libraries",
         "torch", "--precisions", "fp32", "--timeout", "0.01", "--out", str(tmp_path))
     row = json.loads((tmp_path / "conv_cases.json").read_text())["results"][0]
-    assert row["status"] == "no result in 0 s" or row["status"].startswith("no result in")
+    assert row["status"] == "no result in 0 s"
 
 
 def test_wall_sites_are_unique_sorted_and_about_the_target():

@@ -1,7 +1,7 @@
 """Torch backend: gather-GEMM-scatter sparse convolution with an explicit, chunked backward."""
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import torch
 

@@ -9,12 +9,7 @@ import triton
 from .. import backends
 from ..kernel_map import KernelMap
 from .conv_kernels import depthwise_kernel, depthwise_weight_grad_kernel, implicit_gemm_kernel, weight_grad_kernel
-
-TARGET_PROGRAMS = 1024  # split the rows of dW so that about this many programs run at once
-
-
-def _pow2_block(size: int, low: int, high: int) -> int:
-    return max(low, min(high, triton.next_power_of_2(max(int(size), 1))))
+from .launch import interpreted_bf16, out_buffer, pow2_block, row_splits
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -24,55 +19,37 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
-def _upcast(dtype: torch.dtype) -> bool:
-    """bf16 in the CPU interpreter: its bf16 dot is wrong and its bf16 stores truncate, so multiply and store
-    in fp32 there and round with torch (round-to-nearest-even, as a GPU's conversion does)."""
-    return dtype == torch.bfloat16 and backends.triton_interpreting()
-
-
-def _out_buffer(n: int, c: int, like: torch.Tensor) -> torch.Tensor:
-    return torch.empty(n, c, dtype=torch.float32 if _upcast(like.dtype) else like.dtype, device=like.device)
-
-
 def implicit_gemm(x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor, n_out: int,
                   bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """out[o] = sum_k x[table[o, k]] @ weight[k] (+ bias): x [N_in, Cin], weight [K, Cin, Cout] -> [n_out, Cout]."""
     c_in, c_out = weight.shape[1], weight.shape[2]
-    out = _out_buffer(n_out, c_out, x)
+    out = out_buffer(n_out, c_out, x.dtype, x.device)
     if n_out == 0:
         return out.to(x.dtype)
-    block_ci = _pow2_block(c_in, 16, 64)
-    block_co = _pow2_block(c_out, 16, 64)
+    block_ci = pow2_block(c_in, 16, 64)
+    block_co = pow2_block(c_out, 16, 64)
     block_n = 64 if n_out >= 64 * 256 else 32
     grid = (triton.cdiv(n_out, block_n), triton.cdiv(c_out, block_co))
     implicit_gemm_kernel[grid](
         x, weight, table, bias if bias is not None else x, out, n_out, c_in, c_out, table.shape[1],
         weight.stride(0), weight.stride(1), weight.stride(2),
-        HAS_BIAS=bias is not None, PRECISION=_precision(x.dtype), UPCAST=_upcast(x.dtype),
+        HAS_BIAS=bias is not None, PRECISION=_precision(x.dtype), UPCAST=interpreted_bf16(x.dtype),
         BLOCK_N=block_n, BLOCK_CI=block_ci, BLOCK_CO=block_co)
     return out.to(x.dtype)
-
-
-def _splits(n_rows: int, block_n: int, tiles: int) -> int:
-    """Rows per split of a reduction over n_rows, a multiple of block_n, so about TARGET_PROGRAMS run."""
-    want = max(1, TARGET_PROGRAMS // max(tiles, 1))
-    per = triton.cdiv(max(n_rows, 1), want)
-    return triton.cdiv(per, block_n) * block_n
 
 
 def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """dW[k] = sum_o x[table[o, k]]^T @ grad_out[o], fp32 [K, Cin, Cout]; deterministic (partials, one sum)."""
     k, c_in, c_out = table.shape[1], x.shape[1], grad_out.shape[1]
-    block_ci = _pow2_block(c_in, 16, 64)
-    block_co = _pow2_block(c_out, 16, 64)
+    block_ci = pow2_block(c_in, 16, 64)
+    block_co = pow2_block(c_out, 16, 64)
     block_n = 32
     tiles = k * triton.cdiv(c_in, block_ci) * triton.cdiv(c_out, block_co)
-    per = _splits(table.shape[0], block_n, tiles)
-    n_split = max(1, triton.cdiv(table.shape[0], per))
+    per, n_split = row_splits(table.shape[0], block_n, tiles)
     partial = torch.empty(n_split, k, c_in, c_out, dtype=torch.float32, device=x.device)
     grid = (k, triton.cdiv(c_in, block_ci) * triton.cdiv(c_out, block_co), n_split)
     weight_grad_kernel[grid](x, grad_out, table, partial, table.shape[0], c_in, c_out, k, per,
-                             PRECISION=_precision(x.dtype), UPCAST=_upcast(x.dtype), BLOCK_N=block_n, BLOCK_CI=block_ci, BLOCK_CO=block_co)
+                             PRECISION=_precision(x.dtype), UPCAST=interpreted_bf16(x.dtype), BLOCK_N=block_n, BLOCK_CI=block_ci, BLOCK_CO=block_co)
     return partial.sum(0) if n_split > 1 else partial[0]
 
 
@@ -107,10 +84,10 @@ class TritonSparseConv(torch.autograd.Function):
 def depthwise(x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor, n_out: int) -> torch.Tensor:
     """out[o, c] = sum_k x[table[o, k], c] * weight[k, c] -> [n_out, C] in x's dtype."""
     channels = x.shape[1]
-    out = _out_buffer(n_out, channels, x)
+    out = out_buffer(n_out, channels, x.dtype, x.device)
     if n_out == 0:
         return out.to(x.dtype)
-    block_c = _pow2_block(channels, 16, 128)
+    block_c = pow2_block(channels, 16, 128)
     grid = (triton.cdiv(n_out, 64), triton.cdiv(channels, block_c))
     depthwise_kernel[grid](x, weight.contiguous(), table, out, n_out, channels, table.shape[1],
                            BLOCK_N=64, BLOCK_C=block_c)
@@ -120,10 +97,9 @@ def depthwise(x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor, n_out:
 def depthwise_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """dW[k, c] = sum_o x[table[o, k], c] * grad_out[o, c], fp32 [K, C]; deterministic."""
     k, channels = table.shape[1], x.shape[1]
-    block_c = _pow2_block(channels, 16, 128)
+    block_c = pow2_block(channels, 16, 128)
     tiles = k * triton.cdiv(channels, block_c)
-    per = _splits(table.shape[0], 32, tiles)
-    n_split = max(1, triton.cdiv(table.shape[0], per))
+    per, n_split = row_splits(table.shape[0], 32, tiles)
     partial = torch.empty(n_split, k, channels, dtype=torch.float32, device=x.device)
     depthwise_weight_grad_kernel[(k, triton.cdiv(channels, block_c), n_split)](
         x, grad_out, table, partial, table.shape[0], channels, k, per, BLOCK_N=32, BLOCK_C=block_c)

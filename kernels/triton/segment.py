@@ -6,14 +6,8 @@ from typing import Optional, Tuple
 import torch
 import triton
 
-from .. import backends
+from .launch import out_buffer, pow2_block, row_splits
 from .segment_kernels import segment_affine_kernel, sorted_segment_sums_kernel
-
-TARGET_PROGRAMS = 1024
-
-
-def _block_c(channels: int) -> int:
-    return max(16, min(128, triton.next_power_of_2(max(channels, 1))))
 
 
 def sorted_segment_sums(u, row_ptr, segment, v, shift, shift_u, deterministic) -> Tuple[torch.Tensor,
@@ -21,11 +15,9 @@ def sorted_segment_sums(u, row_ptr, segment, v, shift, shift_u, deterministic) -
     """See kernels.segment.sorted_segment_sums (always deterministic here)."""
     n, channels = u.shape
     n_seg = row_ptr.numel() - 1
-    block_c = _block_c(channels)
+    block_c = pow2_block(channels, 16, 128)
     col_tiles = triton.cdiv(channels, block_c)
-    want = max(1, TARGET_PROGRAMS // max(n_seg * col_tiles, 1))
-    per = triton.cdiv(triton.cdiv(max(n, 1), want), 32) * 32
-    n_split = max(1, triton.cdiv(n, per))
+    per, n_split = row_splits(n, 32, n_seg * col_tiles)
     sum_a = torch.empty(n_split, n_seg, channels, dtype=torch.float32, device=u.device)
     sum_ab = torch.empty_like(sum_a) if v is not None else sum_a
     if n_seg:
@@ -40,10 +32,9 @@ def sorted_segment_sums(u, row_ptr, segment, v, shift, shift_u, deterministic) -
 def segment_affine(u, scale, offset, segment, v, v_scale, out_dtype) -> torch.Tensor:
     """See kernels.segment.segment_affine."""
     n, channels = u.shape
-    interpreted_bf16 = out_dtype == torch.bfloat16 and backends.triton_interpreting()  # its bf16 stores truncate
-    out = torch.empty(n, channels, dtype=torch.float32 if interpreted_bf16 else out_dtype, device=u.device)
+    out = out_buffer(n, channels, out_dtype, u.device)
     if n:
-        block_c = _block_c(channels)
+        block_c = pow2_block(channels, 16, 128)
         segment_affine_kernel[(triton.cdiv(n, 32), triton.cdiv(channels, block_c))](
             u, scale, offset, segment, v if v is not None else u, v_scale if v_scale is not None else scale, out,
             n, channels, HAS_V=v is not None, BLOCK_N=32, BLOCK_C=block_c)

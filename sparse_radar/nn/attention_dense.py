@@ -6,7 +6,7 @@ compute what the sparse paths compute over the active voxels; outputs at inactiv
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -69,3 +69,12 @@ def test_table_transposed_table_and_pairs_hold_the_same_pairs(name):
 def test_a_map_needs_one_form():
     with pytest.raises(ValueError, match="table"):
         KernelMap(1, 1, 1)
+
+
+def test_deterministic_gather_backward_sums_repeated_rows():
+    """The gather deterministic mode uses on CUDA (run here on the CPU): gradients against float64 gradcheck."""
+    from sparse_radar.kernels.grouping import _DeterministicGather
+    src = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    index = torch.tensor([4, 0, 4, 4, 2, 0])  # rows 0 and 4 repeat, rows 1 and 3 unused
+    assert torch.autograd.gradcheck(lambda s: _DeterministicGather.apply(s, index), (src,))
+    torch.testing.assert_close(_DeterministicGather.apply(src, index), src.index_select(0, index))

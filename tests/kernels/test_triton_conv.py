@@ -59,16 +59,17 @@ def test_channel_tiles_and_row_splits():
     for what, a, b in zip(("out", "dX", "dW", "dbias"), ours, ref):
         assert_close_scaled(a, b, TOLERANCE[torch.float32], what)
     from sparse_radar.kernels.triton import conv as tconv
+    from sparse_radar.kernels.triton import launch
     x = feats.float().to(DEVICE)
     g = grad.float().to(DEVICE)
     one_split = tconv.weight_grad(x, g, kmap.table)
-    old = tconv.TARGET_PROGRAMS
+    old = launch.TARGET_PROGRAMS
     try:
-        tconv.TARGET_PROGRAMS = 10 ** 6  # as many splits as row blocks
+        launch.TARGET_PROGRAMS = 10 ** 6  # as many splits as row blocks
         many = tconv.weight_grad(x, g, kmap.table)
         again = tconv.weight_grad(x, g, kmap.table)
     finally:
-        tconv.TARGET_PROGRAMS = old
+        launch.TARGET_PROGRAMS = old
     torch.testing.assert_close(many, one_split, rtol=1e-5, atol=1e-5)
     assert torch.equal(many, again)  # partials and one sum: no atomics, bitwise repeatable
 

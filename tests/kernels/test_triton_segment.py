@@ -49,16 +49,16 @@ def test_sorted_segment_sums(backend, deterministic, dtype, shift_u):
 
 
 def test_segment_sums_split_over_many_programs_are_bitwise_repeatable():
-    from sparse_radar.kernels.triton import segment as tseg
+    from sparse_radar.kernels.triton import launch
     segment, row_ptr, u, v, shift = sorted_rows(counts=(300, 1, 150), channels=40)
-    old = tseg.TARGET_PROGRAMS
+    old = launch.TARGET_PROGRAMS
     try:
-        tseg.TARGET_PROGRAMS = 10 ** 5
+        launch.TARGET_PROGRAMS = 10 ** 5
         with kernel_settings(backend="triton"):
             first = sorted_segment_sums(u, row_ptr, segment, v=v, shift=shift)
             again = sorted_segment_sums(u, row_ptr, segment, v=v, shift=shift)
     finally:
-        tseg.TARGET_PROGRAMS = old
+        launch.TARGET_PROGRAMS = old
     ref_a, ref_ab = exact_sums(u, v, shift, segment, False)
     torch.testing.assert_close(first[1].double().cpu(), ref_ab, rtol=1e-5, atol=1e-4)
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])

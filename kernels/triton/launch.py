@@ -1,0 +1,34 @@
+"""Launch settings shared by the Triton kernels: tile sizes, row splits of reductions, interpreter bf16."""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import triton
+
+from .. import backends
+
+TARGET_PROGRAMS = 1024  # split the rows of a reduction so that about this many programs run at once
+
+
+def pow2_block(size: int, low: int, high: int) -> int:
+    """The power of two >= size, clamped to [low, high] (tl.dot needs tiles of at least 16)."""
+    return max(low, min(high, triton.next_power_of_2(max(int(size), 1))))
+
+
+def row_splits(n_rows: int, block_n: int, tiles: int) -> Tuple[int, int]:
+    """(rows per split, a multiple of block_n; number of splits) so that tiles * splits ~ TARGET_PROGRAMS."""
+    want = max(1, TARGET_PROGRAMS // max(tiles, 1))
+    per = triton.cdiv(triton.cdiv(max(n_rows, 1), want), block_n) * block_n
+    return per, max(1, triton.cdiv(n_rows, per))
+
+
+def interpreted_bf16(dtype: torch.dtype) -> bool:
+    """bf16 in the CPU interpreter: its bf16 dot is wrong and its bf16 stores truncate, so kernels multiply and
+    store in fp32 there and torch rounds (to nearest even, as a GPU's conversion does)."""
+    return dtype == torch.bfloat16 and backends.triton_interpreting()
+
+
+def out_buffer(n: int, c: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """An [n, c] output of dtype, fp32 where interpreted_bf16 (finish with .to(dtype))."""
+    return torch.empty(n, c, dtype=torch.float32 if interpreted_bf16(dtype) else dtype, device=device)
