@@ -48,10 +48,62 @@ class GridSpec:
         inside = np.all((idx >= 0) & (idx < np.array(self.counts_xyz)), axis=1)
         return idx[:, [2, 0, 1]], inside
 
+    def voxel_index(self, xyz: np.ndarray) -> np.ndarray:
+        """Integer (z, x, y) voxel of each point [N, 3], inside the range or not."""
+        return self.voxel_coords(xyz)[0]
+
     def voxel_centers(self, coords_zxy: np.ndarray) -> np.ndarray:
         """Metric centres [N, 3] (x, y, z) of voxels given as (z, x, y)."""
         c = np.asarray(coords_zxy, dtype=np.float64)[:, [1, 2, 0]]
         return np.array(self.point_range[:3]) + (c + 0.5) * np.array(self.voxel_size)
 
+    @property
+    def diagonal(self) -> float:
+        """Length of the range's diagonal in metres (the farthest two points of the grid can be)."""
+        r = self.point_range
+        return float(np.linalg.norm([r[3] - r[0], r[4] - r[1], r[5] - r[2]]))
+
+    def to_dict(self) -> dict:
+        """Plain dict (JSON and checkpoint safe)."""
+        return {"point_range": list(self.point_range), "voxel_size": list(self.voxel_size)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "GridSpec":
+        """From to_dict's output."""
+        return cls(tuple(values["point_range"]), tuple(values["voxel_size"]))
+
+    @classmethod
+    def index_units(cls, shape) -> "GridSpec":
+        """A grid of unit voxels at the origin with shape (D, H, W): positions in voxel indices."""
+        d, h, w = (int(v) for v in shape)
+        return cls((0.0, 0.0, 0.0, float(h), float(w), float(d)), (1.0, 1.0, 1.0))
+
 
 NTU4DRADLM_GRID = GridSpec((0.0, -20.0, -6.0, 120.0, 20.0, 10.0), (0.2, 0.2, 0.2))  # 600 x 200 x 80 (x, y, z)
+# --grid names: today's default 8x64x64 at 0.8 m; the reference's downsampled 32x128x128 of the NTU4DRadLM range;
+# that range at its native 0.2 m (80x600x200). Shapes are (D, H, W) = (z, x, y).
+NAMED_GRIDS = {
+    "default": GridSpec(),
+    "reference": GridSpec(NTU4DRADLM_GRID.point_range, (120.0 / 128, 40.0 / 128, 16.0 / 32)),
+    "native": NTU4DRADLM_GRID,
+}
+
+
+def parse_grid(text: str) -> GridSpec:
+    """A --grid value: a name of NAMED_GRIDS, or 'x0,y0,z0,x1,y1,z1@v' / '...@vx,vy,vz' (metres)."""
+    text = str(text).strip()
+    if text in NAMED_GRIDS:
+        return NAMED_GRIDS[text]
+    usage = (f"--grid must be one of {', '.join(NAMED_GRIDS)} or bounds and voxel size as "
+             f"'x0,y0,z0,x1,y1,z1@size' or '...@vx,vy,vz' (metres), got {text!r}")
+    if text.count("@") != 1:
+        raise ValueError(usage)
+    bounds, size = text.split("@")
+    try:
+        r = tuple(float(v) for v in bounds.split(","))
+        v = tuple(float(s) for s in size.split(","))
+    except ValueError:
+        raise ValueError(usage) from None
+    if len(r) != 6 or len(v) not in (1, 3):
+        raise ValueError(usage)
+    return GridSpec(r, v * 3 if len(v) == 1 else v)

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Optional, Sequence
 
 from ..data.datasets import DATA_FORMATS
+from ..data.grid import NAMED_GRIDS, GridSpec, parse_grid
 from ..data.support import SUPPORT_TYPES
 from ..models.config import PRESETS, UNetConfig, dataclass_from_dict
 from ..nn.attention import ATTENTION_TYPES
@@ -47,6 +48,7 @@ class TrainConfig:
     batch_size: int = 2
     data: str = "synthetic"
     data_format: str = "reference"
+    grid: str = "default"
     train_size: int = 64
     support: str = "radar_dilated"
     support_radius: str = "1,2,2"
@@ -97,6 +99,11 @@ class TrainConfig:
             raise ValueError("--out must name a folder, got an empty string")
         self.ema_rates()
         self.radius()
+        self.grid_spec()
+
+    def grid_spec(self) -> GridSpec:
+        """The metric grid --grid names (for voxel folders, whose files fix the shape, see Trainer)."""
+        return parse_grid(self.grid)
 
     def ema_rates(self):
         """EMA decay rates, e.g. '0.999,0.9999' -> [0.999, 0.9999]."""
@@ -159,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
         "overwrite": "replace the run at --out, or cut a resumed run back to the checkpoint's step",
         "grad_clip": "clip the gradient norm to this value; 0 = no clipping",
         "train_size": "synthetic scans in the training split",
+        "grid": f"voxel grid: {', '.join(NAMED_GRIDS)} (8x64x64 at 0.8 m, 32x128x128, 80x600x200 at 0.2 m) or "
+                "'x0,y0,z0,x1,y1,z1@voxel' in metres; recorded in the checkpoint",
     }
     for f in fields(TrainConfig):
         kind = {"Optional[int]": int, "int": int, "Optional[float]": float, "float": float}.get(str(f.type), str)

@@ -28,16 +28,17 @@ def _panel(mask2d: np.ndarray, shade: np.ndarray, color: Sequence[int], scale: S
     return np.repeat(np.repeat(img, scale[0], axis=0), scale[1], axis=1)
 
 
-def render_preview(fields: Sequence[SparseVoxels], sample: int = 0) -> np.ndarray:
+def render_preview(fields: Sequence[SparseVoxels], sample: int = 0,
+                   colors: Sequence[Sequence[int]] = COLORS) -> np.ndarray:
     """[H, W, 3] uint8: top row bird's-eye views (x down, y across, brighter = higher), bottom row side views
-    (z up, x across); columns: radar, target, sample."""
+    (z up, x across); one column per field (default colours: radar, target, sample)."""
     grids = [occupancy_grid(f, sample) for f in fields]
     d, h, w = grids[0].shape
     bev_scale = max(1, 256 // max(h, w))
     side_scale = (max(1, 96 // d), bev_scale)
     z_index = np.arange(d)[:, None, None] / max(d - 1, 1)
     top, bottom = [], []
-    for g, color in zip(grids, COLORS):
+    for g, color in zip(grids, colors):
         height = np.where(g, z_index, 0).max(0)
         top.append(_panel(g.any(0), height, color, (bev_scale, bev_scale)))
         depth = np.where(g, np.arange(w)[None, None, :] / max(w - 1, 1), 0).max(2)

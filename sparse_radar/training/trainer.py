@@ -25,6 +25,7 @@ from ..models.unet import UNet3D
 from ..voxels import DenseVoxels, SparseVoxels
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
+from .data_record import data_record, metric_grid
 from .config import TrainConfig, given_flags
 from .run_folder import RunPlan, adopt_teacher, plan_run
 from .preview import save_preview
@@ -44,10 +45,11 @@ class Trainer:
         self.plan = plan_run(cfg) if plan is None else plan
         cfg, state = self.plan.cfg, self.plan.state
         self.cfg = cfg
-        self.dataset = open_dataset(cfg.data, cfg.data_format, "train", cfg.train_size)
+        self.dataset = open_dataset(cfg.data, cfg.data_format, "train", cfg.train_size, cfg.grid_spec())
         if isinstance(self.dataset, FolderDataset):  # every file read once now (cached), not mid-run
             validate_dataset(self.dataset, progress=cfg.progress and ctx.main)
         self.grid_shape = tuple(self.dataset.grid_shape)
+        self.grid = metric_grid(cfg, self.grid_shape)
         self.diffusion = DiffusionConfig()
         self.teacher = None
         if cfg.mode == "cd":
@@ -205,6 +207,7 @@ class Trainer:
             "train_config": self.cfg.to_dict(),
             "model_config": self.model.config.to_dict(),
             "diffusion_config": self.diffusion.to_dict(),
+            "data_config": data_record(self.cfg, self.grid),
         }
 
     def _restore(self, state: dict) -> None:
@@ -231,7 +234,7 @@ class Trainer:
     @torch.no_grad()
     def preview(self, path: str) -> None:
         """Sample the first validation scan with the (first) EMA model and save the BEV/side preview."""
-        data = open_dataset(self.cfg.data, self.cfg.data_format, "val", 1) if self.cfg.data == "synthetic" \
+        data = open_dataset(self.cfg.data, self.cfg.data_format, "val", 1, self.grid) if self.cfg.data == "synthetic" \
             else self.dataset
         radar, target = collate([data[0]], self.grid_shape)
         tgt, cond, _ = training_fields(self.cfg.support, radar, target, self.cfg.radius())

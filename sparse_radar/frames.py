@@ -1,0 +1,123 @@
+"""Frames to sample and judge: the synthetic test split, a data folder, radar files alone, or one radar file.
+
+Every frame is a voxel sample (radar_coords/feats, and target_coords/feats when ground truth is known) on the
+model's grid, as the training datasets give them, plus its name."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .data import formats, point_fields
+from .data.datasets import DATA_FORMATS, FolderDataset, SyntheticDataset, open_dataset
+from .data.grid import GridSpec
+from .data.voxelize import Channel, voxelize
+from .voxels import SparseVoxels
+
+POINT_SUFFIXES = (".npy", ".npz", ".ply", ".pcd", ".bin")
+
+
+@dataclass
+class Frame:
+    """One input: its name, the voxel sample, and the radar points outside the grid (None where unknown)."""
+
+    name: str
+    sample: Dict[str, np.ndarray]
+    dropped: Optional[int] = None
+
+    @property
+    def has_target(self) -> bool:
+        """Whether ground truth is known."""
+        return "target_coords" in self.sample
+
+
+def load_frames(source: str, grid: GridSpec, radar_channels: Sequence[Channel], data_format: str = "points",
+                count: Optional[int] = None) -> List[Frame]:
+    """'synthetic' (the test split, `count` frames, default 50), a data folder of `data_format` (pairs with
+    ground truth), a folder of radar point files, or one radar point file."""
+    if count is not None and count < 1:
+        raise ValueError(f"--count must be >= 1, got {count}")
+    if source == "synthetic":
+        data = SyntheticDataset("test", count or 50, grid)
+        return [Frame(f"synthetic_test_{i:06d}", data[i]) for i in range(len(data))]
+    if data_format not in DATA_FORMATS:
+        raise ValueError(f"unknown data format {data_format!r}; expected one of {', '.join(DATA_FORMATS)}")
+    if os.path.isfile(source):
+        return [_radar_file_frame(source, grid, radar_channels, data_format)]
+    if not os.path.isdir(source):
+        raise ValueError(f"input {source!r} is neither 'synthetic', a folder nor a file")
+    if _is_paired_folder(source, data_format):
+        data = open_dataset(source, data_format, "test", 1, grid)
+        frames = [Frame(_frame_name(data, i), data[i]) for i in range(len(data))]
+        return frames[:count] if count else frames
+    files = sorted(os.path.join(source, f) for f in os.listdir(source) if f.lower().endswith(POINT_SUFFIXES))
+    if not files:
+        raise ValueError(f"{source}: no radar point files ({', '.join(POINT_SUFFIXES)}) and no radar/ + lidar/ "
+                         f"(or <scene>/radar_voxel/) pairs")
+    files = files[:count] if count else files
+    return [_radar_file_frame(f, grid, radar_channels, data_format) for f in files]
+
+
+def _is_paired_folder(folder: str, data_format: str) -> bool:
+    if data_format == "reference":
+        return any(os.path.isdir(os.path.join(folder, d, "radar_voxel")) for d in os.listdir(folder))
+    return os.path.isdir(os.path.join(folder, "radar")) and os.path.isdir(os.path.join(folder, "lidar"))
+
+
+def _frame_name(data: FolderDataset, i: int) -> str:
+    radar_path = data.pairs[i][0]
+    stem = os.path.splitext(os.path.basename(radar_path))[0]
+    scene = os.path.basename(os.path.dirname(os.path.dirname(radar_path)))
+    return f"{scene}_{stem}" if isinstance(data, FolderDataset) and "radar_voxel" in radar_path else stem
+
+
+def radar_points_of_file(path: str, data_format: str = "points") -> np.ndarray:
+    """Radar points [N, 5] (x, y, z, rcs, doppler) of one file, read as the training readers read it."""
+    if data_format == "reference":
+        raise ValueError(f"{path}: the reference format stores voxels in scene folders; pass the folder "
+                         f"(<scene>/radar_voxel, target_voxel) or a radar point file")
+    if data_format == "vod":
+        return point_fields.radar_columns(path, *formats.read_point_fields(path, "vod_radar"))
+    if data_format == "coloradar":
+        raw = formats.read_coloradar(path)
+        return point_fields.radar_columns(path, np.column_stack([raw[:, :3], raw[:, 3] - 20.0, raw[:, 4]]), None)
+    return point_fields.radar_columns(path, *formats.read_point_fields(path))
+
+
+def _radar_file_frame(path: str, grid: GridSpec, radar_channels: Sequence[Channel], data_format: str) -> Frame:
+    points = radar_points_of_file(path, data_format)
+    inside = grid.voxel_coords(points[:, :3])[1]
+    coords, feats = voxelize(points, grid, radar_channels)
+    name = os.path.splitext(os.path.basename(path))[0]
+    return Frame(name, {"radar_coords": coords, "radar_feats": feats}, int((~inside).sum()))
+
+
+def radar_field(frames: Sequence[Frame], grid_shape) -> SparseVoxels:
+    """The frames' radar voxels as one batch."""
+    return _batch([f.sample["radar_coords"] for f in frames], [f.sample["radar_feats"] for f in frames], grid_shape)
+
+
+def target_field(frames: Sequence[Frame], grid_shape) -> SparseVoxels:
+    """The frames' target voxels as one batch (every frame must have ground truth)."""
+    missing = [f.name for f in frames if not f.has_target]
+    if missing:
+        raise ValueError(f"frames without ground truth: {', '.join(missing[:3])}")
+    return _batch([f.sample["target_coords"] for f in frames], [f.sample["target_feats"] for f in frames], grid_shape)
+
+
+def _batch(coords: Sequence[np.ndarray], feats: Sequence[np.ndarray], grid_shape) -> SparseVoxels:
+    stacked = [np.column_stack([np.full(len(c), b), c]) for b, c in enumerate(coords)]
+    return SparseVoxels(torch.from_numpy(np.concatenate(feats).astype(np.float32)),
+                        torch.from_numpy(np.concatenate(stacked).astype(np.int64)), tuple(grid_shape), len(coords))
+
+
+def centres(field: SparseVoxels, sample: int, grid: GridSpec, threshold: Optional[float] = None) -> np.ndarray:
+    """Metric centres [M, 3] of one sample's voxels (those whose channel 0 exceeds threshold, if given)."""
+    c = field.coords.cpu().numpy()
+    keep = c[:, 0] == sample
+    if threshold is not None:
+        keep &= field.feats[:, 0].detach().float().cpu().numpy() > threshold
+    return grid.voxel_centers(c[keep, 1:])

@@ -1,0 +1,240 @@
+"""Densifier: radar points in, LiDAR-like points out, from a training checkpoint alone (the library use)."""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from .data.grid import GridSpec
+from .data.support import on_support, support_structure
+from .data.voxelize import Channel, voxelize
+from .diffusion.edm import DiffusionConfig, Denoiser, karras_sigmas
+from .diffusion.samplers import sample_consistency, sample_euler, sample_heun
+from .models.config import UNetConfig
+from .models.unet import UNet3D
+from .structure import VoxelStructure
+from .training.checkpoint import load_checkpoint
+from .training.config import TrainConfig
+from .training.data_record import data_record_of
+from .voxels import DenseVoxels, SparseVoxels
+
+SAMPLERS = ("heun", "euler", "onestep", "multistep")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+Cloud = Union[np.ndarray, torch.Tensor]
+
+
+@dataclass
+class SamplerSettings:
+    """How to sample: sampler, steps, noise range, Heun churn and the occupancy threshold (channel 0 > it)."""
+
+    sampler: str = "heun"
+    steps: int = 18
+    sigma_max: Optional[float] = None  # None: the checkpoint's
+    sigma_min: Optional[float] = None
+    s_churn: float = 0.0
+    threshold: float = 0.0
+
+    def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
+        if self.s_churn < 0:
+            raise ValueError(f"s_churn must be >= 0, got {self.s_churn}")
+        if not -1.0 <= self.threshold < 1.0:
+            raise ValueError(f"threshold must be in [-1, 1) (occupancy is scaled to [-1, 1]), got {self.threshold}")
+
+
+class Densifier:
+    """A trained model with its grid, feature scaling, support rule and diffusion settings."""
+
+    def __init__(self, model: UNet3D, diffusion: DiffusionConfig, grid: GridSpec, radar_channels: Sequence[Channel],
+                 target_channels: Sequence[Channel], support: str = "radar_dilated", radius=(1, 2, 2),
+                 consistency: bool = False, backend: str = "sparse", device=None, dtype=torch.float32):
+        self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        self.diffusion, self.grid = diffusion, grid
+        self.radar_channels, self.target_channels = tuple(radar_channels), tuple(target_channels)
+        if support == "oracle":
+            support = "radar_dilated"  # an oracle model is sampled on the radar support unless given one
+        self.support, self.radius, self.consistency, self.backend = support, tuple(radius), consistency, backend
+        self.dtype = dtype
+        self.last_dropped: List[int] = []  # radar points outside the grid, per cloud of the last call
+
+    @classmethod
+    def from_checkpoint(cls, path_or_run_folder, device=None, ema: bool = True, dtype="float32") -> "Densifier":
+        """Rebuild model, grid, feature scaling and diffusion settings from a checkpoint or run folder."""
+        state = load_checkpoint(path_or_run_folder)
+        train = TrainConfig.from_dict(state["train_config"])
+        model = UNet3D(UNetConfig.from_dict(state["model_config"]))
+        weights = state["model"]
+        if ema:
+            if not state.get("ema"):
+                raise ValueError(f"{path_or_run_folder}: the checkpoint holds no EMA weights; pass ema=False")
+            weights = next(iter(state["ema"].values()))
+        model.load_state_dict(weights)
+        record = data_record_of(state)
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        return cls(model, DiffusionConfig(**state["diffusion_config"]), GridSpec.from_dict(record["grid"]),
+                   [Channel(**c) for c in record["radar_channels"]], [Channel(**c) for c in record["target_channels"]],
+                   record["support"], record["support_radius"], consistency=train.mode in ("cd", "ct"),
+                   backend=train.backend, device=device, dtype=DTYPES[dtype])
+
+    @property
+    def default_sampler(self) -> str:
+        """heun for EDM models, onestep for consistency models."""
+        return "onestep" if self.consistency else "heun"
+
+    @property
+    def output_channels(self) -> List[Channel]:
+        """The target channels returned after x, y, z (those with a physical value: not occupancy or mask)."""
+        return [c for c in self.target_channels if c.reducer in ("mean", "var", "max")]
+
+    # ----- points <-> fields ----------------------------------------------------------------------------
+    def radar_field(self, clouds: Sequence[Cloud]) -> SparseVoxels:
+        """Voxelize radar clouds [N, >=3] into one batch; points outside the grid are dropped and counted."""
+        coords, feats, self.last_dropped = [], [], []
+        need = max([c.column for c in self.radar_channels] + [-1]) + 4
+        for b, cloud in enumerate(clouds):
+            pts = _as_points(cloud, f"radar cloud {b}")
+            if pts.shape[1] < need:
+                warnings.warn(f"radar cloud {b} has {pts.shape[1]} columns; the model reads {need} (x, y, z, rcs, "
+                              f"doppler): the missing ones are taken as 0", stacklevel=3)
+                pts = np.column_stack([pts, np.zeros((len(pts), need - pts.shape[1]))])
+            inside = self.grid.voxel_coords(pts[:, :3])[1]
+            self.last_dropped.append(int((~inside).sum()))
+            c, f = voxelize(pts, self.grid, self.radar_channels)
+            coords.append(np.column_stack([np.full(len(c), b), c]))
+            feats.append(f)
+        dropped = sum(self.last_dropped)
+        if dropped:
+            warnings.warn(f"{dropped} radar point(s) outside the grid {self.grid.point_range} were dropped "
+                          f"(per cloud: {self.last_dropped})", stacklevel=3)
+        return SparseVoxels(torch.from_numpy(np.concatenate(feats).astype(np.float32)),
+                            torch.from_numpy(np.concatenate(coords).astype(np.int64)), self.grid.shape, len(clouds))
+
+    def to_points(self, field: SparseVoxels, sample: int, threshold: float) -> np.ndarray:
+        """[M, 3 + C] float32 of one sample: voxel centres (x, y, z, metres) whose occupancy exceeds threshold,
+        then the output channels in physical units."""
+        coords = field.coords.cpu().numpy()
+        feats = field.feats.detach().float().cpu().numpy()
+        keep = (coords[:, 0] == sample) & (feats[:, 0] > threshold)
+        xyz = self.grid.voxel_centers(coords[keep, 1:])
+        cols = [xyz]
+        for c in self.output_channels:
+            j = self.target_channels.index(c)
+            cols.append((c.lo + (np.clip(feats[keep, j], -1, 1) + 1) / 2 * (c.hi - c.lo))[:, None])
+        return np.concatenate(cols, axis=1).astype(np.float32)
+
+    # ----- sampling -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, radar: SparseVoxels, support: Optional[VoxelStructure] = None,
+                 settings: Optional[SamplerSettings] = None, seed: int = 0, progress: bool = False,
+                 frame_ids: Optional[Sequence[int]] = None) -> SparseVoxels:
+        """The sampled target field on the support (default: the model's support rule applied to radar).
+
+        Each sample's starting noise is drawn from (seed, its frame id; default its place in the batch)."""
+        settings = settings or SamplerSettings(self.default_sampler)
+        if support is None:
+            support = support_structure(self.support, radar, radar, self.radius)
+        cond = on_support(radar, support).to(self.device)
+        sigma_max = settings.sigma_max or self.diffusion.sigma_max
+        sigma_min = settings.sigma_min or self.diffusion.sigma_min
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min} and {sigma_max}")
+        x = SparseVoxels.wrap(self._initial_noise(support, seed, frame_ids) * sigma_max, support).to(self.device)
+        if support.num_voxels == 0:  # no radar voxel in any cloud: nothing to generate
+            return x
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        den = Denoiser(self.model, self.diffusion, self._backend(cond), consistency=self.consistency)
+        x_b = self._backend(x)
+        with self._autocast():
+            if settings.sampler in ("onestep", "multistep"):
+                n = 1 if settings.sampler == "onestep" else settings.steps
+                levels = karras_sigmas(n, sigma_min, sigma_max, self.diffusion.rho)[:-1].tolist()
+                out = sample_consistency(den, x_b, levels, self.diffusion.sigma_min, g, progress)
+            else:
+                sigmas = karras_sigmas(settings.steps, sigma_min, sigma_max, self.diffusion.rho).to(self.device)
+                out = sample_heun(den, x_b, sigmas, settings.s_churn, generator=g, progress=progress) \
+                    if settings.sampler == "heun" else sample_euler(den, x_b, sigmas, progress)
+        out = out if isinstance(out, SparseVoxels) else out.to_sparse()
+        return out.replace(out.feats.float())
+
+    def __call__(self, radar_points: Union[Cloud, Sequence[Cloud]], sampler: Optional[str] = None, steps: int = 18,
+                 seed: int = 0, **settings) -> Union[np.ndarray, List[np.ndarray]]:
+        """Generated cloud [M, 3 + C] (x, y, z, then output_channels) of one radar cloud [N, >=3], or a list for
+        a list of clouds. sampler None: default_sampler. Other settings: see SamplerSettings."""
+        single = not isinstance(radar_points, (list, tuple))
+        clouds = [radar_points] if single else list(radar_points)
+        if not clouds:
+            return []
+        chosen = SamplerSettings(sampler or self.default_sampler, steps, **settings)
+        radar = self.radar_field(clouds)
+        out = self.generate(radar, settings=chosen, seed=seed)
+        results = [self.to_points(out, b, chosen.threshold) for b in range(len(clouds))]
+        return results[0] if single else results
+
+    def _initial_noise(self, support: VoxelStructure, seed: int, frame_ids: Optional[Sequence[int]]) -> torch.Tensor:
+        """Unit noise on the support, drawn per sample from (seed, frame id): a frame's noise does not depend on
+        the other frames of its batch."""
+        counts = torch.bincount(support.coords[:, 0].long().cpu(), minlength=support.batch_size).tolist()
+        ids = list(range(len(counts))) if frame_ids is None else list(frame_ids)
+        if len(ids) != len(counts):
+            raise ValueError(f"frame_ids must name each of the {len(counts)} samples, got {len(ids)}")
+        channels = len(self.target_channels)
+        parts = [torch.randn(n, channels, generator=torch.Generator().manual_seed(seed * 1_000_003 + i))
+                 for i, n in zip(ids, counts)]
+        return torch.cat(parts) if parts else torch.zeros(0, channels)
+
+    def _backend(self, field: SparseVoxels):
+        if self.backend == "sparse":
+            return field
+        dense = field.to_dense()
+        return DenseVoxels(dense.data) if self.support == "full" else dense
+
+    def _autocast(self):
+        if self.dtype == torch.float32:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+
+def _as_points(cloud: Cloud, name: str) -> np.ndarray:
+    if isinstance(cloud, torch.Tensor):
+        cloud = cloud.detach().cpu().numpy()
+    if not isinstance(cloud, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy array or tensor [N, >=3], got {type(cloud).__name__}")
+    if cloud.ndim != 2 or cloud.shape[1] < 3:
+        raise ValueError(f"{name}: expected an [N, >=3] array (x, y, z, then rcs, doppler), got shape {cloud.shape}")
+    if cloud.dtype.kind not in "iuf":
+        raise TypeError(f"{name}: expected numbers, got dtype {cloud.dtype}")
+    pts = cloud.astype(np.float64)
+    if not np.isfinite(pts).all():
+        raise ValueError(f"{name}: {int((~np.isfinite(pts).all(1)).sum())} point(s) hold NaN or inf")
+    return pts
+
+
+def generate_batches(densifier: Densifier, frames, settings: SamplerSettings, seed: int = 0, batch_size: int = 4,
+                     oracle: bool = False, progress: bool = False, desc: str = "sampling"):
+    """Yield (frames of the batch, radar field, generated field on the CPU, seconds per frame) per batch; with
+    oracle the support is the target dilated (an upper bound that needs the answer)."""
+    from tqdm import tqdm
+
+    from .data.support import support_structure as support_of
+    from .frames import radar_field, target_field
+
+    shape = densifier.grid.shape
+    with tqdm(total=len(frames), unit="frame", disable=not progress, dynamic_ncols=True, desc=desc) as bar:
+        for start in range(0, len(frames), batch_size):
+            batch = frames[start:start + batch_size]
+            radar = radar_field(batch, shape)
+            support = support_of("oracle", radar, target_field(batch, shape), densifier.radius) if oracle else None
+            t0 = time.perf_counter()
+            out = densifier.generate(radar, support, settings, seed, frame_ids=range(start, start + len(batch)))
+            out = out.to("cpu")
+            yield batch, radar, out, (time.perf_counter() - t0) / len(batch)
+            bar.update(len(batch))

@@ -1,0 +1,112 @@
+"""Point-cloud and voxel metrics of this field (Chamfer, Hausdorff, F-score, voxel IoU), with defined values for
+empty clouds so that no frame drops out of a mean.
+
+Conventions (see ../shared/REFERENCE.md): distances in metres, unsquared. Chamfer is reported both ways it is
+published: `chamfer_mean_of_means` (LiDiff: the average of the two directed means) and `chamfer_sum_of_means`
+(Radar-Diffusion: their sum). Modified Hausdorff is Dubuisson-Jain's: the larger of the two directed means.
+Empty clouds: a directed distance from or to an empty cloud is `empty_distance` (callers pass the grid's
+diagonal, the farthest two points of the grid can be; default inf); two empty clouds are a perfect match.
+"""
+from __future__ import annotations
+
+from typing import Dict, Sequence
+
+import numpy as np
+
+
+def _points(cloud, name: str) -> np.ndarray:
+    a = np.asarray(cloud, dtype=np.float64)
+    if a.ndim != 2 or a.shape[1] < 3:
+        raise ValueError(f"{name} must be an [N, >=3] array of points (x, y, z first), got shape {a.shape}")
+    return a[:, :3]
+
+
+def nearest_distances(source, target) -> np.ndarray:
+    """Distance from each point of source [N, >=3] to its nearest point of target [M, >=3] (inf if M = 0)."""
+    from scipy.spatial import cKDTree
+
+    src, tgt = _points(source, "source"), _points(target, "target")
+    if len(tgt) == 0:
+        return np.full(len(src), np.inf)
+    if len(src) == 0:
+        return np.zeros(0)
+    return cKDTree(tgt).query(src, k=1)[0]
+
+
+def _directed(d: np.ndarray, reduce, other_empty: bool, empty_distance: float) -> float:
+    if len(d) == 0:  # nothing to measure from: the other cloud decides (0 if it is empty too)
+        return 0.0 if other_empty else float(empty_distance)
+    return float(empty_distance) if other_empty else float(reduce(d))
+
+
+def cloud_metrics(pred, gt, taus: Sequence[float], empty_distance: float = float("inf")) -> Dict[str, float]:
+    """Chamfer (both conventions), Hausdorff, modified Hausdorff, and precision/recall/F-score at each tau."""
+    p, g = _points(pred, "pred"), _points(gt, "gt")
+    if not taus or any(not float(t) > 0 for t in taus):
+        raise ValueError(f"taus must be one or more distances > 0, got {list(taus)}")
+    d_pg, d_gp = nearest_distances(p, g), nearest_distances(g, p)
+    mean_pg = _directed(d_pg, np.mean, len(g) == 0, empty_distance)
+    mean_gp = _directed(d_gp, np.mean, len(p) == 0, empty_distance)
+    out = {
+        "pred_to_gt_mean": mean_pg, "gt_to_pred_mean": mean_gp,
+        "chamfer_mean_of_means": (mean_pg + mean_gp) / 2, "chamfer_sum_of_means": mean_pg + mean_gp,
+        "hausdorff": max(_directed(d_pg, np.max, len(g) == 0, empty_distance),
+                         _directed(d_gp, np.max, len(p) == 0, empty_distance)),
+        "modified_hausdorff": max(mean_pg, mean_gp),
+    }
+    for tau in taus:
+        precision = _share_within(d_pg, tau, len(g) == 0)
+        recall = _share_within(d_gp, tau, len(p) == 0)
+        suffix = f"@{float(tau):g}"
+        out["precision" + suffix], out["recall" + suffix] = precision, recall
+        out["fscore" + suffix] = _harmonic(precision, recall)
+    return out
+
+
+def _share_within(d: np.ndarray, tau: float, other_empty: bool) -> float:
+    """Share of distances <= tau; 1 when both clouds are empty, 0 when only one is."""
+    if len(d) == 0:
+        return 1.0 if other_empty else 0.0
+    return float((d <= tau).mean())
+
+
+def _harmonic(precision: float, recall: float) -> float:
+    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+def voxel_metrics(pred_voxels, gt_voxels) -> Dict[str, float]:
+    """IoU, precision and recall of two sets of integer voxel coordinates [N, 3] (1.0 each when both are empty)."""
+    arrays = []
+    for name, v in (("pred_voxels", pred_voxels), ("gt_voxels", gt_voxels)):
+        a = np.asarray(v)
+        if a.ndim != 2 or a.shape[1] != 3 or (a.size and a.dtype.kind not in "iu"):
+            raise ValueError(f"{name} must be an [N, 3] integer array of voxel coordinates, got {a.dtype} "
+                             f"{a.shape}")
+        arrays.append(a.astype(np.int64).reshape(-1, 3))
+    both = np.concatenate(arrays)
+    lo = both.min(0) if len(both) else np.zeros(3, dtype=np.int64)
+    extent = (both.max(0) - lo + 1) if len(both) else np.ones(3, dtype=np.int64)
+    pred, gt = (np.unique(((a - lo)[:, 0] * extent[1] + (a - lo)[:, 1]) * extent[2] + (a - lo)[:, 2])
+                for a in arrays)
+    hits = len(np.intersect1d(pred, gt, assume_unique=True))
+    union = len(pred) + len(gt) - hits
+    return {"voxel_iou": hits / union if union else 1.0,
+            "voxel_precision": hits / len(pred) if len(pred) else (1.0 if not len(gt) else 0.0),
+            "voxel_recall": hits / len(gt) if len(gt) else (1.0 if not len(pred) else 0.0)}
+
+
+def summarize(rows: Sequence[Dict[str, float]]) -> Dict[str, Dict[str, float]]:
+    """Mean and median of every numeric column over rows (every row counts; none is dropped)."""
+    keys = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)] if rows else []
+    out = {}
+    for k in keys:
+        values = np.array([float(r[k]) for r in rows])
+        out[k] = {"mean": float(values.mean()), "median": float(np.median(values))}
+    return out
+
+
+def frame_metrics(pred_xyz, gt_xyz, voxel_of, taus: Sequence[float], empty_distance: float) -> Dict[str, float]:
+    """cloud_metrics plus voxel_metrics of one frame; voxel_of maps points [N, 3] to integer voxels [N, 3]."""
+    out = cloud_metrics(pred_xyz, gt_xyz, taus, empty_distance)
+    out.update(voxel_metrics(voxel_of(_points(pred_xyz, "pred")), voxel_of(_points(gt_xyz, "gt"))))
+    return out
