@@ -168,14 +168,16 @@ class Densifier:
     def __call__(self, radar_points: Union[Cloud, Sequence[Cloud]], sampler: Optional[str] = None, steps: int = 18,
                  seed: int = 0, **settings) -> Union[np.ndarray, List[np.ndarray]]:
         """Generated cloud [M, 3 + C] (x, y, z, then output_channels) of one radar cloud [N, >=3], or a list for
-        a list of clouds. sampler None: default_sampler. Other settings: see SamplerSettings."""
+        a list of clouds (with heun without churn, euler or onestep each cloud gets the same result as alone;
+        multistep and churn draw later noise per batch). sampler None: default_sampler. Other
+        settings: see SamplerSettings."""
         single = not isinstance(radar_points, (list, tuple))
         clouds = [radar_points] if single else list(radar_points)
         if not clouds:
             return []
         chosen = SamplerSettings(sampler or self.default_sampler, steps, **settings)
         radar = self.radar_field(clouds)
-        out = self.generate(radar, settings=chosen, seed=seed)
+        out = self.generate(radar, settings=chosen, seed=seed, frame_ids=[0] * len(clouds))
         results = [self.to_points(out, b, chosen.threshold) for b in range(len(clouds))]
         return results[0] if single else results
 

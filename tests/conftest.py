@@ -14,3 +14,19 @@ if not torch.cuda.is_available():
 @pytest.fixture(autouse=True)
 def _validation_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SPARSE_RADAR_CACHE", str(tmp_path_factory.getbasetemp() / "validation-cache"))
+
+
+SMALL_GRID = "0,-12.8,-2,25.6,12.8,4.4@0.8"  # (8, 32, 32)
+
+
+@pytest.fixture(scope="session")
+def small_runs(tmp_path_factory):
+    """(EDM run, consistency-distilled run) folders, one training step each, on SMALL_GRID."""
+    from sparse_radar.train import run as train
+
+    root = tmp_path_factory.mktemp("small_runs")
+    edm, cd = str(root / "edm"), str(root / "cd")
+    common = ["--train_size", "2", "--progress", "False", "--preview_steps", "1", "--grid", SMALL_GRID]
+    assert train(common + ["--model_channels", "8", "--steps", "1", "--out", edm]) == 0
+    assert train(common + ["--mode", "cd", "--teacher", edm, "--steps", "1", "--out", cd]) == 0
+    return edm, cd
