@@ -142,7 +142,9 @@ def run(argv=None) -> int:
         heun = SamplerSettings("heun", args.steps, threshold=args.threshold)
         rows, swept = model_rows(table, d, heun, args, sweep=SWEEP if not sweep else ())
         table.add(f"{label} heun-{args.steps}", rows)
-        sweep = sweep or {"model": label, "fscore": {t: s[f"fscore@{taus[0]:g}"]["mean"] for t, s in swept.items()}}
+        sweep = sweep or {"model": label,
+                          "fscore": {t: s[f"fscore@{taus[0]:g}"]["mean"] for t, s in swept.items()},
+                          "chamfer_sum_of_means": {t: s["chamfer_sum_of_means"]["mean"] for t, s in swept.items()}}
         if not oracle_done:
             table.add(f"{label} heun-{args.steps} on the oracle support", model_rows(table, d, heun, args, True)[0],
                       "(upper bound: needs the answer)")
@@ -159,8 +161,10 @@ def write_report(args, table: Table, cover: float, sweep: dict, seconds: float) 
             f"(voxel {table.grid.voxel_size} m). The dilated radar support holds {cover:.1%} of the target voxels "
             f"(mean over frames): no model sampled on it can recall the rest.\n\n{table.markdown()}\n")
     if sweep:
-        text += "\n## Occupancy threshold against F-score (" + sweep["model"] + ")\n\n| threshold | fscore |\n|---|---|\n"
-        text += "".join(f"| {t:g} | {f:.3f} |\n" for t, f in sweep["fscore"].items())
+        text += (f"\n## Occupancy threshold against F-score@{table.taus[0]:g} and Chamfer ({sweep['model']})\n\n"
+                 "| threshold | fscore | chamfer_sum_of_means |\n|---|---|---|\n")
+        text += "".join(f"| {t:g} | {f:.3f} | {sweep['chamfer_sum_of_means'][t]:.3f} |\n"
+                        for t, f in sweep["fscore"].items())
         plot_sweep(os.path.join(args.out, "threshold_sweep.png"), sweep, table.taus[0])
     with open(os.path.join(args.out, "evaluation.md"), "w", encoding="utf-8") as fh:
         fh.write(text)
@@ -174,7 +178,7 @@ def write_report(args, table: Table, cover: float, sweep: dict, seconds: float) 
 
 
 def plot_sweep(path: str, sweep: dict, tau: float) -> None:
-    """F-score at tau against the occupancy threshold (needs matplotlib: pip install 'sparse-radar[bench]')."""
+    """F-score at tau and Chamfer against the occupancy threshold (needs matplotlib: pip install 'sparse-radar[bench]')."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -185,9 +189,12 @@ def plot_sweep(path: str, sweep: dict, tau: float) -> None:
         return
     t = list(sweep["fscore"])
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(t, [sweep["fscore"][k] for k in t], marker="o")
+    ax.plot(t, [sweep["fscore"][k] for k in t], marker="o", color="tab:blue")
     ax.set_xlabel("occupancy threshold (channel 0 in [-1, 1])")
-    ax.set_ylabel(f"mean F-score @ {tau:g} m")
+    ax.set_ylabel(f"mean F-score @ {tau:g} m", color="tab:blue")
+    right = ax.twinx()
+    right.plot(t, [sweep["chamfer_sum_of_means"][k] for k in t], marker="s", color="tab:red")
+    right.set_ylabel("mean Chamfer, sum of means (m)", color="tab:red")
     ax.set_title(sweep["model"])
     ax.grid(alpha=0.3)
     fig.tight_layout()
