@@ -101,41 +101,46 @@ def dense_linear(q, k, v, mask) -> torch.Tensor:
 
 
 def topk_softmax(q, k, v, keep: int, budget: int, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """[h, Lq, d]: softmax over each query's `keep` highest-scoring keys (q [h, Lq, d], k, v [h, Lk, d]).
+    """[H, Lq, d]: softmax over each query's `keep` highest-scoring keys (q [H, Lq, d], k, v [H, Lk, d]; H may be
+    samples x heads).
 
     The keys are chosen without autograd, query chunk by query chunk (at most `budget` scores at once), then
     their scores are recomputed from gathered keys: the gradient is the same (top-k passes gradient only to
-    the chosen scores) but backward never builds a full [h, Lk, d] key gradient per chunk, which made a grid
-    of L cells cost O(L^3). Keys where `valid` [Lk] is False are never chosen (keep <= valid keys)."""
+    the chosen scores) but backward never builds a full [H, Lk, d] key gradient per chunk, which made a grid
+    of L cells cost O(L^3). Keys where `valid` ([Lk], or [H, Lk] per row) is False are never attended: where
+    a row has fewer valid keys than `keep`, its extra picks get zero weight."""
     heads, length, d = k.shape
     if q.shape[1] == 0 or keep == 0:
         return torch.zeros_like(q)
     scale = 1.0 / math.sqrt(d)
     chunk = max(1, budget // max(1, length * heads))
     with torch.no_grad():
-        bias = None if valid is None else key_bias(valid, q.dtype)
+        bias = None if valid is None else key_bias(valid, q.dtype).view(-1 if valid.dim() == 2 else 1, 1, length)
         picks = []
         for start in range(0, q.shape[1], chunk):
             scores = torch.matmul(q[:, start:start + chunk], k.transpose(1, 2))
             picks.append((scores if bias is None else scores + bias).topk(keep, dim=-1).indices)
-        idx = torch.cat(picks, 1) + (torch.arange(heads, device=q.device) * length)[:, None, None]  # [h, Lq, keep]
+        local = torch.cat(picks, 1)  # [H, Lq, keep]
+        picked_ok = None if valid is None else valid.expand(heads, length).gather(
+            1, local.reshape(heads, -1)).view(local.shape)
+        idx = local + (torch.arange(heads, device=q.device) * length)[:, None, None]
     # gather_rows, not fancy indexing: its backward is deterministic (index_add_ on CPU, sorted on CUDA)
     kp, vp = (gather_rows(t.reshape(heads * length, d), idx.reshape(-1)).view(*idx.shape, d) for t in (k, v))
-    weights = torch.softmax(torch.einsum("hqkd,hqd->hqk", kp, q) * scale, dim=-1)
-    return torch.einsum("hqk,hqkd->hqd", weights, vp)
+    scores = torch.einsum("hqkd,hqd->hqk", kp, q) * scale
+    if picked_ok is not None:
+        scores = scores.masked_fill(~picked_ok, torch.finfo(scores.dtype).min)
+    return torch.einsum("hqk,hqkd->hqd", torch.softmax(scores, dim=-1), vp)
 
 
 def dense_topk(q, k, v, mask, topk: int, budget: int) -> torch.Tensor:
-    """Top-k attention over each sample's active keys, for every cell of the grid."""
+    """Top-k attention over each sample's active keys, for every cell of the grid (all samples at once)."""
     b, h, d = q.shape[:3]
-    flat = lambda t: t.reshape(b, h, d, -1).transpose(2, 3)  # [B, h, L, d]
+    flat = lambda t: t.reshape(b * h, d, -1).transpose(1, 2)  # [B*h, L, d]
     qf, kf, vf = flat(q), flat(k), flat(v)
-    valid = _valid(q, mask).reshape(b, -1)
-    samples = []
-    for s in range(b):
-        n_active = int(valid[s].sum())
-        samples.append(topk_softmax(qf[s], kf[s], vf[s], min(topk, n_active), budget, valid[s]))
-    return torch.stack(samples).transpose(2, 3).reshape(q.shape)
+    valid = _valid(q, mask).reshape(b, 1, -1).expand(b, h, -1).reshape(b * h, -1)
+    keep = min(topk, int(valid.sum(1).max())) if valid.numel() else 0
+    out = topk_softmax(qf, kf, vf, keep, budget, valid)  # [B*h, L, d]
+    return out.transpose(1, 2).reshape(q.shape)
 
 
 def dense_serialized(q, k, v, mask, patch_size: int, offset: int) -> torch.Tensor:

@@ -10,6 +10,15 @@ from tests.factory import random_fields
 HEADS, DIM = 2, 3
 
 
+@pytest.fixture(params=[False, True], ids=["per-sample", "all-at-once"])
+def one_call(request, monkeypatch):
+    """Run global and top-k attention both ways on the CPU: per sample, and all samples in one padded call
+    (what CUDA runs)."""
+    import sparse_radar.nn.attention_cores as cores
+    monkeypatch.setattr(cores, "ALL_SAMPLES_AT_ONCE_ON_CPU", request.param)
+    return request.param
+
+
 def tokens(seed=0, shape=(4, 6, 6), occupancy=(0.2, 0.35)):
     sv, _ = random_fields(2, 1, shape, list(occupancy), seed=seed, dtype=torch.float64)
     g = torch.Generator().manual_seed(seed + 100)
@@ -64,7 +73,7 @@ def morton(z, y, x):
     return code
 
 
-def test_flash_is_softmax_over_the_sample():
+def test_flash_is_softmax_over_the_sample(one_call):
     sv, q, k, v = tokens()
     c = sv.coords.tolist()
     ref = naive_softmax(q, k, v, lambda i, j: c[i][0] == c[j][0])
@@ -164,11 +173,14 @@ def test_linear_attention_formula(occupancy):
     check(build_attention_core("linear", HEADS), q, k, v, sv, ref)
 
 
-@pytest.mark.parametrize("topk", [1, 4])
-def test_topk_attention_keeps_the_highest_scores(topk, monkeypatch):
+@pytest.mark.parametrize("topk,occupancy", [(1, (0.2, 0.35)), (4, (0.2, 0.35)), (6, (0.03, 0.8))])
+def test_topk_attention_keeps_the_highest_scores(topk, occupancy, monkeypatch, one_call):
     import sparse_radar.nn.attention_cores as cores
     monkeypatch.setattr(cores, "TOPK_QUERY_ELEMENTS", 50)  # several query chunks per sample
-    sv, q, k, v = tokens(seed=5)
+    sv, q, k, v = tokens(seed=5, occupancy=occupancy)
+    counts = sv.batch_counts().tolist()
+    if occupancy[0] < 0.1:  # all samples at once: a sample with fewer keys than topk must ignore the padding
+        assert 0 < min(counts) < topk < max(counts), counts
     c = sv.coords.tolist()
     ref = torch.zeros_like(q)
     for i in range(len(c)):
@@ -181,7 +193,7 @@ def test_topk_attention_keeps_the_highest_scores(topk, monkeypatch):
     check(build_attention_core("sparse", HEADS, topk=topk), q, k, v, sv, ref)
 
 
-def test_topk_attention_gradients_match_finite_differences_on_both_paths(monkeypatch):
+def test_topk_attention_gradients_match_finite_differences_on_both_paths(monkeypatch, one_call):
     import sparse_radar.nn.attention_cores as cores
     monkeypatch.setattr(cores, "TOPK_QUERY_ELEMENTS", 50)  # keys picked over several query chunks
     sv, q, k, v = tokens(seed=7, shape=(3, 4, 4))
@@ -191,7 +203,7 @@ def test_topk_attention_gradients_match_finite_differences_on_both_paths(monkeyp
     assert torch.autograd.gradcheck(lambda *t: torch.cat(both_paths(core, *t, sv)), inputs)
 
 
-def test_topk_with_k_at_least_n_equals_full_attention():
+def test_topk_with_k_at_least_n_equals_full_attention(one_call):
     sv, q, k, v = tokens(seed=6)
     full = build_attention_core("flash", HEADS).sparse(q, k, v, sv)
     check(build_attention_core("sparse", HEADS, topk=10_000), q, k, v, sv, full)
