@@ -1,6 +1,7 @@
 """`python -m sparse_radar.evaluate RUN [RUN ...]`: one table on the same frames for the radar input, the dilated
-radar support, each model (EDM: Heun; consistency: one-step and multistep) and the oracle-support upper bound,
-plus an occupancy-threshold sweep; writes evaluation.md, evaluation.json and threshold_sweep.png."""
+radar support, each model (EDM: Heun and the one-step posterior mean; consistency: one-step and multistep) and
+the oracle-support upper bound, plus an occupancy-threshold sweep; writes evaluation.md, evaluation.json and
+threshold_sweep.png."""
 from __future__ import annotations
 
 import argparse
@@ -30,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("models", nargs="+", metavar="RUN", help="run folders or checkpoints (one grid)")
     p.add_argument("--input", default="synthetic", help="'synthetic' (the test split) or a data folder with "
                    "ground truth")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"),
+                   help="synthetic split (val: to choose --threshold without looking at the test frames)")
     p.add_argument("--data_format", default="points", choices=DATA_FORMATS)
     p.add_argument("--count", type=int, default=50, help="frames (synthetic test scans, or the first of a folder)")
     p.add_argument("--out", default="evaluation", help="output folder (refused if it holds files, see --overwrite)")
@@ -87,7 +90,8 @@ def baselines(table: Table, densifier: Densifier) -> float:
     covered = coverage(support, target)
     table.add("radar input", [table.score(b, centres(radar, b, table.grid)) for b in range(len(table.frames))])
     sup_xyz = lambda b: table.grid.voxel_centers(support.coords[support.coords[:, 0] == b][:, 1:].numpy())
-    table.add(f"radar dilated {tuple(densifier.radius)}", [table.score(b, sup_xyz(b)) for b in range(len(table.frames))],
+    table.add(f"radar dilated {tuple(densifier.radius)}",
+              [table.score(b, sup_xyz(b)) for b in range(len(table.frames))],
               "(the support)")
     return float(covered.mean())
 
@@ -118,7 +122,8 @@ def run(argv=None) -> int:
             if d.grid != grid:
                 raise ValueError(f"{path}: grid {d.grid} differs from {args.models[0]}'s {grid}")
         taus = parse_taus(args.tau, models[0][1])
-        frames = load_frames(args.input, grid, models[0][1].radar_channels, args.data_format, args.count)
+        frames = load_frames(args.input, grid, models[0][1].radar_channels, args.data_format, args.count,
+                             args.split)
         if not all(f.has_target for f in frames):
             raise ValueError(f"--input {args.input}: evaluation needs ground truth (radar/ + lidar/ pairs)")
         lines = claim_folder(args.out, args.overwrite, PROG)
@@ -140,11 +145,17 @@ def run(argv=None) -> int:
                 table.add(f"{label} {name}", model_rows(table, d, s, args)[0])
             continue
         heun = SamplerSettings("heun", args.steps, threshold=args.threshold)
-        rows, swept = model_rows(table, d, heun, args, sweep=SWEEP if not sweep else ())
-        table.add(f"{label} heun-{args.steps}", rows)
-        sweep = sweep or {"model": label,
-                          "fscore": {t: s[f"fscore@{taus[0]:g}"]["mean"] for t, s in swept.items()},
-                          "chamfer_sum_of_means": {t: s["chamfer_sum_of_means"]["mean"] for t, s in swept.items()}}
+        mean = SamplerSettings("onestep", 1, threshold=args.threshold)
+        first = not sweep
+        curves = {}
+        for name, settings, note in ((f"heun-{args.steps}", heun, ""),
+                                     ("onestep", mean, "(D(noise, sigma_max): the posterior mean)")):
+            rows, swept = model_rows(table, d, settings, args, sweep=SWEEP if first else ())
+            table.add(f"{label} {name}", rows, note)
+            curves[name] = {"fscore": {t: v[f"fscore@{taus[0]:g}"]["mean"] for t, v in swept.items()},
+                            "chamfer_sum_of_means": {t: v["chamfer_sum_of_means"]["mean"] for t, v in swept.items()}}
+        if first:
+            sweep = {"model": label, "curves": curves}
         if not oracle_done:
             table.add(f"{label} heun-{args.steps} on the oracle support", model_rows(table, d, heun, args, True)[0],
                       "(upper bound: needs the answer)")
@@ -161,10 +172,14 @@ def write_report(args, table: Table, cover: float, sweep: dict, seconds: float) 
             f"(voxel {table.grid.voxel_size} m). The dilated radar support holds {cover:.1%} of the target voxels "
             f"(mean over frames): no model sampled on it can recall the rest.\n\n{table.markdown()}\n")
     if sweep:
-        text += (f"\n## Occupancy threshold against F-score@{table.taus[0]:g} and Chamfer ({sweep['model']})\n\n"
-                 "| threshold | fscore | chamfer_sum_of_means |\n|---|---|---|\n")
-        text += "".join(f"| {t:g} | {f:.3f} | {sweep['chamfer_sum_of_means'][t]:.3f} |\n"
-                        for t, f in sweep["fscore"].items())
+        names = list(sweep["curves"])
+        text += (f"\n## Occupancy threshold against F-score@{table.taus[0]:g} and Chamfer (sum of means), "
+                 f"{sweep['model']}\n\n| threshold | " +
+                 " | ".join(f"{n} fscore | {n} chamfer" for n in names) + " |\n|---" + "|---|---" * len(names) + "|\n")
+        for t in SWEEP:
+            cells = [f"{sweep['curves'][n]['fscore'][t]:.3f} | {sweep['curves'][n]['chamfer_sum_of_means'][t]:.3f}"
+                     for n in names]
+            text += f"| {t:g} | " + " | ".join(cells) + " |\n"
         plot_sweep(os.path.join(args.out, "threshold_sweep.png"), sweep, table.taus[0])
     with open(os.path.join(args.out, "evaluation.md"), "w", encoding="utf-8") as fh:
         fh.write(text)
@@ -178,7 +193,7 @@ def write_report(args, table: Table, cover: float, sweep: dict, seconds: float) 
 
 
 def plot_sweep(path: str, sweep: dict, tau: float) -> None:
-    """F-score at tau and Chamfer against the occupancy threshold (needs matplotlib: pip install 'sparse-radar[bench]')."""
+    """F-score at tau and Chamfer against the occupancy threshold (matplotlib: pip install 'sparse-radar[bench]')."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -187,14 +202,18 @@ def plot_sweep(path: str, sweep: dict, tau: float) -> None:
         print(f"{PROG}: matplotlib is not installed, so {path} is not drawn (pip install 'sparse-radar[bench]')",
               file=sys.stderr)
         return
-    t = list(sweep["fscore"])
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(t, [sweep["fscore"][k] for k in t], marker="o", color="tab:blue")
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    right = ax.twinx()
+    for (name, curve), marker in zip(sweep["curves"].items(), "os^v"):
+        t = list(curve["fscore"])
+        ax.plot(t, [curve["fscore"][k] for k in t], marker=marker, color="tab:blue", label=f"{name} F-score")
+        right.plot(t, [curve["chamfer_sum_of_means"][k] for k in t], marker=marker, color="tab:red",
+                   linestyle="--", label=f"{name} Chamfer")
     ax.set_xlabel("occupancy threshold (channel 0 in [-1, 1])")
     ax.set_ylabel(f"mean F-score @ {tau:g} m", color="tab:blue")
-    right = ax.twinx()
-    right.plot(t, [sweep["chamfer_sum_of_means"][k] for k in t], marker="s", color="tab:red")
     right.set_ylabel("mean Chamfer, sum of means (m)", color="tab:red")
+    lines = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    ax.legend(lines, [ln.get_label() for ln in lines], fontsize=7, loc="lower left")
     ax.set_title(sweep["model"])
     ax.grid(alpha=0.3)
     fig.tight_layout()

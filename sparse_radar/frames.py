@@ -35,14 +35,14 @@ class Frame:
 
 
 def load_frames(source: str, grid: GridSpec, radar_channels: Sequence[Channel], data_format: str = "points",
-                count: Optional[int] = None) -> List[Frame]:
-    """'synthetic' (the test split, `count` frames, default 50), a data folder of `data_format` (pairs with
+                count: Optional[int] = None, split: str = "test") -> List[Frame]:
+    """'synthetic' (`count` frames of `split`, default 50 of the test split), a data folder of `data_format` (pairs with
     ground truth), a folder of radar point files, or one radar point file."""
     if count is not None and count < 1:
         raise ValueError(f"--count must be >= 1, got {count}")
     if source == "synthetic":
-        data = SyntheticDataset("test", count or 50, grid)
-        return [Frame(f"synthetic_test_{i:06d}", data[i]) for i in range(len(data))]
+        data = SyntheticDataset(split, count or 50, grid)
+        return [Frame(f"synthetic_{split}_{i:06d}", data[i]) for i in range(len(data))]
     if data_format not in DATA_FORMATS:
         raise ValueError(f"unknown data format {data_format!r}; expected one of {', '.join(DATA_FORMATS)}")
     if os.path.isfile(source):

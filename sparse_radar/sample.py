@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run folder (its latest.pt) or a checkpoint")
     p.add_argument("--input", default="synthetic", help="'synthetic' (the test split), a data folder (pairs with "
                    "ground truth), a folder of radar point files, or one radar file")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"),
+                   help="synthetic split (val: to choose --threshold without looking at the test frames)")
     p.add_argument("--data_format", default="points", choices=DATA_FORMATS, help="layout of --input files")
     p.add_argument("--count", type=int, default=None, help="frames to take (synthetic default 50; folders: all)")
     p.add_argument("--out", default=None, help="output folder (default RUN/samples/<sampler>_<steps>)")
@@ -75,7 +77,8 @@ def run(argv=None) -> int:
         settings = SamplerSettings(args.sampler or densifier.default_sampler, args.steps, args.sigma_max,
                                    args.sigma_min, args.s_churn, args.threshold)
         taus = parse_taus(args.tau, densifier)
-        frames = load_frames(args.input, densifier.grid, densifier.radar_channels, args.data_format, args.count)
+        frames = load_frames(args.input, densifier.grid, densifier.radar_channels, args.data_format, args.count,
+                             args.split)
         out = args.out or default_out(args.checkpoint, settings)
         lines = claim_folder(out, args.overwrite, PROG)
     except ValueError as exc:

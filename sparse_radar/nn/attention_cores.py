@@ -186,8 +186,8 @@ class TopKAttention(nn.Module):
         s, length = index.shape
         heads, d = q.shape[1:]
         flat = index.clamp_min(0).reshape(-1)
-        qg, kg, vg = (grouping.gather_rows(t, flat).view(s, length, heads, d).transpose(1, 2).reshape(s * heads, length, d)
-                      for t in (q, k, v))
+        qg, kg, vg = (grouping.gather_rows(t, flat).view(s, length, heads, d).transpose(1, 2)
+                      .reshape(s * heads, length, d) for t in (q, k, v))
         per_row = valid[:, None, :].expand(s, heads, length).reshape(s * heads, length)
         out = topk_softmax(qg, kg, vg, min(self.topk, length), TOPK_QUERY_ELEMENTS, per_row)
         rows = out.view(s, heads, length, d).transpose(1, 2)[valid]  # [N, h, d] in bucket order
