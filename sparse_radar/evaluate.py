@@ -16,9 +16,8 @@ from .data.datasets import DATA_FORMATS
 from .data.support import coverage, support_structure
 from .frames import Frame, centres, load_frames, radar_field, target_field
 from .inference import Densifier, SamplerSettings, generate_batches
-from .metrics import frame_metrics, summarize
+from .metrics import frame_metrics, parse_taus, summarize
 from .outputs import claim_folder, write_json
-from .sample import parse_taus
 
 PROG = "python -m sparse_radar.evaluate"
 SWEEP = (-0.8, -0.6, -0.4, -0.2, 0.0, 0.2, 0.4, 0.6, 0.8)
@@ -121,7 +120,7 @@ def run(argv=None) -> int:
         for path, d in models[1:]:
             if d.grid != grid:
                 raise ValueError(f"{path}: grid {d.grid} differs from {args.models[0]}'s {grid}")
-        taus = parse_taus(args.tau, models[0][1])
+        taus = parse_taus(args.tau, max(grid.voxel_size))
         frames = load_frames(args.input, grid, models[0][1].radar_channels, args.data_format, args.count,
                              args.split)
         if not all(f.has_target for f in frames):

@@ -9,7 +9,7 @@ diagonal, the farthest two points of the grid can be; default inf); two empty cl
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -110,3 +110,16 @@ def frame_metrics(pred_xyz, gt_xyz, voxel_of, taus: Sequence[float], empty_dista
     out = cloud_metrics(pred_xyz, gt_xyz, taus, empty_distance)
     out.update(voxel_metrics(voxel_of(_points(pred_xyz, "pred")), voxel_of(_points(gt_xyz, "gt"))))
     return out
+
+
+def parse_taus(text: Optional[str], one_voxel: float) -> List[float]:
+    """--tau: comma-separated distances in metres; None gives [one_voxel]."""
+    if text is None:
+        return [float(one_voxel)]
+    try:
+        taus = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        taus = []
+    if not taus or min(taus) <= 0:
+        raise ValueError(f"--tau must be distances > 0, comma-separated, got {text!r}")
+    return taus

@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import List, Optional
+from typing import List
 
 from .data.datasets import DATA_FORMATS
 from .frames import Frame, centres, load_frames, target_field
 from .inference import DTYPES, SAMPLERS, Densifier, SamplerSettings, generate_batches
-from .metrics import frame_metrics, summarize
+from .metrics import frame_metrics, parse_taus, summarize
 from .outputs import claim_folder, peak_memory, write_cloud, write_csv, write_json
 from .training.png import write_png
 from .training.preview import COLORS, render_preview
@@ -47,19 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_taus(text: Optional[str], densifier: Densifier) -> List[float]:
-    """--tau values; default one voxel (the grid's largest voxel edge)."""
-    if text is None:
-        return [max(densifier.grid.voxel_size)]
-    try:
-        taus = [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        taus = []
-    if not taus or min(taus) <= 0:
-        raise ValueError(f"--tau must be distances > 0, comma-separated, got {text!r}")
-    return taus
-
-
 def default_out(checkpoint: str, settings: SamplerSettings) -> str:
     """RUN/samples/<sampler>_<steps> beside the run folder of the checkpoint."""
     run = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(os.path.dirname(os.path.abspath(checkpoint)))
@@ -76,7 +63,7 @@ def run(argv=None) -> int:
         densifier = Densifier.from_checkpoint(args.checkpoint, args.device, args.ema, args.dtype)
         settings = SamplerSettings(args.sampler or densifier.default_sampler, args.steps, args.sigma_max,
                                    args.sigma_min, args.s_churn, args.threshold)
-        taus = parse_taus(args.tau, densifier)
+        taus = parse_taus(args.tau, max(densifier.grid.voxel_size))
         frames = load_frames(args.input, densifier.grid, densifier.radar_channels, args.data_format, args.count,
                              args.split)
         out = args.out or default_out(args.checkpoint, settings)

@@ -81,3 +81,12 @@ def test_voxel_metrics():
 def test_summarize_keeps_every_row():
     s = summarize([{"a": 1.0, "name": "x"}, {"a": 3.0, "name": "y"}, {"a": 8.0, "name": "z"}])
     assert s == {"a": {"mean": 4.0, "median": 3.0}}
+
+
+def test_parse_taus():
+    from sparse_radar.metrics import parse_taus
+
+    assert parse_taus(None, 0.8) == [0.8] and parse_taus("0.4, 1.6", 0.8) == [0.4, 1.6]
+    for bad in ("", "a", "0.4,-1", "0"):
+        with pytest.raises(ValueError, match="--tau"):
+            parse_taus(bad, 0.8)
