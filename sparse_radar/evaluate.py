@@ -20,7 +20,7 @@ from .metrics import frame_metrics, parse_taus, summarize
 from .outputs import claim_folder, write_json
 
 PROG = "python -m sparse_radar.evaluate"
-SWEEP = (-0.8, -0.6, -0.4, -0.2, 0.0, 0.2, 0.4, 0.6, 0.8)
+SWEEP = (-0.95, -0.9, -0.8, -0.6, -0.4, -0.2, 0.0, 0.2, 0.4, 0.6, 0.8)
 SHOWN = ("chamfer_sum_of_means", "chamfer_mean_of_means", "modified_hausdorff", "hausdorff", "voxel_iou")
 
 
