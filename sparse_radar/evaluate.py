@@ -212,7 +212,7 @@ def plot_sweep(path: str, sweep: dict, tau: float) -> None:
     ax.set_ylabel(f"mean F-score @ {tau:g} m", color="tab:blue")
     right.set_ylabel("mean Chamfer, sum of means (m)", color="tab:red")
     lines = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
-    ax.legend(lines, [ln.get_label() for ln in lines], fontsize=7, loc="lower left")
+    ax.legend(lines, [ln.get_label() for ln in lines], fontsize=7, loc="center right")
     ax.set_title(sweep["model"])
     ax.grid(alpha=0.3)
     fig.tight_layout()
