@@ -120,3 +120,15 @@ def test_voxel_folders_take_the_grid_of_their_files():
         metric_grid(parse_args(["--grid", "reference"]), (8, 64, 64))
     with pytest.warns(UserWarning, match="voxel units"):
         assert metric_grid(parse_args([]), (4, 10, 12)) == GridSpec((0, 0, 0, 10, 12, 4), (1, 1, 1))
+
+
+def test_dense_backend_and_half_precision_follow_the_sparse_fp32_output(runs):
+    pts = radar_points()
+    d = Densifier.from_checkpoint(runs[0], device="cpu")
+    ref = d(pts, steps=2, threshold=-1.0)
+    d.backend = "dense"  # the same weights on the dense fallback: the same function on the support
+    np.testing.assert_allclose(d(pts, steps=2, threshold=-1.0), ref, atol=1e-4)
+    half = Densifier.from_checkpoint(runs[0], device="cpu", dtype="bfloat16")(pts, steps=2, threshold=-1.0)
+    assert half.shape == ref.shape and np.abs(half[:, 3:] - ref[:, 3:]).max() < 0.1  # doppler spans 40 m/s
+    with pytest.raises(ValueError, match="dtype"):
+        Densifier.from_checkpoint(runs[0], dtype="float64")
