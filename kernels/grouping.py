@@ -105,3 +105,14 @@ def gather_rows(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     if src.is_cuda and current().deterministic and torch.is_grad_enabled() and src.requires_grad:
         return _DeterministicGather.apply(src, index)
     return src.index_select(0, index)
+
+
+def gather_buckets(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows of src [N, ...] laid out as buckets [G, L, ...] by bucketize's index (padding holds row 0)."""
+    return gather_rows(src, index.clamp_min(0).reshape(-1)).view(*index.shape, *src.shape[1:])
+
+
+def scatter_buckets(bucketed: torch.Tensor, index: torch.Tensor, valid: torch.Tensor, like: torch.Tensor
+                    ) -> torch.Tensor:
+    """The inverse of gather_buckets: bucketed [G, L, ...] back to rows [N, ...] shaped like `like`."""
+    return torch.zeros_like(like).index_copy(0, index[valid], bucketed[valid])

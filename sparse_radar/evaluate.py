@@ -54,9 +54,9 @@ class Table:
 
     def __init__(self, frames: Sequence[Frame], densifier: Densifier, taus: Sequence[float]):
         self.frames, self.grid, self.taus = list(frames), densifier.grid, list(taus)
-        shape = self.grid.shape
-        target = target_field(self.frames, shape)
-        self.truth = [centres(target, b, self.grid) for b in range(len(self.frames))]
+        self.radar = radar_field(self.frames, self.grid.shape)
+        self.target = target_field(self.frames, self.grid.shape)
+        self.truth = [centres(self.target, b, self.grid) for b in range(len(self.frames))]
         self.methods: Dict[str, dict] = {}
 
     def score(self, b: int, pred_xyz: np.ndarray) -> dict:
@@ -83,11 +83,9 @@ class Table:
 
 def baselines(table: Table, densifier: Densifier) -> float:
     """Add the radar input and the dilated radar support as predictions; returns the support's mean coverage."""
-    radar = radar_field(table.frames, table.grid.shape)
-    target = target_field(table.frames, table.grid.shape)
-    support = support_structure("radar_dilated", radar, radar, densifier.radius)
-    covered = coverage(support, target)
-    table.add("radar input", [table.score(b, centres(radar, b, table.grid)) for b in range(len(table.frames))])
+    support = support_structure("radar_dilated", table.radar, table.radar, densifier.radius)
+    covered = coverage(support, table.target)
+    table.add("radar input", [table.score(b, centres(table.radar, b, table.grid)) for b in range(len(table.frames))])
     sup_xyz = lambda b: table.grid.voxel_centers(support.coords[support.coords[:, 0] == b][:, 1:].numpy())
     table.add(f"radar dilated {tuple(densifier.radius)}",
               [table.score(b, sup_xyz(b)) for b in range(len(table.frames))],

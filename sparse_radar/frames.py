@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-import torch
 
 from .data import formats, point_fields
-from .data.datasets import DATA_FORMATS, FolderDataset, SyntheticDataset, open_dataset
+from .data.datasets import DATA_FORMATS, FolderDataset, SyntheticDataset, batch_voxels, open_dataset
 from .data.grid import GridSpec
 from .data.voxelize import Channel, voxelize
 from .voxels import SparseVoxels
@@ -97,7 +96,7 @@ def _radar_file_frame(path: str, grid: GridSpec, radar_channels: Sequence[Channe
 
 def radar_field(frames: Sequence[Frame], grid_shape) -> SparseVoxels:
     """The frames' radar voxels as one batch."""
-    return _batch([f.sample["radar_coords"] for f in frames], [f.sample["radar_feats"] for f in frames], grid_shape)
+    return _batch(frames, "radar", grid_shape)
 
 
 def target_field(frames: Sequence[Frame], grid_shape) -> SparseVoxels:
@@ -105,19 +104,22 @@ def target_field(frames: Sequence[Frame], grid_shape) -> SparseVoxels:
     missing = [f.name for f in frames if not f.has_target]
     if missing:
         raise ValueError(f"frames without ground truth: {', '.join(missing[:3])}")
-    return _batch([f.sample["target_coords"] for f in frames], [f.sample["target_feats"] for f in frames], grid_shape)
+    return _batch(frames, "target", grid_shape)
 
 
-def _batch(coords: Sequence[np.ndarray], feats: Sequence[np.ndarray], grid_shape) -> SparseVoxels:
-    stacked = [np.column_stack([np.full(len(c), b), c]) for b, c in enumerate(coords)]
-    return SparseVoxels(torch.from_numpy(np.concatenate(feats).astype(np.float32)),
-                        torch.from_numpy(np.concatenate(stacked).astype(np.int64)), tuple(grid_shape), len(coords))
+def _batch(frames: Sequence[Frame], prefix: str, grid_shape) -> SparseVoxels:
+    return batch_voxels([f.sample[f"{prefix}_coords"] for f in frames], [f.sample[f"{prefix}_feats"] for f in frames],
+                        grid_shape)
+
+
+def kept_rows(field: SparseVoxels, sample: int, threshold: Optional[float] = None) -> np.ndarray:
+    """bool [N]: the rows of one sample (whose channel 0 exceeds threshold, if given)."""
+    keep = field.coords[:, 0].cpu().numpy() == sample
+    if threshold is not None:
+        keep &= field.feats[:, 0].detach().float().cpu().numpy() > threshold
+    return keep
 
 
 def centres(field: SparseVoxels, sample: int, grid: GridSpec, threshold: Optional[float] = None) -> np.ndarray:
     """Metric centres [M, 3] of one sample's voxels (those whose channel 0 exceeds threshold, if given)."""
-    c = field.coords.cpu().numpy()
-    keep = c[:, 0] == sample
-    if threshold is not None:
-        keep &= field.feats[:, 0].detach().float().cpu().numpy() > threshold
-    return grid.voxel_centers(c[keep, 1:])
+    return grid.voxel_centers(field.coords.cpu().numpy()[kept_rows(field, sample, threshold), 1:])

@@ -8,10 +8,13 @@ from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from .data.datasets import batch_voxels
 from .data.grid import GridSpec
 from .data.support import on_support, support_structure
 from .data.voxelize import Channel, voxelize
+from .frames import centres, kept_rows, radar_field, target_field
 from .diffusion.edm import DiffusionConfig, Denoiser, karras_sigmas
 from .diffusion.samplers import sample_consistency, sample_euler, sample_heun
 from .models.config import UNetConfig
@@ -109,26 +112,23 @@ class Densifier:
             inside = self.grid.voxel_coords(pts[:, :3])[1]
             self.last_dropped.append(int((~inside).sum()))
             c, f = voxelize(pts, self.grid, self.radar_channels)
-            coords.append(np.column_stack([np.full(len(c), b), c]))
+            coords.append(c)
             feats.append(f)
         dropped = sum(self.last_dropped)
         if dropped:
             warnings.warn(f"{dropped} radar point(s) outside the grid {self.grid.point_range} were dropped "
                           f"(per cloud: {self.last_dropped})", stacklevel=3)
-        return SparseVoxels(torch.from_numpy(np.concatenate(feats).astype(np.float32)),
-                            torch.from_numpy(np.concatenate(coords).astype(np.int64)), self.grid.shape, len(clouds))
+        return batch_voxels(coords, feats, self.grid.shape)
 
     def to_points(self, field: SparseVoxels, sample: int, threshold: float) -> np.ndarray:
         """[M, 3 + C] float32 of one sample: voxel centres (x, y, z, metres) whose occupancy exceeds threshold,
         then the output channels in physical units."""
-        coords = field.coords.cpu().numpy()
-        feats = field.feats.detach().float().cpu().numpy()
-        keep = (coords[:, 0] == sample) & (feats[:, 0] > threshold)
-        xyz = self.grid.voxel_centers(coords[keep, 1:])
-        cols = [xyz]
+        keep = kept_rows(field, sample, threshold)
+        feats = field.feats.detach().float().cpu().numpy()[keep]
+        cols = [centres(field, sample, self.grid, threshold)]
         for c in self.output_channels:
             j = self.target_channels.index(c)
-            cols.append((c.lo + (np.clip(feats[keep, j], -1, 1) + 1) / 2 * (c.hi - c.lo))[:, None])
+            cols.append((c.lo + (np.clip(feats[:, j], -1, 1) + 1) / 2 * (c.hi - c.lo))[:, None])
         return np.concatenate(cols, axis=1).astype(np.float32)
 
     # ----- sampling -------------------------------------------------------------------------------------
@@ -184,7 +184,8 @@ class Densifier:
     def _initial_noise(self, support: VoxelStructure, seed: int, frame_ids: Optional[Sequence[int]]) -> torch.Tensor:
         """Unit noise on the support, drawn per sample from (seed, frame id): a frame's noise does not depend on
         the other frames of its batch."""
-        counts = torch.bincount(support.coords[:, 0].long().cpu(), minlength=support.batch_size).tolist()
+        row_ptr = support.row_ptr().cpu()
+        counts = (row_ptr[1:] - row_ptr[:-1]).tolist()
         ids = list(range(len(counts))) if frame_ids is None else list(frame_ids)
         if len(ids) != len(counts):
             raise ValueError(f"frame_ids must name each of the {len(counts)} samples, got {len(ids)}")
@@ -224,17 +225,13 @@ def generate_batches(densifier: Densifier, frames, settings: SamplerSettings, se
                      oracle: bool = False, progress: bool = False, desc: str = "sampling"):
     """Yield (frames of the batch, radar field, generated field on the CPU, seconds per frame) per batch; with
     oracle the support is the target dilated (an upper bound that needs the answer)."""
-    from tqdm import tqdm
-
-    from .data.support import support_structure as support_of
-    from .frames import radar_field, target_field
-
     shape = densifier.grid.shape
     with tqdm(total=len(frames), unit="frame", disable=not progress, dynamic_ncols=True, desc=desc) as bar:
         for start in range(0, len(frames), batch_size):
             batch = frames[start:start + batch_size]
             radar = radar_field(batch, shape)
-            support = support_of("oracle", radar, target_field(batch, shape), densifier.radius) if oracle else None
+            target = target_field(batch, shape) if oracle else None
+            support = support_structure("oracle", radar, target, densifier.radius) if oracle else None
             t0 = time.perf_counter()
             out = densifier.generate(radar, support, settings, seed, frame_ids=range(start, start + len(batch)))
             out = out.to("cpu")

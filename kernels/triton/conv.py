@@ -49,7 +49,8 @@ def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, table: torch.Tensor) ->
     partial = torch.empty(n_split, k, c_in, c_out, dtype=torch.float32, device=x.device)
     grid = (k, triton.cdiv(c_in, block_ci) * triton.cdiv(c_out, block_co), n_split)
     weight_grad_kernel[grid](x, grad_out, table, partial, table.shape[0], c_in, c_out, k, per,
-                             PRECISION=_precision(x.dtype), UPCAST=interpreted_bf16(x.dtype), BLOCK_N=block_n, BLOCK_CI=block_ci, BLOCK_CO=block_co)
+                             PRECISION=_precision(x.dtype), UPCAST=interpreted_bf16(x.dtype), BLOCK_N=block_n,
+                             BLOCK_CI=block_ci, BLOCK_CO=block_co)
     return partial.sum(0) if n_split > 1 else partial[0]
 
 

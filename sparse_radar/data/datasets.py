@@ -193,12 +193,14 @@ def open_dataset(data: str, data_format: str = "reference", split: str = "train"
     raise ValueError(f"unknown data_format {data_format!r}; expected one of {', '.join(DATA_FORMATS)}")
 
 
+def batch_voxels(coords: Sequence[np.ndarray], feats: Sequence[np.ndarray], grid_shape) -> SparseVoxels:
+    """One SparseVoxels batch from per-sample voxel coords [M_b, 3] (z, x, y) and feats [M_b, C]."""
+    stacked = [np.column_stack([np.full(len(c), b), c]) for b, c in enumerate(coords)]
+    return SparseVoxels(torch.from_numpy(np.concatenate(feats).astype(np.float32)),
+                        torch.from_numpy(np.concatenate(stacked).astype(np.int64)), tuple(grid_shape), len(coords))
+
+
 def collate(samples: Sequence[Sample], grid_shape: Sequence[int]) -> Tuple[SparseVoxels, SparseVoxels]:
     """Batch samples into (radar, target) SparseVoxels on a (D, H, W) grid."""
-    def batch(prefix):
-        coords = [np.column_stack([np.full(len(s[f"{prefix}_coords"]), b), s[f"{prefix}_coords"]])
-                  for b, s in enumerate(samples)]
-        feats = [s[f"{prefix}_feats"] for s in samples]
-        return SparseVoxels(torch.from_numpy(np.concatenate(feats).astype(np.float32)),
-                            torch.from_numpy(np.concatenate(coords).astype(np.int64)), grid_shape, len(samples))
-    return batch("radar"), batch("target")
+    return tuple(batch_voxels([s[f"{p}_coords"] for s in samples], [s[f"{p}_feats"] for s in samples], grid_shape)
+                 for p in ("radar", "target"))

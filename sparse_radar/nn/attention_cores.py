@@ -38,16 +38,14 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_i
         index, valid = grouping.bucketize(group_id)
     if q.shape[0] == 0:
         return q.clone()
-    flat = index.clamp_min(0).reshape(-1)
     # gather_rows, not t[index]: a deterministic backward (index_add_ on CPU, sorted sums on CUDA)
-    qg, kg, vg = (grouping.gather_rows(t, flat).view(*index.shape, *t.shape[1:]).transpose(1, 2) for t in (q, k, v))
+    qg, kg, vg = (grouping.gather_buckets(t, index).transpose(1, 2) for t in (q, k, v))
     if bias is None:
         mask = valid[:, None, None, :]  # [G, 1, 1, L] keys that exist
     else:
         mask = bias.to(qg.dtype).masked_fill(~valid[:, None, None, :], torch.finfo(qg.dtype).min)
     out = sdpa(qg, kg, vg, attn_mask=mask)  # [G, h, L, d]
-    rows = out.transpose(1, 2)[valid]  # [N, h, d] in bucket order
-    return torch.zeros_like(q).index_copy(0, index[valid], rows)
+    return grouping.scatter_buckets(out.transpose(1, 2), index, valid, q)
 
 
 class GlobalAttention(nn.Module):
@@ -152,15 +150,13 @@ class LinearAttention(nn.Module):
         if q.shape[0] == 0:
             return q.clone()
         index, valid = grouping.bucketize(x.structure.sample_ids())  # [S, L]: rows of each non-empty sample
-        flat = index.clamp_min(0).reshape(-1)
         keep = valid[:, :, None, None]
-        fq, fk, vv = ((grouping.gather_rows(t, flat).view(*index.shape, *t.shape[1:])) for t in (q, k, v))
+        fq, fk, vv = (grouping.gather_buckets(t, index) for t in (q, k, v))
         fq, fk = F.elu(fq) + 1, (F.elu(fk) + 1) * keep.to(fk.dtype)  # padded keys contribute nothing
         kv = torch.einsum("slhd,slhe->shde", fk, vv)  # [S, h, d, e]
         num = torch.einsum("slhd,shde->slhe", fq, kv)
         den = torch.einsum("slhd,shd->slh", fq, fk.sum(1))[..., None]
-        rows = (num / den.clamp_min(1e-6))[valid]  # [N, h, e] in bucket order
-        return torch.zeros_like(q).index_copy(0, index[valid], rows)
+        return grouping.scatter_buckets(num / den.clamp_min(1e-6), index, valid, q)
 
     def dense(self, q, k, v, mask) -> torch.Tensor:
         """[B, h, d, D, H, W] outputs."""
@@ -185,13 +181,11 @@ class TopKAttention(nn.Module):
         index, valid = grouping.bucketize(x.structure.sample_ids())  # [S, L]
         s, length = index.shape
         heads, d = q.shape[1:]
-        flat = index.clamp_min(0).reshape(-1)
-        qg, kg, vg = (grouping.gather_rows(t, flat).view(s, length, heads, d).transpose(1, 2)
-                      .reshape(s * heads, length, d) for t in (q, k, v))
+        qg, kg, vg = (grouping.gather_buckets(t, index).transpose(1, 2).reshape(s * heads, length, d)
+                      for t in (q, k, v))
         per_row = valid[:, None, :].expand(s, heads, length).reshape(s * heads, length)
         out = topk_softmax(qg, kg, vg, min(self.topk, length), TOPK_QUERY_ELEMENTS, per_row)
-        rows = out.view(s, heads, length, d).transpose(1, 2)[valid]  # [N, h, d] in bucket order
-        return torch.zeros_like(q).index_copy(0, index[valid], rows)
+        return grouping.scatter_buckets(out.view(s, heads, length, d).transpose(1, 2), index, valid, q)
 
     def dense(self, q, k, v, mask) -> torch.Tensor:
         """[B, h, d, D, H, W] outputs, the same query chunking over the grid."""
