@@ -70,7 +70,7 @@ class GlobalAttention(nn.Module):
 
 def _flash_attn_varlen(q, k, v, x: SparseVoxels):
     """flash-attn's varlen kernel over the per-sample segments (tokens are sample-major), if installed."""
-    try:
+    try:  # optional: the `cuda` extra (pip install 'sparse-radar[cuda]'); without it SDPA runs instead
         from flash_attn import flash_attn_varlen_func
     except ImportError:
         return None
