@@ -123,3 +123,13 @@ class VoxelStructure:
             self.cache[key] = (kmap, parent)
         return self.cache[key]  # type: ignore[return-value]
 
+
+    def children(self, stride: Shape3, fine_shape: Optional[Shape3] = None) -> Tuple[KernelMap, "VoxelStructure"]:
+        """Kernel map (offset j of a stride-sized kernel) and structure of every child c*stride + j (cached)."""
+        key = ("children", stride, fine_shape)
+        if key not in self.cache:
+            kmap, fine_coords, shape = km.children_kmap(self.coords, self.spatial_shape, stride, fine_shape,
+                                                        self.batch_size)
+            fine = VoxelStructure(fine_coords, kc.linear_keys(fine_coords, shape), shape, self.batch_size)
+            self.cache[key] = (kmap, fine)
+        return self.cache[key]  # type: ignore[return-value]

@@ -1,0 +1,121 @@
+"""StructureNet: where the scene is, predicted from the radar coarse to fine (sparse structure generation, as in
+XCube / TRELLIS): a sparse radar encoder down to a coarse dense grid, then the generative decoder keeps, level by
+level, the children whose occupancy logit is > 0. Its finest level is the predicted support."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..kernels.coords import dilate_coords, keys_to_coords, linear_keys
+from ..nn.norm import NORM_TYPES
+from ..structure import VoxelStructure
+from ..voxels import SparseVoxels
+from .config import dataclass_from_dict
+from .generative import Generation, GenerativeDecoder, LevelOutput, SparseEncoder, fill_grid, level_shapes
+
+
+@dataclass
+class StructureConfig:
+    """Channels per level (finest first), strides between levels (finest first), norm, cap and loss weights."""
+
+    in_channels: int = 4
+    channels: Tuple[int, ...] = (16, 32, 48, 64)
+    strides: Tuple[Tuple[int, int, int], ...] = ((2, 2, 2), (2, 2, 2), (2, 2, 2))
+    norm_type: str = "group"
+    num_groups: int = 8
+    cap: int = 20000
+    dice_weight: float = 1.0
+
+    def __post_init__(self):
+        self.channels = tuple(int(c) for c in self.channels)
+        self.strides = tuple(tuple(int(v) for v in s) for s in self.strides)
+        if len(self.channels) != len(self.strides) + 1 or min(self.channels) < 1:
+            raise ValueError(f"StructureConfig.channels: need {len(self.strides) + 1} positive ints (one per "
+                             f"level), got {self.channels}")
+        if any(len(s) != 3 or min(s) < 1 for s in self.strides):
+            raise ValueError(f"StructureConfig.strides: need (z, y, x) triples >= 1, got {self.strides}")
+        if self.norm_type not in NORM_TYPES:
+            raise ValueError(f"StructureConfig.norm_type: expected one of {', '.join(NORM_TYPES)}, "
+                             f"got {self.norm_type!r}")
+        if self.cap < 0 or self.dice_weight < 0:
+            raise ValueError(f"StructureConfig: cap and dice_weight must be >= 0, got {self.cap}, {self.dice_weight}")
+
+    def to_dict(self) -> dict:
+        """Plain dict (JSON and checkpoint safe)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "StructureConfig":
+        """From a dict; unknown keys are an error."""
+        return dataclass_from_dict(cls, values, "unknown structure option(s):")
+
+
+class StructureNet(nn.Module):
+    """net(radar, target=None) -> Generation: kept voxels of every level; with target, teacher-forced and labelled."""
+
+    def __init__(self, config: StructureConfig):
+        super().__init__()
+        if not isinstance(config, StructureConfig):
+            raise TypeError(f"StructureNet takes a StructureConfig, got {type(config).__name__}")
+        self.config = c = config
+        self.encoder = SparseEncoder(c.in_channels, c.channels, c.strides, c.norm_type, c.num_groups)
+        self.decoder = GenerativeDecoder(c.channels[-1], c.channels[::-1], c.strides[::-1], 0, c.norm_type,
+                                         c.num_groups)
+
+    def check_grid(self, shape) -> None:
+        """ValueError unless every stride divides the grid level by level."""
+        level_shapes(shape, self.config.strides)
+
+    def forward(self, radar, target: Optional[SparseVoxels] = None, cap: Optional[int] = None) -> Generation:
+        """Occupancy logits level by level (coarse first) and the kept finest voxels; cap None: the config's."""
+        if radar.num_channels != self.config.in_channels:
+            raise ValueError(f"StructureNet expects {self.config.in_channels} radar channels, got {radar.num_channels}")
+        feats = self.encoder(radar)  # finest first
+        conditions = [None] + feats[-2::-1]  # coarse first; the coarse grid itself starts from feats[-1]
+        return self.decoder(fill_grid(feats[-1]), conditions, target, self.config.cap if cap is None else cap)
+
+
+def occupancy_loss(levels: List[LevelOutput], dice_weight: float = 1.0) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """Sum over levels of BCE(logits, labels) (mean over candidates) + dice_weight * soft Dice loss (per sample,
+    averaged); returns the loss and per-level logs (bce, dice, recall of the kept voxels)."""
+    total, logs = None, {}
+    for i, lv in enumerate(levels):
+        if lv.labels is None:
+            raise ValueError("occupancy_loss needs labelled levels: pass the target to the network")
+        if lv.logits.numel() == 0:
+            continue
+        bce = F.binary_cross_entropy_with_logits(lv.logits.float(), lv.labels.float())
+        prob = torch.sigmoid(lv.logits.float())
+        b = int(lv.samples.max()) + 1
+        inter = torch.zeros(b, device=prob.device).index_add_(0, lv.samples, prob * lv.labels)
+        both = torch.zeros(b, device=prob.device).index_add_(0, lv.samples, prob + lv.labels)
+        dice = (1 - (2 * inter + 1) / (both + 1)).mean()
+        level_loss = bce + dice_weight * dice
+        total = level_loss if total is None else total + level_loss
+        hit = ((lv.logits > 0) & (lv.labels > 0)).sum()
+        logs[f"bce_{i}"], logs[f"dice_{i}"] = float(bce), float(dice)
+        logs[f"recall_{i}"] = float(hit) / max(1.0, float(lv.labels.sum()))
+    if total is None:
+        total = torch.zeros((), device=levels[0].logits.device if levels else None)
+    return total, logs
+
+
+def predicted_support(net: StructureNet, radar: SparseVoxels, radius=(0, 0, 0),
+                      cap: Optional[int] = None) -> VoxelStructure:
+    """The predicted voxels with the radar's own voxels, dilated by radius (z, y, x); on the radar's device."""
+    was_training = net.training
+    net.eval()
+    with torch.no_grad():
+        kept = net(radar, cap=cap).field
+    net.train(was_training)
+    coords = torch.cat([kept.coords, radar.coords]).to(torch.int64)
+    shape, b = radar.spatial_shape, radar.batch_size
+    keys = torch.unique(linear_keys(coords, shape))
+    if any(radius):
+        coords = dilate_coords(keys_to_coords(keys, shape), shape, tuple(radius))
+        keys = linear_keys(coords, shape)
+    return VoxelStructure.from_keys(keys, shape, b)
