@@ -45,9 +45,11 @@ def _loop(trainer: Trainer, cfg, ctx) -> int:
         write_config(cfg, trainer.model, trainer.diffusion)
         metrics, writer = open_metrics(os.path.join(cfg.out, "metrics.csv"), trainer.step, trainer.plan.history)
         params = sum(p.numel() for p in trainer.model.parameters())
-        print(f"run folder {cfg.out}: {cfg.mode} on {cfg.data} ({len(trainer.dataset)} scans, grid "
-              f"{trainer.grid_shape}), {cfg.backend} {cfg.preset} UNet ({params / 1e6:.2f} M parameters), "
-              f"support {cfg.support}, {ctx.world_size} process(es)" +
+        what = f"{cfg.backend} structure network" if cfg.stage == "structure" else \
+            f"{cfg.mode}, {cfg.backend} {cfg.preset} UNet"
+        where = "" if cfg.stage == "structure" else f", support {cfg.support}"
+        print(f"run folder {cfg.out}: {what} ({params / 1e6:.2f} M parameters) on {cfg.data} ({len(trainer.dataset)} "
+              f"scans, grid {trainer.grid_shape}){where}, {ctx.world_size} process(es)" +
               (f", resuming at step {trainer.step}" if trainer.step else ""), flush=True)
     bar = tqdm(total=cfg.steps, initial=trainer.step, disable=not (ctx.main and cfg.progress), unit="step",
                dynamic_ncols=True, mininterval=1.0)

@@ -97,7 +97,7 @@ def occupancy_loss(levels: List[LevelOutput], dice_weight: float = 1.0) -> Tuple
         level_loss = bce + dice_weight * dice
         total = level_loss if total is None else total + level_loss
         hit = ((lv.logits > 0) & (lv.labels > 0)).sum()
-        logs[f"bce_{i}"], logs[f"dice_{i}"] = float(bce), float(dice)
+        logs[f"bce_{i}"], logs[f"dice_{i}"] = float(bce.detach()), float(dice.detach())
         logs[f"recall_{i}"] = float(hit) / max(1.0, float(lv.labels.sum()))
     if total is None:
         total = torch.zeros((), device=levels[0].logits.device if levels else None)

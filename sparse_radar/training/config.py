@@ -16,6 +16,9 @@ from ..nn.norm import NORM_TYPES
 
 PROG = "python -m sparse_radar.train"
 MODES = ("edm", "cd", "ct")
+STAGES = ("diffusion", "structure")
+TRAIN_SUPPORTS = SUPPORT_TYPES + ("predicted",)
+DEFAULT_RADIUS = {"predicted": (0, 0, 0)}  # every other support: (1, 2, 2)
 DEFAULT_OUT = "runs/latest"
 # Flags a resumed run may change; their meaning is documented in the README and logged when they change.
 RESUMABLE_FLAGS = ("steps", "lr", "save_every", "preview_every", "preview_steps", "progress")
@@ -51,7 +54,11 @@ class TrainConfig:
     grid: str = "default"
     train_size: int = 64
     support: str = "radar_dilated"
-    support_radius: str = "1,2,2"
+    support_radius: Optional[str] = None
+    structure: Optional[str] = None
+    stage: str = "diffusion"
+    structure_cap: int = 20000
+    dice_weight: float = 1.0
     mode: str = "edm"
     teacher: Optional[str] = None
     cm_steps: int = 40
@@ -72,7 +79,8 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        checks = (("preset", PRESETS), ("backend", BACKENDS), ("mode", MODES), ("support", SUPPORT_TYPES),
+        checks = (("preset", PRESETS), ("backend", BACKENDS), ("mode", MODES), ("support", TRAIN_SUPPORTS),
+                  ("stage", STAGES),
                   ("data_format", DATA_FORMATS), ("attention_type", ATTENTION_TYPES), ("norm_type", NORM_TYPES))
         for name, allowed in checks:
             value = getattr(self, name)
@@ -81,6 +89,7 @@ class TrainConfig:
         for name in ("batch_size", "steps", "grad_accum", "save_every", "train_size", "cm_steps", "preview_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        self._check_stage()
         if self.mode == "cd" and not self.teacher:
             raise ValueError("--mode cd distils a trained EDM model: pass its checkpoint with --teacher")
         if self.mode == "cd" and self.cm_steps < 2:
@@ -101,6 +110,24 @@ class TrainConfig:
         self.radius()
         self.grid_spec()
 
+    def _check_stage(self) -> None:
+        if self.stage == "structure" and self.mode != "edm":
+            raise ValueError(f"--stage structure trains the structure network alone; --mode {self.mode} belongs to "
+                             f"the diffusion stage (leave --mode out)")
+        if self.stage == "structure" and self.support == "predicted":
+            raise ValueError("--stage structure learns the target's voxels; --support predicted is for the diffusion "
+                             "stage that follows it")
+        if self.support == "predicted" and not self.structure:
+            raise ValueError("--support predicted needs --structure RUN_OR_CHECKPOINT: a run trained with "
+                             "--stage structure")
+        if self.structure and self.support != "predicted":
+            raise ValueError(f"--structure gives the network of --support predicted; with --support {self.support} "
+                             f"it would be unused")
+        if self.structure_cap < 0:
+            raise ValueError(f"--structure_cap must be >= 0 (0 = no cap), got {self.structure_cap}")
+        if not (math.isfinite(self.dice_weight) and self.dice_weight >= 0):
+            raise ValueError(f"--dice_weight must be a finite number >= 0, got {self.dice_weight}")
+
     def grid_spec(self) -> GridSpec:
         """The metric grid --grid names (for voxel folders, whose files fix the shape, see Trainer)."""
         return parse_grid(self.grid)
@@ -116,13 +143,15 @@ class TrainConfig:
         return rates
 
     def radius(self):
-        """Support dilation radius (z, x, y)."""
+        """Support dilation radius (z, y, x): --support_radius, else 0,0,0 for predicted and 1,2,2 otherwise."""
+        if self.support_radius is None:
+            return DEFAULT_RADIUS.get(self.support, (1, 2, 2))
         try:
             r = tuple(int(v) for v in str(self.support_radius).split(","))
         except ValueError:
             r = ()
         if len(r) != 3 or min(r) < 0:
-            raise ValueError(f"--support_radius must be three ints >= 0 (z,x,y), got {self.support_radius!r}")
+            raise ValueError(f"--support_radius must be three ints >= 0 (z,y,x), got {self.support_radius!r}")
         return r
 
     def model_config(self, grid_shape: Sequence[int]) -> UNetConfig:
@@ -158,7 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
         "preset": f"model preset: {', '.join(PRESETS)}", "backend": "sparse (submanifold) or dense (fallback)",
         "attention_resolutions": "downsample factors with attention, e.g. 8,4", "channel_mult": "e.g. 1,2,2,4",
         "data": "'synthetic' or a folder", "data_format": f"folder layout: {', '.join(DATA_FORMATS)}",
-        "support": f"where diffusion runs: {', '.join(SUPPORT_TYPES)}", "support_radius": "dilation z,x,y",
+        "support": f"where diffusion runs: {', '.join(TRAIN_SUPPORTS)} (predicted: by the --structure network)",
+        "support_radius": "dilation z,y,x (default 1,2,2; predicted 0,0,0)",
+        "stage": "diffusion (the UNet, --mode) or structure (the network that predicts where the scene is)",
+        "structure": "checkpoint or run folder of a --stage structure run (for --support predicted)",
+        "structure_cap": "structure network: most voxels kept per sample and level (0 = no cap)",
+        "dice_weight": "structure network: weight of the Dice term beside BCE",
         "mode": "edm training, cd (consistency distillation, needs --teacher) or ct (consistency training)",
         "teacher": "EDM checkpoint to distil (mode cd)", "ema_rate": "comma-separated EMA rates",
         "grad_accum": "micro-batches per optimizer step", "resume": "checkpoint file or run folder to continue",

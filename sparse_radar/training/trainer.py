@@ -16,18 +16,21 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data.datasets import FolderDataset, collate, open_dataset
 from ..data.validate import validate_dataset
 from ..data.support import training_fields
+from ..data.voxelize import RADAR_CHANNELS
 from ..diffusion.consistency import consistency_loss, ct_schedule, ema_update
 from ..diffusion.edm import DiffusionConfig, Denoiser, edm_loss, karras_sigmas, sample_sigma
 from ..diffusion.fields import has_voxels
 from ..diffusion.samplers import sample_consistency, sample_heun
 from ..models.config import UNetConfig
+from ..models.structure_net import occupancy_loss
 from ..models.unet import UNet3D
 from ..voxels import DenseVoxels, SparseVoxels
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data_record import data_record, metric_grid
 from .config import TrainConfig, given_flags
-from .run_folder import RunPlan, adopt_teacher, plan_run
+from .run_folder import ARCH_FLAGS, RunPlan, adopt_teacher, plan_run
+from .structure_stage import KIND, build_structure, load_structure, structure_record, support_fields
 from .preview import save_preview
 
 CSV_COLUMNS = ["step", "loss", "grad_norm", "lr", "support_voxels", "coverage", "seconds", "skipped_samples"]
@@ -51,7 +54,10 @@ class Trainer:
         self.grid_shape = tuple(self.dataset.grid_shape)
         self.grid = metric_grid(cfg, self.grid_shape)
         self.diffusion = DiffusionConfig()
-        self.teacher = None
+        self.teacher = self.structure = None
+        if cfg.support == "predicted":  # a frozen structure network predicts where diffusion runs
+            self.structure = load_structure(cfg.structure).to(self.device)
+            self.structure.check_grid(self.grid_shape)
         if cfg.mode == "cd":
             teacher_state = load_checkpoint(cfg.teacher)
             if state is None:
@@ -60,10 +66,18 @@ class Trainer:
             self.teacher = UNet3D(model_cfg).to(self.device).eval()
             self.teacher.load_state_dict(_best_weights(teacher_state))
             self.teacher.requires_grad_(False)
-        else:
+        elif cfg.stage == "diffusion":
             model_cfg = cfg.model_config(self.grid_shape)
         torch.manual_seed(cfg.seed)
-        self.model = UNet3D(model_cfg).to(self.device)
+        if cfg.stage == KIND:
+            unused = sorted(given_flags(cfg) & set(ARCH_FLAGS))
+            if unused:
+                raise ValueError(f"--stage structure trains the structure network; the UNet flags "
+                                 f"{', '.join('--' + n for n in unused)} do not apply to it")
+            self.model = build_structure(len(RADAR_CHANNELS), cfg.structure_cap, cfg.dice_weight).to(self.device)
+            self.model.check_grid(self.grid_shape)
+        else:
+            self.model = UNet3D(model_cfg).to(self.device)
         if self.teacher is not None:  # the student starts as the teacher
             self.model.load_state_dict(self.teacher.state_dict())
         self.ema = {rate: copy.deepcopy(self.model).eval().requires_grad_(False) for rate in cfg.ema_rates()}
@@ -71,7 +85,7 @@ class Trainer:
         if cfg.mode in ("cd", "ct"):
             self.cm_target = copy.deepcopy(self.model).requires_grad_(False)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        use_scaler = model_cfg.use_fp16 and self.device.type == "cuda"
+        use_scaler = getattr(self.model.config, "use_fp16", False) and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         self.step = 0
         if state is not None:
@@ -96,9 +110,14 @@ class Trainer:
         start = (step * self.cfg.grad_accum + micro) * b * world + self.ctx.rank * b
         return list(range(start, start + b))
 
-    def _fields(self, positions: List[int]):
-        samples = [self.dataset[self._stream(p)] for p in positions]
-        radar, target = collate(samples, self.grid_shape)
+    def _pair(self, positions: List[int]):
+        """(radar, target) of the samples at these stream positions."""
+        return collate([self.dataset[self._stream(p)] for p in positions], self.grid_shape)
+
+    def _support_fields(self, radar: SparseVoxels, target: SparseVoxels):
+        """(target on the support, radar on it, coverage [B]) on the device."""
+        if self.structure is not None:
+            return support_fields(self.structure, radar.to(self.device), target.to(self.device), self.cfg.radius())
         tgt, cond, cov = training_fields(self.cfg.support, radar, target, self.cfg.radius())
         return tgt.to(self.device), cond.to(self.device), cov
 
@@ -138,19 +157,15 @@ class Trainer:
         self.model.train()
         self.opt.zero_grad(set_to_none=True)
         total, voxels, cover, empty = 0.0, 0, 0.0, 0
+        micro_step = self._structure_micro if cfg.stage == KIND else self._diffusion_micro
         for micro in range(cfg.grad_accum):
-            positions = self.batch_positions(self.step, micro)
-            tgt, cond, cov = self._fields(positions)
-            sigma, noise = self._noise(tgt, positions)
-            tgt, cond, noise = self._as_backend(tgt), self._as_backend(cond), self._as_backend(noise)
             sync = micro == cfg.grad_accum - 1 or not self.ctx.active
             with contextlib.nullcontext() if sync else self.net.no_sync():
-                loss = self._loss(tgt, cond, sigma, noise, micro) / cfg.grad_accum
+                loss, n_voxels, n_empty, cov = micro_step(self.batch_positions(self.step, micro), micro)
+                loss = loss / cfg.grad_accum
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += float(loss.detach())
-            voxels += tgt.num_voxels if isinstance(tgt, SparseVoxels) else int(tgt.active().sum())
-            empty += int((~has_voxels(tgt)).sum())  # skipped by the loss (nonempty_mean)
-            cover += float(cov.mean()) / cfg.grad_accum
+            voxels, empty, cover = voxels + n_voxels, empty + n_empty, cover + cov / cfg.grad_accum
         loss_value = distributed.mean_scalar(self.ctx, total)
         voxels = round(distributed.mean_scalar(self.ctx, float(voxels)) * self.ctx.world_size)
         cover = distributed.mean_scalar(self.ctx, cover)
@@ -169,6 +184,22 @@ class Trainer:
         self.step += 1
         return {"step": self.step, "loss": loss_value, "grad_norm": grad_norm, "lr": self.opt.param_groups[0]["lr"],
                 "support_voxels": voxels, "coverage": cover, "skipped_samples": empty}
+
+    def _diffusion_micro(self, positions: List[int], micro: int):
+        """(loss, support voxels, empty samples, mean coverage) of one diffusion micro-batch."""
+        tgt, cond, cov = self._support_fields(*self._pair(positions))
+        sigma, noise = self._noise(tgt, positions)
+        tgt, cond, noise = self._as_backend(tgt), self._as_backend(cond), self._as_backend(noise)
+        loss = self._loss(tgt, cond, sigma, noise, micro)
+        voxels = tgt.num_voxels if isinstance(tgt, SparseVoxels) else int(tgt.active().sum())
+        return loss, voxels, int((~has_voxels(tgt)).sum()), float(cov.mean())  # empty ones: skipped by the loss
+
+    def _structure_micro(self, positions: List[int], micro: int):
+        """(occupancy loss, predicted finest voxels, 0, their recall of the target) of one structure micro-batch."""
+        radar, target = (f.to(self.device) for f in self._pair(positions))
+        levels = self.net(self._as_backend(radar), target).levels
+        loss, logs = occupancy_loss(levels, self.cfg.dice_weight)
+        return loss, int((levels[-1].logits > 0).sum()), 0, logs.get(f"recall_{len(levels) - 1}", 1.0)
 
     @property
     def samples_per_step(self) -> int:
@@ -208,6 +239,8 @@ class Trainer:
             "model_config": self.model.config.to_dict(),
             "diffusion_config": self.diffusion.to_dict(),
             "data_config": data_record(self.cfg, self.grid),
+            "model_kind": self.cfg.stage,
+            "structure": None if self.structure is None else structure_record(self.structure),
         }
 
     def _restore(self, state: dict) -> None:
@@ -237,9 +270,15 @@ class Trainer:
         data = open_dataset(self.cfg.data, self.cfg.data_format, "val", 1, self.grid) if self.cfg.data == "synthetic" \
             else self.dataset
         radar, target = collate([data[0]], self.grid_shape)
-        tgt, cond, _ = training_fields(self.cfg.support, radar, target, self.cfg.radius())
         model = next(iter(self.ema.values())) if self.ema else self.model
         model.eval()
+        if self.cfg.stage == KIND:
+            kept = model(self._as_backend(radar.to(self.device))).field
+            kept = kept if isinstance(kept, SparseVoxels) else kept.to_sparse()
+            save_preview(path, radar, target, kept.replace(kept.feats.new_ones(kept.num_voxels, 1)).to("cpu"))
+            return
+        tgt, cond, _ = self._support_fields(radar, target)
+        tgt = tgt.to("cpu")
         g = torch.Generator().manual_seed(self.cfg.seed)
         x = tgt.replace(torch.randn(tgt.feats.shape, generator=g) * self.diffusion.sigma_max).to(self.device)
         cond = cond.to(self.device)

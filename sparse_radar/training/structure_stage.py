@@ -1,0 +1,61 @@
+"""The structure network inside training and inference: built from a run's flags, loaded from a structure-stage
+checkpoint, embedded in diffusion checkpoints, and turned into the predicted support of a batch."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from ..data.support import coverage, on_support
+from ..models.structure_net import StructureConfig, StructureNet, predicted_support
+from ..voxels import SparseVoxels
+from .checkpoint import load_checkpoint
+
+KIND = "structure"
+
+
+def checkpoint_kind(state: dict) -> str:
+    """'structure' for a --stage structure checkpoint, 'diffusion' for the UNet's (older checkpoints too)."""
+    return state.get("model_kind") or "diffusion"
+
+
+def build_structure(radar_channels: int, cap: int, dice_weight: float) -> StructureNet:
+    """A new structure network with the default levels (three 2x2x2 steps down to 1/8 resolution)."""
+    return StructureNet(StructureConfig(in_channels=radar_channels, cap=cap, dice_weight=dice_weight))
+
+
+def structure_from_record(record: dict) -> StructureNet:
+    """The network of {'config', 'weights'} (what structure_record writes), in eval mode without gradients."""
+    net = StructureNet(StructureConfig.from_dict(record["config"]))
+    net.load_state_dict(record["weights"])
+    return net.eval().requires_grad_(False)
+
+
+def structure_record(net: StructureNet) -> dict:
+    """{'config', 'weights'} of a network, stored inside the diffusion checkpoints that use it."""
+    return {"config": net.config.to_dict(), "weights": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
+
+
+def load_structure(path_or_state) -> StructureNet:
+    """The structure network of a --stage structure checkpoint (EMA weights) or of a diffusion checkpoint that
+    embeds one (trained with --support predicted)."""
+    state = load_checkpoint(path_or_state) if isinstance(path_or_state, str) else path_or_state
+    if state.get("structure"):
+        return structure_from_record(state["structure"])
+    if checkpoint_kind(state) != KIND:
+        name = path_or_state if isinstance(path_or_state, str) else "the checkpoint"
+        raise ValueError(f"{name} holds no structure network: pass a run of `--stage structure` (or a checkpoint "
+                         f"trained with --support predicted)")
+    ema = state.get("ema") or {}
+    weights = next(iter(ema.values())) if ema else state["model"]
+    return structure_from_record({"config": state["model_config"], "weights": weights})
+
+
+def support_fields(net: StructureNet, radar: SparseVoxels, target: Optional[SparseVoxels],
+                   radius) -> Tuple[SparseVoxels, SparseVoxels, torch.Tensor]:
+    """(target on the predicted support, radar on it, coverage [B]) of a batch; without target the first is None."""
+    support = predicted_support(net, radar, radius)
+    cond = on_support(radar, support)
+    if target is None:
+        return None, cond, torch.ones(radar.batch_size)
+    return on_support(target, support), cond, coverage(support, target)
