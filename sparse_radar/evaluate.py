@@ -8,14 +8,17 @@ import argparse
 import os
 import sys
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+import torch
 
 from .data.datasets import DATA_FORMATS
 from .data.support import coverage, support_structure
 from .frames import Frame, centres, load_frames, radar_field, target_field
 from .inference import Densifier, SamplerSettings, generate_batches
+from .models.structure_net import StructureNet, predicted_support
+from .training.structure_stage import load_structure
 from .metrics import frame_metrics, parse_taus, summarize
 from .outputs import claim_folder, write_json
 
@@ -41,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.0, help="occupancy threshold of the table's models")
     p.add_argument("--oracle", action=argparse.BooleanOptionalAction, default=True,
                    help="add the first EDM model sampled on the oracle support (an upper bound)")
+    p.add_argument("--structure", default=None, help="run of a --stage structure run: adds its predicted support "
+                   "to the support table and as a baseline (default: the network a model carries, if any)")
     p.add_argument("--tau", default=None, help="F-score distances in metres, comma-separated (default one voxel)")
     p.add_argument("--batch_size", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
@@ -81,16 +86,28 @@ class Table:
         return "\n".join(lines)
 
 
-def baselines(table: Table, densifier: Densifier) -> float:
-    """Add the radar input and the dilated radar support as predictions; returns the support's mean coverage."""
-    support = support_structure("radar_dilated", table.radar, table.radar, densifier.radius)
-    covered = coverage(support, table.target)
+def baselines(table: Table, densifier: Densifier, structure: Optional[StructureNet] = None) -> List[dict]:
+    """Add the radar input and the supports (dilated radar; predicted, given a structure network) as predictions;
+    returns each support's recall of the target voxels and size, with the oracle's."""
+    radius = densifier.oracle_radius
+    supports = [(f"radar dilated {tuple(radius)}", support_structure("radar_dilated", table.radar, table.radar,
+                                                                       radius))]
+    if structure is not None:
+        supports.append(("predicted (structure network)", predicted_support(structure, table.radar)))
+    supports.append((f"oracle: target dilated {tuple(radius)}", support_structure("oracle", table.radar,
+                                                                                  table.target, radius)))
     table.add("radar input", [table.score(b, centres(table.radar, b, table.grid)) for b in range(len(table.frames))])
-    sup_xyz = lambda b: table.grid.voxel_centers(support.coords[support.coords[:, 0] == b][:, 1:].numpy())
-    table.add(f"radar dilated {tuple(densifier.radius)}",
-              [table.score(b, sup_xyz(b)) for b in range(len(table.frames))],
-              "(the support)")
-    return float(covered.mean())
+    target_counts = table.target.batch_counts().float()
+    rows = []
+    for name, support in supports:
+        counts = torch.bincount(support.coords[:, 0].long(), minlength=len(table.frames)).float()
+        rows.append({"support": name, "recall": float(coverage(support, table.target).mean()),
+                     "voxels_per_frame": float(counts.mean()), "per_target_voxel": float((counts / target_counts
+                                                                                          .clamp_min(1)).mean())})
+        if not name.startswith("oracle"):
+            xyz = lambda b: table.grid.voxel_centers(support.coords[support.coords[:, 0] == b][:, 1:].numpy())
+            table.add(name, [table.score(b, xyz(b)) for b in range(len(table.frames))], "(a support)")
+    return rows
 
 
 def model_rows(table: Table, densifier: Densifier, settings: SamplerSettings, args, oracle: bool = False,
@@ -114,6 +131,7 @@ def run(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         models = [(m, Densifier.from_checkpoint(m, args.device)) for m in args.models]
+        structure = load_structure(args.structure) if args.structure else None
         grid = models[0][1].grid
         for path, d in models[1:]:
             if d.grid != grid:
@@ -131,7 +149,8 @@ def run(argv=None) -> int:
         print(line)
     start = time.perf_counter()
     table = Table(frames, models[0][1], taus)
-    cover = baselines(table, models[0][1])
+    structure = structure or next((d.structure for _, d in models if d.structure is not None), None)
+    cover = baselines(table, models[0][1], structure)
     sweep, oracle_done = {}, not args.oracle
     for path, d in models:
         label = os.path.basename(os.path.normpath(path))
@@ -161,13 +180,16 @@ def run(argv=None) -> int:
     return 0
 
 
-def write_report(args, table: Table, cover: float, sweep: dict, seconds: float) -> None:
+def write_report(args, table: Table, cover: List[dict], sweep: dict, seconds: float) -> None:
     """evaluation.md, evaluation.json and the sweep plot."""
     text = (f"# Evaluation on {len(table.frames)} frames of {args.input}\n\nMeans over frames (medians in "
             f"parentheses); distances in metres, F-score at tau = {', '.join(f'{t:g}' for t in table.taus)} m. "
             f"Every cloud is compared at the grid's resolution: the target is the LiDAR voxelized on the grid "
-            f"(voxel {table.grid.voxel_size} m). The dilated radar support holds {cover:.1%} of the target voxels "
-            f"(mean over frames): no model sampled on it can recall the rest.\n\n{table.markdown()}\n")
+            f"(voxel {table.grid.voxel_size} m). A model sampled on a support cannot recall the target voxels "
+            f"outside it.\n\n| support | recall of the target voxels | voxels per frame | voxels per target voxel |"
+            f"\n|---|---|---|---|\n" +
+            "".join(f"| {r['support']} | {r['recall']:.3f} | {r['voxels_per_frame']:.0f} | {r['per_target_voxel']:.2f} "
+                    f"|\n" for r in cover) + f"\n{table.markdown()}\n")
     if sweep:
         names = list(sweep["curves"])
         text += (f"\n## Occupancy threshold against F-score@{table.taus[0]:g} and Chamfer (sum of means), "
@@ -182,7 +204,7 @@ def write_report(args, table: Table, cover: float, sweep: dict, seconds: float) 
         fh.write(text)
     write_json(os.path.join(args.out, "evaluation.json"), {
         "input": args.input, "frames": [f.name for f in table.frames], "taus": table.taus,
-        "support_coverage": cover, "seconds": seconds, "sweep": sweep,
+        "supports": cover, "seconds": seconds, "sweep": sweep,
         "methods": {k: {"note": v["note"], "summary": v["summary"]} for k, v in table.methods.items()}})
     print(text)
     print(f"written: {os.path.join(args.out, 'evaluation.md')}, evaluation.json" +

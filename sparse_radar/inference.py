@@ -18,11 +18,13 @@ from .frames import centres, kept_rows, radar_field, target_field
 from .diffusion.edm import DiffusionConfig, Denoiser, karras_sigmas
 from .diffusion.samplers import sample_consistency, sample_euler, sample_heun
 from .models.config import UNetConfig
+from .models.structure_net import StructureNet, predicted_support
 from .models.unet import UNet3D
 from .structure import VoxelStructure
 from .training.checkpoint import load_checkpoint
-from .training.config import TrainConfig
+from .training.config import DEFAULT_RADIUS, TRAIN_SUPPORTS, TrainConfig
 from .training.data_record import data_record_of
+from .training.structure_stage import KIND, checkpoint_kind, load_structure
 from .voxels import DenseVoxels, SparseVoxels
 
 SAMPLERS = ("heun", "euler", "onestep", "multistep")
@@ -57,21 +59,34 @@ class Densifier:
 
     def __init__(self, model: UNet3D, diffusion: DiffusionConfig, grid: GridSpec, radar_channels: Sequence[Channel],
                  target_channels: Sequence[Channel], support: str = "radar_dilated", radius=(1, 2, 2),
-                 consistency: bool = False, backend: str = "sparse", device=None, dtype=torch.float32):
+                 consistency: bool = False, backend: str = "sparse", device=None, dtype=torch.float32,
+                 structure: Optional[StructureNet] = None):
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         self.diffusion, self.grid = diffusion, grid
         self.radar_channels, self.target_channels = tuple(radar_channels), tuple(target_channels)
         if support == "oracle":
             support = "radar_dilated"  # an oracle model is sampled on the radar support unless given one
+        if support not in TRAIN_SUPPORTS:
+            raise ValueError(f"support must be one of {', '.join(TRAIN_SUPPORTS)}, got {support!r}")
+        if support == "predicted" and structure is None:
+            raise ValueError("support 'predicted' needs a structure network (a --stage structure run)")
+        self.structure = None if structure is None else structure.to(self.device).eval()
         self.support, self.radius, self.consistency, self.backend = support, tuple(radius), consistency, backend
         self.dtype = dtype
         self.last_dropped: List[int] = []  # radar points outside the grid, per cloud of the last call
 
     @classmethod
-    def from_checkpoint(cls, path_or_run_folder, device=None, ema: bool = True, dtype="float32") -> "Densifier":
-        """Rebuild model, grid, feature scaling and diffusion settings from a checkpoint or run folder."""
+    def from_checkpoint(cls, path_or_run_folder, device=None, ema: bool = True, dtype="float32",
+                        support: Optional[str] = None, structure: Optional[str] = None) -> "Densifier":
+        """Rebuild model, grid, feature scaling and diffusion settings from a checkpoint or run folder. support
+        overrides its support rule (full, radar_dilated, predicted); structure: the run or checkpoint of the
+        structure network for 'predicted' (default: the one the checkpoint carries)."""
         state = load_checkpoint(path_or_run_folder)
+        if checkpoint_kind(state) == KIND:
+            raise ValueError(f"{path_or_run_folder} is a structure-network checkpoint (--stage structure): it predicts "
+                             f"where the scene is, not the scene; sample a diffusion checkpoint with --support "
+                             f"predicted --structure {path_or_run_folder}")
         train = TrainConfig.from_dict(state["train_config"])
         model = UNet3D(UNetConfig.from_dict(state["model_config"]))
         weights = state["model"]
@@ -83,10 +98,19 @@ class Densifier:
         record = data_record_of(state)
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        return cls(model, DiffusionConfig(**state["diffusion_config"]), GridSpec.from_dict(record["grid"]),
+        rule, radius = record["support"], record["support_radius"]
+        if support is not None and support != rule:
+            rule, radius = support, DEFAULT_RADIUS.get(support, (1, 2, 2))
+        if structure is not None and rule != "predicted":
+            raise ValueError(f"a structure network is used only with support 'predicted', not {rule!r}")
+        net = load_structure(structure or state) if rule == "predicted" else None
+        grid = GridSpec.from_dict(record["grid"])
+        if net is not None:
+            net.check_grid(grid.shape)
+        return cls(model, DiffusionConfig(**state["diffusion_config"]), grid,
                    [Channel(**c) for c in record["radar_channels"]], [Channel(**c) for c in record["target_channels"]],
-                   record["support"], record["support_radius"], consistency=train.mode in ("cd", "ct"),
-                   backend=train.backend, device=device, dtype=DTYPES[dtype])
+                   rule, radius, consistency=train.mode in ("cd", "ct"), backend=train.backend, device=device,
+                   dtype=DTYPES[dtype], structure=net)
 
     @property
     def default_sampler(self) -> str:
@@ -140,14 +164,15 @@ class Densifier:
 
         Each sample's starting noise is drawn from (seed, its frame id; default its place in the batch)."""
         settings = settings or SamplerSettings(self.default_sampler)
-        if support is None:
-            support = support_structure(self.support, radar, radar, self.radius)
-        cond = on_support(radar, support).to(self.device)
+        radar = radar.to(self.device)
+        support = self.support_of(radar) if support is None else support.to(self.device)
+        cond = on_support(radar, support)
         sigma_max = settings.sigma_max or self.diffusion.sigma_max
         sigma_min = settings.sigma_min or self.diffusion.sigma_min
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min} and {sigma_max}")
-        x = SparseVoxels.wrap(self._initial_noise(support, seed, frame_ids) * sigma_max, support).to(self.device)
+        noise = self._initial_noise(support, seed, frame_ids).to(self.device)
+        x = SparseVoxels.wrap(noise * sigma_max, support)
         if support.num_voxels == 0:  # no radar voxel in any cloud: nothing to generate
             return x
         g = torch.Generator(device=self.device).manual_seed(seed)
@@ -164,6 +189,18 @@ class Densifier:
                     if settings.sampler == "heun" else sample_euler(den, x_b, sigmas, progress)
         out = out if isinstance(out, SparseVoxels) else out.to_sparse()
         return out.replace(out.feats.float())
+
+    def support_of(self, radar: SparseVoxels) -> VoxelStructure:
+        """Where this model generates for a radar batch: its support rule (predicted: the structure network's
+        voxels with the radar's, dilated by the radius)."""
+        if self.support == "predicted":
+            return predicted_support(self.structure, radar.to(self.device), self.radius)
+        return support_structure(self.support, radar, radar, self.radius).to(self.device)
+
+    @property
+    def oracle_radius(self) -> tuple:
+        """Dilation of the target that makes the oracle support: the model's radius, (1, 2, 2) for predicted."""
+        return (1, 2, 2) if self.support == "predicted" else self.radius
 
     def __call__(self, radar_points: Union[Cloud, Sequence[Cloud]], sampler: Optional[str] = None, steps: int = 18,
                  seed: int = 0, **settings) -> Union[np.ndarray, List[np.ndarray]]:
@@ -231,7 +268,7 @@ def generate_batches(densifier: Densifier, frames, settings: SamplerSettings, se
             batch = frames[start:start + batch_size]
             radar = radar_field(batch, shape)
             target = target_field(batch, shape) if oracle else None
-            support = support_structure("oracle", radar, target, densifier.radius) if oracle else None
+            support = support_structure("oracle", radar, target, densifier.oracle_radius) if oracle else None
             t0 = time.perf_counter()
             out = densifier.generate(radar, support, settings, seed, frame_ids=range(start, start + len(batch)))
             out = out.to("cpu")

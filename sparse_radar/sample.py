@@ -11,12 +11,14 @@ from typing import List
 from .data.datasets import DATA_FORMATS
 from .frames import Frame, centres, load_frames, target_field
 from .inference import DTYPES, SAMPLERS, Densifier, SamplerSettings, generate_batches
+from .training.config import TRAIN_SUPPORTS
 from .metrics import frame_metrics, parse_taus, summarize
 from .outputs import claim_folder, peak_memory, write_cloud, write_csv, write_json
 from .training.png import write_png
 from .training.preview import COLORS, render_preview
 
 PROG = "python -m sparse_radar.sample"
+SUPPORTS = tuple(s for s in TRAIN_SUPPORTS if s != "oracle")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sigma_min", type=float, default=None, help="default: the checkpoint's (0.002)")
     p.add_argument("--s_churn", type=float, default=0.0, help="Heun stochastic churn (EDM Algorithm 2)")
     p.add_argument("--threshold", type=float, default=0.0, help="a voxel is kept where occupancy (in [-1, 1]) > it")
+    p.add_argument("--support", choices=SUPPORTS, default=None,
+                   help="where to generate (default: the checkpoint's rule); predicted: by a structure network")
+    p.add_argument("--structure", default=None, help="run or checkpoint of a --stage structure run, for --support "
+                   "predicted (default: the one the checkpoint carries)")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA weights")
     p.add_argument("--batch_size", type=int, default=4, help="frames per model call")
     p.add_argument("--seed", type=int, default=0, help="the same seed gives the same output")
@@ -47,10 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def default_out(checkpoint: str, settings: SamplerSettings) -> str:
-    """RUN/samples/<sampler>_<steps> beside the run folder of the checkpoint."""
+def default_out(checkpoint: str, settings: SamplerSettings, support=None) -> str:
+    """RUN/samples/<sampler>_<steps>[_<support>] beside the run folder of the checkpoint."""
     run = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(os.path.dirname(os.path.abspath(checkpoint)))
-    return os.path.join(run, "samples", f"{settings.sampler}_{settings.steps}")
+    return os.path.join(run, "samples", f"{settings.sampler}_{settings.steps}" + (f"_{support}" if support else ""))
 
 
 def run(argv=None) -> int:
@@ -60,13 +66,14 @@ def run(argv=None) -> int:
     try:
         if args.batch_size < 1:
             raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
-        densifier = Densifier.from_checkpoint(args.checkpoint, args.device, args.ema, args.dtype)
+        densifier = Densifier.from_checkpoint(args.checkpoint, args.device, args.ema, args.dtype, args.support,
+                                              args.structure)
         settings = SamplerSettings(args.sampler or densifier.default_sampler, args.steps, args.sigma_max,
                                    args.sigma_min, args.s_churn, args.threshold)
         taus = parse_taus(args.tau, max(densifier.grid.voxel_size))
         frames = load_frames(args.input, densifier.grid, densifier.radar_channels, args.data_format, args.count,
                              args.split)
-        out = args.out or default_out(args.checkpoint, settings)
+        out = args.out or default_out(args.checkpoint, settings, args.support)
         lines = claim_folder(out, args.overwrite, PROG)
     except ValueError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
@@ -77,6 +84,7 @@ def run(argv=None) -> int:
     if rows:
         write_csv(os.path.join(out, "metrics.csv"), rows)
     summary = {"checkpoint": os.path.abspath(args.checkpoint), "input": args.input, "frames": len(frames),
+               "support": densifier.support, "support_radius": list(densifier.radius),
                "frames_with_ground_truth": len(rows), "settings": vars(settings), "seed": args.seed,
                "taus": taus, "device": str(densifier.device), "dtype": args.dtype,
                **peak_memory(densifier.device), "metrics": summarize(rows)}

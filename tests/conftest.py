@@ -30,3 +30,17 @@ def small_runs(tmp_path_factory):
     assert train(common + ["--model_channels", "8", "--steps", "1", "--out", edm]) == 0
     assert train(common + ["--mode", "cd", "--teacher", edm, "--steps", "1", "--out", cd]) == 0
     return edm, cd
+
+
+@pytest.fixture(scope="session")
+def structure_runs(tmp_path_factory, small_runs):
+    """(structure-network run, EDM run on its predicted support) folders, two training steps each, on SMALL_GRID."""
+    from sparse_radar.train import run as train
+
+    root = tmp_path_factory.mktemp("structure_runs")
+    structure, predicted = str(root / "structure"), str(root / "predicted")
+    common = ["--train_size", "2", "--progress", "False", "--preview_steps", "1", "--grid", SMALL_GRID, "--steps", "2"]
+    assert train(common + ["--stage", "structure", "--out", structure]) == 0
+    assert train(common + ["--model_channels", "8", "--support", "predicted", "--structure", structure,
+                           "--out", predicted]) == 0
+    return structure, predicted

@@ -1,0 +1,99 @@
+"""--stage structure and --support predicted through train, sample, evaluate and the Densifier."""
+import csv
+import json
+
+import pytest
+import torch
+
+from sparse_radar.data.datasets import SyntheticDataset, collate
+from sparse_radar.data.grid import parse_grid
+from sparse_radar.data.support import coverage
+from sparse_radar.evaluate import run as evaluate
+from sparse_radar.inference import Densifier
+from sparse_radar.models.structure_net import predicted_support
+from sparse_radar.sample import run as sample
+from sparse_radar.train import run as train
+from sparse_radar.training.checkpoint import load_checkpoint
+from sparse_radar.training.structure_stage import load_structure
+from tests.conftest import SMALL_GRID
+
+
+def test_structure_run_records_its_kind_and_logs_recall(structure_runs):
+    structure, predicted = structure_runs
+    state = load_checkpoint(structure)
+    assert state["model_kind"] == "structure" and state["step"] == 2
+    assert [list(s) for s in state["model_config"]["strides"]] == [[2, 2, 2]] * 3
+    with open(f"{structure}/metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in rows] == [1, 2]
+    assert all(0 <= float(r["coverage"]) <= 1 and float(r["loss"]) > 0 for r in rows)
+    emb = load_checkpoint(predicted)["structure"]
+    net = load_structure(structure)
+    for name, value in net.state_dict().items():  # the diffusion checkpoint carries the structure run's EMA net
+        assert torch.equal(emb["weights"][name], value)
+
+
+def test_structure_run_resumes(structure_runs, tmp_path):
+    structure, _ = structure_runs
+    out = str(tmp_path / "resumed")
+    assert train(["--resume", f"{structure}/checkpoints/latest.pt", "--out", out, "--steps", "3",
+                  "--progress", "False"]) == 0
+    assert load_checkpoint(out)["step"] == 3 and load_checkpoint(out)["model_kind"] == "structure"
+
+
+def test_densifier_generates_on_the_predicted_support(structure_runs, small_runs):
+    structure, predicted = structure_runs
+    grid = parse_grid(SMALL_GRID)
+    radar, target = collate([SyntheticDataset("test", 2, grid)[i] for i in range(2)], grid.shape)
+    expected = predicted_support(load_structure(structure), radar)
+    for densifier in (Densifier.from_checkpoint(predicted),
+                      Densifier.from_checkpoint(small_runs[0], support="predicted", structure=structure)):
+        assert densifier.support == "predicted" and densifier.radius == (0, 0, 0)
+        out = densifier.generate(radar)
+        assert torch.equal(out.structure.keys, expected.keys)
+    assert bool(torch.isin(radar.structure.keys, expected.keys).all())
+    assert 0 <= float(coverage(expected, target).mean()) <= 1
+
+
+def test_sample_and_evaluate_on_the_predicted_support(structure_runs, small_runs, tmp_path):
+    structure, predicted = structure_runs
+    out = tmp_path / "s"
+    assert sample([small_runs[0], "--support", "predicted", "--structure", structure, "--count", "2", "--steps", "1",
+                   "--no-progress", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["support"] == "predicted" and summary["frames_with_ground_truth"] == 2
+    ev = tmp_path / "ev"
+    assert evaluate([predicted, "--count", "2", "--steps", "1", "--out", str(ev), "--no-progress"]) == 0
+    report = json.loads((ev / "evaluation.json").read_text())
+    names = [r["support"] for r in report["supports"]]
+    assert names[1] == "predicted (structure network)" and names[-1].startswith("oracle")
+    assert "predicted (structure network)" in report["methods"]
+    assert report["supports"][-1]["recall"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--support", "predicted"], "needs --structure"),
+    (["--structure", "x"], "would be unused"),
+    (["--stage", "structure", "--mode", "ct"], "belongs to the diffusion stage"),
+    (["--stage", "structure", "--model_channels", "8"], "do not apply"),
+    (["--structure_cap", "-1", "--stage", "structure"], "--structure_cap"),
+])
+def test_structure_flags_are_checked(flags, message, tmp_path, capsys):
+    try:
+        code = train(flags + ["--out", str(tmp_path / "r"), "--steps", "1", "--progress", "False"])
+    except SystemExit as exc:  # argparse's usage error
+        code = exc.code
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_structure_checkpoints_are_refused_where_a_diffusion_model_is_needed(structure_runs, small_runs, tmp_path,
+                                                                              capsys):
+    structure, _ = structure_runs
+    assert sample([structure, "--out", str(tmp_path / "a")]) == 2
+    assert "structure-network checkpoint" in capsys.readouterr().err
+    assert train(["--mode", "cd", "--teacher", structure, "--out", str(tmp_path / "b"), "--steps", "1"]) == 2
+    assert "--teacher is a structure-network checkpoint" in capsys.readouterr().err
+    assert evaluate([small_runs[0], "--structure", small_runs[0], "--out", str(tmp_path / "c")]) == 2
+    assert "holds no structure network" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="only with support 'predicted'"):
+        Densifier.from_checkpoint(small_runs[0], structure=structure)
