@@ -37,6 +37,13 @@ class ConvBlock(nn.Module):
         return x.replace(values(x) + values(h))
 
 
+def conv_blocks(channels: int, depth: int, norm_type: str, num_groups: int) -> nn.Module:
+    """One ConvBlock, or depth of them in sequence."""
+    if depth == 1:
+        return ConvBlock(channels, norm_type, num_groups)
+    return nn.Sequential(*(ConvBlock(channels, norm_type, num_groups) for _ in range(depth)))
+
+
 def level_shapes(shape: Sequence[int], strides: Sequence[Triple]) -> List[Triple]:
     """Grid of each level, finest first; every stride must divide its level's grid exactly."""
     shapes = [tuple(int(n) for n in shape)]
@@ -53,13 +60,13 @@ class SparseEncoder(nn.Module):
     Returns the field of every level, finest first (the last is the coarse grid's active cells)."""
 
     def __init__(self, in_channels: int, channels: Sequence[int], strides: Sequence[Triple], norm_type: str = "group",
-                 num_groups: int = 8):
+                 num_groups: int = 8, depth: int = 1):
         super().__init__()
         if len(channels) != len(strides) + 1:
             raise ValueError(f"need one channel count per level ({len(strides) + 1}), got {tuple(channels)}")
         self.strides = [tuple(s) for s in strides]
         self.stem = SubMConv3d(in_channels, channels[0], 3)
-        self.blocks = nn.ModuleList(ConvBlock(c, norm_type, num_groups) for c in channels)
+        self.blocks = nn.ModuleList(conv_blocks(c, depth, norm_type, num_groups) for c in channels)
         self.downs = nn.ModuleList(SparseConv3d(channels[i], channels[i + 1], s, s) for i, s in enumerate(strides))
 
     def forward(self, x: Field) -> List[Field]:
@@ -73,17 +80,21 @@ class SparseEncoder(nn.Module):
         return out
 
 
+def full_grid(batch_size: int, shape: Triple, device) -> VoxelStructure:
+    """The structure of every cell of a grid, in key order."""
+    keys = torch.arange(batch_size * shape[0] * shape[1] * shape[2], device=device)
+    return VoxelStructure(keys_to_coords(keys, shape), keys, shape, batch_size)
+
+
 def fill_grid(x: Field) -> Field:
     """The field on every cell of its grid (zero where it had no voxel)."""
     if isinstance(x, DenseVoxels):
         return DenseVoxels.wrap(x.masked_data(), None)
-    d, h, w = x.spatial_shape
-    keys = torch.arange(x.batch_size * d * h * w, device=x.device)
-    rows = lookup(x.structure.keys, keys)
-    feats = x.feats.new_zeros(keys.numel(), x.num_channels)
+    structure = full_grid(x.batch_size, x.spatial_shape, x.device)
+    rows = lookup(x.structure.keys, structure.keys)
+    feats = x.feats.new_zeros(structure.num_voxels, x.num_channels)
     feats[rows >= 0] = x.feats[rows[rows >= 0]]
-    return SparseVoxels.wrap(feats, VoxelStructure(keys_to_coords(keys, x.spatial_shape), keys, x.spatial_shape,
-                                                   x.batch_size))
+    return SparseVoxels.wrap(feats, structure)
 
 
 def candidate_keys(x: Field) -> torch.Tensor:
@@ -166,13 +177,15 @@ class GenerativeDecoder(nn.Module):
     """Coarse grid features -> kept voxels at full resolution (strides coarse to fine), with out_channels values."""
 
     def __init__(self, in_channels: int, channels: Sequence[int], strides: Sequence[Triple], out_channels: int = 0,
-                 norm_type: str = "group", num_groups: int = 8):
+                 norm_type: str = "group", num_groups: int = 8, depth: int = 1,
+                 coarse_module: Optional[nn.Module] = None):
         super().__init__()
         if len(channels) != len(strides) + 1:
             raise ValueError(f"need one channel count per level ({len(strides) + 1}), got {tuple(channels)}")
         self.strides = [tuple(s) for s in strides]
         self.stem = SubMConv3d(in_channels, channels[0], 3)
-        self.blocks = nn.ModuleList(ConvBlock(c, norm_type, num_groups) for c in channels)
+        self.coarse = coarse_module if coarse_module is not None else nn.Identity()  # e.g. attention on the grid
+        self.blocks = nn.ModuleList(conv_blocks(c, depth, norm_type, num_groups) for c in channels)
         self.heads = nn.ModuleList(SubMConv3d(c, 1, 1) for c in channels)
         self.ups = nn.ModuleList(GenerativeUpsample(channels[i], channels[i + 1], s) for i, s in enumerate(strides))
         self.out = SubMConv3d(channels[-1], out_channels, 1) if out_channels else None
@@ -187,7 +200,7 @@ class GenerativeDecoder(nn.Module):
         if len(conditions) != n_levels:
             raise ValueError(f"need one condition (or None) per level ({n_levels}), got {len(conditions)}")
         factors = self._factors()
-        h = self.stem(coarse)
+        h = self.coarse(self.stem(coarse))
         levels = []
         for i, block in enumerate(self.blocks):
             if conditions[i] is not None:

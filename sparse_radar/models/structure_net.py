@@ -88,11 +88,13 @@ def occupancy_loss(levels: List[LevelOutput], dice_weight: float = 1.0) -> Tuple
             raise ValueError("occupancy_loss needs labelled levels: pass the target to the network")
         if lv.logits.numel() == 0:
             continue
-        bce = F.binary_cross_entropy_with_logits(lv.logits.float(), lv.labels.float())
-        prob = torch.sigmoid(lv.logits.float())
+        dtype = torch.promote_types(lv.logits.dtype, torch.float32)  # halves are scored in fp32
+        logits, labels = lv.logits.to(dtype), lv.labels.to(dtype)
+        bce = F.binary_cross_entropy_with_logits(logits, labels)
+        prob = torch.sigmoid(logits)
         b = int(lv.samples.max()) + 1
-        inter = torch.zeros(b, device=prob.device).index_add_(0, lv.samples, prob * lv.labels)
-        both = torch.zeros(b, device=prob.device).index_add_(0, lv.samples, prob + lv.labels)
+        inter = prob.new_zeros(b).index_add_(0, lv.samples, prob * labels)
+        both = prob.new_zeros(b).index_add_(0, lv.samples, prob + labels)
         dice = (1 - (2 * inter + 1) / (both + 1)).mean()
         level_loss = bce + dice_weight * dice
         total = level_loss if total is None else total + level_loss

@@ -105,7 +105,7 @@ def test_occupancy_loss_matches_a_hand_computed_value_and_trains():
     first = None
     for _ in range(30):
         loss, _ = occupancy_loss(net(radar, target).levels)
-        first = float(loss) if first is None else first
+        first = float(loss.detach()) if first is None else first
         opt.zero_grad()
         loss.backward()
         opt.step()
