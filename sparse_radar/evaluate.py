@@ -18,7 +18,7 @@ from .data.support import coverage, support_structure
 from .frames import Frame, centres, load_frames, radar_field, target_field
 from .inference import Densifier, SamplerSettings, generate_batches
 from .models.structure_net import StructureNet, predicted_support
-from .training.structure_stage import load_structure
+from .training.stages import load_structure
 from .metrics import frame_metrics, parse_taus, summarize
 from .outputs import claim_folder, write_json
 

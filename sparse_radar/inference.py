@@ -24,7 +24,7 @@ from .structure import VoxelStructure
 from .training.checkpoint import load_checkpoint
 from .training.config import DEFAULT_RADIUS, TRAIN_SUPPORTS, TrainConfig
 from .training.data_record import data_record_of
-from .training.structure_stage import KIND, checkpoint_kind, load_structure
+from .training.stages import KIND, checkpoint_kind, load_structure
 from .voxels import DenseVoxels, SparseVoxels
 
 SAMPLERS = ("heun", "euler", "onestep", "multistep")
@@ -87,6 +87,9 @@ class Densifier:
             raise ValueError(f"{path_or_run_folder} is a structure-network checkpoint (--stage structure): it predicts "
                              f"where the scene is, not the scene; sample a diffusion checkpoint with --support "
                              f"predicted --structure {path_or_run_folder}")
+        if checkpoint_kind(state) != "diffusion":
+            raise ValueError(f"{path_or_run_folder} is a {checkpoint_kind(state)}-stage checkpoint; sampling needs a "
+                             f"diffusion checkpoint")
         train = TrainConfig.from_dict(state["train_config"])
         model = UNet3D(UNetConfig.from_dict(state["model_config"]))
         weights = state["model"]

@@ -16,7 +16,9 @@ from ..nn.norm import NORM_TYPES
 
 PROG = "python -m sparse_radar.train"
 MODES = ("edm", "cd", "ct")
-STAGES = ("diffusion", "structure")
+STAGES = ("diffusion", "structure", "vae")
+VAE_PRESET_NAMES = ("lightweight", "standard")
+VAE_KINDS = ("vae", "vqvae")
 TRAIN_SUPPORTS = SUPPORT_TYPES + ("predicted",)
 DEFAULT_RADIUS = {"predicted": (0, 0, 0)}  # every other support: (1, 2, 2)
 DEFAULT_OUT = "runs/latest"
@@ -59,6 +61,8 @@ class TrainConfig:
     stage: str = "diffusion"
     structure_cap: int = 20000
     dice_weight: float = 1.0
+    vae_preset: str = "lightweight"
+    vae_kind: str = "vae"
     mode: str = "edm"
     teacher: Optional[str] = None
     cm_steps: int = 40
@@ -80,7 +84,7 @@ class TrainConfig:
 
     def __post_init__(self):
         checks = (("preset", PRESETS), ("backend", BACKENDS), ("mode", MODES), ("support", TRAIN_SUPPORTS),
-                  ("stage", STAGES),
+                  ("stage", STAGES), ("vae_preset", VAE_PRESET_NAMES), ("vae_kind", VAE_KINDS),
                   ("data_format", DATA_FORMATS), ("attention_type", ATTENTION_TYPES), ("norm_type", NORM_TYPES))
         for name, allowed in checks:
             value = getattr(self, name)
@@ -111,12 +115,12 @@ class TrainConfig:
         self.grid_spec()
 
     def _check_stage(self) -> None:
-        if self.stage == "structure" and self.mode != "edm":
-            raise ValueError(f"--stage structure trains the structure network alone; --mode {self.mode} belongs to "
+        if self.stage != "diffusion" and self.mode != "edm":
+            raise ValueError(f"--stage {self.stage} trains a network of its own; --mode {self.mode} belongs to "
                              f"the diffusion stage (leave --mode out)")
-        if self.stage == "structure" and self.support == "predicted":
-            raise ValueError("--stage structure learns the target's voxels; --support predicted is for the diffusion "
-                             "stage that follows it")
+        if self.stage != "diffusion" and self.support == "predicted":
+            raise ValueError(f"--stage {self.stage} learns the target's voxels; --support predicted is for the "
+                             f"diffusion stage")
         if self.support == "predicted" and not self.structure:
             raise ValueError("--support predicted needs --structure RUN_OR_CHECKPOINT: a run trained with "
                              "--stage structure")
@@ -189,10 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
         "data": "'synthetic' or a folder", "data_format": f"folder layout: {', '.join(DATA_FORMATS)}",
         "support": f"where diffusion runs: {', '.join(TRAIN_SUPPORTS)} (predicted: by the --structure network)",
         "support_radius": "dilation z,y,x (default 1,2,2; predicted 0,0,0)",
-        "stage": "diffusion (the UNet, --mode) or structure (the network that predicts where the scene is)",
         "structure": "checkpoint or run folder of a --stage structure run (for --support predicted)",
         "structure_cap": "structure network: most voxels kept per sample and level (0 = no cap)",
-        "dice_weight": "structure network: weight of the Dice term beside BCE",
+        "dice_weight": "structure network and VAE: weight of the Dice term beside BCE",
+        "stage": "diffusion (the UNet, --mode), structure (the network that predicts where the scene is) or vae "
+                 "(the autoencoder of latent diffusion, --vae_preset, --vae_kind)",
+        "vae_preset": f"--stage vae: {', '.join(VAE_PRESET_NAMES)} (the reference's presets)",
+        "vae_kind": "--stage vae: vae (Gaussian latent, KL) or vqvae (codebook)",
         "mode": "edm training, cd (consistency distillation, needs --teacher) or ct (consistency training)",
         "teacher": "EDM checkpoint to distil (mode cd)", "ema_rate": "comma-separated EMA rates",
         "grad_accum": "micro-batches per optimizer step", "resume": "checkpoint file or run folder to continue",

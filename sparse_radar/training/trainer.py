@@ -16,13 +16,14 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data.datasets import FolderDataset, collate, open_dataset
 from ..data.validate import validate_dataset
 from ..data.support import training_fields
-from ..data.voxelize import RADAR_CHANNELS
+from ..data.voxelize import RADAR_CHANNELS, TARGET_CHANNELS
 from ..diffusion.consistency import consistency_loss, ct_schedule, ema_update
 from ..diffusion.edm import DiffusionConfig, Denoiser, edm_loss, karras_sigmas, sample_sigma
 from ..diffusion.fields import has_voxels
 from ..diffusion.samplers import sample_consistency, sample_heun
 from ..models.config import UNetConfig
 from ..models.structure_net import occupancy_loss
+from ..models.vae import autoencoder_loss
 from ..models.unet import UNet3D
 from ..voxels import DenseVoxels, SparseVoxels
 from . import distributed
@@ -30,7 +31,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data_record import data_record, metric_grid
 from .config import TrainConfig, given_flags
 from .run_folder import ARCH_FLAGS, RunPlan, adopt_teacher, plan_run
-from .structure_stage import KIND, build_structure, load_structure, structure_record, support_fields
+from .stages import KIND, build_structure, build_vae, load_structure, structure_record, support_fields
 from .preview import save_preview
 
 CSV_COLUMNS = ["step", "loss", "grad_norm", "lr", "support_voxels", "coverage", "seconds", "skipped_samples"]
@@ -69,13 +70,16 @@ class Trainer:
         elif cfg.stage == "diffusion":
             model_cfg = cfg.model_config(self.grid_shape)
         torch.manual_seed(cfg.seed)
-        if cfg.stage == KIND:
+        if cfg.stage != "diffusion":
             unused = sorted(given_flags(cfg) & set(ARCH_FLAGS))
             if unused:
-                raise ValueError(f"--stage structure trains the structure network; the UNet flags "
+                raise ValueError(f"--stage {cfg.stage} trains a network of its own; the UNet flags "
                                  f"{', '.join('--' + n for n in unused)} do not apply to it")
+        if cfg.stage == KIND:
             self.model = build_structure(len(RADAR_CHANNELS), cfg.structure_cap, cfg.dice_weight).to(self.device)
             self.model.check_grid(self.grid_shape)
+        elif cfg.stage == "vae":
+            self.model = build_vae(cfg, len(TARGET_CHANNELS), self.grid_shape).to(self.device)
         else:
             self.model = UNet3D(model_cfg).to(self.device)
         if self.teacher is not None:  # the student starts as the teacher
@@ -157,7 +161,7 @@ class Trainer:
         self.model.train()
         self.opt.zero_grad(set_to_none=True)
         total, voxels, cover, empty = 0.0, 0, 0.0, 0
-        micro_step = self._structure_micro if cfg.stage == KIND else self._diffusion_micro
+        micro_step = {KIND: self._structure_micro, "vae": self._vae_micro}.get(cfg.stage, self._diffusion_micro)
         for micro in range(cfg.grad_accum):
             sync = micro == cfg.grad_accum - 1 or not self.ctx.active
             with contextlib.nullcontext() if sync else self.net.no_sync():
@@ -199,6 +203,14 @@ class Trainer:
         radar, target = (f.to(self.device) for f in self._pair(positions))
         levels = self.net(self._as_backend(radar), target).levels
         loss, logs = occupancy_loss(levels, self.cfg.dice_weight)
+        return loss, int((levels[-1].logits > 0).sum()), 0, logs.get(f"recall_{len(levels) - 1}", 1.0)
+
+    def _vae_micro(self, positions: List[int], micro: int):
+        """(autoencoder loss, decoded finest voxels, 0, their recall of the target) of one VAE micro-batch."""
+        target = self._pair(positions)[1].to(self.device)
+        out = self.net(self._as_backend(target), target)
+        loss, logs = autoencoder_loss(self.model, target, out)
+        levels = out.generation.levels
         return loss, int((levels[-1].logits > 0).sum()), 0, logs.get(f"recall_{len(levels) - 1}", 1.0)
 
     @property
@@ -272,8 +284,10 @@ class Trainer:
         radar, target = collate([data[0]], self.grid_shape)
         model = next(iter(self.ema.values())) if self.ema else self.model
         model.eval()
-        if self.cfg.stage == KIND:
-            kept = model(self._as_backend(radar.to(self.device))).field
+        if self.cfg.stage != "diffusion":
+            source = radar if self.cfg.stage == KIND else target
+            out = model(self._as_backend(source.to(self.device)))
+            kept = out.field if self.cfg.stage == KIND else out.generation.field
             kept = kept if isinstance(kept, SparseVoxels) else kept.to_sparse()
             save_preview(path, radar, target, kept.replace(kept.feats.new_ones(kept.num_voxels, 1)).to("cpu"))
             return

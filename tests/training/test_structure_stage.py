@@ -14,7 +14,7 @@ from sparse_radar.models.structure_net import predicted_support
 from sparse_radar.sample import run as sample
 from sparse_radar.train import run as train
 from sparse_radar.training.checkpoint import load_checkpoint
-from sparse_radar.training.structure_stage import load_structure
+from sparse_radar.training.stages import load_structure
 from tests.conftest import SMALL_GRID
 
 
@@ -92,7 +92,7 @@ def test_structure_checkpoints_are_refused_where_a_diffusion_model_is_needed(str
     assert sample([structure, "--out", str(tmp_path / "a")]) == 2
     assert "structure-network checkpoint" in capsys.readouterr().err
     assert train(["--mode", "cd", "--teacher", structure, "--out", str(tmp_path / "b"), "--steps", "1"]) == 2
-    assert "--teacher is a structure-network checkpoint" in capsys.readouterr().err
+    assert "--teacher is a structure-stage checkpoint" in capsys.readouterr().err
     assert evaluate([small_runs[0], "--structure", small_runs[0], "--out", str(tmp_path / "c")]) == 2
     assert "holds no structure network" in capsys.readouterr().err
     with pytest.raises(ValueError, match="only with support 'predicted'"):

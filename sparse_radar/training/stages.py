@@ -1,5 +1,6 @@
-"""The structure network inside training and inference: built from a run's flags, loaded from a structure-stage
-checkpoint, embedded in diffusion checkpoints, and turned into the predicted support of a batch."""
+"""The networks of the stages before diffusion: the structure network (built from a run's flags, loaded from a
+structure-stage checkpoint, embedded in diffusion checkpoints, turned into the predicted support of a batch) and
+the latent-diffusion autoencoder (built from --vae_preset / --vae_kind)."""
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -8,6 +9,7 @@ import torch
 
 from ..data.support import coverage, on_support
 from ..models.structure_net import StructureConfig, StructureNet, predicted_support
+from ..models.vae import VAE_PRESETS, build_autoencoder
 from ..voxels import SparseVoxels
 from .checkpoint import load_checkpoint
 
@@ -22,6 +24,14 @@ def checkpoint_kind(state: dict) -> str:
 def build_structure(radar_channels: int, cap: int, dice_weight: float) -> StructureNet:
     """A new structure network with the default levels (three 2x2x2 steps down to 1/8 resolution)."""
     return StructureNet(StructureConfig(in_channels=radar_channels, cap=cap, dice_weight=dice_weight))
+
+
+def build_vae(cfg, channels: int, grid_shape):
+    """A new VAE3D / VQVAE3D of --vae_preset and --vae_kind for the target's channels (the grid must divide)."""
+    config = VAE_PRESETS[cfg.vae_preset](kind=cfg.vae_kind, in_channels=channels, dice_weight=cfg.dice_weight,
+                                         cap=cfg.structure_cap)
+    config.latent_shape(grid_shape)
+    return build_autoencoder(config)
 
 
 def structure_from_record(record: dict) -> StructureNet:
