@@ -18,7 +18,8 @@ from .data.support import coverage, support_structure
 from .frames import Frame, centres, load_frames, radar_field, target_field
 from .inference import Densifier, SamplerSettings, generate_batches
 from .models.structure_net import StructureNet, predicted_support
-from .training.stages import load_structure
+from .training.checkpoint import load_checkpoint
+from .training.stages import checkpoint_kind, load_codec, load_structure
 from .metrics import frame_metrics, parse_taus, summarize
 from .outputs import claim_folder, write_json
 
@@ -30,7 +31,8 @@ SHOWN = ("chamfer_sum_of_means", "chamfer_mean_of_means", "modified_hausdorff", 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI parser."""
     p = argparse.ArgumentParser(prog=PROG, allow_abbrev=False, description=__doc__.split(":", 1)[1].strip())
-    p.add_argument("models", nargs="+", metavar="RUN", help="run folders or checkpoints (one grid)")
+    p.add_argument("models", nargs="+", metavar="RUN", help="run folders or checkpoints (one grid): diffusion models "
+                   "(voxel-space, ldm, cd) and --stage vae runs (their reconstruction of the target)")
     p.add_argument("--input", default="synthetic", help="'synthetic' (the test split) or a data folder with "
                    "ground truth")
     p.add_argument("--split", default="test", choices=("train", "val", "test"),
@@ -126,11 +128,31 @@ def model_rows(table: Table, densifier: Densifier, settings: SamplerSettings, ar
     return rows, {t: summarize(r) for t, r in swept.items()}
 
 
+@torch.no_grad()
+def reconstruction_rows(table: Table, autoencoder, batch_size: int) -> List[dict]:
+    """Rows of the target voxels encoded and decoded (no teacher forcing) by a VAE3D / VQVAE3D."""
+    autoencoder.eval()
+    rows = []
+    for start in range(0, len(table.frames), batch_size):
+        batch = table.frames[start:start + batch_size]
+        t0 = time.perf_counter()
+        field = autoencoder(target_field(batch, table.grid.shape)).generation.field
+        seconds = (time.perf_counter() - t0) / len(batch)
+        rows += [{**table.score(start + b, centres(field, b, table.grid)), "seconds": seconds}
+                 for b in range(len(batch))]
+    return rows
+
+
 def run(argv=None) -> int:
     """Evaluate as the flags say; returns the exit code (2: bad flags, checkpoints or input)."""
     args = build_parser().parse_args(argv)
     try:
-        models = [(m, Densifier.from_checkpoint(m, args.device)) for m in args.models]
+        kinds = {m: checkpoint_kind(load_checkpoint(m)) for m in args.models}
+        autoencoders = [(m, load_codec(m).autoencoder) for m in args.models if kinds[m] == "vae"]
+        models = [(m, Densifier.from_checkpoint(m, args.device)) for m in args.models if kinds[m] != "vae"]
+        if not models:
+            raise ValueError("evaluate needs at least one diffusion model beside --stage vae runs (it takes the grid "
+                             "and the radar scaling from it)")
         structure = load_structure(args.structure) if args.structure else None
         grid = models[0][1].grid
         for path, d in models[1:]:
@@ -172,10 +194,14 @@ def run(argv=None) -> int:
                             "chamfer_sum_of_means": {t: v["chamfer_sum_of_means"]["mean"] for t, v in swept.items()}}
         if first:
             sweep = {"model": label, "curves": curves}
-        if not oracle_done:
+        if not oracle_done and d.codec is None:
             table.add(f"{label} heun-{args.steps} on the oracle support", model_rows(table, d, heun, args, True)[0],
                       "(upper bound: needs the answer)")
             oracle_done = True
+    for path, autoencoder in autoencoders:
+        table.add(f"{os.path.basename(os.path.normpath(path))} reconstruction", reconstruction_rows(table, autoencoder,
+                                                                                                    args.batch_size),
+                  "(the target through the autoencoder: an upper bound of its latent diffusion)")
     write_report(args, table, cover, sweep, time.perf_counter() - start)
     return 0
 

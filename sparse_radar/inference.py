@@ -18,11 +18,12 @@ from .frames import centres, kept_rows, radar_field, target_field
 from .diffusion.edm import DiffusionConfig, Denoiser, karras_sigmas
 from .diffusion.samplers import sample_consistency, sample_euler, sample_heun
 from .models.config import UNetConfig
+from .models.latent import LatentCodec
 from .models.structure_net import StructureNet, predicted_support
 from .models.unet import UNet3D
 from .structure import VoxelStructure
 from .training.checkpoint import load_checkpoint
-from .training.config import DEFAULT_RADIUS, TRAIN_SUPPORTS, TrainConfig
+from .training.config import DEFAULT_RADIUS, LATENT_STAGES, TRAIN_SUPPORTS, TrainConfig
 from .training.data_record import data_record_of
 from .training.stages import KIND, checkpoint_kind, load_structure
 from .voxels import DenseVoxels, SparseVoxels
@@ -60,14 +61,17 @@ class Densifier:
     def __init__(self, model: UNet3D, diffusion: DiffusionConfig, grid: GridSpec, radar_channels: Sequence[Channel],
                  target_channels: Sequence[Channel], support: str = "radar_dilated", radius=(1, 2, 2),
                  consistency: bool = False, backend: str = "sparse", device=None, dtype=torch.float32,
-                 structure: Optional[StructureNet] = None):
+                 structure: Optional[StructureNet] = None, codec: Optional[LatentCodec] = None):
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         self.diffusion, self.grid = diffusion, grid
         self.radar_channels, self.target_channels = tuple(radar_channels), tuple(target_channels)
         if support == "oracle":
             support = "radar_dilated"  # an oracle model is sampled on the radar support unless given one
-        if support not in TRAIN_SUPPORTS:
+        self.codec = None if codec is None else codec.to(self.device)
+        if codec is not None:
+            support = "latent"  # a latent model decodes its own voxels
+        elif support not in TRAIN_SUPPORTS:
             raise ValueError(f"support must be one of {', '.join(TRAIN_SUPPORTS)}, got {support!r}")
         if support == "predicted" and structure is None:
             raise ValueError("support 'predicted' needs a structure network (a --stage structure run)")
@@ -87,9 +91,13 @@ class Densifier:
             raise ValueError(f"{path_or_run_folder} is a structure-network checkpoint (--stage structure): it predicts "
                              f"where the scene is, not the scene; sample a diffusion checkpoint with --support "
                              f"predicted --structure {path_or_run_folder}")
-        if checkpoint_kind(state) != "diffusion":
-            raise ValueError(f"{path_or_run_folder} is a {checkpoint_kind(state)}-stage checkpoint; sampling needs a "
-                             f"diffusion checkpoint")
+        kind = checkpoint_kind(state)
+        if kind not in ("diffusion",) + LATENT_STAGES:
+            raise ValueError(f"{path_or_run_folder} is a {kind}-stage checkpoint; sampling needs a diffusion "
+                             f"checkpoint (voxel-space, --stage ldm or --stage cd)")
+        if kind in LATENT_STAGES and (support or structure):
+            raise ValueError(f"{path_or_run_folder} is a latent-diffusion model ({kind}): it decodes its own voxels, "
+                             f"so support and structure do not apply")
         train = TrainConfig.from_dict(state["train_config"])
         model = UNet3D(UNetConfig.from_dict(state["model_config"]))
         weights = state["model"]
@@ -101,6 +109,11 @@ class Densifier:
         record = data_record_of(state)
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if kind in LATENT_STAGES:
+            return cls(model, DiffusionConfig(**state["diffusion_config"]), GridSpec.from_dict(record["grid"]),
+                       [Channel(**c) for c in record["radar_channels"]],
+                       [Channel(**c) for c in record["target_channels"]], consistency=train.objective in ("cd", "ct"),
+                       device=device, dtype=DTYPES[dtype], codec=LatentCodec.from_record(state["latent"]))
         rule, radius = record["support"], record["support_radius"]
         if support is not None and support != rule:
             rule, radius = support, DEFAULT_RADIUS.get(support, (1, 2, 2))
@@ -168,30 +181,53 @@ class Densifier:
         Each sample's starting noise is drawn from (seed, its frame id; default its place in the batch)."""
         settings = settings or SamplerSettings(self.default_sampler)
         radar = radar.to(self.device)
-        support = self.support_of(radar) if support is None else support.to(self.device)
-        cond = on_support(radar, support)
         sigma_max = settings.sigma_max or self.diffusion.sigma_max
         sigma_min = settings.sigma_min or self.diffusion.sigma_min
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min} and {sigma_max}")
+        if self.codec is not None:
+            if support is not None:
+                raise ValueError("a latent-diffusion model decodes its own voxels; it takes no support")
+            return self._generate_latent(radar, settings, seed, frame_ids, progress, sigma_min, sigma_max)
+        support = self.support_of(radar) if support is None else support.to(self.device)
+        cond = on_support(radar, support)
         noise = self._initial_noise(support, seed, frame_ids).to(self.device)
         x = SparseVoxels.wrap(noise * sigma_max, support)
         if support.num_voxels == 0:  # no radar voxel in any cloud: nothing to generate
             return x
-        g = torch.Generator(device=self.device).manual_seed(seed)
         den = Denoiser(self.model, self.diffusion, self._backend(cond), consistency=self.consistency)
-        x_b = self._backend(x)
+        out = self._sample(den, self._backend(x), settings, seed, progress, sigma_min, sigma_max)
+        out = out if isinstance(out, SparseVoxels) else out.to_sparse()
+        return out.replace(out.feats.float())
+
+    def _sample(self, den: Denoiser, x, settings: SamplerSettings, seed: int, progress: bool, sigma_min: float,
+                sigma_max: float):
+        """Run the chosen sampler from x (noise at sigma_max)."""
+        g = torch.Generator(device=self.device).manual_seed(seed)
         with self._autocast():
             if settings.sampler in ("onestep", "multistep"):
                 n = 1 if settings.sampler == "onestep" else settings.steps
                 levels = karras_sigmas(n, sigma_min, sigma_max, self.diffusion.rho)[:-1].tolist()
-                out = sample_consistency(den, x_b, levels, self.diffusion.sigma_min, g, progress)
-            else:
-                sigmas = karras_sigmas(settings.steps, sigma_min, sigma_max, self.diffusion.rho).to(self.device)
-                out = sample_heun(den, x_b, sigmas, settings.s_churn, generator=g, progress=progress) \
-                    if settings.sampler == "heun" else sample_euler(den, x_b, sigmas, progress)
-        out = out if isinstance(out, SparseVoxels) else out.to_sparse()
-        return out.replace(out.feats.float())
+                return sample_consistency(den, x, levels, self.diffusion.sigma_min, g, progress)
+            sigmas = karras_sigmas(settings.steps, sigma_min, sigma_max, self.diffusion.rho).to(self.device)
+            if settings.sampler == "heun":
+                return sample_heun(den, x, sigmas, settings.s_churn, generator=g, progress=progress)
+            return sample_euler(den, x, sigmas, progress)
+
+    def _generate_latent(self, radar: SparseVoxels, settings: SamplerSettings, seed: int, frame_ids, progress: bool,
+                         sigma_min: float, sigma_max: float) -> SparseVoxels:
+        """Sample scaled latents conditioned on the pooled radar, then decode them to voxels with features."""
+        cond = self.codec.condition(radar)  # [B, 5, D', H', W']
+        ids = list(range(radar.batch_size)) if frame_ids is None else list(frame_ids)
+        if len(ids) != radar.batch_size:
+            raise ValueError(f"frame_ids must name each of the {radar.batch_size} samples, got {len(ids)}")
+        shape = (self.codec.config.latent_channels,) + tuple(cond.shape[2:])
+        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + i))
+                             for i in ids]).to(self.device)
+        den = Denoiser(self.model, self.diffusion, DenseVoxels(cond), consistency=self.consistency)
+        out = self._sample(den, DenseVoxels(noise * sigma_max), settings, seed, progress, sigma_min, sigma_max)
+        decoded = self.codec.decode(out.data.float())
+        return decoded.replace(decoded.feats.float())
 
     def support_of(self, radar: SparseVoxels) -> VoxelStructure:
         """Where this model generates for a radar batch: its support rule (predicted: the structure network's

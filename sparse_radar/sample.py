@@ -19,6 +19,7 @@ from .training.preview import COLORS, render_preview
 
 PROG = "python -m sparse_radar.sample"
 SUPPORTS = tuple(s for s in TRAIN_SUPPORTS if s != "oracle")
+MODEL_TYPES = ("voxel", "ldm", "cd")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sigma_min", type=float, default=None, help="default: the checkpoint's (0.002)")
     p.add_argument("--s_churn", type=float, default=0.0, help="Heun stochastic churn (EDM Algorithm 2)")
     p.add_argument("--threshold", type=float, default=0.0, help="a voxel is kept where occupancy (in [-1, 1]) > it")
+    p.add_argument("--model_type", choices=MODEL_TYPES, default=None,
+                   help="what the checkpoint must be: voxel (voxel-space diffusion), ldm or cd (latent diffusion, "
+                   "decoded by its VAE); default: whatever it is")
     p.add_argument("--support", choices=SUPPORTS, default=None,
                    help="where to generate (default: the checkpoint's rule); predicted: by a structure network")
     p.add_argument("--structure", default=None, help="run or checkpoint of a --stage structure run, for --support "
@@ -51,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tau", default=None, help="F-score distances in metres, comma-separated (default one voxel)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
     return p
+
+
+def model_type(densifier: Densifier) -> str:
+    """voxel, ldm or cd."""
+    if densifier.codec is None:
+        return "voxel"
+    return "cd" if densifier.consistency else "ldm"
 
 
 def default_out(checkpoint: str, settings: SamplerSettings, support=None) -> str:
@@ -68,6 +79,9 @@ def run(argv=None) -> int:
             raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
         densifier = Densifier.from_checkpoint(args.checkpoint, args.device, args.ema, args.dtype, args.support,
                                               args.structure)
+        kind = model_type(densifier)
+        if args.model_type and args.model_type != kind:
+            raise ValueError(f"--model_type {args.model_type}: {args.checkpoint} is a {kind} model")
         settings = SamplerSettings(args.sampler or densifier.default_sampler, args.steps, args.sigma_max,
                                    args.sigma_min, args.s_churn, args.threshold)
         taus = parse_taus(args.tau, max(densifier.grid.voxel_size))
@@ -84,7 +98,7 @@ def run(argv=None) -> int:
     if rows:
         write_csv(os.path.join(out, "metrics.csv"), rows)
     summary = {"checkpoint": os.path.abspath(args.checkpoint), "input": args.input, "frames": len(frames),
-               "support": densifier.support, "support_radius": list(densifier.radius),
+               "model_type": model_type(densifier), "support": densifier.support, "support_radius": list(densifier.radius),
                "frames_with_ground_truth": len(rows), "settings": vars(settings), "seed": args.seed,
                "taus": taus, "device": str(densifier.device), "dtype": args.dtype,
                **peak_memory(densifier.device), "metrics": summarize(rows)}

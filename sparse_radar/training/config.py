@@ -16,7 +16,8 @@ from ..nn.norm import NORM_TYPES
 
 PROG = "python -m sparse_radar.train"
 MODES = ("edm", "cd", "ct")
-STAGES = ("diffusion", "structure", "vae")
+STAGES = ("diffusion", "structure", "vae", "ldm", "cd")
+LATENT_STAGES = ("ldm", "cd")
 VAE_PRESET_NAMES = ("lightweight", "standard")
 VAE_KINDS = ("vae", "vqvae")
 TRAIN_SUPPORTS = SUPPORT_TYPES + ("predicted",)
@@ -63,6 +64,7 @@ class TrainConfig:
     dice_weight: float = 1.0
     vae_preset: str = "lightweight"
     vae_kind: str = "vae"
+    vae: Optional[str] = None
     mode: str = "edm"
     teacher: Optional[str] = None
     cm_steps: int = 40
@@ -94,7 +96,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
         self._check_stage()
-        if self.mode == "cd" and not self.teacher:
+        if self.mode == "cd" and not self.teacher:  # voxel-space distillation
             raise ValueError("--mode cd distils a trained EDM model: pass its checkpoint with --teacher")
         if self.mode == "cd" and self.cm_steps < 2:
             raise ValueError(f"--cm_steps must be >= 2 (the boundaries sigma_min and sigma_max), got {self.cm_steps}")
@@ -115,6 +117,14 @@ class TrainConfig:
         self.grid_spec()
 
     def _check_stage(self) -> None:
+        if self.stage == "ldm" and not self.vae:
+            raise ValueError("--stage ldm diffuses in the latent of a trained autoencoder: pass its run with --vae "
+                             "(a --stage vae run)")
+        if self.vae and self.stage != "ldm":
+            raise ValueError(f"--vae gives the autoencoder of --stage ldm; with --stage {self.stage} it would be unused")
+        if self.stage == "cd" and not self.teacher:
+            raise ValueError("--stage cd distils a latent diffusion model: pass its run with --teacher "
+                             "(a --stage ldm run)")
         if self.stage != "diffusion" and self.mode != "edm":
             raise ValueError(f"--stage {self.stage} trains a network of its own; --mode {self.mode} belongs to "
                              f"the diffusion stage (leave --mode out)")
@@ -158,10 +168,17 @@ class TrainConfig:
             raise ValueError(f"--support_radius must be three ints >= 0 (z,y,x), got {self.support_radius!r}")
         return r
 
-    def model_config(self, grid_shape: Sequence[int]) -> UNetConfig:
-        """The UNetConfig of this run: the preset, the flags given, 8 channels in (target + radar), 4 out."""
+    @property
+    def objective(self) -> str:
+        """What the UNet learns: edm, cd (voxel --mode cd, or --stage cd in the latent) or ct."""
+        return "cd" if self.stage == "cd" else self.mode
+
+    def model_config(self, grid_shape: Sequence[int], in_channels: int = 8, out_channels: int = 4) -> UNetConfig:
+        """The UNetConfig of this run: the preset and the flags given; by default 8 channels in (target + radar),
+        4 out."""
         overrides = {k: getattr(self, k) for k in MODEL_FLAGS if getattr(self, k) is not None}
-        return PRESETS[self.preset](in_channels=8, out_channels=4, input_size=tuple(grid_shape), **overrides)
+        return PRESETS[self.preset](in_channels=in_channels, out_channels=out_channels, input_size=tuple(grid_shape),
+                                    **overrides)
 
     def to_dict(self) -> dict:
         """Plain dict (JSON and checkpoint safe)."""
@@ -196,10 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
         "structure": "checkpoint or run folder of a --stage structure run (for --support predicted)",
         "structure_cap": "structure network: most voxels kept per sample and level (0 = no cap)",
         "dice_weight": "structure network and VAE: weight of the Dice term beside BCE",
-        "stage": "diffusion (the UNet, --mode), structure (the network that predicts where the scene is) or vae "
-                 "(the autoencoder of latent diffusion, --vae_preset, --vae_kind)",
+        "stage": "diffusion (voxel-space UNet, --mode), structure (the network that predicts where the scene is), "
+                 "vae (the autoencoder of latent diffusion), ldm (EDM in its latent, --vae) or cd (consistency "
+                 "distillation of an ldm run, --teacher)",
         "vae_preset": f"--stage vae: {', '.join(VAE_PRESET_NAMES)} (the reference's presets)",
         "vae_kind": "--stage vae: vae (Gaussian latent, KL) or vqvae (codebook)",
+        "vae": "--stage ldm: run or checkpoint of the --stage vae run whose latent is diffused",
         "mode": "edm training, cd (consistency distillation, needs --teacher) or ct (consistency training)",
         "teacher": "EDM checkpoint to distil (mode cd)", "ema_rate": "comma-separated EMA rates",
         "grad_accum": "micro-batches per optimizer step", "resume": "checkpoint file or run folder to continue",

@@ -173,7 +173,7 @@ def _model_conflicts(cfg: TrainConfig, given: frozenset, base: dict, reference: 
 
 def _resumed_config(cfg: TrainConfig, state: dict, given: frozenset, out: str) -> TrainConfig:
     saved = TrainConfig.from_dict(state["train_config"])
-    conflicts = [] if state.get("model_kind", "diffusion") != "diffusion" else _model_conflicts(
+    conflicts = [] if state.get("model_kind") in ("structure", "vae") else _model_conflicts(
         cfg, given, state["train_config"], UNetConfig.from_dict(state["model_config"]), "checkpoint")
     for name in sorted(given - set(ARCH_FLAGS) - set(RESUMABLE_FLAGS) - set(CONTROL_FLAGS)):
         if getattr(cfg, name) != getattr(saved, name):
@@ -206,9 +206,6 @@ def _show(value) -> str:
 def adopt_teacher(cfg: TrainConfig, teacher_state: dict, given: frozenset) -> TrainConfig:
     """--mode cd: the student is the teacher's architecture; model flags that contradict it are refused, and the
     run's train config records the teacher's preset and model flags (so config.json agrees with itself)."""
-    if teacher_state.get("model_kind", "diffusion") != "diffusion":
-        raise RunFolderError(f"--teacher is a {teacher_state['model_kind']}-stage checkpoint (--stage "
-                             f"{teacher_state['model_kind']}); --mode cd distils a trained EDM diffusion model")
     teacher_train = teacher_state.get("train_config") or {}
     bad = _model_conflicts(cfg, given, teacher_train, UNetConfig.from_dict(teacher_state["model_config"]), "teacher")
     if bad:

@@ -9,7 +9,8 @@ import torch
 
 from ..data.support import coverage, on_support
 from ..models.structure_net import StructureConfig, StructureNet, predicted_support
-from ..models.vae import VAE_PRESETS, build_autoencoder
+from ..models.latent import LatentCodec
+from ..models.vae import VAE_PRESETS, VAEConfig, build_autoencoder
 from ..voxels import SparseVoxels
 from .checkpoint import load_checkpoint
 
@@ -34,6 +35,31 @@ def build_vae(cfg, channels: int, grid_shape):
     return build_autoencoder(config)
 
 
+def load_codec(path: str) -> LatentCodec:
+    """The autoencoder of a --stage vae run (EMA weights) as a latent codec of scale 1."""
+    state = load_checkpoint(path)
+    if checkpoint_kind(state) != "vae":
+        raise ValueError(f"--vae {path} is a {checkpoint_kind(state)}-stage checkpoint; pass a --stage vae run")
+    autoencoder = build_autoencoder(VAEConfig.from_dict(state["model_config"]))
+    autoencoder.load_state_dict(best_weights(state))
+    return LatentCodec(autoencoder)
+
+
+def check_teacher(cfg, teacher_state: dict) -> None:
+    """ValueError unless the teacher is what the run distils: an ldm run for --stage cd, a voxel EDM run else."""
+    kind, expected = checkpoint_kind(teacher_state), "ldm" if cfg.stage == "cd" else "diffusion"
+    if kind != expected:
+        what = "--stage cd distils a --stage ldm run" if cfg.stage == "cd" else \
+            "--mode cd distils a trained voxel-space EDM model (for a latent one use --stage cd)"
+        raise ValueError(f"--teacher is a {kind}-stage checkpoint; {what}")
+
+
+def best_weights(state: dict) -> dict:
+    """The EMA weights of a checkpoint (its first rate), else its raw weights."""
+    ema = state.get("ema") or {}
+    return next(iter(ema.values())) if ema else state["model"]
+
+
 def structure_from_record(record: dict) -> StructureNet:
     """The network of {'config', 'weights'} (what structure_record writes), in eval mode without gradients."""
     net = StructureNet(StructureConfig.from_dict(record["config"]))
@@ -56,9 +82,7 @@ def load_structure(path_or_state) -> StructureNet:
         name = path_or_state if isinstance(path_or_state, str) else "the checkpoint"
         raise ValueError(f"{name} holds no structure network: pass a run of `--stage structure` (or a checkpoint "
                          f"trained with --support predicted)")
-    ema = state.get("ema") or {}
-    weights = next(iter(ema.values())) if ema else state["model"]
-    return structure_from_record({"config": state["model_config"], "weights": weights})
+    return structure_from_record({"config": state["model_config"], "weights": best_weights(state)})
 
 
 def support_fields(net: StructureNet, radar: SparseVoxels, target: Optional[SparseVoxels],

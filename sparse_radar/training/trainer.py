@@ -23,6 +23,7 @@ from ..diffusion.fields import has_voxels
 from ..diffusion.samplers import sample_consistency, sample_heun
 from ..models.config import UNetConfig
 from ..models.structure_net import occupancy_loss
+from ..models.latent import LATENT_CONDITION_CHANNELS, LatentCodec, fit_scale
 from ..models.vae import autoencoder_loss
 from ..models.unet import UNet3D
 from ..voxels import DenseVoxels, SparseVoxels
@@ -31,7 +32,8 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data_record import data_record, metric_grid
 from .config import TrainConfig, given_flags
 from .run_folder import ARCH_FLAGS, RunPlan, adopt_teacher, plan_run
-from .stages import KIND, build_structure, build_vae, load_structure, structure_record, support_fields
+from .stages import (KIND, best_weights, build_structure, build_vae, check_teacher, load_codec, load_structure, structure_record,
+                     support_fields)
 from .preview import save_preview
 
 CSV_COLUMNS = ["step", "loss", "grad_norm", "lr", "support_voxels", "coverage", "seconds", "skipped_samples"]
@@ -52,25 +54,38 @@ class Trainer:
         self.dataset = open_dataset(cfg.data, cfg.data_format, "train", cfg.train_size, cfg.grid_spec())
         if isinstance(self.dataset, FolderDataset):  # every file read once now (cached), not mid-run
             validate_dataset(self.dataset, progress=cfg.progress and ctx.main)
+        self._perm_cache: Dict[int, torch.Tensor] = {}
         self.grid_shape = tuple(self.dataset.grid_shape)
         self.grid = metric_grid(cfg, self.grid_shape)
         self.diffusion = DiffusionConfig()
-        self.teacher = self.structure = None
+        self.teacher = self.structure = self.codec = None
         if cfg.support == "predicted":  # a frozen structure network predicts where diffusion runs
             self.structure = load_structure(cfg.structure).to(self.device)
             self.structure.check_grid(self.grid_shape)
-        if cfg.mode == "cd":
+        if cfg.objective == "cd":
             teacher_state = load_checkpoint(cfg.teacher)
+            check_teacher(cfg, teacher_state)
             if state is None:
                 cfg = self.cfg = adopt_teacher(cfg, teacher_state, given_flags(cfg))
             model_cfg = UNetConfig.from_dict(teacher_state["model_config"])
             self.teacher = UNet3D(model_cfg).to(self.device).eval()
-            self.teacher.load_state_dict(_best_weights(teacher_state))
+            self.teacher.load_state_dict(best_weights(teacher_state))
             self.teacher.requires_grad_(False)
+            if cfg.stage == "cd":
+                self.codec = LatentCodec.from_record(teacher_state["latent"]).to(self.device)
+        elif cfg.stage == "ldm":
+            self.codec = (load_codec(cfg.vae) if state is None else LatentCodec.from_record(state["latent"]))
+            self.codec.to(self.device)
+            latent = self.codec.config.latent_channels
+            model_cfg = cfg.model_config(self.codec.latent_shape(self.grid_shape), latent + LATENT_CONDITION_CHANNELS,
+                                         latent)
+            if state is None:  # the latents' scale, from the first 16 training samples (the same on every process)
+                self.codec.scale = fit_scale(self.codec, [self._pair(list(range(i, i + 4)))[1].to(self.device)
+                                                          for i in range(0, 16, 4)], self.diffusion.sigma_data)
         elif cfg.stage == "diffusion":
             model_cfg = cfg.model_config(self.grid_shape)
         torch.manual_seed(cfg.seed)
-        if cfg.stage != "diffusion":
+        if cfg.stage in (KIND, "vae"):
             unused = sorted(given_flags(cfg) & set(ARCH_FLAGS))
             if unused:
                 raise ValueError(f"--stage {cfg.stage} trains a network of its own; the UNet flags "
@@ -86,7 +101,7 @@ class Trainer:
             self.model.load_state_dict(self.teacher.state_dict())
         self.ema = {rate: copy.deepcopy(self.model).eval().requires_grad_(False) for rate in cfg.ema_rates()}
         self.cm_target = None
-        if cfg.mode in ("cd", "ct"):
+        if cfg.objective in ("cd", "ct"):
             self.cm_target = copy.deepcopy(self.model).requires_grad_(False)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         use_scaler = getattr(self.model.config, "use_fp16", False) and self.device.type == "cuda"
@@ -97,7 +112,6 @@ class Trainer:
             for group in self.opt.param_groups:  # --lr may change on resume (RESUMABLE_FLAGS)
                 group["lr"] = cfg.lr
         self.net = DistributedDataParallel(self.model) if ctx.active else self.model
-        self._perm_cache: Dict[int, torch.Tensor] = {}
 
     # ----- data -----------------------------------------------------------------------------------------
     def _stream(self, position: int) -> int:
@@ -143,12 +157,12 @@ class Trainer:
 
     # ----- one optimizer step ---------------------------------------------------------------------------
     def _loss(self, tgt, cond, sigma, noise, micro: int):
-        if self.cfg.mode == "edm":
+        if self.cfg.objective == "edm":
             return edm_loss(Denoiser(self.net, self.diffusion, cond), tgt, sigma, noise)
         g = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + self.step) * 131 + micro * 17 + self.ctx.rank)
         student = Denoiser(self.net, self.diffusion, cond, consistency=True)
         target = Denoiser(self.cm_target, self.diffusion, cond, consistency=True)
-        if self.cfg.mode == "cd":
+        if self.cfg.objective == "cd":
             teacher = Denoiser(self.teacher, self.diffusion, cond)
             return consistency_loss(student, target, tgt, self.cfg.cm_steps, teacher, g)
         n, _ = ct_schedule(self.step, self.cfg.steps)
@@ -161,7 +175,8 @@ class Trainer:
         self.model.train()
         self.opt.zero_grad(set_to_none=True)
         total, voxels, cover, empty = 0.0, 0, 0.0, 0
-        micro_step = {KIND: self._structure_micro, "vae": self._vae_micro}.get(cfg.stage, self._diffusion_micro)
+        micro_step = {KIND: self._structure_micro, "vae": self._vae_micro, "ldm": self._latent_micro,
+                      "cd": self._latent_micro}.get(cfg.stage, self._diffusion_micro)
         for micro in range(cfg.grad_accum):
             sync = micro == cfg.grad_accum - 1 or not self.ctx.active
             with contextlib.nullcontext() if sync else self.net.no_sync():
@@ -205,6 +220,21 @@ class Trainer:
         loss, logs = occupancy_loss(levels, self.cfg.dice_weight)
         return loss, int((levels[-1].logits > 0).sum()), 0, logs.get(f"recall_{len(levels) - 1}", 1.0)
 
+    def _latent_micro(self, positions: List[int], micro: int):
+        """(loss, latent cells, 0, 1) of one latent-diffusion micro-batch: EDM or distillation on scaled latents,
+        conditioned on the radar pooled onto the latent grid."""
+        radar, target = (f.to(self.device) for f in self._pair(positions))
+        x0 = self.codec.encode(target)  # [B, L, D', H', W']
+        sigmas, noises = [], []
+        for pos in positions:  # per sample from its stream position, as _noise
+            g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + pos)
+            sigmas.append(sample_sigma(1, self.diffusion, g))
+            noises.append(torch.randn(x0.shape[1:], generator=g))
+        sigma, noise = torch.cat(sigmas).to(self.device), torch.stack(noises).to(self.device, x0.dtype)
+        cond = DenseVoxels(self.codec.condition(radar))
+        loss = self._loss(DenseVoxels(x0), cond, sigma, DenseVoxels(noise), micro)
+        return loss, x0[:, 0].numel(), 0, 1.0
+
     def _vae_micro(self, positions: List[int], micro: int):
         """(autoencoder loss, decoded finest voxels, 0, their recall of the target) of one VAE micro-batch."""
         target = self._pair(positions)[1].to(self.device)
@@ -228,7 +258,7 @@ class Trainer:
         for rate, ema_model in self.ema.items():
             ema_update(ema_model, self.model, rate)
         if self.cm_target is not None:
-            mu = self.cfg.cd_target_ema if self.cfg.mode == "cd" else ct_schedule(self.step, self.cfg.steps)[1]
+            mu = self.cfg.cd_target_ema if self.cfg.objective == "cd" else ct_schedule(self.step, self.cfg.steps)[1]
             ema_update(self.cm_target, self.model, mu)
 
     def _last_saved(self) -> str:
@@ -252,6 +282,7 @@ class Trainer:
             "diffusion_config": self.diffusion.to_dict(),
             "data_config": data_record(self.cfg, self.grid),
             "model_kind": self.cfg.stage,
+            "latent": None if self.codec is None else self.codec.record(),
             "structure": None if self.structure is None else structure_record(self.structure),
         }
 
@@ -284,19 +315,25 @@ class Trainer:
         radar, target = collate([data[0]], self.grid_shape)
         model = next(iter(self.ema.values())) if self.ema else self.model
         model.eval()
-        if self.cfg.stage != "diffusion":
+        if self.cfg.stage in (KIND, "vae"):
             source = radar if self.cfg.stage == KIND else target
             out = model(self._as_backend(source.to(self.device)))
             kept = out.field if self.cfg.stage == KIND else out.generation.field
             kept = kept if isinstance(kept, SparseVoxels) else kept.to_sparse()
             save_preview(path, radar, target, kept.replace(kept.feats.new_ones(kept.num_voxels, 1)).to("cpu"))
             return
-        tgt, cond, _ = self._support_fields(radar, target)
-        tgt = tgt.to("cpu")
         g = torch.Generator().manual_seed(self.cfg.seed)
-        x = tgt.replace(torch.randn(tgt.feats.shape, generator=g) * self.diffusion.sigma_max).to(self.device)
-        cond = cond.to(self.device)
-        consistency = self.cfg.mode in ("cd", "ct")
+        if self.codec is not None:
+            cond = self.codec.condition(radar.to(self.device))
+            shape = (1, self.codec.config.latent_channels) + tuple(cond.shape[2:])
+            x = DenseVoxels(torch.randn(shape, generator=g).to(self.device) * self.diffusion.sigma_max)
+            cond = DenseVoxels(cond)
+        else:
+            tgt, cond, _ = self._support_fields(radar, target)
+            tgt = tgt.to("cpu")
+            x = tgt.replace(torch.randn(tgt.feats.shape, generator=g) * self.diffusion.sigma_max).to(self.device)
+            cond = cond.to(self.device)
+        consistency = self.cfg.objective in ("cd", "ct")
         den = Denoiser(model, self.diffusion, self._as_backend(cond), consistency=consistency)
         x_b = self._as_backend(x)
         if consistency:
@@ -304,14 +341,11 @@ class Trainer:
         else:
             sigmas = karras_sigmas(self.cfg.preview_steps, self.diffusion.sigma_min, self.diffusion.sigma_max)
             out = sample_heun(den, x_b, sigmas.to(self.device))
-        sample = out if isinstance(out, SparseVoxels) else out.to_sparse()
+        if self.codec is not None:
+            sample = self.codec.decode(out.data)
+        else:
+            sample = out if isinstance(out, SparseVoxels) else out.to_sparse()
         save_preview(path, radar, target, sample.to("cpu"))
-
-
-def _best_weights(state: dict) -> dict:
-    """The EMA weights of a checkpoint (its first rate), else its raw weights."""
-    ema = state.get("ema") or {}
-    return next(iter(ema.values())) if ema else state["model"]
 
 
 def write_config(cfg: TrainConfig, model: UNet3D, diffusion: DiffusionConfig) -> None:
