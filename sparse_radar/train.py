@@ -45,7 +45,7 @@ def _loop(trainer: Trainer, cfg, ctx) -> int:
         write_config(cfg, trainer.model, trainer.diffusion)
         metrics, writer = open_metrics(os.path.join(cfg.out, "metrics.csv"), trainer.step, trainer.plan.history)
         params = sum(p.numel() for p in trainer.model.parameters())
-        latent = f"dense {cfg.preset} UNet on the latent grid {tuple(trainer.model.config.input_size)}"
+        latent = f"dense {cfg.preset} UNet on the latent grid {tuple(getattr(trainer.model.config, 'input_size', ()))}"
         what = {"structure": f"{cfg.backend} structure network",
                 "vae": f"{cfg.backend} {cfg.vae_preset} {cfg.vae_kind}", "ldm": f"ldm (EDM), {latent}",
                 "cd": f"cd (consistency distillation), {latent}"}.get(cfg.stage,

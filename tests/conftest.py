@@ -44,3 +44,17 @@ def structure_runs(tmp_path_factory, small_runs):
     assert train(common + ["--model_channels", "8", "--support", "predicted", "--structure", structure,
                            "--out", predicted]) == 0
     return structure, predicted
+
+
+@pytest.fixture(scope="session")
+def latent_runs(tmp_path_factory):
+    """(VAE run, LDM run, latent CD run) folders on SMALL_GRID: two steps each, one for CD."""
+    from sparse_radar.train import run as train
+
+    root = tmp_path_factory.mktemp("latent_runs")
+    vae, ldm, cd = str(root / "vae"), str(root / "ldm"), str(root / "cd")
+    common = ["--train_size", "2", "--progress", "False", "--preview_steps", "1", "--grid", SMALL_GRID]
+    assert train(common + ["--stage", "vae", "--steps", "2", "--out", vae]) == 0
+    assert train(common + ["--stage", "ldm", "--vae", vae, "--model_channels", "8", "--steps", "2", "--out", ldm]) == 0
+    assert train(common + ["--stage", "cd", "--teacher", ldm, "--steps", "1", "--cm_steps", "4", "--out", cd]) == 0
+    return vae, ldm, cd

@@ -1,0 +1,133 @@
+"""--stage vae / ldm / cd: what the checkpoints hold, the radar on the latent grid, sampling and decoding through
+the Densifier against the same steps written out, and the flags' checks."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sparse_radar.data.datasets import SyntheticDataset, collate
+from sparse_radar.data.grid import parse_grid
+from sparse_radar.diffusion.edm import Denoiser
+from sparse_radar.evaluate import run as evaluate
+from sparse_radar.inference import Densifier, SamplerSettings
+from sparse_radar.models.latent import LatentCodec, fit_scale, radar_to_latent
+from sparse_radar.sample import run as sample
+from sparse_radar.train import run as train
+from sparse_radar.training import distributed
+from sparse_radar.training.checkpoint import load_checkpoint
+from sparse_radar.training.config import TrainConfig
+from sparse_radar.training.trainer import Trainer
+from sparse_radar.training.stages import load_codec
+from sparse_radar.voxels import DenseVoxels, SparseVoxels
+from tests.conftest import SMALL_GRID
+
+GRID = parse_grid(SMALL_GRID)
+
+
+def _batch(n=2, split="test"):
+    return collate([SyntheticDataset(split, n, GRID)[i] for i in range(n)], GRID.shape)
+
+
+def test_radar_on_the_latent_grid_matches_a_loop():
+    g = torch.Generator().manual_seed(0)
+    coords = torch.unique(torch.cat([torch.randint(0, 2, (40, 1), generator=g),
+                                     torch.randint(0, 8, (40, 3), generator=g)], 1), dim=0)
+    radar = SparseVoxels(torch.rand(len(coords), 4, generator=g) * 2 - 1, coords, (8, 8, 8), 2)
+    out = radar_to_latent(radar, (4, 4, 2), (2, 2, 4)).numpy()
+    cells = {}
+    for c, f in zip(radar.coords.tolist(), radar.feats.numpy()):
+        cells.setdefault((c[0], c[1] // 4, c[2] // 4, c[3] // 2), []).append(f)
+    for b in range(2):
+        for z in range(2):
+            for y in range(2):
+                for x in range(4):
+                    got = out[b, :, z, y, x]
+                    feats = cells.get((b, z, y, x))
+                    if feats is None:
+                        assert np.allclose(got, -1.0)
+                        continue
+                    mean = np.mean(feats, axis=0)
+                    dens = min(1.0, len(feats) / 8) * 2 - 1
+                    assert np.allclose(got, [1.0, mean[1], mean[2], mean[3], dens], atol=1e-6)
+
+
+def test_ldm_checkpoint_carries_the_vae_and_the_fitted_scale(latent_runs):
+    vae, ldm, cd = latent_runs
+    state = load_checkpoint(ldm)
+    assert state["model_kind"] == "ldm" and list(state["model_config"]["input_size"]) == [2, 8, 8]
+    codec = load_codec(vae)
+    for name, value in codec.autoencoder.state_dict().items():
+        assert torch.equal(state["latent"]["weights"][name], value)
+    trainer = Trainer(TrainConfig(stage="ldm", vae=vae, train_size=2, grid=SMALL_GRID, out=str(ldm) + "-probe"),
+                      distributed.setup())
+    targets = [trainer._pair(list(range(i, i + 4)))[1] for i in range(0, 16, 4)]
+    assert state["latent"]["scale"] == pytest.approx(fit_scale(codec, targets, 0.5))
+    cd_state = load_checkpoint(cd)
+    assert cd_state["model_kind"] == "cd" and cd_state["latent"]["scale"] == state["latent"]["scale"]
+
+
+def test_densifier_samples_latents_and_decodes_them(latent_runs):
+    _, ldm, cd = latent_runs
+    radar, _ = _batch()
+    d = Densifier.from_checkpoint(ldm)
+    assert d.codec is not None and d.support == "latent" and d.default_sampler == "heun"
+    out = d.generate(radar, settings=SamplerSettings("onestep", 1), seed=3)
+    codec = LatentCodec.from_record(load_checkpoint(ldm)["latent"])
+    noise = torch.stack([torch.randn(4, 2, 8, 8, generator=torch.Generator().manual_seed(3 * 1_000_003 + i))
+                         for i in range(2)])
+    den = Denoiser(d.model, d.diffusion, DenseVoxels(codec.condition(radar)))
+    expected = codec.decode(den(DenseVoxels(noise * 80.0), 80.0).data)
+    assert torch.equal(out.coords, expected.coords) and torch.allclose(out.feats, expected.feats, atol=1e-6)
+    alone = d.generate(_batch(1)[0], settings=SamplerSettings("onestep", 1), seed=3)
+    assert torch.equal(alone.coords, out.coords[out.coords[:, 0] == 0])
+    assert Densifier.from_checkpoint(cd).default_sampler == "onestep"
+
+
+def test_sample_and_evaluate_latent_models(latent_runs, tmp_path, capsys):
+    vae, ldm, cd = latent_runs
+    out = tmp_path / "s"
+    assert sample([cd, "--model_type", "cd", "--count", "2", "--no-progress", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model_type"] == "cd" and summary["frames_with_ground_truth"] == 2
+    assert sample([ldm, "--model_type", "cd", "--out", str(tmp_path / "x")]) == 2
+    assert "is a ldm model" in capsys.readouterr().err
+    assert sample([ldm, "--support", "radar_dilated", "--out", str(tmp_path / "y")]) == 2
+    assert "decodes its own voxels" in capsys.readouterr().err
+    assert sample([vae, "--out", str(tmp_path / "z")]) == 2
+    assert "vae-stage checkpoint" in capsys.readouterr().err
+    ev = tmp_path / "ev"
+    assert evaluate([ldm, vae, "--count", "2", "--steps", "1", "--out", str(ev), "--no-progress"]) == 0
+    methods = json.loads((ev / "evaluation.json").read_text())["methods"]
+    assert "vae reconstruction" in methods and "ldm heun-1" in methods
+    assert not any("oracle" in m for m in methods)  # a latent model has no support to replace by the oracle's
+    assert evaluate([vae, "--out", str(tmp_path / "ev2")]) == 2
+
+
+def test_ldm_resumes_with_its_scale(latent_runs, tmp_path):
+    _, ldm, _ = latent_runs
+    out = str(tmp_path / "more")
+    assert train(["--resume", f"{ldm}/checkpoints/latest.pt", "--out", out, "--steps", "3", "--progress", "False"]) == 0
+    assert load_checkpoint(out)["latent"]["scale"] == load_checkpoint(ldm)["latent"]["scale"]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--stage", "ldm"], "pass its run with --vae"),
+    (["--vae", "x"], "would be unused"),
+    (["--stage", "cd"], "pass its run with --teacher"),
+    (["--stage", "vae", "--vae_kind", "gan"], "--vae_kind"),
+])
+def test_latent_flags_are_checked(flags, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        train(flags + ["--out", str(tmp_path / "r"), "--steps", "1"])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_stage_checkpoints_must_match(latent_runs, small_runs, tmp_path, capsys):
+    vae, ldm, _ = latent_runs
+    assert train(["--stage", "cd", "--teacher", small_runs[0], "--out", str(tmp_path / "a"), "--steps", "1"]) == 2
+    assert "--stage cd distils a --stage ldm run" in capsys.readouterr().err
+    assert train(["--mode", "cd", "--teacher", ldm, "--out", str(tmp_path / "b"), "--steps", "1"]) == 2
+    assert "for a latent one use --stage cd" in capsys.readouterr().err
+    assert train(["--stage", "ldm", "--vae", ldm, "--out", str(tmp_path / "c"), "--steps", "1"]) == 2
+    assert "pass a --stage vae run" in capsys.readouterr().err
