@@ -11,7 +11,7 @@ import time
 
 from tqdm import tqdm
 
-from .training import distributed
+from .training import distributed, pipeline
 from .training.config import PROG, parse_args
 from .training.run_folder import plan_run, prepare_folder
 from .training.trainer import Trainer, TrainingStopped, open_metrics, write_config
@@ -21,6 +21,11 @@ def run(argv=None) -> int:
     """Train as the flags say; returns the exit code (2: bad flags or data, 1: training stopped)."""
     cfg = parse_args(argv)
     ctx = distributed.setup()
+    if cfg.stage == "all":
+        try:
+            return _pipeline(cfg, ctx)
+        finally:
+            distributed.teardown(ctx)
     try:
         try:  # every check that needs the checkpoint, the data or the run folder, before anything is written
             trainer = Trainer(cfg, ctx, plan_run(cfg))
@@ -35,6 +40,38 @@ def run(argv=None) -> int:
         return 1
     finally:
         distributed.teardown(ctx)
+
+
+def _pipeline(cfg, ctx) -> int:
+    """--stage all: vae, ldm and cd in turn, each skipped when finished and resumed when cut short."""
+    try:
+        lines = pipeline.describe(cfg)
+    except ValueError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    if ctx.main:
+        print("--stage all: " + "; ".join(lines), flush=True)
+    given = cfg.given_flags
+    for stage in pipeline.PIPELINE:
+        stage_cfg, stage_given, finished = pipeline.next_stage(cfg, stage, given)
+        if finished:
+            if ctx.main:
+                print(f"{stage}: finished ({stage_cfg.out}, {stage_cfg.steps} steps), skipped", flush=True)
+            continue
+        try:
+            trainer = Trainer(stage_cfg, ctx, plan_run(stage_cfg, stage_given))
+        except ValueError as exc:
+            if ctx.main:
+                print(f"{PROG}: error: --stage all, {stage}: {exc}", file=sys.stderr)
+            return 2
+        try:
+            _loop(trainer, trainer.cfg, ctx)
+        except TrainingStopped as exc:
+            if ctx.main:
+                print(f"training stopped at stage {stage}: {exc}; run the same command again to resume",
+                      file=sys.stderr)
+            return 1
+    return 0
 
 
 def _loop(trainer: Trainer, cfg, ctx) -> int:

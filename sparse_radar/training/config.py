@@ -16,7 +16,7 @@ from ..nn.norm import NORM_TYPES
 
 PROG = "python -m sparse_radar.train"
 MODES = ("edm", "cd", "ct")
-STAGES = ("diffusion", "structure", "vae", "ldm", "cd")
+STAGES = ("diffusion", "structure", "vae", "ldm", "cd", "all")
 LATENT_STAGES = ("ldm", "cd")
 VAE_PRESET_NAMES = ("lightweight", "standard")
 VAE_KINDS = ("vae", "vqvae")
@@ -65,6 +65,7 @@ class TrainConfig:
     vae_preset: str = "lightweight"
     vae_kind: str = "vae"
     vae: Optional[str] = None
+    stage_steps: Optional[str] = None
     mode: str = "edm"
     teacher: Optional[str] = None
     cm_steps: int = 40
@@ -117,6 +118,11 @@ class TrainConfig:
         self.grid_spec()
 
     def _check_stage(self) -> None:
+        if self.stage == "all" and (self.vae or self.teacher or self.resume):
+            raise ValueError("--stage all passes each stage the run before it and resumes by itself (run the same "
+                             "command again): leave out --vae, --teacher and --resume")
+        if self.stage_steps is not None and self.stage != "all":
+            raise ValueError("--stage_steps sets the steps of --stage all's three stages; use --steps for one stage")
         if self.stage == "ldm" and not self.vae:
             raise ValueError("--stage ldm diffuses in the latent of a trained autoencoder: pass its run with --vae "
                              "(a --stage vae run)")
@@ -215,10 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
         "dice_weight": "structure network and VAE: weight of the Dice term beside BCE",
         "stage": "diffusion (voxel-space UNet, --mode), structure (the network that predicts where the scene is), "
                  "vae (the autoencoder of latent diffusion), ldm (EDM in its latent, --vae) or cd (consistency "
-                 "distillation of an ldm run, --teacher)",
+                 "distillation of an ldm run, --teacher), or all (vae -> ldm -> cd in --out/vae, ldm, cd; run it "
+                 "again to resume)",
         "vae_preset": f"--stage vae: {', '.join(VAE_PRESET_NAMES)} (the reference's presets)",
         "vae_kind": "--stage vae: vae (Gaussian latent, KL) or vqvae (codebook)",
         "vae": "--stage ldm: run or checkpoint of the --stage vae run whose latent is diffused",
+        "stage_steps": "--stage all: steps of vae,ldm,cd (default --steps each)",
         "mode": "edm training, cd (consistency distillation, needs --teacher) or ct (consistency training)",
         "teacher": "EDM checkpoint to distil (mode cd)", "ema_rate": "comma-separated EMA rates",
         "grad_accum": "micro-batches per optimizer step", "resume": "checkpoint file or run folder to continue",

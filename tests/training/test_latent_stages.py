@@ -131,3 +131,30 @@ def test_stage_checkpoints_must_match(latent_runs, small_runs, tmp_path, capsys)
     assert "for a latent one use --stage cd" in capsys.readouterr().err
     assert train(["--stage", "ldm", "--vae", ldm, "--out", str(tmp_path / "c"), "--steps", "1"]) == 2
     assert "pass a --stage vae run" in capsys.readouterr().err
+
+
+def test_stage_all_runs_the_three_stages_and_resumes(tmp_path, capsys):
+    out = str(tmp_path / "all")
+    common = ["--stage", "all", "--out", out, "--train_size", "2", "--grid", SMALL_GRID, "--progress", "False",
+              "--preview_steps", "1", "--cm_steps", "4"]
+    assert train(common + ["--stage_steps", "1,1,1"]) == 0
+    assert [load_checkpoint(f"{out}/{s}")["model_kind"] for s in ("vae", "ldm", "cd")] == ["vae", "ldm", "cd"]
+    assert load_checkpoint(f"{out}/ldm")["train_config"]["vae"] == f"{out}/vae"
+    assert load_checkpoint(f"{out}/cd")["train_config"]["teacher"] == f"{out}/ldm"
+    capsys.readouterr()
+    assert train(common + ["--stage_steps", "1,2,1"]) == 0
+    text = capsys.readouterr().out
+    assert "vae: finished" in text and "resuming at step 1" in text and "cd: finished" in text
+    assert load_checkpoint(f"{out}/ldm")["step"] == 2
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--stage", "all", "--resume", "x"], "resumes by itself"),
+    (["--stage_steps", "1,1,1"], "--stage_steps sets the steps"),
+])
+def test_stage_all_flags_are_checked(flags, message, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train(flags + ["--out", str(tmp_path / "r")])
+    assert message in capsys.readouterr().err
+    assert train(["--stage", "all", "--stage_steps", "1,0,1", "--out", str(tmp_path / "q")]) == 2
+    assert "--stage_steps must be three ints" in capsys.readouterr().err
