@@ -2,7 +2,8 @@
 
 Each row compares a baseline model with the optimised one (memory saving = 1 - optimised / baseline peak,
 speed-up = baseline / optimised step time), one fresh process per measurement (benchmarks.step_worker).
-`python -m benchmarks.ablation` (grid 8x64x64, batch 1, 3% random occupancy for the sparse path).
+`python -m benchmarks.ablation` (grid 8x64x64, batch 1, 3% random occupancy for the sparse path). The latent row's
+optimised step is the lightweight VAE encoding the target voxels plus the UNet on the 4x4x4 smaller latent grid.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ ROWS = [
      {"model_channels": 128, "channel_mult": [1, 2, 4, 8]}, {}, [], []),
     ("fp16/bf16 + checkpointing vs fp32", "40-50% / 0.9x", {}, {"use_fp16": True, "use_checkpoint": True}, [], []),
 ]
-LATENT = ("Latent diffusion vs voxel space", "80-90% / 10x+")
+LATENT = ("Latent diffusion vs voxel space", "80-90% / 10x+", {}, {}, [], ["--latent"])  # VAE 4x4x4 + UNet
 
 
 def measure(grid, batch, occupancy, path, overrides, flags, steps, timeout, device="cpu"):
@@ -71,11 +72,12 @@ def plot(raw, path: str) -> None:
     plt = pyplot()
     if plt is None:
         return
-    names = [name for name, *_ in ROWS]
+    names = [name for name, *_ in ROWS + [LATENT] if any(r["row"] == name for r in raw)]
+    claims = {name: claim for name, claim, *_ in ROWS + [LATENT]}
     ours = {(r["row"], r["path"]): (r["baseline"], r["optimised"]) for r in raw}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, which, title in ((axes[0], 0, "memory saving (share of baseline peak)"), (axes[1], 1, "speed-up (x)")):
-        series = {"README claim": [claimed(claim)[which] for _, claim, *_ in ROWS]}
+        series = {"README claim": [claimed(claims[name])[which] for name in names]}
         for route in sorted({r["path"] for r in raw}):
             values = []
             for name in names:
@@ -99,6 +101,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--timeout", type=int, default=1800)
     p.add_argument("--name", default="ablation", help="stem of the report files")
+    p.add_argument("--rows", default="all", help="'all', or comma-separated row numbers (1-5; 5 = latent)")
     add_device_argument(p)
     p.add_argument("--out", default="bench_out")
     args = p.parse_args(argv)
@@ -107,8 +110,14 @@ def main(argv=None) -> int:
         p.error(f"--paths must list dense and/or sparse, got {args.paths!r}")
     check_device(p, args.device)
     grids = {"dense": args.grid, "sparse": args.sparse_grid or args.grid}
+    chosen = ROWS + [LATENT]
+    if args.rows != "all":
+        try:
+            chosen = [chosen[int(i) - 1] for i in args.rows.split(",")]
+        except (ValueError, IndexError):
+            p.error(f"--rows must be 'all' or numbers 1-{len(chosen)}, got {args.rows!r}")
     rows, raw = [], []
-    for name, claim, base_o, opt_o, base_f, opt_f in ROWS:
+    for name, claim, base_o, opt_o, base_f, opt_f in chosen:
         cells = [name, claim]
         for path in paths:
             grid = grids[path]
@@ -121,7 +130,6 @@ def main(argv=None) -> int:
             print(json.dumps(raw[-1]), flush=True)
             cells.append(effect(base, opt, why_b, why_o))
         rows.append(cells)
-    rows.append([*LATENT, *["pending (no latent diffusion yet)"] * len(paths)])
     table = markdown_table(["optimisation", "README claim (memory / speed)", *[f"ours, {q} path" for q in paths]],
                            rows)
     where = ", ".join(f"{q} path on {grids[q]}" for q in paths)

@@ -103,9 +103,29 @@ def launch_counts(events) -> dict:
     return {"kernel_launches_per_step": launches, "aten_calls_per_step": aten}
 
 
-def build(preset: str, grid, overrides: dict) -> UNet3D:
-    """The preset's model for this grid, 8 channels in, 4 out."""
-    return UNet3D(PRESETS[preset](in_channels=8, out_channels=4, input_size=tuple(grid), **overrides))
+def build(preset: str, grid, overrides: dict, in_channels: int = 8) -> UNet3D:
+    """The preset's model for this grid, 8 channels in (latent: 4 + 5), 4 out."""
+    return UNet3D(PRESETS[preset](in_channels=in_channels, out_channels=4, input_size=tuple(grid), **overrides))
+
+
+class LatentStep(torch.nn.Module):
+    """A latent-diffusion training step's network work: the frozen lightweight VAE encodes the target voxels
+    (sparse, no gradients) to the 4x4x4 smaller latent grid, where the UNet runs dense on latent + radar."""
+
+    def __init__(self, preset: str, grid, overrides: dict):
+        super().__init__()
+        from sparse_radar.models.latent import LATENT_CONDITION_CHANNELS
+        from sparse_radar.models.vae import VAE3D, create_lightweight_vae_config
+        self.vae = VAE3D(create_lightweight_vae_config()).eval().requires_grad_(False)
+        self.latent_grid = self.vae.config.latent_shape(grid)
+        self.unet = build(preset, self.latent_grid, overrides, 4 + LATENT_CONDITION_CHANNELS)
+        self.config = self.unet.config
+
+    def forward(self, target: SparseVoxels, labels: torch.Tensor) -> DenseVoxels:
+        with torch.no_grad():
+            z, _ = self.vae.encode(target)
+        radar = torch.zeros(z.shape[0], 5, *z.shape[2:], device=z.device)  # the pooled radar: no network work
+        return self.unet(DenseVoxels(torch.cat([z, radar], dim=1)), labels)
 
 
 def main(argv=None) -> int:
@@ -130,6 +150,9 @@ def main(argv=None) -> int:
     p.add_argument("--profile", action="store_true",
                    help="after the timed steps, profile one more with torch.profiler: its top operators go to "
                         "stderr, its kernel launches (CUDA) and operator calls into the JSON")
+    p.add_argument("--latent", action="store_true",
+                   help="a latent-diffusion step instead: the lightweight VAE encodes the (sparse) target voxels, "
+                        "the UNet trains on the 4x4x4 smaller latent grid (dense)")
     p.add_argument("--field", choices=("fresh", "cached"), default="fresh",
                    help="sparse path: fresh builds the field (and so its kernel maps) every step, as the trainer "
                         "does with each batch; cached reuses one field and its maps")
@@ -144,12 +167,15 @@ def main(argv=None) -> int:
     grid = tuple(int(v) for v in args.grid.split(","))
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = build(args.preset, grid, json.loads(args.overrides)).to(device)
-    mask, data = make_input(grid, args.batch, args.occupancy, args.pattern, 8)
+    if args.latent:
+        model = LatentStep(args.preset, grid, json.loads(args.overrides)).to(device)
+    else:
+        model = build(args.preset, grid, json.loads(args.overrides)).to(device)
+    mask, data = make_input(grid, args.batch, args.occupancy, args.pattern, 4 if args.latent else 8)
     # sparse: the active voxels; dense: the plain dense model on the same data (what users run today)
-    field = DenseVoxels(data, mask).to_sparse() if args.path == "sparse" else DenseVoxels(data)
+    field = DenseVoxels(data, mask).to_sparse() if args.path == "sparse" or args.latent else DenseVoxels(data)
     field = field.to(device)
-    fresh = args.path == "sparse" and args.field == "fresh"
+    fresh = (args.path == "sparse" or args.latent) and args.field == "fresh"
     if fresh:
         feats, coords = field.feats, field.coords
     active = int(mask.sum())
@@ -199,11 +225,11 @@ def main(argv=None) -> int:
         print(events.table(sort_by="self_cpu_time_total", row_limit=15), file=sys.stderr)
         profile = launch_counts(events)
     print(json.dumps({"preset": args.preset, "grid": list(grid), "batch": args.batch, "occupancy": args.occupancy,
-                      "pattern": args.pattern, "path": args.path, "active_voxels": active,
+                      "pattern": args.pattern, "path": "latent" if args.latent else args.path, "active_voxels": active,
                       "active_share": active / (args.batch * grid[0] * grid[1] * grid[2]),
                       "step_ms": statistics.median(times) * 1e3, "timed_steps": len(times),
                       "peak_bytes": peak,
-                      "params": sum(p.numel() for p in model.parameters()), "device": str(device),
+                      "params": sum(p.numel() for p in model.parameters() if p.requires_grad), "device": str(device),
                       "mmap_threshold": args.mmap_threshold if fixed else 0, "field": args.field, **profile}))
     return 0
 

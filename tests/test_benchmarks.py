@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -159,10 +160,29 @@ def test_ablation_reads_the_readme_claims_and_plots_them_beside_ours(tmp_path):
     assert (tmp_path / "ablation.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_ablation_rejects_unknown_paths():
+def test_ablation_rejects_unknown_paths_and_rows():
     from benchmarks.ablation import main
     with pytest.raises(SystemExit):
         main(["--paths", "dense,voxel"])
+    with pytest.raises(SystemExit):
+        main(["--rows", "6"])
+
+
+def test_step_worker_latent_step_trains_the_unet_on_the_latent_grid():
+    from benchmarks.step_worker import LatentStep
+    from sparse_radar import SparseVoxels
+    step = LatentStep("tiny", (8, 16, 16), {})
+    assert step.latent_grid == (2, 4, 4) and tuple(step.config.input_size) == (2, 4, 4)
+    target = SparseVoxels(torch.ones(3, 4), torch.tensor([[0, 0, 0, 0], [0, 5, 9, 3], [0, 7, 15, 15]]), (8, 16, 16), 1)
+    out = step(target, torch.zeros(1))
+    out.data.square().mean().backward()
+    assert out.data.shape == (1, 4, 2, 4, 4)
+    assert all(p.grad is None for p in step.vae.parameters())  # the VAE is frozen
+    assert any(p.grad is not None for p in step.unet.parameters())
+    done = subprocess.run([sys.executable, "-m", "benchmarks.step_worker", "--preset", "tiny", "--grid", "8,16,16",
+                           "--batch", "1", "--steps", "1", "--latent"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["path"] == "latent"
 
 
 def test_conv_cases_measure_each_library_in_its_own_process(tmp_path):
