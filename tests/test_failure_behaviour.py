@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from sparse_radar.train import run
-from tests.failure_checks import CHECKS, SMALL, api, data, sampling, training  # noqa: F401 - importing registers the checks
+from tests.failure_checks import CHECKS, SMALL, api, data, sampling, stages, training  # noqa: F401 - importing registers the checks
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
