@@ -59,44 +59,11 @@ class Trainer:
         self.grid = metric_grid(cfg, self.grid_shape)
         self.diffusion = DiffusionConfig()
         self.teacher = self.structure = self.codec = None
-        if cfg.support == "predicted":  # a frozen structure network predicts where diffusion runs
-            self.structure = load_structure(cfg.structure).to(self.device)
+        if cfg.support == "predicted":  # a frozen structure network predicts where diffusion runs (a resumed run
+            # keeps the one its checkpoint carries)
+            self.structure = load_structure(state if state is not None else cfg.structure).to(self.device)
             self.structure.check_grid(self.grid_shape)
-        if cfg.objective == "cd":
-            teacher_state = load_checkpoint(cfg.teacher)
-            check_teacher(cfg, teacher_state)
-            if state is None:
-                cfg = self.cfg = adopt_teacher(cfg, teacher_state, given_flags(cfg))
-            model_cfg = UNetConfig.from_dict(teacher_state["model_config"])
-            self.teacher = UNet3D(model_cfg).to(self.device).eval()
-            self.teacher.load_state_dict(best_weights(teacher_state))
-            self.teacher.requires_grad_(False)
-            if cfg.stage == "cd":
-                self.codec = LatentCodec.from_record(teacher_state["latent"]).to(self.device)
-        elif cfg.stage == "ldm":
-            self.codec = (load_codec(cfg.vae) if state is None else LatentCodec.from_record(state["latent"]))
-            self.codec.to(self.device)
-            latent = self.codec.config.latent_channels
-            model_cfg = cfg.model_config(self.codec.latent_shape(self.grid_shape), latent + LATENT_CONDITION_CHANNELS,
-                                         latent)
-            if state is None:  # the latents' scale, from the first 16 training samples (the same on every process)
-                self.codec.scale = fit_scale(self.codec, [self._pair(list(range(i, i + 4)))[1].to(self.device)
-                                                          for i in range(0, 16, 4)], self.diffusion.sigma_data)
-        elif cfg.stage == "diffusion":
-            model_cfg = cfg.model_config(self.grid_shape)
-        torch.manual_seed(cfg.seed)
-        if cfg.stage in (KIND, "vae"):
-            unused = sorted(given_flags(cfg) & set(ARCH_FLAGS))
-            if unused:
-                raise ValueError(f"--stage {cfg.stage} trains a network of its own; the UNet flags "
-                                 f"{', '.join('--' + n for n in unused)} do not apply to it")
-        if cfg.stage == KIND:
-            self.model = build_structure(len(RADAR_CHANNELS), cfg.structure_cap, cfg.dice_weight).to(self.device)
-            self.model.check_grid(self.grid_shape)
-        elif cfg.stage == "vae":
-            self.model = build_vae(cfg, len(TARGET_CHANNELS), self.grid_shape).to(self.device)
-        else:
-            self.model = UNet3D(model_cfg).to(self.device)
+        cfg = self.cfg = self._build_model(cfg, state)
         if self.teacher is not None:  # the student starts as the teacher
             self.model.load_state_dict(self.teacher.state_dict())
         self.ema = {rate: copy.deepcopy(self.model).eval().requires_grad_(False) for rate in cfg.ema_rates()}
@@ -112,6 +79,46 @@ class Trainer:
             for group in self.opt.param_groups:  # --lr may change on resume (RESUMABLE_FLAGS)
                 group["lr"] = cfg.lr
         self.net = DistributedDataParallel(self.model) if ctx.active else self.model
+
+    def _build_model(self, cfg: TrainConfig, state: Optional[dict]) -> TrainConfig:
+        """self.model for the stage (with the teacher and the latent codec where the stage has them); returns the
+        config, which a distillation run takes the teacher's architecture into."""
+        model_cfg = None
+        if cfg.objective == "cd":
+            teacher_state = load_checkpoint(cfg.teacher)
+            check_teacher(cfg, teacher_state)
+            if state is None:
+                cfg = adopt_teacher(cfg, teacher_state, given_flags(cfg))
+            model_cfg = UNetConfig.from_dict(teacher_state["model_config"])
+            self.teacher = UNet3D(model_cfg).to(self.device).eval().requires_grad_(False)
+            self.teacher.load_state_dict(best_weights(teacher_state))
+            if cfg.stage == "cd":
+                self.codec = LatentCodec.from_record(teacher_state["latent"]).to(self.device)
+        elif cfg.stage == "ldm":  # a resumed run keeps the VAE and scale its checkpoint carries
+            self.codec = load_codec(cfg.vae) if state is None else LatentCodec.from_record(state["latent"])
+            self.codec.to(self.device)
+            latent = self.codec.config.latent_channels
+            model_cfg = cfg.model_config(self.codec.latent_shape(self.grid_shape), latent + LATENT_CONDITION_CHANNELS,
+                                         latent)
+            if state is None:  # the latents' scale, from the first 16 training samples (the same on every process)
+                self.codec.scale = fit_scale(self.codec, [self._pair(list(range(i, i + 4)))[1].to(self.device)
+                                                          for i in range(0, 16, 4)], self.diffusion.sigma_data)
+        elif cfg.stage == "diffusion":
+            model_cfg = cfg.model_config(self.grid_shape)
+        if cfg.stage in (KIND, "vae"):
+            unused = sorted(given_flags(cfg) & set(ARCH_FLAGS))
+            if unused:
+                raise ValueError(f"--stage {cfg.stage} trains a network of its own; the UNet flags "
+                                 f"{', '.join('--' + n for n in unused)} do not apply to it")
+        torch.manual_seed(cfg.seed)
+        if cfg.stage == KIND:
+            self.model = build_structure(len(RADAR_CHANNELS), cfg.structure_cap, cfg.dice_weight).to(self.device)
+            self.model.check_grid(self.grid_shape)
+        elif cfg.stage == "vae":
+            self.model = build_vae(cfg, len(TARGET_CHANNELS), self.grid_shape).to(self.device)
+        else:
+            self.model = UNet3D(model_cfg).to(self.device)
+        return cfg
 
     # ----- data -----------------------------------------------------------------------------------------
     def _stream(self, position: int) -> int:
