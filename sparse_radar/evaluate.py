@@ -1,7 +1,8 @@
-"""`python -m sparse_radar.evaluate RUN [RUN ...]`: one table on the same frames for the radar input, the dilated
-radar support, each model (EDM: Heun and the one-step posterior mean; consistency: one-step and multistep) and
-the oracle-support upper bound, plus an occupancy-threshold sweep; writes evaluation.md, evaluation.json and
-threshold_sweep.png."""
+"""`python -m sparse_radar.evaluate RUN [RUN ...]`: one table on the same frames for the radar input, the supports
+(dilated radar; predicted, where a structure network is at hand) with their recall of the target and size, each
+model (EDM and ldm: Heun and the one-step posterior mean; consistency: one-step and multistep), the oracle-support
+upper bound and each VAE's reconstruction, plus an occupancy-threshold sweep; writes evaluation.md,
+evaluation.json and threshold_sweep.png."""
 from __future__ import annotations
 
 import argparse
@@ -88,14 +89,19 @@ class Table:
         return "\n".join(lines)
 
 
-def baselines(table: Table, densifier: Densifier, structure: Optional[StructureNet] = None) -> List[dict]:
-    """Add the radar input and the supports (dilated radar; predicted, given a structure network) as predictions;
-    returns each support's recall of the target voxels and size, with the oracle's."""
+def baselines(table: Table, densifier: Densifier, structure: Optional[StructureNet] = None,
+              predicted_radius=(0, 0, 0)) -> List[dict]:
+    """Add the radar input and the supports (dilated radar; predicted, given a structure network, and dilated as a
+    model uses it) as predictions; returns each support's recall of the target voxels and size, with the
+    oracle's."""
     radius = densifier.oracle_radius
     supports = [(f"radar dilated {tuple(radius)}", support_structure("radar_dilated", table.radar, table.radar,
                                                                        radius))]
     if structure is not None:
         supports.append(("predicted (structure network)", predicted_support(structure, table.radar)))
+        if any(predicted_radius):
+            supports.append((f"predicted dilated {tuple(predicted_radius)}",
+                             predicted_support(structure, table.radar, predicted_radius)))
     supports.append((f"oracle: target dilated {tuple(radius)}", support_structure("oracle", table.radar,
                                                                                   table.target, radius)))
     table.add("radar input", [table.score(b, centres(table.radar, b, table.grid)) for b in range(len(table.frames))])
@@ -171,8 +177,9 @@ def run(argv=None) -> int:
         print(line)
     start = time.perf_counter()
     table = Table(frames, models[0][1], taus)
-    structure = structure or next((d.structure for _, d in models if d.structure is not None), None)
-    cover = baselines(table, models[0][1], structure)
+    carrier = next((d for _, d in models if d.structure is not None), None)
+    structure = structure or (carrier.structure if carrier else None)
+    cover = baselines(table, models[0][1], structure, carrier.radius if carrier else (0, 0, 0))
     sweep, oracle_done = {}, not args.oracle
     for path, d in models:
         label = os.path.basename(os.path.normpath(path))
