@@ -98,7 +98,8 @@ def run(argv=None) -> int:
     if rows:
         write_csv(os.path.join(out, "metrics.csv"), rows)
     summary = {"checkpoint": os.path.abspath(args.checkpoint), "input": args.input, "frames": len(frames),
-               "model_type": model_type(densifier), "support": densifier.support, "support_radius": list(densifier.radius),
+               "model_type": model_type(densifier), "support": densifier.support,
+               "support_radius": list(densifier.radius),
                "frames_with_ground_truth": len(rows), "settings": vars(settings), "seed": args.seed,
                "taus": taus, "device": str(densifier.device), "dtype": args.dtype,
                **peak_memory(densifier.device), "metrics": summarize(rows)}

@@ -7,7 +7,8 @@ import shutil
 import pytest
 
 from sparse_radar.train import run
-from tests.failure_checks import CHECKS, SMALL, api, data, sampling, stages, training  # noqa: F401 - importing registers the checks
+from tests.failure_checks import (CHECKS, SMALL, api, data, sampling, stages,  # noqa: F401 - importing registers
+                                  training)  # noqa: F401
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 

@@ -94,7 +94,8 @@ def test_evaluate_writes_one_table(small_runs, tmp_path):
     assert methods == ["radar input", "radar dilated (1, 2, 2)", "edm heun-2", "edm onestep",
                        "edm heun-2 on the oracle support", "cd onestep", "cd multistep-2"]
     assert "upper bound" in report["methods"]["edm heun-2 on the oracle support"]["note"]
-    assert 0 < report["supports"][0]["recall"] <= report["supports"][-1]["recall"] <= 1 and len(report["sweep"]["curves"]["onestep"]["fscore"]) == 11
+    assert 0 < report["supports"][0]["recall"] <= report["supports"][-1]["recall"] <= 1
+    assert len(report["sweep"]["curves"]["onestep"]["fscore"]) == 11
     grid = parse_grid(SMALL_GRID)
     data = SyntheticDataset("test", 2, grid)
     radar_cd = [cloud_metrics(grid.voxel_centers(data[i]["radar_coords"]), grid.voxel_centers(data[i]["target_coords"]),

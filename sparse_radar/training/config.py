@@ -127,7 +127,8 @@ class TrainConfig:
             raise ValueError("--stage ldm diffuses in the latent of a trained autoencoder: pass its run with --vae "
                              "(a --stage vae run)")
         if self.vae and self.stage != "ldm":
-            raise ValueError(f"--vae gives the autoencoder of --stage ldm; with --stage {self.stage} it would be unused")
+            raise ValueError(f"--vae gives the autoencoder of --stage ldm; with --stage {self.stage} it would be "
+                             f"unused")
         if self.stage == "cd" and not self.teacher:
             raise ValueError("--stage cd distils a latent diffusion model: pass its run with --teacher "
                              "(a --stage ldm run)")

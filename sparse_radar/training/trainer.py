@@ -32,8 +32,8 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data_record import data_record, metric_grid
 from .config import TrainConfig, given_flags
 from .run_folder import ARCH_FLAGS, RunPlan, adopt_teacher, plan_run
-from .stages import (KIND, best_weights, build_structure, build_vae, check_teacher, load_codec, load_structure, structure_record,
-                     support_fields)
+from .stages import (KIND, best_weights, build_structure, build_vae, check_teacher, load_codec, load_structure,
+                     structure_record, support_fields)
 from .preview import save_preview
 
 CSV_COLUMNS = ["step", "loss", "grad_norm", "lr", "support_voxels", "coverage", "seconds", "skipped_samples"]
