@@ -5,6 +5,7 @@ Decisions are taken on flat per-candidate vectors in key order ((b, z, y, x) row
 a masked dense field list alike, so the two paths keep the same voxels and are compared value by value."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -215,6 +216,12 @@ class GenerativeDecoder(nn.Module):
                 forced = lookup(gt, keys) >= 0
                 labels = forced.to(logits.dtype)
             keep = cap_per_sample(logits > 0, logits.detach(), samples, cap, forced)
+            if target is None and cap > 0:  # generating: say when the cap, not the logits, decided
+                dropped = int(((logits > 0) & ~keep).sum())
+                if dropped:
+                    warnings.warn(f"the cap of {cap} voxels per sample and level dropped {dropped} voxel(s) with a "
+                                  f"positive occupancy logit at level {i}; raise it for this grid (--structure_cap, "
+                                  f"StructureConfig.cap, VAEConfig.cap)", stacklevel=2)
             levels.append(LevelOutput(logits, labels, samples, int(keep.sum())))
             h = keep_flat(h, keep)
             if i < len(self.ups):

@@ -218,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
         "support": f"where diffusion runs: {', '.join(TRAIN_SUPPORTS)} (predicted: by the --structure network)",
         "support_radius": "dilation z,y,x (default 1,2,2; predicted 0,0,0)",
         "structure": "checkpoint or run folder of a --stage structure run (for --support predicted)",
-        "structure_cap": "structure network: most voxels kept per sample and level (0 = no cap)",
+        "structure_cap": "structure network and VAE decoder: most voxels kept per sample and level (0 = no cap; "
+                         "generation warns when it drops voxels: raise it for large grids)",
         "dice_weight": "structure network and VAE: weight of the Dice term beside BCE",
         "stage": "diffusion (voxel-space UNet, --mode), structure (the network that predicts where the scene is), "
                  "vae (the autoencoder of latent diffusion), ldm (EDM in its latent, --vae) or cd (consistency "
