@@ -188,10 +188,21 @@ class VQVAE3D(_Autoencoder):
         super().__init__(config, 1)
         self.codebook = nn.Embedding(config.codebook_size, config.latent_channels)
         nn.init.uniform_(self.codebook.weight, -1.0 / config.codebook_size, 1.0 / config.codebook_size)
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def _init_codes(self, flat: torch.Tensor) -> None:
+        """Data-dependent start: the codes become encoder outputs of the first training batch (drawn with
+        replacement), so no code starts far from every latent and dies unused."""
+        pick = torch.randint(0, flat.shape[0], (self.codebook.num_embeddings,), device=flat.device)
+        self.codebook.weight.copy_(flat[pick].to(self.codebook.weight.dtype))
+        self.initialised.fill_(True)
 
     def quantize(self, z_e: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(quantised latent with straight-through gradient, VQ loss, code indices [B, D', H', W'])."""
         flat = z_e.movedim(1, -1).reshape(-1, z_e.shape[1])  # [M, L]
+        if self.training and not bool(self.initialised):
+            self._init_codes(flat.detach())
         codes = self.codebook.weight
         dist = flat.square().sum(1, keepdim=True) - 2 * flat @ codes.t() + codes.square().sum(1)[None]
         index = dist.argmin(dim=1)

@@ -122,3 +122,21 @@ def test_presets_and_validation():
         light.latent_shape((6, 64, 64))
     with pytest.raises(TypeError, match="VAEConfig"):
         VAE3D({"kind": "vae"})
+
+
+def test_vq_codes_start_from_the_first_training_batch():
+    torch.manual_seed(0)
+    model = VQVAE3D(VAEConfig(**SMALL, kind="vqvae")).double()
+    z_e = torch.randn(2, 4, 1, 2, 2, dtype=torch.float64)
+    model.eval()
+    model.quantize(z_e)
+    assert not bool(model.initialised)  # evaluation never moves the codes
+    model.train()
+    _, loss, _ = model.quantize(z_e)
+    flat = z_e.movedim(1, -1).reshape(-1, 4)
+    assert bool(model.initialised)
+    assert all(any(torch.equal(code, row) for row in flat) for code in model.codebook.weight.detach())
+    assert float(loss) == 0.0  # every latent is one of the codes
+    before = model.codebook.weight.detach().clone()
+    model.quantize(z_e * 3)
+    assert torch.equal(model.codebook.weight.detach(), before)  # only once
