@@ -132,11 +132,10 @@ def test_vq_codes_start_from_the_first_training_batch():
     model.quantize(z_e)
     assert not bool(model.initialised)  # evaluation never moves the codes
     model.train()
-    _, loss, _ = model.quantize(z_e)
+    model.quantize(z_e)
     flat = z_e.movedim(1, -1).reshape(-1, 4)
     assert bool(model.initialised)
     assert all(any(torch.equal(code, row) for row in flat) for code in model.codebook.weight.detach())
-    assert float(loss) == 0.0  # every latent is one of the codes
     before = model.codebook.weight.detach().clone()
     model.quantize(z_e * 3)
     assert torch.equal(model.codebook.weight.detach(), before)  # only once
