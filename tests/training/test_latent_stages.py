@@ -158,3 +158,21 @@ def test_stage_all_flags_are_checked(flags, message, tmp_path, capsys):
     assert message in capsys.readouterr().err
     assert train(["--stage", "all", "--stage_steps", "1,0,1", "--out", str(tmp_path / "q")]) == 2
     assert "--stage_steps must be three ints" in capsys.readouterr().err
+
+
+def test_every_new_stage_resumes_bit_for_bit(latent_runs, tmp_path):
+    vae, ldm, _ = latent_runs
+    for stage, source in (("structure", []), ("vae", []), ("ldm", ["--vae", vae, "--model_channels", "8"]),
+                          ("cd", ["--teacher", ldm, "--cm_steps", "4"])):
+        common = ["--stage", stage, *source, "--train_size", "2", "--grid", SMALL_GRID, "--progress", "False",
+                  "--preview_steps", "1"]
+        whole, split = str(tmp_path / f"{stage}_whole"), str(tmp_path / f"{stage}_split")
+        assert train(common + ["--steps", "2", "--out", whole]) == 0
+        assert train(common + ["--steps", "1", "--out", split]) == 0
+        assert train(["--resume", split, "--steps", "2", "--progress", "False", "--preview_steps", "1"]) == 0
+        a, b = load_checkpoint(whole), load_checkpoint(split)
+        for name, value in a["model"].items():
+            assert torch.equal(value, b["model"][name]), (stage, name)
+        with open(f"{whole}/metrics.csv") as fa, open(f"{split}/metrics.csv") as fb:
+            losses = lambda fh: [line.split(",")[1] for line in fh.read().splitlines()[1:]]
+            assert losses(fa) == losses(fb)
