@@ -42,6 +42,12 @@ class VoxelStructure:
         return cls(kc.keys_to_coords(keys, spatial_shape), keys, spatial_shape, batch_size, parent)
 
     @classmethod
+    def full(cls, batch_size: int, spatial_shape: Shape3, device=None) -> "VoxelStructure":
+        """Every cell of the grid, in key order (what a dense field without a mask covers)."""
+        keys = torch.arange(batch_size * spatial_shape[0] * spatial_shape[1] * spatial_shape[2], device=device)
+        return cls.from_keys(keys, spatial_shape, batch_size)
+
+    @classmethod
     def from_mask(cls, mask: torch.Tensor, lineage: tuple = ()) -> "VoxelStructure":
         """Structure of the True cells of a bool mask [B, 1, D, H, W]; lineage gives the parents."""
         b, shape = mask.shape[0], tuple(mask.shape[2:])

@@ -107,6 +107,14 @@ class SparseVoxels:
             raise ValueError(f"replace needs feats of shape [{self.num_voxels}, C], got {shape}")
         return SparseVoxels.wrap(feats, self._structure)
 
+    def values_at(self, keys: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """Features [Q, C] at the voxels of linear keys [Q] (same grid and batch), fill where there is none."""
+        rows = kc.lookup(self._structure.keys, keys)
+        out = self._feats.new_full((keys.numel(), self.num_channels), fill)
+        hit = rows >= 0
+        out[hit] = self._feats[rows[hit]]
+        return out
+
     def to(self, *args, **kwargs) -> "SparseVoxels":
         """Move/cast like Tensor.to; coordinates follow the device, kernel maps are rebuilt there."""
         feats = self._feats.to(*args, **kwargs)

@@ -6,6 +6,7 @@ import torch
 from sparse_radar import DenseVoxels, SparseVoxels
 from sparse_radar.kernels import kmap as km
 from sparse_radar.nn import SparseConv3d, SubMConv3d
+from sparse_radar.structure import VoxelStructure
 from tests.factory import random_fields
 
 
@@ -147,3 +148,14 @@ def test_to_device_and_dtype():
     assert half.dtype == torch.float64 and half.structure is sv.structure
     assert dv.to(torch.float64).dtype == torch.float64
     assert np.isclose(float(half.feats.sum()), float(sv.feats.sum()))
+
+
+def test_values_at_reads_features_by_key_and_fills_the_rest():
+    sv, dense = random_fields(2, 3, (3, 4, 5), 0.4, seed=11)
+    full = VoxelStructure.full(2, (3, 4, 5))
+    assert torch.equal(full.coords.long(), torch.cartesian_prod(*(torch.arange(n) for n in (2, 3, 4, 5))))
+    got = sv.values_at(full.keys, fill=-7.0)  # every cell, in key order
+    data = dense.data.movedim(1, -1).reshape(-1, 3)
+    expected = torch.where(dense.mask.reshape(-1, 1), data, torch.full_like(data, -7.0))
+    assert torch.equal(got, expected)
+    assert sv.values_at(full.keys[:0]).shape == (0, 3)

@@ -6,7 +6,7 @@ from typing import Sequence, Tuple
 import torch
 
 from ..kernels.segment import segment_counts, segment_sum
-from ..kernels.coords import dilate_coords, keys_to_coords, linear_keys, lookup
+from ..kernels.coords import dilate_coords, linear_keys, lookup
 from ..structure import VoxelStructure
 from ..voxels import SparseVoxels
 from .voxelize import EMPTY
@@ -20,9 +20,7 @@ def support_structure(kind: str, radar: SparseVoxels, target: SparseVoxels,
     (z, x, y); oracle: target voxels dilated (an upper bound, for evaluation only)."""
     shape, b = radar.spatial_shape, radar.batch_size
     if kind == "full":
-        cells = b * shape[0] * shape[1] * shape[2]
-        keys = torch.arange(cells, device=radar.device)
-        return VoxelStructure(keys_to_coords(keys, shape), keys, shape, b)
+        return VoxelStructure.full(b, shape, radar.device)
     if kind == "radar_dilated":
         coords = dilate_coords(radar.coords, shape, tuple(radius))
     elif kind == "oracle":
@@ -34,11 +32,7 @@ def support_structure(kind: str, radar: SparseVoxels, target: SparseVoxels,
 
 def on_support(field: SparseVoxels, support: VoxelStructure) -> SparseVoxels:
     """field's features at the support voxels, EMPTY (-1) on every channel where field has no voxel."""
-    rows = lookup(field.structure.keys, support.keys)
-    feats = field.feats.new_full((support.num_voxels, field.num_channels), EMPTY)
-    hit = rows >= 0
-    feats[hit] = field.feats[rows[hit]]
-    return SparseVoxels.wrap(feats, support)
+    return SparseVoxels.wrap(field.values_at(support.keys, EMPTY), support)
 
 
 def coverage(support: VoxelStructure, target: SparseVoxels) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels.coords import keys_to_coords, linear_keys, lookup
+from ..kernels.coords import linear_keys, lookup
 from ..nn.conv import SparseConv3d, SubMConv3d
 from ..nn.field_ops import Field, map_values, values
 from ..nn.generative import GenerativeUpsample, keep_where
@@ -81,21 +81,12 @@ class SparseEncoder(nn.Module):
         return out
 
 
-def full_grid(batch_size: int, shape: Triple, device) -> VoxelStructure:
-    """The structure of every cell of a grid, in key order."""
-    keys = torch.arange(batch_size * shape[0] * shape[1] * shape[2], device=device)
-    return VoxelStructure(keys_to_coords(keys, shape), keys, shape, batch_size)
-
-
 def fill_grid(x: Field) -> Field:
     """The field on every cell of its grid (zero where it had no voxel)."""
     if isinstance(x, DenseVoxels):
         return DenseVoxels.wrap(x.masked_data(), None)
-    structure = full_grid(x.batch_size, x.spatial_shape, x.device)
-    rows = lookup(x.structure.keys, structure.keys)
-    feats = x.feats.new_zeros(structure.num_voxels, x.num_channels)
-    feats[rows >= 0] = x.feats[rows[rows >= 0]]
-    return SparseVoxels.wrap(feats, structure)
+    structure = VoxelStructure.full(x.batch_size, x.spatial_shape, x.device)
+    return SparseVoxels.wrap(x.values_at(structure.keys), structure)
 
 
 def candidate_keys(x: Field) -> torch.Tensor:
@@ -118,10 +109,7 @@ def flat_values(x: Field) -> torch.Tensor:
 def add_onto(x: Field, source: Field) -> Field:
     """x plus source's values at x's voxels (source contributes zero where it has no voxel)."""
     if isinstance(x, SparseVoxels):
-        rows = lookup(source.structure.keys, x.structure.keys)
-        extra = x.feats.new_zeros(x.feats.shape)
-        extra[rows >= 0] = source.feats[rows[rows >= 0]].to(x.dtype)
-        return x.replace(x.feats + extra)
+        return x.replace(x.feats + source.values_at(x.structure.keys).to(x.dtype))
     extra = source.masked_data().to(x.dtype)
     return x.replace(x.data + (extra if x.mask is None else extra * x.mask.to(x.dtype)))
 
@@ -158,12 +146,14 @@ def occupancy_keys(coords: torch.Tensor, factor: Triple, level_shape: Triple) ->
 
 @dataclass
 class LevelOutput:
-    """One decoder level's candidates in key order: logits [N], labels [N] (float, or None) and sample ids [N]."""
+    """One decoder level's candidates in key order: logits [N], labels [N] (float, or None), sample ids [N] of a
+    batch of batch_size, and which of them were kept (bool [N])."""
 
     logits: torch.Tensor
     labels: Optional[torch.Tensor]
     samples: torch.Tensor
-    kept: int
+    keep: torch.Tensor
+    batch_size: int
 
 
 @dataclass
@@ -222,7 +212,7 @@ class GenerativeDecoder(nn.Module):
                     warnings.warn(f"the cap of {cap} voxels per sample and level dropped {dropped} voxel(s) with a "
                                   f"positive occupancy logit at level {i}; raise it for this grid (--structure_cap, "
                                   f"StructureConfig.cap, VAEConfig.cap)", stacklevel=2)
-            levels.append(LevelOutput(logits, labels, samples, int(keep.sum())))
+            levels.append(LevelOutput(logits, labels, samples, keep, h.batch_size))
             h = keep_flat(h, keep)
             if i < len(self.ups):
                 h = self.ups[i](h)

@@ -79,9 +79,11 @@ class StructureNet(nn.Module):
         return self.decoder(fill_grid(feats[-1]), conditions, target, self.config.cap if cap is None else cap)
 
 
-def occupancy_loss(levels: List[LevelOutput], dice_weight: float = 1.0) -> Tuple[torch.Tensor, Dict[str, float]]:
+def occupancy_loss(levels: List[LevelOutput],
+                   dice_weight: float = 1.0) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """Sum over levels of BCE(logits, labels) (mean over candidates) + dice_weight * soft Dice loss (per sample,
-    averaged); returns the loss and per-level logs (bce, dice, recall of the kept voxels)."""
+    averaged); returns the loss and per-level logs as detached scalars (bce, dice, and the recall of the voxels
+    whose logit is > 0), read back only by whoever needs them."""
     total, logs = None, {}
     for i, lv in enumerate(levels):
         if lv.labels is None:
@@ -92,15 +94,14 @@ def occupancy_loss(levels: List[LevelOutput], dice_weight: float = 1.0) -> Tuple
         logits, labels = lv.logits.to(dtype), lv.labels.to(dtype)
         bce = F.binary_cross_entropy_with_logits(logits, labels)
         prob = torch.sigmoid(logits)
-        b = int(lv.samples.max()) + 1
-        inter = prob.new_zeros(b).index_add_(0, lv.samples, prob * labels)
-        both = prob.new_zeros(b).index_add_(0, lv.samples, prob + labels)
+        inter = prob.new_zeros(lv.batch_size).index_add_(0, lv.samples, prob * labels)
+        both = prob.new_zeros(lv.batch_size).index_add_(0, lv.samples, prob + labels)
         dice = (1 - (2 * inter + 1) / (both + 1)).mean()
         level_loss = bce + dice_weight * dice
         total = level_loss if total is None else total + level_loss
         hit = ((lv.logits > 0) & (lv.labels > 0)).sum()
-        logs[f"bce_{i}"], logs[f"dice_{i}"] = float(bce.detach()), float(dice.detach())
-        logs[f"recall_{i}"] = float(hit) / max(1.0, float(lv.labels.sum()))
+        logs[f"bce_{i}"], logs[f"dice_{i}"] = bce.detach(), dice.detach()
+        logs[f"recall_{i}"] = hit / lv.labels.sum().clamp_min(1)
     if total is None:
         total = torch.zeros((), device=levels[0].logits.device if levels else None)
     return total, logs

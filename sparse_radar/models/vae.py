@@ -18,10 +18,11 @@ from ..nn.attention import ATTENTION_TYPES, AttentionBlock
 from ..nn.conv import SubMConv3d
 from ..nn.field_ops import Field
 from ..nn.norm import NORM_TYPES
+from ..structure import VoxelStructure
 from ..voxels import DenseVoxels, SparseVoxels
 from .config import dataclass_from_dict
 from .generative import (Generation, GenerativeDecoder, SparseEncoder, candidate_keys, fill_grid, flat_values,
-                         full_grid, level_shapes)
+                         level_shapes)
 from .structure_net import occupancy_loss
 
 Triple = Tuple[int, int, int]
@@ -123,7 +124,7 @@ def latent_field(z: torch.Tensor, sparse: bool) -> Field:
     """A latent [B, C, D, H, W] as a field on every cell: SparseVoxels or an unmasked DenseVoxels."""
     if not sparse:
         return DenseVoxels(z)
-    structure = full_grid(z.shape[0], tuple(z.shape[2:]), z.device)
+    structure = VoxelStructure.full(z.shape[0], tuple(z.shape[2:]), z.device)
     return SparseVoxels.wrap(z.movedim(1, -1).reshape(-1, z.shape[1]), structure)
 
 
@@ -222,7 +223,7 @@ def build_autoencoder(config: VAEConfig) -> _Autoencoder:
 
 
 def autoencoder_loss(model: _Autoencoder, target: SparseVoxels,
-                     out: AutoencoderOutput) -> Tuple[torch.Tensor, Dict[str, float]]:
+                     out: AutoencoderOutput) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """Occupancy (BCE + Dice per level) + feature MSE at the target voxels + KL weight * KL (VAE) or the VQ loss;
     out must be decoded with teacher forcing on target."""
     occ, logs = occupancy_loss(out.generation.levels, model.config.dice_weight)
@@ -232,6 +233,5 @@ def autoencoder_loss(model: _Autoencoder, target: SparseVoxels,
         raise ValueError("autoencoder_loss needs the output decoded with teacher forcing on this target")
     feature = F.mse_loss(flat_values(field)[rows].float(), target.feats.float())
     weight = model.config.kl_weight if isinstance(model, VAE3D) else 1.0
-    logs.update(occupancy=float(occ.detach()), feature_mse=float(feature.detach()),
-                regulariser=float(out.regulariser.detach()))
+    logs.update(occupancy=occ.detach(), feature_mse=feature.detach(), regulariser=out.regulariser.detach())
     return occ + feature + weight * out.regulariser, logs

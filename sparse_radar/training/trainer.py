@@ -224,8 +224,7 @@ class Trainer:
         """(occupancy loss, predicted finest voxels, 0, their recall of the target) of one structure micro-batch."""
         radar, target = (f.to(self.device) for f in self._pair(positions))
         levels = self.net(self._as_backend(radar), target).levels
-        loss, logs = occupancy_loss(levels, self.cfg.dice_weight)
-        return loss, int((levels[-1].logits > 0).sum()), 0, logs.get(f"recall_{len(levels) - 1}", 1.0)
+        return _occupancy_row(*occupancy_loss(levels, self.cfg.dice_weight), levels)
 
     def _latent_micro(self, positions: List[int], micro: int):
         """(loss, latent cells, 0, 1) of one latent-diffusion micro-batch: EDM or distillation on scaled latents,
@@ -246,9 +245,7 @@ class Trainer:
         """(autoencoder loss, decoded finest voxels, 0, their recall of the target) of one VAE micro-batch."""
         target = self._pair(positions)[1].to(self.device)
         out = self.net(self._as_backend(target), target)
-        loss, logs = autoencoder_loss(self.model, target, out)
-        levels = out.generation.levels
-        return loss, int((levels[-1].logits > 0).sum()), 0, logs.get(f"recall_{len(levels) - 1}", 1.0)
+        return _occupancy_row(*autoencoder_loss(self.model, target, out), out.generation.levels)
 
     @property
     def samples_per_step(self) -> int:
@@ -353,6 +350,13 @@ class Trainer:
         else:
             sample = out if isinstance(out, SparseVoxels) else out.to_sparse()
         save_preview(path, radar, target, sample.to("cpu"))
+
+
+def _occupancy_row(loss: torch.Tensor, logs: dict, levels) -> tuple:
+    """(loss, finest voxels with a positive logit, 0 empty samples, their recall of the target): what a structure
+    or VAE micro-batch logs in the support_voxels and coverage columns."""
+    recall = logs.get(f"recall_{len(levels) - 1}")
+    return loss, int((levels[-1].logits > 0).sum()), 0, 1.0 if recall is None else float(recall)
 
 
 def write_config(cfg: TrainConfig, model: UNet3D, diffusion: DiffusionConfig) -> None:
