@@ -45,6 +45,18 @@ def conv_blocks(channels: int, depth: int, norm_type: str, num_groups: int) -> n
     return nn.Sequential(*(ConvBlock(channels, norm_type, num_groups) for _ in range(depth)))
 
 
+def level_settings(owner: str, name: str, per_level, strides) -> Tuple[Tuple[int, ...], Tuple[Triple, ...]]:
+    """(per-level positive ints, (z, y, x) strides >= 1) of a config, one more level than strides; a ValueError
+    naming owner.name or owner.strides otherwise."""
+    strides = tuple(tuple(int(v) for v in s) for s in strides)
+    if any(len(s) != 3 or min(s) < 1 for s in strides):
+        raise ValueError(f"{owner}.strides: need (z, y, x) triples >= 1, got {strides}")
+    per_level = tuple(int(v) for v in per_level)
+    if len(per_level) != len(strides) + 1 or min(per_level) < 1:
+        raise ValueError(f"{owner}.{name}: need {len(strides) + 1} positive ints (one per level), got {per_level}")
+    return per_level, strides  # type: ignore[return-value]
+
+
 def level_shapes(shape: Sequence[int], strides: Sequence[Triple]) -> List[Triple]:
     """Grid of each level, finest first; every stride must divide its level's grid exactly."""
     shapes = [tuple(int(n) for n in shape)]

@@ -15,7 +15,8 @@ from ..nn.norm import NORM_TYPES
 from ..structure import VoxelStructure
 from ..voxels import SparseVoxels
 from .config import dataclass_from_dict
-from .generative import Generation, GenerativeDecoder, LevelOutput, SparseEncoder, fill_grid, level_shapes
+from .generative import (Generation, GenerativeDecoder, LevelOutput, SparseEncoder, fill_grid, level_settings,
+                         level_shapes)
 
 
 @dataclass
@@ -31,13 +32,7 @@ class StructureConfig:
     dice_weight: float = 1.0
 
     def __post_init__(self):
-        self.channels = tuple(int(c) for c in self.channels)
-        self.strides = tuple(tuple(int(v) for v in s) for s in self.strides)
-        if len(self.channels) != len(self.strides) + 1 or min(self.channels) < 1:
-            raise ValueError(f"StructureConfig.channels: need {len(self.strides) + 1} positive ints (one per "
-                             f"level), got {self.channels}")
-        if any(len(s) != 3 or min(s) < 1 for s in self.strides):
-            raise ValueError(f"StructureConfig.strides: need (z, y, x) triples >= 1, got {self.strides}")
+        self.channels, self.strides = level_settings("StructureConfig", "channels", self.channels, self.strides)
         if self.norm_type not in NORM_TYPES:
             raise ValueError(f"StructureConfig.norm_type: expected one of {', '.join(NORM_TYPES)}, "
                              f"got {self.norm_type!r}")

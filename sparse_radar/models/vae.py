@@ -22,7 +22,7 @@ from ..structure import VoxelStructure
 from ..voxels import DenseVoxels, SparseVoxels
 from .config import dataclass_from_dict
 from .generative import (Generation, GenerativeDecoder, SparseEncoder, candidate_keys, fill_grid, flat_values,
-                         level_shapes)
+                         level_settings, level_shapes)
 from .structure_net import occupancy_loss
 
 Triple = Tuple[int, int, int]
@@ -50,15 +50,9 @@ class VAEConfig:
     cap: int = 0
 
     def __post_init__(self):
-        self.channel_mult = tuple(int(m) for m in self.channel_mult)
-        self.strides = tuple(tuple(int(v) for v in s) for s in self.strides)
         if self.kind not in ("vae", "vqvae"):
             raise ValueError(f"VAEConfig.kind: expected 'vae' or 'vqvae', got {self.kind!r}")
-        if any(len(s) != 3 or min(s) < 1 for s in self.strides):
-            raise ValueError(f"VAEConfig.strides: need (z, y, x) triples >= 1, got {self.strides}")
-        if len(self.channel_mult) != len(self.strides) + 1 or min(self.channel_mult) < 1:
-            raise ValueError(f"VAEConfig.channel_mult: need {len(self.strides) + 1} positive ints (one per level), "
-                             f"got {self.channel_mult}")
+        self.channel_mult, self.strides = level_settings("VAEConfig", "channel_mult", self.channel_mult, self.strides)
         for name in ("in_channels", "latent_channels", "base_channels", "num_res_blocks", "num_heads", "num_groups",
                      "codebook_size"):
             if getattr(self, name) < 1:
