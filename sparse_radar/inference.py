@@ -218,12 +218,8 @@ class Densifier:
                          sigma_min: float, sigma_max: float) -> SparseVoxels:
         """Sample scaled latents conditioned on the pooled radar, then decode them to voxels with features."""
         cond = self.codec.condition(radar)  # [B, 5, D', H', W']
-        ids = list(range(radar.batch_size)) if frame_ids is None else list(frame_ids)
-        if len(ids) != radar.batch_size:
-            raise ValueError(f"frame_ids must name each of the {radar.batch_size} samples, got {len(ids)}")
         shape = (self.codec.config.latent_channels,) + tuple(cond.shape[2:])
-        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + i))
-                             for i in ids]).to(self.device)
+        noise = torch.stack(_frame_noise([shape] * radar.batch_size, seed, frame_ids)).to(self.device)
         den = Denoiser(self.model, self.diffusion, DenseVoxels(cond), consistency=self.consistency)
         out = self._sample(den, DenseVoxels(noise * sigma_max), settings, seed, progress, sigma_min, sigma_max)
         decoded = self.codec.decode(out.data.float())
@@ -261,13 +257,8 @@ class Densifier:
         """Unit noise on the support, drawn per sample from (seed, frame id): a frame's noise does not depend on
         the other frames of its batch."""
         row_ptr = support.row_ptr().cpu()
-        counts = (row_ptr[1:] - row_ptr[:-1]).tolist()
-        ids = list(range(len(counts))) if frame_ids is None else list(frame_ids)
-        if len(ids) != len(counts):
-            raise ValueError(f"frame_ids must name each of the {len(counts)} samples, got {len(ids)}")
         channels = len(self.target_channels)
-        parts = [torch.randn(n, channels, generator=torch.Generator().manual_seed(seed * 1_000_003 + i))
-                 for i, n in zip(ids, counts)]
+        parts = _frame_noise([(int(n), channels) for n in row_ptr[1:] - row_ptr[:-1]], seed, frame_ids)
         return torch.cat(parts) if parts else torch.zeros(0, channels)
 
     def _backend(self, field: SparseVoxels):
@@ -280,6 +271,16 @@ class Densifier:
         if self.dtype == torch.float32:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self.dtype)
+
+
+def _frame_noise(shapes, seed: int, frame_ids: Optional[Sequence[int]]) -> List[torch.Tensor]:
+    """Unit noise of each sample's shape, drawn from (seed, its frame id; default its place in the batch), so a
+    frame's noise does not depend on the other frames of its batch."""
+    ids = list(range(len(shapes))) if frame_ids is None else list(frame_ids)
+    if len(ids) != len(shapes):
+        raise ValueError(f"frame_ids must name each of the {len(shapes)} samples, got {len(ids)}")
+    return [torch.randn(shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + i))
+            for i, shape in zip(ids, shapes)]
 
 
 def _as_points(cloud: Cloud, name: str) -> np.ndarray:

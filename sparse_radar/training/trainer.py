@@ -146,15 +146,21 @@ class Trainer:
         tgt, cond, cov = training_fields(self.cfg.support, radar, target, self.cfg.radius())
         return tgt.to(self.device), cond.to(self.device), cov
 
-    def _noise(self, target: SparseVoxels, positions: List[int]):
-        """Per-sample sigma and noise, seeded by the sample's stream position (same on any process layout)."""
-        counts = target.batch_counts().tolist()
+    def _draws(self, positions: List[int], shapes) -> tuple:
+        """Per sample, sigma and noise of the given shape, seeded by the sample's stream position (the same on any
+        process layout): (sigma [B] on the device, noises on the CPU)."""
         sigmas, noises = [], []
-        for n, pos in zip(counts, positions):
+        for shape, pos in zip(shapes, positions):
             g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + pos)
             sigmas.append(sample_sigma(1, self.diffusion, g))
-            noises.append(torch.randn(n, target.num_channels, generator=g))
-        return torch.cat(sigmas).to(self.device), target.replace(torch.cat(noises).to(self.device))
+            noises.append(torch.randn(shape, generator=g))
+        return torch.cat(sigmas).to(self.device), noises
+
+    def _noise(self, target: SparseVoxels, positions: List[int]):
+        """Per-sample sigma and noise on the target's voxels (see _draws)."""
+        shapes = [(n, target.num_channels) for n in target.batch_counts().tolist()]
+        sigma, noises = self._draws(positions, shapes)
+        return sigma, target.replace(torch.cat(noises).to(self.device))
 
     def _as_backend(self, field: SparseVoxels):
         if self.cfg.backend == "sparse":
@@ -231,12 +237,8 @@ class Trainer:
         conditioned on the radar pooled onto the latent grid."""
         radar, target = (f.to(self.device) for f in self._pair(positions))
         x0 = self.codec.encode(target)  # [B, L, D', H', W']
-        sigmas, noises = [], []
-        for pos in positions:  # per sample from its stream position, as _noise
-            g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + pos)
-            sigmas.append(sample_sigma(1, self.diffusion, g))
-            noises.append(torch.randn(x0.shape[1:], generator=g))
-        sigma, noise = torch.cat(sigmas).to(self.device), torch.stack(noises).to(self.device, x0.dtype)
+        sigma, noises = self._draws(positions, [x0.shape[1:]] * len(positions))
+        noise = torch.stack(noises).to(self.device, x0.dtype)
         cond = DenseVoxels(self.codec.condition(radar))
         loss = self._loss(DenseVoxels(x0), cond, sigma, DenseVoxels(noise), micro)
         return loss, x0[:, 0].numel(), 0, 1.0
