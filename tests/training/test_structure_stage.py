@@ -52,7 +52,10 @@ def test_densifier_generates_on_the_predicted_support(structure_runs, small_runs
         out = densifier.generate(radar)
         assert torch.equal(out.structure.keys, expected.keys)
     assert bool(torch.isin(radar.structure.keys, expected.keys).all())
-    assert 0 <= float(coverage(expected, target).mean()) <= 1
+    inside = set(expected.keys.tolist())
+    shares = [sum(int(k) in inside for k, b in zip(target.structure.keys, target.coords[:, 0]) if int(b) == s) /
+              int((target.coords[:, 0] == s).sum()) for s in range(2)]
+    assert coverage(expected, target).tolist() == pytest.approx(shares)
 
 
 def test_sample_and_evaluate_on_the_predicted_support(structure_runs, small_runs, tmp_path):
