@@ -75,7 +75,8 @@ def test_seed_batches_and_samplers(runs):
     assert not np.array_equal(d(a, steps=2, threshold=-1.0, seed=1)[:, 3:], d(a, steps=2, threshold=-1.0)[:, 3:])
     both = d([a, b], steps=2, threshold=-0.5)
     assert isinstance(both, list) and np.allclose(both[0], one, atol=1e-5)
-    assert np.allclose(both[1], d(b, steps=2, threshold=-0.5), atol=1e-5)  # a cloud's result does not depend on its batch
+    # a cloud's result does not depend on its batch
+    assert np.allclose(both[1], d(b, steps=2, threshold=-0.5), atol=1e-5)
     for sampler in ("euler", "onestep", "multistep"):
         assert d(a, sampler=sampler, steps=2, threshold=-1.0).shape[1] == 5
     assert d([]) == []
