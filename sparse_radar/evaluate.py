@@ -13,19 +13,22 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from .data.datasets import DATA_FORMATS
 from .data.support import coverage, support_structure
 from .frames import Frame, centres, load_frames, radar_field, target_field
-from .inference import Densifier, SamplerSettings, generate_batches
+from .cli_checks import check_flags, protected
+from .inference import MAX_STEPS, Densifier, SamplerSettings, generate_batches, resolve_device, whole_number
 from .models.structure_net import StructureNet, predicted_support
 from .training.checkpoint import load_checkpoint
 from .training.stages import checkpoint_kind, load_codec, load_structure
 from .metrics import frame_metrics, parse_taus, summarize
-from .outputs import claim_folder, write_json
+from .outputs import OutputFolder, atomic, write_json
 
 PROG = "python -m sparse_radar.evaluate"
 SWEEP = (-0.95, -0.9, -0.8, -0.6, -0.4, -0.2, 0.0, 0.2, 0.4, 0.6, 0.8)
+OUTPUTS = ("evaluation.md", "evaluation.json", "threshold_sweep.png")
 SHOWN = ("chamfer_sum_of_means", "chamfer_mean_of_means", "modified_hausdorff", "hausdorff", "voxel_iou")
 
 
@@ -153,28 +156,52 @@ def run(argv=None) -> int:
     """Evaluate as the flags say; returns the exit code (2: bad flags, checkpoints or input)."""
     args = build_parser().parse_args(argv)
     try:
+        check_flags(args)
+        whole_number(args.multistep, "--multistep", 1, MAX_STEPS)
+        samplers = {"heun": SamplerSettings("heun", args.steps, threshold=args.threshold),
+                    "onestep": SamplerSettings("onestep", 1, threshold=args.threshold),
+                    "multistep": SamplerSettings("multistep", args.multistep, threshold=args.threshold)}
+        resolve_device(args.device)
         kinds = {m: checkpoint_kind(load_checkpoint(m)) for m in args.models}
-        autoencoders = [(m, load_codec(m).autoencoder) for m in args.models if kinds[m] == "vae"]
         models = [(m, Densifier.from_checkpoint(m, args.device)) for m in args.models if kinds[m] != "vae"]
         if not models:
             raise ValueError("evaluate needs at least one diffusion model beside --stage vae runs (it takes the grid "
                              "and the radar scaling from it)")
-        structure = load_structure(args.structure) if args.structure else None
         grid = models[0][1].grid
         for path, d in models[1:]:
-            if d.grid != grid:
-                raise ValueError(f"{path}: grid {d.grid} differs from {args.models[0]}'s {grid}")
+            grid.require_same(d.grid, path)
+        autoencoders = [(m, load_codec(m, grid).autoencoder) for m in args.models if kinds[m] == "vae"]
+        structure = load_structure(args.structure, grid) if args.structure else None
         taus = parse_taus(args.tau, max(grid.voxel_size))
         frames = load_frames(args.input, grid, models[0][1].radar_channels, args.data_format, args.count,
                              args.split)
-        if not all(f.has_target for f in frames):
-            raise ValueError(f"--input {args.input}: evaluation needs ground truth (radar/ + lidar/ pairs)")
-        lines = claim_folder(args.out, args.overwrite, PROG)
-    except ValueError as exc:
+        folder = OutputFolder(args.out, PROG, OUTPUTS, {"models": [os.path.abspath(m) for m in args.models]},
+                              args.overwrite, protected=protected(list(args.models) + [args.structure], args.input))
+    except (ValueError, TypeError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    for line in lines:
-        print(line)
+    with folder:
+        for line in folder.lines:
+            print(line)
+        try:
+            if not all(f.has_target for f in tqdm(frames, desc="reading frames", unit="frame", leave=False,
+                                                  disable=not args.progress)):
+                raise ValueError(f"--input {args.input}: evaluation needs ground truth (radar/ + lidar/ pairs)")
+            evaluate(args, samplers, models, autoencoders, structure, frames, taus)
+        except KeyboardInterrupt:
+            print(f"{PROG}: interrupted; nothing was written to {args.out}", file=sys.stderr)
+            return 130
+        except ValueError as exc:
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"{PROG}: error: cannot write to {args.out}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def evaluate(args, samplers: Dict[str, SamplerSettings], models, autoencoders, structure, frames, taus) -> None:
+    """Score every method on the frames and write the report."""
     start = time.perf_counter()
     table = Table(frames, models[0][1], taus)
     carrier = next((d for _, d in models if d.structure is not None), None)
@@ -184,13 +211,10 @@ def run(argv=None) -> int:
     for path, d in models:
         label = os.path.basename(os.path.normpath(path))
         if d.consistency:
-            for name, s in (("onestep", SamplerSettings("onestep", 1, threshold=args.threshold)),
-                            (f"multistep-{args.multistep}", SamplerSettings("multistep", args.multistep,
-                                                                            threshold=args.threshold))):
+            for name, s in (("onestep", samplers["onestep"]), (f"multistep-{args.multistep}", samplers["multistep"])):
                 table.add(f"{label} {name}", model_rows(table, d, s, args)[0])
             continue
-        heun = SamplerSettings("heun", args.steps, threshold=args.threshold)
-        mean = SamplerSettings("onestep", 1, threshold=args.threshold)
+        heun, mean = samplers["heun"], samplers["onestep"]
         first = not sweep
         curves = {}
         for name, settings, note in ((f"heun-{args.steps}", heun, ""),
@@ -210,7 +234,6 @@ def run(argv=None) -> int:
                                                                                                     args.batch_size),
                   "(the target through the autoencoder: an upper bound of its latent diffusion)")
     write_report(args, table, cover, sweep, time.perf_counter() - start)
-    return 0
 
 
 def write_report(args, table: Table, cover: List[dict], sweep: dict, seconds: float) -> None:
@@ -233,7 +256,7 @@ def write_report(args, table: Table, cover: List[dict], sweep: dict, seconds: fl
                      for n in names]
             text += f"| {t:g} | " + " | ".join(cells) + " |\n"
         plot_sweep(os.path.join(args.out, "threshold_sweep.png"), sweep, table.taus[0])
-    with open(os.path.join(args.out, "evaluation.md"), "w", encoding="utf-8") as fh:
+    with atomic(os.path.join(args.out, "evaluation.md")) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
     write_json(os.path.join(args.out, "evaluation.json"), {
         "input": args.input, "frames": [f.name for f in table.frames], "taus": table.taus,
@@ -269,7 +292,8 @@ def plot_sweep(path: str, sweep: dict, tau: float) -> None:
     ax.set_title(sweep["model"])
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
 
 

@@ -5,8 +5,8 @@ model's grid, as the training datasets give them, plus its name."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from functools import partial
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -19,13 +19,27 @@ from .voxels import SparseVoxels
 POINT_SUFFIXES = (".npy", ".npz", ".ply", ".pcd", ".bin")
 
 
-@dataclass
 class Frame:
-    """One input: its name, the voxel sample, and the radar points outside the grid (None where unknown)."""
+    """One input: its name, the voxel sample (read when first used, so work starts at once), and the radar points
+    outside the grid (None where unknown)."""
 
-    name: str
-    sample: Dict[str, np.ndarray]
-    dropped: Optional[int] = None
+    def __init__(self, name: str, sample: Optional[Dict[str, np.ndarray]] = None, dropped: Optional[int] = None,
+                 load: Optional[Callable[[], Tuple[Dict[str, np.ndarray], Optional[int]]]] = None):
+        if (sample is None) == (load is None):
+            raise ValueError("a Frame needs a sample or a loader, not both")
+        self.name, self._sample, self.dropped, self._load = name, sample, dropped, load
+
+    @property
+    def sample(self) -> Dict[str, np.ndarray]:
+        """The voxel sample (radar_coords/feats, and target_coords/feats where ground truth is known)."""
+        if self._sample is None:
+            self._sample, self.dropped = self._load()
+        return self._sample
+
+    def release(self) -> None:
+        """Forget a loaded sample (it is read again if used again)."""
+        if self._load is not None:
+            self._sample = None
 
     @property
     def has_target(self) -> bool:
@@ -41,7 +55,7 @@ def load_frames(source: str, grid: GridSpec, radar_channels: Sequence[Channel], 
         raise ValueError(f"--count must be >= 1, got {count}")
     if source == "synthetic":
         data = SyntheticDataset(split, count or 50, grid)
-        return [Frame(f"synthetic_{split}_{i:06d}", data[i]) for i in range(len(data))]
+        return [Frame(f"synthetic_{split}_{i:06d}", load=partial(_item, data, i)) for i in range(len(data))]
     if data_format not in DATA_FORMATS:
         raise ValueError(f"unknown data format {data_format!r}; expected one of {', '.join(DATA_FORMATS)}")
     if os.path.isfile(source):
@@ -50,14 +64,34 @@ def load_frames(source: str, grid: GridSpec, radar_channels: Sequence[Channel], 
         raise ValueError(f"input {source!r} is neither 'synthetic', a folder nor a file")
     if _is_paired_folder(source, data_format):
         data = open_dataset(source, data_format, "test", 1, grid)
-        frames = [Frame(_frame_name(data, i), data[i]) for i in range(len(data))]
-        return frames[:count] if count else frames
+        if tuple(data.grid_shape) != tuple(grid.shape):
+            raise ValueError(f"{source}: the voxel files' grid {tuple(data.grid_shape)} (D, H, W) differs from the "
+                             f"model's {tuple(grid.shape)}; use a model trained on voxel files of this shape")
+        frames = [Frame(_frame_name(data, i), load=partial(_item, data, i)) for i in range(len(data))]
+        return _unique_names(frames[:count] if count else frames)
     files = sorted(os.path.join(source, f) for f in os.listdir(source) if f.lower().endswith(POINT_SUFFIXES))
     if not files:
         raise ValueError(f"{source}: no radar point files ({', '.join(POINT_SUFFIXES)}) and no radar/ + lidar/ "
                          f"(or <scene>/radar_voxel/) pairs")
     files = files[:count] if count else files
-    return [_radar_file_frame(f, grid, radar_channels, data_format) for f in files]
+    return _unique_names([Frame(os.path.splitext(os.path.basename(f))[0],
+                                load=partial(_radar_file_sample, f, grid, radar_channels, data_format))
+                          for f in files])
+
+
+def _item(data, i: int):
+    return data[i], None
+
+
+def _unique_names(frames: List[Frame]) -> List[Frame]:
+    """frames, refused where two share a name (their output files would overwrite each other)."""
+    seen: Dict[str, int] = {}
+    for i, f in enumerate(frames):
+        if f.name in seen:
+            raise ValueError(f"two inputs are both frame {f.name!r} (numbers {seen[f.name]} and {i}); their outputs "
+                             f"would overwrite each other: keep one file per frame name")
+        seen[f.name] = i
+    return frames
 
 
 def _is_paired_folder(folder: str, data_format: str) -> bool:
@@ -86,12 +120,19 @@ def radar_points_of_file(path: str, data_format: str = "points") -> np.ndarray:
     return point_fields.radar_columns(path, *formats.read_point_fields(path))
 
 
-def _radar_file_frame(path: str, grid: GridSpec, radar_channels: Sequence[Channel], data_format: str) -> Frame:
+def _radar_file_sample(path: str, grid: GridSpec, radar_channels: Sequence[Channel], data_format: str):
+    """(radar sample, radar points outside the grid) of one radar point file."""
     points = radar_points_of_file(path, data_format)
     inside = grid.voxel_coords(points[:, :3])[1]
     coords, feats = voxelize(points, grid, radar_channels)
-    name = os.path.splitext(os.path.basename(path))[0]
-    return Frame(name, {"radar_coords": coords, "radar_feats": feats}, int((~inside).sum()))
+    return {"radar_coords": coords, "radar_feats": feats}, int((~inside).sum())
+
+
+def _radar_file_frame(path: str, grid: GridSpec, radar_channels: Sequence[Channel], data_format: str) -> Frame:
+    frame = Frame(os.path.splitext(os.path.basename(path))[0],
+                  load=partial(_radar_file_sample, path, grid, radar_channels, data_format))
+    frame.sample  # one file given by name: read now, so a bad file is refused before any work  # noqa: B018
+    return frame
 
 
 def radar_field(frames: Sequence[Frame], grid_shape) -> SparseVoxels:

@@ -1,6 +1,9 @@
 """Densifier: radar points in, LiDAR-like points out, from a training checkpoint alone (the library use)."""
 from __future__ import annotations
 
+import math
+import numbers
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -29,6 +32,8 @@ from .training.stages import KIND, checkpoint_kind, load_structure
 from .voxels import DenseVoxels, SparseVoxels
 
 SAMPLERS = ("heun", "euler", "onestep", "multistep")
+MAX_STEPS = 10_000  # sampler steps (EDM uses 18-256); memory and time grow with them
+MAX_SEED = 2**40 - 1  # a frame's noise is seeded with seed * 1_000_003 + frame id, which must fit in int64
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 Cloud = Union[np.ndarray, torch.Tensor]
 
@@ -47,12 +52,46 @@ class SamplerSettings:
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
-        if self.s_churn < 0:
-            raise ValueError(f"s_churn must be >= 0, got {self.s_churn}")
-        if not -1.0 <= self.threshold < 1.0:
-            raise ValueError(f"threshold must be in [-1, 1) (occupancy is scaled to [-1, 1]), got {self.threshold}")
+        self.steps = whole_number(self.steps, "steps", 1, MAX_STEPS)
+        for name in ("sigma_max", "sigma_min"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, real_number(value, name, low=0.0, low_open=True))
+        if self.sigma_min is not None and self.sigma_max is not None and not self.sigma_min < self.sigma_max:
+            raise ValueError(f"need sigma_min < sigma_max, got {self.sigma_min} and {self.sigma_max}")
+        self.s_churn = real_number(self.s_churn, "s_churn", low=0.0)
+        self.threshold = real_number(self.threshold, "threshold", -1.0, 1.0,
+                                     why=" (occupancy is scaled to [-1, 1]; a voxel is kept where it is > threshold)")
+
+    def sigmas(self, diffusion: DiffusionConfig) -> tuple:
+        """(sigma_min, sigma_max): these settings', else the model's; refused unless 0 < sigma_min < sigma_max."""
+        low = diffusion.sigma_min if self.sigma_min is None else self.sigma_min
+        high = diffusion.sigma_max if self.sigma_max is None else self.sigma_max
+        if not 0 < low < high:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got {low} and {high} (the model's sigma range is "
+                             f"{diffusion.sigma_min}..{diffusion.sigma_max})")
+        return low, high
+
+
+def whole_number(value, name: str, low: int, high: int) -> int:
+    """value as an int in [low, high] (numpy integers too; bools, floats and None are refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if not low <= int(value) <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
+    return int(value)
+
+
+def real_number(value, name: str, low: float = -math.inf, high: float = math.inf, low_open: bool = False,
+                why: str = "") -> float:
+    """value as a finite float in [low, high) ((low, high) with low_open); NaN, inf and bools are refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not math.isfinite(value) or value < low or (low_open and value == low) or value >= high:
+        span = f"{'(' if low_open else '['}{low:g}, {high:g})"
+        raise ValueError(f"{name} must be a finite number in {span}{why}, got {value}")
+    return value
 
 
 class Densifier:
@@ -62,7 +101,7 @@ class Densifier:
                  target_channels: Sequence[Channel], support: str = "radar_dilated", radius=(1, 2, 2),
                  consistency: bool = False, backend: str = "sparse", device=None, dtype=torch.float32,
                  structure: Optional[StructureNet] = None, codec: Optional[LatentCodec] = None):
-        self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.diffusion, self.grid = diffusion, grid
         self.radar_channels, self.target_channels = tuple(radar_channels), tuple(target_channels)
@@ -78,7 +117,13 @@ class Densifier:
         self.structure = None if structure is None else structure.to(self.device).eval()
         self.support, self.radius, self.consistency, self.backend = support, tuple(radius), consistency, backend
         self.dtype = dtype
-        self.last_dropped: List[int] = []  # radar points outside the grid, per cloud of the last call
+        self._calls = threading.local()  # per thread: the counts of the last call
+        self.source: dict = {}
+
+    @property
+    def last_dropped(self) -> List[int]:
+        """Radar points outside the grid, per cloud, of this thread's last call."""
+        return list(getattr(self._calls, "dropped", []))
 
     @classmethod
     def from_checkpoint(cls, path_or_run_folder, device=None, ema: bool = True, dtype="float32",
@@ -86,6 +131,7 @@ class Densifier:
         """Rebuild model, grid, feature scaling and diffusion settings from a checkpoint or run folder. support
         overrides its support rule (full, radar_dilated, predicted); structure: the run or checkpoint of the
         structure network for 'predicted' (default: the one the checkpoint carries)."""
+        resolve_device(device)  # an unavailable device is refused before the checkpoint is read
         state = load_checkpoint(path_or_run_folder)
         if checkpoint_kind(state) == KIND:
             raise ValueError(f"{path_or_run_folder} is a structure-network checkpoint (--stage structure): it predicts "
@@ -106,11 +152,12 @@ class Densifier:
                 raise ValueError(f"{path_or_run_folder}: the checkpoint holds no EMA weights; pass ema=False")
             weights = next(iter(state["ema"].values()))
         model.load_state_dict(weights)
+        source = {"step": int(state.get("step", 0)), "content_sha256": state.get("content_sha256")}
         record = data_record_of(state)
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if kind in LATENT_STAGES:
-            return cls(model, DiffusionConfig(**state["diffusion_config"]), GridSpec.from_dict(record["grid"]),
+            return cls._sourced(source, model, DiffusionConfig(**state["diffusion_config"]), GridSpec.from_dict(record["grid"]),
                        [Channel(**c) for c in record["radar_channels"]],
                        [Channel(**c) for c in record["target_channels"]], consistency=train.objective in ("cd", "ct"),
                        device=device, dtype=DTYPES[dtype], codec=LatentCodec.from_record(state["latent"]))
@@ -119,14 +166,20 @@ class Densifier:
             rule, radius = support, DEFAULT_RADIUS.get(support, (1, 2, 2))
         if structure is not None and rule != "predicted":
             raise ValueError(f"a structure network is used only with support 'predicted', not {rule!r}")
-        net = load_structure(structure or state) if rule == "predicted" else None
         grid = GridSpec.from_dict(record["grid"])
+        net = load_structure(structure or state, grid) if rule == "predicted" else None
         if net is not None:
             net.check_grid(grid.shape)
-        return cls(model, DiffusionConfig(**state["diffusion_config"]), grid,
+        return cls._sourced(source, model, DiffusionConfig(**state["diffusion_config"]), grid,
                    [Channel(**c) for c in record["radar_channels"]], [Channel(**c) for c in record["target_channels"]],
                    rule, radius, consistency=train.mode in ("cd", "ct"), backend=train.backend, device=device,
                    dtype=DTYPES[dtype], structure=net)
+
+    @classmethod
+    def _sourced(cls, source: dict, *args, **kwargs) -> "Densifier":
+        densifier = cls(*args, **kwargs)
+        densifier.source = source  # which checkpoint (step, content hash) the weights came from
+        return densifier
 
     @property
     def default_sampler(self) -> str:
@@ -141,7 +194,7 @@ class Densifier:
     # ----- points <-> fields ----------------------------------------------------------------------------
     def radar_field(self, clouds: Sequence[Cloud]) -> SparseVoxels:
         """Voxelize radar clouds [N, >=3] into one batch; points outside the grid are dropped and counted."""
-        coords, feats, self.last_dropped = [], [], []
+        coords, feats, dropped = [], [], []
         need = max([c.column for c in self.radar_channels] + [-1]) + 4
         for b, cloud in enumerate(clouds):
             pts = _as_points(cloud, f"radar cloud {b}")
@@ -150,14 +203,14 @@ class Densifier:
                               f"doppler): the missing ones are taken as 0", stacklevel=3)
                 pts = np.column_stack([pts, np.zeros((len(pts), need - pts.shape[1]))])
             inside = self.grid.voxel_coords(pts[:, :3])[1]
-            self.last_dropped.append(int((~inside).sum()))
+            dropped.append(int((~inside).sum()))
             c, f = voxelize(pts, self.grid, self.radar_channels)
             coords.append(c)
             feats.append(f)
-        dropped = sum(self.last_dropped)
-        if dropped:
-            warnings.warn(f"{dropped} radar point(s) outside the grid {self.grid.point_range} were dropped "
-                          f"(per cloud: {self.last_dropped})", stacklevel=3)
+        self._calls.dropped = dropped
+        if sum(dropped):
+            warnings.warn(f"{sum(dropped)} radar point(s) outside the grid {self.grid.point_range} were dropped "
+                          f"(per cloud: {dropped})", stacklevel=3)
         return batch_voxels(coords, feats, self.grid.shape)
 
     def to_points(self, field: SparseVoxels, sample: int, threshold: float) -> np.ndarray:
@@ -180,11 +233,9 @@ class Densifier:
 
         Each sample's starting noise is drawn from (seed, its frame id; default its place in the batch)."""
         settings = settings or SamplerSettings(self.default_sampler)
+        seed = whole_number(seed, "seed", 0, MAX_SEED)
         radar = radar.to(self.device)
-        sigma_max = settings.sigma_max or self.diffusion.sigma_max
-        sigma_min = settings.sigma_min or self.diffusion.sigma_min
-        if not 0 < sigma_min < sigma_max:
-            raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min} and {sigma_max}")
+        sigma_min, sigma_max = settings.sigmas(self.diffusion)
         if self.codec is not None:
             if support is not None:
                 raise ValueError("a latent-diffusion model decodes its own voxels; it takes no support")
@@ -273,6 +324,29 @@ class Densifier:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
 
+def resolve_device(device=None) -> torch.device:
+    """torch.device of a name (None: cuda if available, else cpu); a device this machine lacks is a ValueError."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device {device!r} is not a device name (cpu, cuda, cuda:1, mps)") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r}: torch sees no CUDA GPU on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device {device!r}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
+        return dev
+    if dev.type == "mps" and torch.backends.mps.is_available():
+        return dev
+    raise ValueError(f"device {device!r} is not available here (meta holds no data; mps needs Apple silicon); "
+                     f"use cpu" + (" or cuda" if torch.cuda.is_available() else ""))
+
+
 def _frame_noise(shapes, seed: int, frame_ids: Optional[Sequence[int]]) -> List[torch.Tensor]:
     """Unit noise of each sample's shape, drawn from (seed, its frame id; default its place in the batch), so a
     frame's noise does not depend on the other frames of its batch."""
@@ -285,7 +359,8 @@ def _frame_noise(shapes, seed: int, frame_ids: Optional[Sequence[int]]) -> List[
 
 def _as_points(cloud: Cloud, name: str) -> np.ndarray:
     if isinstance(cloud, torch.Tensor):
-        cloud = cloud.detach().cpu().numpy()
+        cloud = cloud.detach().cpu()
+        cloud = (cloud.double() if cloud.is_floating_point() else cloud).numpy()  # bf16 has no numpy dtype
     if not isinstance(cloud, np.ndarray):
         raise TypeError(f"{name}: expected a numpy array or tensor [N, >=3], got {type(cloud).__name__}")
     if cloud.ndim != 2 or cloud.shape[1] < 3:
@@ -299,10 +374,13 @@ def _as_points(cloud: Cloud, name: str) -> np.ndarray:
 
 
 def generate_batches(densifier: Densifier, frames, settings: SamplerSettings, seed: int = 0, batch_size: int = 4,
-                     oracle: bool = False, progress: bool = False, desc: str = "sampling"):
+                     oracle: bool = False, progress: bool = False, desc: str = "sampling",
+                     frame_ids: Optional[Sequence[int]] = None):
     """Yield (frames of the batch, radar field, generated field on the CPU, seconds per frame) per batch; with
-    oracle the support is the target dilated (an upper bound that needs the answer)."""
+    oracle the support is the target dilated (an upper bound that needs the answer). frame_ids: each frame's
+    number for its noise (default its place in frames), so a subset of frames gets the noise it had in the whole."""
     shape = densifier.grid.shape
+    ids = list(range(len(frames))) if frame_ids is None else list(frame_ids)
     with tqdm(total=len(frames), unit="frame", disable=not progress, dynamic_ncols=True, desc=desc) as bar:
         for start in range(0, len(frames), batch_size):
             batch = frames[start:start + batch_size]
@@ -310,7 +388,7 @@ def generate_batches(densifier: Densifier, frames, settings: SamplerSettings, se
             target = target_field(batch, shape) if oracle else None
             support = support_structure("oracle", radar, target, densifier.oracle_radius) if oracle else None
             t0 = time.perf_counter()
-            out = densifier.generate(radar, support, settings, seed, frame_ids=range(start, start + len(batch)))
+            out = densifier.generate(radar, support, settings, seed, frame_ids=ids[start:start + len(batch)])
             out = out.to("cpu")
             yield batch, radar, out, (time.perf_counter() - t0) / len(batch)
             bar.update(len(batch))

@@ -13,7 +13,9 @@ from .frames import Frame, centres, load_frames, target_field
 from .inference import DTYPES, SAMPLERS, Densifier, SamplerSettings, generate_batches
 from .training.config import TRAIN_SUPPORTS
 from .metrics import frame_metrics, parse_taus, summarize
-from .outputs import claim_folder, peak_memory, write_cloud, write_csv, write_json
+from .cli_checks import check_flags, protected
+from .data.formats import DataFormatError
+from .outputs import CLOUD_SUFFIXES, OutputFolder, atomic, peak_memory, write_cloud, write_csv, write_json
 from .training.png import write_png
 from .training.preview import COLORS, render_preview
 
@@ -33,7 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data_format", default="points", choices=DATA_FORMATS, help="layout of --input files")
     p.add_argument("--count", type=int, default=None, help="frames to take (synthetic default 50; folders: all)")
     p.add_argument("--out", default=None, help="output folder (default RUN/samples/<sampler>_<steps>)")
-    p.add_argument("--overwrite", action="store_true", help="replace the files of a non-empty --out")
+    p.add_argument("--overwrite", action="store_true", help="start again in an --out that holds files: removes only "
+                   "what sample wrote there (never a run or input folder)")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted sample into --out: the frames already "
+                   "complete are kept (a rerun with the same flags does this too)")
     p.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: heun (EDM), onestep (consistency)")
     p.add_argument("--steps", type=int, default=18, help="sampler steps (Heun: 2 network calls each but the last)")
     p.add_argument("--sigma_max", type=float, default=None, help="default: the checkpoint's (80)")
@@ -71,12 +76,14 @@ def default_out(checkpoint: str, settings: SamplerSettings, support=None) -> str
 
 
 def run(argv=None) -> int:
-    """Sample as the flags say; returns the exit code (2: bad flags, checkpoint or input)."""
+    """Sample as the flags say; returns the exit code (2: bad flags, checkpoint or input; 1: a write failed;
+    130: interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.batch_size < 1:
-            raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
+        check_flags(args)
+        settings = SamplerSettings(args.sampler or "heun", args.steps, args.sigma_max, args.sigma_min, args.s_churn,
+                                   args.threshold)
         densifier = Densifier.from_checkpoint(args.checkpoint, args.device, args.ema, args.dtype, args.support,
                                               args.structure)
         kind = model_type(densifier)
@@ -84,60 +91,108 @@ def run(argv=None) -> int:
             raise ValueError(f"--model_type {args.model_type}: {args.checkpoint} is a {kind} model")
         settings = SamplerSettings(args.sampler or densifier.default_sampler, args.steps, args.sigma_max,
                                    args.sigma_min, args.s_churn, args.threshold)
+        settings.sigmas(densifier.diffusion)  # the range with the checkpoint's defaults filled in
         taus = parse_taus(args.tau, max(densifier.grid.voxel_size))
         frames = load_frames(args.input, densifier.grid, densifier.radar_channels, args.data_format, args.count,
                              args.split)
         out = args.out or default_out(args.checkpoint, settings, args.support)
-        lines = claim_folder(out, args.overwrite, PROG)
-    except ValueError as exc:
+        folder = OutputFolder(out, PROG, output_names(frames), signature(args, densifier, settings, frames),
+                              args.overwrite, args.resume, protected([args.checkpoint, args.structure], args.input))
+    except (ValueError, TypeError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    for line in lines:
-        print(line)
-    rows = sample_frames(densifier, frames, settings, taus, out, args)
+    with folder:
+        for line in folder.lines:
+            print(line)
+        try:
+            records = sample_frames(densifier, frames, settings, taus, folder, args)
+        except KeyboardInterrupt:
+            print(f"{PROG}: interrupted; {len(folder.done)} of {len(frames)} frame(s) are complete in {out} "
+                  f"(run the same command again to finish the rest)", file=sys.stderr)
+            return 130
+        except DataFormatError as exc:
+            print(f"{PROG}: error: {exc} ({len(folder.done)} finished frame(s) kept in {out}; fix or remove the file "
+                  f"and run the same command again)", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"{PROG}: error: cannot write to {out}: {exc.strerror or exc} ({len(folder.done)} finished frame(s) "
+                  f"kept; run the same command again to finish)", file=sys.stderr)
+            return 1
+        write_summary(folder, args, densifier, settings, taus, frames, records)
+    return 0
+
+
+def output_names(frames: List[Frame]) -> List[str]:
+    """The file names sample writes into --out."""
+    return ["metrics.csv", "summary.json"] + [f.name + s for f in frames for s in CLOUD_SUFFIXES]
+
+
+def signature(args, densifier: Densifier, settings: SamplerSettings, frames: List[Frame]) -> dict:
+    """What decides the output files: a folder written with another signature is not resumed."""
+    return {"checkpoint": os.path.abspath(args.checkpoint), "weights": densifier.source, "ema": args.ema,
+            "input": args.input if args.input == "synthetic" else os.path.abspath(args.input), "split": args.split,
+            "data_format": args.data_format, "frames": [f.name for f in frames], "settings": vars(settings),
+            "seed": args.seed, "batch_size": args.batch_size, "support": densifier.support,
+            "support_radius": list(densifier.radius), "structure": args.structure, "dtype": args.dtype}
+
+
+def write_summary(folder: OutputFolder, args, densifier: Densifier, settings: SamplerSettings, taus: List[float],
+                  frames: List[Frame], records: List[dict]) -> None:
+    """metrics.csv, summary.json and the closing lines (with the radar points that fell outside the grid)."""
+    rows = [r["row"] for r in records if r.get("row")]
     if rows:
-        write_csv(os.path.join(out, "metrics.csv"), rows)
+        write_csv(folder.path("metrics.csv"), rows)
+    dropped = {r["name"]: r["dropped"] for r in records if r.get("dropped")}
     summary = {"checkpoint": os.path.abspath(args.checkpoint), "input": args.input, "frames": len(frames),
                "model_type": model_type(densifier), "support": densifier.support,
                "support_radius": list(densifier.radius),
                "frames_with_ground_truth": len(rows), "settings": vars(settings), "seed": args.seed,
                "taus": taus, "device": str(densifier.device), "dtype": args.dtype,
+               "radar_points_outside_grid": {"total": sum(dropped.values()), "per_frame": dropped},
                **peak_memory(densifier.device), "metrics": summarize(rows)}
-    write_json(os.path.join(out, "summary.json"), summary)
-    print(f"{len(frames)} frame(s) written to {out}" + (f"; metrics.csv and summary.json over {len(rows)} frame(s) "
-                                                        f"with ground truth" if rows else ""))
+    write_json(folder.path("summary.json"), summary)
+    if dropped:
+        shown = ", ".join(f"{k}: {v}" for k, v in list(dropped.items())[:3]) + (" ..." if len(dropped) > 3 else "")
+        print(f"warning: {sum(dropped.values())} radar point(s) outside the grid {densifier.grid.point_range} were "
+              f"dropped in {len(dropped)} frame(s) ({shown}); summary.json lists them", file=sys.stderr)
+    print(f"{len(frames)} frame(s) written to {folder.out}" + (f"; metrics.csv and summary.json over {len(rows)} "
+                                                               f"frame(s) with ground truth" if rows else ""))
     for key in ("chamfer_sum_of_means", f"fscore@{taus[0]:g}", "voxel_iou", "seconds"):
         if key in summary["metrics"]:
             m = summary["metrics"][key]
             print(f"  {key}: mean {m['mean']:.4f}, median {m['median']:.4f}")
-    return 0
 
 
 def sample_frames(densifier: Densifier, frames: List[Frame], settings: SamplerSettings, taus: List[float],
-                  out: str, args) -> List[dict]:
-    """Generate every frame in batches, write its files; returns the metric rows of frames with ground truth."""
+                  folder: OutputFolder, args) -> List[dict]:
+    """Generate every frame not yet finished in the folder, in batches; each frame's files are written under
+    temporary names and renamed, then the frame is journalled. Returns every frame's record, in order."""
     names = ["x", "y", "z"] + [c.name for c in densifier.output_channels]
     shape, grid = densifier.grid.shape, densifier.grid
-    rows = []
-    for batch, radar, generated, seconds in generate_batches(densifier, frames, settings, args.seed,
-                                                              args.batch_size, progress=args.progress):
+    todo = [i for i, f in enumerate(frames) if f.name not in folder.done]
+    batches = generate_batches(densifier, [frames[i] for i in todo], settings, args.seed, args.batch_size,
+                               progress=args.progress, frame_ids=todo)
+    for batch, radar, generated, seconds in batches:
         target = target_field(batch, shape) if all(f.has_target for f in batch) else None
         for b, frame in enumerate(batch):
             cloud = densifier.to_points(generated, b, settings.threshold)
-            stem = os.path.join(out, frame.name)
+            stem = folder.path(frame.name)
             write_cloud(stem, cloud, names)
             kept = generated.prune(generated.feats[:, 0] > settings.threshold)
             kept = kept.replace(kept.feats.new_ones(kept.feats.shape))  # drawn where kept, whatever the threshold
             fields = [radar, kept] if target is None else [radar, target, kept]
             colors = [COLORS[0], COLORS[2]] if target is None else COLORS
-            write_png(stem + ".png", render_preview(fields, b, colors))
+            with atomic(stem + ".png") as tmp:
+                write_png(tmp, render_preview(fields, b, colors))
+            row = None
             if target is not None:
                 gt = centres(target, b, grid)
                 row = {"frame": frame.name, "radar_voxels": int((radar.coords[:, 0] == b).sum()),
                        "generated_points": len(cloud), "target_voxels": len(gt), "seconds": seconds}
                 row.update(frame_metrics(cloud[:, :3], gt, grid.voxel_index, taus, grid.diagonal))
-                rows.append(row)
-    return rows
+            folder.finish_frame(frame.name, {"row": row, "dropped": frame.dropped})
+            frame.release()
+    return [{"name": f.name, **folder.done[f.name]} for f in frames]
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import time
 from tqdm import tqdm
 
 from .training import distributed, pipeline
+from .training.checkpoint import CheckpointWriteError
 from .training.config import PROG, parse_args
 from .training.run_folder import plan_run, prepare_folder
 from .training.trainer import Trainer, TrainingStopped, open_metrics, write_config
@@ -34,7 +35,7 @@ def run(argv=None) -> int:
                 print(f"{PROG}: error: {exc}", file=sys.stderr)
             return 2
         return _loop(trainer, trainer.cfg, ctx)
-    except TrainingStopped as exc:
+    except (TrainingStopped, CheckpointWriteError) as exc:
         if ctx.main:
             print(f"training stopped: {exc}", file=sys.stderr)
         return 1
@@ -66,7 +67,7 @@ def _pipeline(cfg, ctx) -> int:
             return 2
         try:
             _loop(trainer, trainer.cfg, ctx)
-        except TrainingStopped as exc:
+        except (TrainingStopped, CheckpointWriteError) as exc:
             if ctx.main:
                 print(f"training stopped at stage {stage}: {exc}; run the same command again to resume",
                       file=sys.stderr)

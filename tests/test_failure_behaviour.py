@@ -7,8 +7,8 @@ import shutil
 import pytest
 
 from sparse_radar.train import run
-from tests.failure_checks import (CHECKS, SMALL, api, data, sampling, stages,  # noqa: F401 - importing registers
-                                  training)  # noqa: F401
+from tests.failure_checks import (CHECKS, SMALL, api, data, outputs, sampling,  # noqa: F401 - importing registers
+                                  stages, training)  # noqa: F401
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 

@@ -26,8 +26,9 @@ def rows_of(path):
 def test_sample_writes_clouds_previews_and_metrics(small_runs, tmp_path):
     out = tmp_path / "s"
     assert sample([small_runs[0], "--count", "3", "--batch_size", "2", "--out", str(out)] + FAST) == 0
-    names = sorted(os.listdir(out))
+    names = sorted(n for n in os.listdir(out) if not n.startswith("."))
     assert names[:2] == ["metrics.csv", "summary.json"]
+    assert not (out / ".sparse_radar.lock").exists()  # released at the end
     for i in range(3):
         stem = out / f"synthetic_test_{i:06d}"
         cloud = np.load(f"{stem}.npy")
@@ -54,10 +55,11 @@ def test_sample_writes_clouds_previews_and_metrics(small_runs, tmp_path):
     for i in range(3):
         np.testing.assert_allclose(np.load(again / f"synthetic_test_{i:06d}.npy"),
                                    np.load(out / f"synthetic_test_{i:06d}.npy"), atol=1e-5)
-    assert sample([small_runs[0], "--count", "1", "--out", str(out)] + FAST) == 2
-    assert len(os.listdir(out)) == len(names)
+    visible = lambda: sorted(n for n in os.listdir(out) if not n.startswith("."))
+    assert sample([small_runs[0], "--count", "1", "--out", str(out)] + FAST) == 2  # other settings: refused
+    assert visible() == names
     assert sample([small_runs[0], "--count", "1", "--out", str(out), "--overwrite"] + FAST) == 0
-    assert len(os.listdir(out)) == 2 + 4
+    assert len(visible()) == 2 + 4
 
 
 def test_sample_reads_radar_files_without_ground_truth(small_runs, tmp_path):

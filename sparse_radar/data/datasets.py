@@ -96,6 +96,17 @@ def _unique_stems(paths: Sequence[str], what: str) -> Dict[str, str]:
     return stems
 
 
+def _folder_files(folder: str, suffixes: Sequence[str] = ()) -> List[str]:
+    """Paths of the files in folder (ending in one of suffixes, if given); an unreadable folder is a ValueError."""
+    if not os.path.isdir(folder):
+        return []
+    try:
+        names = os.listdir(folder)
+    except OSError as exc:
+        raise ValueError(f"{folder}: the folder cannot be read ({exc.strerror or exc})") from None
+    return [os.path.join(folder, n) for n in names if not suffixes or n.lower().endswith(tuple(suffixes))]
+
+
 def _warn_unpaired(root: str, unpaired: Sequence[str], what: str) -> None:
     if unpaired:
         shown = ", ".join(os.path.basename(p) for p in unpaired[:3]) + (" ..." if len(unpaired) > 3 else "")
@@ -113,8 +124,8 @@ class ReferenceVoxelDataset(FolderDataset):
         self.pairs, unpaired = [], []
         for radar_dir in sorted(glob.glob(os.path.join(root, "*", "radar_voxel"))):
             target_dir = os.path.join(os.path.dirname(radar_dir), "target_voxel")
-            radar = _unique_stems(glob.glob(os.path.join(radar_dir, "*.np[yz]")), radar_dir)
-            target = _unique_stems(glob.glob(os.path.join(target_dir, "*.np[yz]")), target_dir)
+            radar = _unique_stems(_folder_files(radar_dir, (".npy", ".npz")), radar_dir)
+            target = _unique_stems(_folder_files(target_dir, (".npy", ".npz")), target_dir)
             for stem, path in radar.items():
                 if stem in target:
                     self.pairs.append((path, target[stem]))
@@ -154,8 +165,8 @@ class PointPairDataset(FolderDataset):
         if fmt not in ("vod", "coloradar", "points"):
             raise ValueError(f"PointPairDataset format must be vod, coloradar or points, got {fmt!r}")
         self.fmt, self.grid, self.grid_shape = fmt, grid, grid.shape
-        lidar = _unique_stems(glob.glob(os.path.join(root, "lidar", "*")), os.path.join(root, "lidar"))
-        radar = _unique_stems(glob.glob(os.path.join(root, "radar", "*")), os.path.join(root, "radar"))
+        lidar = _unique_stems(_folder_files(os.path.join(root, "lidar")), os.path.join(root, "lidar"))
+        radar = _unique_stems(_folder_files(os.path.join(root, "radar")), os.path.join(root, "radar"))
         self.pairs = [(path, lidar[stem]) for stem, path in radar.items() if stem in lidar]
         if not self.pairs:
             raise ValueError(f"{root}: no radar/<frame>.* file with a matching lidar/<frame>.* file")

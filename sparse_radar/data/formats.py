@@ -98,6 +98,11 @@ def read_voxel_npy(path) -> Tuple[np.ndarray, np.ndarray, Tuple[int, int, int]]:
 
 def read_bin(path, columns: int) -> np.ndarray:
     """float32 point file of `columns` values per point: VoD radar 7, VoD LiDAR 4, ColoRadar 5."""
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext != ".bin":  # raw floats have no header: any other file would be read as garbage points
+        raise DataFormatError(path, f"a {ext or 'suffix-less'} file where a raw float32 .bin point file is expected "
+                                    f"(--data_format vod and coloradar read .bin radar files; for .npy, .npz, .ply "
+                                    f"and .pcd use --data_format points)")
     raw = np.fromfile(path, dtype=np.float32)
     if raw.size % columns:
         raise DataFormatError(path, f"{raw.size} float32 values are not a whole number of {columns}-value points")
@@ -193,33 +198,73 @@ def _read_header(fh, path, end: bytes, first: Optional[bytes] = None) -> List[st
     raise DataFormatError(path, "header too long")
 
 
+def _ply_elements(path, header: List[str], body_bytes: int):
+    """(format, [(element name, count, [(property name, type or ('list', count type, item type))])])."""
+    fmt, elements = None, []
+    for line in header:
+        words = line.split()
+        if words[:1] == ["format"]:
+            fmt = words[1] if len(words) > 1 else None
+        elif words[:1] == ["element"]:
+            name = words[1] if len(words) > 1 else ""
+            elements.append((name, _count(path, words[2] if len(words) > 2 else None, name or "element", body_bytes),
+                             []))
+        elif words[:1] == ["property"] and elements:
+            kinds = words[2:-1] if words[1:2] == ["list"] else words[1:2]
+            bad = [k for k in kinds if k not in _PLY_TYPES]
+            if bad or len(words) < (5 if words[1:2] == ["list"] else 3):
+                raise DataFormatError(path, f"malformed property line {line!r}" + (f" (unknown type {bad[0]!r})"
+                                                                                     if bad else ""))
+            kind = ("list", _PLY_TYPES[kinds[0]], _PLY_TYPES[kinds[1]]) if words[1] == "list" else _PLY_TYPES[kinds[0]]
+            elements[-1][2].append((words[-1], kind))
+    return fmt, elements
+
+
+def _skip_ply_element(fh, path, fmt: str, name: str, count: int, props) -> None:
+    """Read past `count` items of an element declared before the vertices."""
+    if fmt == "ascii":
+        for i in range(count):
+            if not fh.readline():
+                raise DataFormatError(path, f"file ends inside element {name!r} (item {i + 1} of {count})")
+        return
+    order = "<" if fmt == "binary_little_endian" else ">"
+    if all(not isinstance(kind, tuple) for _, kind in props):
+        size = np.dtype([(p, order + k) for p, k in props]).itemsize * count
+        if len(fh.read(size)) < size:
+            raise DataFormatError(path, f"file ends inside element {name!r}")
+        return
+    for i in range(count):  # variable-size items (faces): one item at a time
+        for _, kind in props:
+            if isinstance(kind, tuple):
+                head = np.dtype(order + kind[1])
+                raw = fh.read(head.itemsize)
+                n = int(np.frombuffer(raw, head)[0]) if len(raw) == head.itemsize else -1
+                size = n * np.dtype(kind[2]).itemsize
+            else:
+                size = np.dtype(kind).itemsize
+            if size < 0 or len(fh.read(size)) < size:
+                raise DataFormatError(path, f"file ends inside element {name!r} (item {i + 1} of {count})")
+
+
 def read_ply(path) -> Tuple[np.ndarray, List[str]]:
-    """PLY vertices (ascii, binary_little_endian, binary_big_endian) -> (points [N, F] float32, property names)."""
+    """PLY vertices (ascii, binary_little_endian, binary_big_endian) -> (points [N, F] float32, property names);
+    elements declared before the vertices (faces, say) are read past in their declared order."""
     with open(path, "rb") as fh:
         header = _read_header(fh, path, b"end_header", b"ply")
-        fmt, count, names, types, in_vertex = None, None, [], [], False
-        body_bytes = os.path.getsize(path) - fh.tell()
-        for line in header:
-            words = line.split()
-            if words[:1] == ["format"]:
-                fmt = words[1] if len(words) > 1 else None
-            elif words[:2] == ["element", "vertex"]:
-                count, in_vertex = _count(path, words[2] if len(words) > 2 else None, "vertex", body_bytes), True
-            elif words[:1] == ["element"]:
-                in_vertex = False
-            elif words[:1] == ["property"] and in_vertex:
-                if words[1] == "list":
-                    raise DataFormatError(path, "list properties on vertices are not supported")
-                if words[1] not in _PLY_TYPES:
-                    raise DataFormatError(path, f"unknown property type {words[1]!r}")
-                types.append(_PLY_TYPES[words[1]])
-                names.append(words[2])
+        fmt, elements = _ply_elements(path, header, os.path.getsize(path) - fh.tell())
         if fmt not in ("ascii", "binary_little_endian", "binary_big_endian"):
             raise DataFormatError(path, f"unknown PLY format {fmt!r}")
-        if count is None:
+        at = next((i for i, e in enumerate(elements) if e[0] == "vertex"), None)
+        if at is None:
             raise DataFormatError(path, "no 'element vertex N' line in the header")
-        if not names:
+        _, count, props = elements[at]
+        if not props:
             raise DataFormatError(path, "no vertex properties")
+        if any(isinstance(kind, tuple) for _, kind in props):
+            raise DataFormatError(path, "list properties on vertices are not supported")
+        for name, n, element_props in elements[:at]:
+            _skip_ply_element(fh, path, fmt, name, n, element_props)
+        names, types = [p for p, _ in props], [k for _, k in props]
         if fmt == "ascii":
             return _text_rows(fh, path, count, len(names), exact=False).astype(np.float32), names
         order = "<" if fmt == "binary_little_endian" else ">"
@@ -318,7 +363,8 @@ def read_point_fields(path, fmt: Optional[str] = None) -> Tuple[np.ndarray, Opti
     if fmt is None:
         ext = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
         if ext == "bin":
-            raise DataFormatError(path, "a .bin file needs a format: vod_radar, vod_lidar or coloradar")
+            raise DataFormatError(path, "a .bin file holds raw floats with no field names: pass --data_format vod "
+                                        "(View-of-Delft) or coloradar (ColoRadar) for it")
         fmt = ext
     if fmt not in POINT_READERS:
         raise DataFormatError(path, f"unknown point format {fmt!r}; expected one of {', '.join(POINT_READERS)}")

@@ -72,6 +72,18 @@ class GridSpec:
         """From to_dict's output."""
         return cls(tuple(values["point_range"]), tuple(values["voxel_size"]))
 
+    def describe(self) -> str:
+        """'(D, H, W) over x0..x1, y0..y1, z0..z1 m at vx x vy x vz m' for messages."""
+        r, v = self.point_range, self.voxel_size
+        return (f"{self.shape} over x {r[0]:g}..{r[3]:g}, y {r[1]:g}..{r[4]:g}, z {r[2]:g}..{r[5]:g} m at "
+                f"{v[0]:g} x {v[1]:g} x {v[2]:g} m voxels")
+
+    def require_same(self, other: "GridSpec", what: str) -> None:
+        """ValueError naming both grids unless other (the grid `what` was trained on) is this one."""
+        if other != self:
+            raise ValueError(f"{what} was trained on the grid {other.describe()}, but this model's grid is "
+                             f"{self.describe()}; use one trained on the same grid")
+
     @classmethod
     def index_units(cls, shape) -> "GridSpec":
         """A grid of unit voxels at the origin with shape (D, H, W): positions in voxel indices."""

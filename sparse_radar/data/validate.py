@@ -29,7 +29,10 @@ def cache_dir() -> str:
 
 
 def _stamp(path: str) -> List[int]:
-    st = os.stat(path)
+    try:
+        st = os.stat(path)
+    except OSError as exc:  # a broken link, a symlink loop, no permission
+        raise DataFormatError(path, f"cannot be read ({exc.strerror or exc})") from None
     return [st.st_size, st.st_mtime_ns]
 
 
@@ -64,6 +67,8 @@ def _check(dataset: FolderDataset, i: int) -> dict:
         return dataset.inspect(i)
     except DataFormatError as exc:
         return {"error": [exc.path, exc.problem]}
+    except OSError as exc:  # a file that cannot be opened
+        return {"error": [exc.filename or dataset.pairs[i][0], f"cannot be read ({exc.strerror or exc})"]}
 
 
 def validate_dataset(dataset: FolderDataset, workers: Optional[int] = None, progress: bool = True) -> FolderDataset:
@@ -98,7 +103,8 @@ def validate_dataset(dataset: FolderDataset, workers: Optional[int] = None, prog
         raise ValueError(f"every one of the {len(keys)} frame(s) has an empty radar or target voxel set on the grid "
                          f"{dataset.grid_shape}: check the point range and the files")
     if empty:
-        names = [os.path.basename(dataset.pairs[i][0]) for i in range(len(keys)) if i not in set(keep)][:3]
+        kept = set(keep)
+        names = [os.path.basename(dataset.pairs[i][0]) for i in range(len(keys)) if i not in kept][:3]
         warnings.warn(f"{empty} of {len(keys)} frame(s) have no radar or no target voxel on the grid and are skipped "
                       f"(e.g. {', '.join(names)})", stacklevel=2)
         dataset.keep(keep)

@@ -7,8 +7,9 @@ import dataclasses
 import os
 from typing import List, Tuple
 
-from .checkpoint import load_checkpoint
+from .checkpoint import newest_checkpoint
 from .config import DEFAULT_OUT, MODEL_FLAGS, TrainConfig
+from .run_folder import run_outputs
 
 PIPELINE = ("vae", "ldm", "cd")
 VAE_ONLY = ("vae_preset", "vae_kind")
@@ -33,9 +34,12 @@ def next_stage(cfg: TrainConfig, stage: str, given: frozenset) -> Tuple[TrainCon
     root = cfg.out or DEFAULT_OUT
     steps = dict(zip(PIPELINE, stage_steps(cfg)))[stage]
     folder = os.path.join(root, stage)
-    latest = os.path.join(folder, "checkpoints", "latest.pt")
-    done_step = int(load_checkpoint(latest)["step"]) if os.path.isfile(latest) else 0
+    found = newest_checkpoint(folder) if os.path.isdir(folder) else None
+    done_step = int(found[1]["step"]) if found else 0
+    # a stage stopped before its first checkpoint left only its own run files: it starts again (--overwrite)
+    restart = not found and bool(run_outputs(folder))
     values = dict(stage=stage, out=folder, steps=steps, stage_steps=None, resume=folder if done_step else None,
+                  overwrite=cfg.overwrite or restart,
                   vae=os.path.join(root, "vae") if stage == "ldm" else None,
                   teacher=os.path.join(root, "ldm") if stage == "cd" else None)
     dropped = VAE_ONLY if stage != "vae" else UNET_ONLY

@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from ..models.config import UNetConfig
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import STEP_FILE, load_checkpoint, newest_checkpoint, save_checkpoint
 from .config import CONTROL_FLAGS, DEFAULT_OUT, MODEL_FLAGS, RESUMABLE_FLAGS, TrainConfig, given_flags
 
 ARCH_FLAGS = ("preset",) + MODEL_FLAGS  # the flags that choose the network
-STEP_FILE = re.compile(r"step_(\d+)\.pt$")
 PREVIEW_STEP_FILE = re.compile(r"preview_step_(\d+)\.png$")
 
 
@@ -120,10 +119,11 @@ def _with(cfg: TrainConfig, **values) -> TrainConfig:
 def _locate(resume: str):
     """(checkpoint file, run folder it belongs to or None)."""
     if os.path.isdir(resume):
-        path = os.path.join(resume, "checkpoints", "latest.pt")
-        if not os.path.isfile(path):
-            raise RunFolderError(f"--resume {resume}: a folder, but not a run folder (no checkpoints/latest.pt)")
-        return path, resume
+        found = newest_checkpoint(resume)  # latest.pt, or a newer step file where a stop fell between the two
+        if found is None:
+            raise RunFolderError(f"--resume {resume}: a folder, but not a run folder (no checkpoint in "
+                                 f"{os.path.join(resume, 'checkpoints')})")
+        return found[0], resume
     if not os.path.isfile(resume):
         raise RunFolderError(f"--resume {resume}: no such checkpoint file or run folder")
     parent = os.path.dirname(os.path.abspath(resume))
@@ -139,7 +139,10 @@ def _latest_step(folder: str, resumed: str, resumed_step: int) -> int:
     steps = [resumed_step] + [int(m.group(1)) for n in os.listdir(ckpt) if (m := STEP_FILE.match(n))]
     latest = os.path.join(ckpt, "latest.pt")
     if os.path.isfile(latest) and not os.path.samefile(latest, resumed):
-        steps.append(int(load_checkpoint(latest)["step"]))
+        try:
+            steps.append(int(load_checkpoint(latest)["step"]))
+        except ValueError:  # a latest.pt cut short by a stop: the step files tell the run's progress
+            pass
     return max(steps)
 
 

@@ -7,12 +7,14 @@ from typing import Optional, Tuple
 
 import torch
 
+from ..data.grid import GridSpec
 from ..data.support import coverage, on_support
 from ..models.structure_net import StructureConfig, StructureNet, predicted_support
 from ..models.latent import LatentCodec
 from ..models.vae import VAE_PRESETS, VAEConfig, build_autoencoder
 from ..voxels import SparseVoxels
 from .checkpoint import load_checkpoint
+from .data_record import data_record_of
 
 KIND = "structure"
 
@@ -35,11 +37,19 @@ def build_vae(cfg, channels: int, grid_shape):
     return build_autoencoder(config)
 
 
-def load_codec(path: str) -> LatentCodec:
-    """The autoencoder of a --stage vae run (EMA weights) as a latent codec of scale 1."""
+def trained_grid(state: dict) -> GridSpec:
+    """The grid a checkpoint's network was trained on."""
+    return GridSpec.from_dict(data_record_of(state)["grid"])
+
+
+def load_codec(path: str, grid: Optional[GridSpec] = None) -> LatentCodec:
+    """The autoencoder of a --stage vae run (EMA weights) as a latent codec of scale 1; given a grid, the run must
+    have been trained on it."""
     state = load_checkpoint(path)
     if checkpoint_kind(state) != "vae":
         raise ValueError(f"--vae {path} is a {checkpoint_kind(state)}-stage checkpoint; pass a --stage vae run")
+    if grid is not None:
+        grid.require_same(trained_grid(state), f"the VAE {path}")
     autoencoder = build_autoencoder(VAEConfig.from_dict(state["model_config"]))
     autoencoder.load_state_dict(best_weights(state))
     return LatentCodec(autoencoder)
@@ -67,22 +77,29 @@ def structure_from_record(record: dict) -> StructureNet:
     return net.eval().requires_grad_(False)
 
 
-def structure_record(net: StructureNet) -> dict:
-    """{'config', 'weights'} of a network, stored inside the diffusion checkpoints that use it."""
-    return {"config": net.config.to_dict(), "weights": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
+def structure_record(net: StructureNet, grid: GridSpec) -> dict:
+    """{'config', 'weights', 'grid'} of a network, stored inside the diffusion checkpoints that use it."""
+    return {"config": net.config.to_dict(), "weights": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+            "grid": grid.to_dict()}
 
 
-def load_structure(path_or_state) -> StructureNet:
+def load_structure(path_or_state, grid: Optional[GridSpec] = None) -> StructureNet:
     """The structure network of a --stage structure checkpoint (EMA weights) or of a diffusion checkpoint that
-    embeds one (trained with --support predicted)."""
+    embeds one (trained with --support predicted); given a grid, the network must have been trained on it."""
     state = load_checkpoint(path_or_state) if isinstance(path_or_state, str) else path_or_state
-    if state.get("structure"):
-        return structure_from_record(state["structure"])
-    if checkpoint_kind(state) != KIND:
-        name = path_or_state if isinstance(path_or_state, str) else "the checkpoint"
-        raise ValueError(f"{name} holds no structure network: pass a run of `--stage structure` (or a checkpoint "
-                         f"trained with --support predicted)")
-    return structure_from_record({"config": state["model_config"], "weights": best_weights(state)})
+    name = f"the structure network of {path_or_state}" if isinstance(path_or_state, str) else \
+        "the checkpoint's structure network"
+    record = state.get("structure")
+    if not record and checkpoint_kind(state) != KIND:
+        raise ValueError(f"{path_or_state if isinstance(path_or_state, str) else 'the checkpoint'} holds no structure "
+                         f"network: pass a run of `--stage structure` (or a checkpoint trained with --support "
+                         f"predicted)")
+    if not record:
+        record = {"config": state["model_config"], "weights": best_weights(state), "grid": trained_grid(state)
+                  .to_dict()}
+    if grid is not None:  # records written before the grid was kept: the grid of the run that embeds it
+        grid.require_same(GridSpec.from_dict(record.get("grid") or trained_grid(state).to_dict()), name)
+    return structure_from_record(record)
 
 
 def support_fields(net: StructureNet, radar: SparseVoxels, target: Optional[SparseVoxels],

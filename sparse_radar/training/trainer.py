@@ -28,7 +28,7 @@ from ..models.vae import autoencoder_loss
 from ..models.unet import UNet3D
 from ..voxels import DenseVoxels, SparseVoxels
 from . import distributed
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, newest_checkpoint, save_checkpoint
 from .data_record import data_record, metric_grid
 from .config import TrainConfig, given_flags
 from .run_folder import ARCH_FLAGS, RunPlan, adopt_teacher, plan_run
@@ -61,7 +61,7 @@ class Trainer:
         self.teacher = self.structure = self.codec = None
         if cfg.support == "predicted":  # a frozen structure network predicts where diffusion runs (a resumed run
             # keeps the one its checkpoint carries)
-            self.structure = load_structure(state if state is not None else cfg.structure).to(self.device)
+            self.structure = load_structure(state if state is not None else cfg.structure, self.grid).to(self.device)
             self.structure.check_grid(self.grid_shape)
         cfg = self.cfg = self._build_model(cfg, state)
         if self.teacher is not None:  # the student starts as the teacher
@@ -95,7 +95,7 @@ class Trainer:
             if cfg.stage == "cd":
                 self.codec = LatentCodec.from_record(teacher_state["latent"]).to(self.device)
         elif cfg.stage == "ldm":  # a resumed run keeps the VAE and scale its checkpoint carries
-            self.codec = load_codec(cfg.vae) if state is None else LatentCodec.from_record(state["latent"])
+            self.codec = load_codec(cfg.vae, self.grid) if state is None else LatentCodec.from_record(state["latent"])
             self.codec.to(self.device)
             latent = self.codec.config.latent_channels
             model_cfg = cfg.model_config(self.codec.latent_shape(self.grid_shape), latent + LATENT_CONDITION_CHANNELS,
@@ -268,9 +268,9 @@ class Trainer:
             ema_update(self.cm_target, self.model, mu)
 
     def _last_saved(self) -> str:
-        latest = os.path.join(self.cfg.out, "checkpoints", "latest.pt")
-        if os.path.isfile(latest):
-            return f"The last checkpoint is {latest} (step {load_checkpoint(latest)['step']})."
+        found = newest_checkpoint(self.cfg.out)
+        if found:
+            return f"The last checkpoint is {found[0]} (step {found[1]['step']})."
         return f"No checkpoint was written yet (the first is due at step {self.cfg.save_every})."
 
     # ----- checkpoints ----------------------------------------------------------------------------------
@@ -289,7 +289,7 @@ class Trainer:
             "data_config": data_record(self.cfg, self.grid),
             "model_kind": self.cfg.stage,
             "latent": None if self.codec is None else self.codec.record(),
-            "structure": None if self.structure is None else structure_record(self.structure),
+            "structure": None if self.structure is None else structure_record(self.structure, self.grid),
         }
 
     def _restore(self, state: dict) -> None:

@@ -118,7 +118,7 @@ def test_pcd_nuscenes_style_mixed_fields_and_errors(tmp_path):
 
 
 def test_read_points_dispatch_errors(tmp_path):
-    with pytest.raises(F.DataFormatError, match="needs a format"):
+    with pytest.raises(F.DataFormatError, match="pass --data_format vod"):
         F.read_points(tmp_path / "x.bin")
     with pytest.raises(F.DataFormatError, match="unknown point format"):
         F.read_points(tmp_path / "x.las")

@@ -1,5 +1,6 @@
 """Rows about generating and judging: sample/evaluate output folders, radar outside the grid, empty radar."""
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -11,21 +12,6 @@ from sparse_radar.sample import run as sample
 from . import row, snapshot
 
 
-@row("sample-out-existing")
-def sample_out_existing(request, tmp_path, capsys):
-    edm, _ = request.getfixturevalue("small_runs")
-    out = tmp_path / "mine"
-    out.mkdir()
-    (out / "notes.txt").write_text("USER")
-    before = snapshot(out)
-    assert sample([edm, "--count", "1", "--steps", "1", "--out", str(out), "--no-progress"]) == 2
-    assert "--overwrite" in capsys.readouterr().err and snapshot(out) == before
-    assert evaluate([edm, "--count", "1", "--steps", "1", "--out", str(out), "--no-progress"]) == 2
-    assert snapshot(out) == before
-    assert sample([edm, "--count", "1", "--steps", "1", "--out", str(out), "--no-progress", "--overwrite"]) == 0
-    assert not (out / "notes.txt").exists() and (out / "summary.json").exists()
-
-
 @row("radar-outside-grid")
 def radar_outside_grid(request, tmp_path, capsys):
     edm, _ = request.getfixturevalue("small_runs")
@@ -34,6 +20,21 @@ def radar_outside_grid(request, tmp_path, capsys):
     with pytest.warns(UserWarning, match=r"1 radar point\(s\) outside the grid"):
         d(pts, steps=1)
     assert d.last_dropped == [1]
+    seen = {}  # the count is per thread: another thread's call does not change this one's
+    worker = threading.Thread(target=lambda: (d([pts, pts[:1]], steps=1), seen.update(counts=d.last_dropped)))
+    with pytest.warns(UserWarning):
+        worker.start()
+        worker.join()
+    assert seen["counts"] == [1, 0] and d.last_dropped == [1]
+    folder = tmp_path / "radar"
+    folder.mkdir()
+    np.save(folder / "a.npy", pts.astype(np.float32))
+    np.save(folder / "b.npy", pts[:1].astype(np.float32))
+    out = tmp_path / "s"
+    assert sample([edm, "--input", str(folder), "--out", str(out), "--no-progress", "--steps", "1"]) == 0
+    assert "1 radar point(s) outside the grid" in capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["radar_points_outside_grid"] == {"total": 1, "per_frame": {"a": 1}}
 
 
 @row("empty-radar")
