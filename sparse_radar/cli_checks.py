@@ -3,7 +3,8 @@ never be or hold (the runs read and the input)."""
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Sequence, Tuple
+import sys
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from .inference import MAX_SEED, whole_number
 
@@ -32,3 +33,12 @@ def protected(runs: Sequence[Optional[str]], source: str) -> List[Tuple[str, str
     if source and source != "synthetic":
         found.append(("the input", source))
     return found
+
+
+def interruptible(prog: str, body: Callable[[Optional[list]], int], argv: Optional[list]) -> int:
+    """body(argv)'s exit code; Ctrl-C anywhere ends in one line, exit 130, not a traceback."""
+    try:
+        return body(argv)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130

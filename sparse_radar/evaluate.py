@@ -18,7 +18,7 @@ from tqdm import tqdm
 from .data.datasets import DATA_FORMATS
 from .data.support import coverage, support_structure
 from .frames import Frame, centres, load_frames, radar_field, target_field
-from .cli_checks import check_flags, protected
+from .cli_checks import check_flags, interruptible, protected
 from .inference import MAX_STEPS, Densifier, SamplerSettings, generate_batches, resolve_device, whole_number
 from .models.structure_net import StructureNet, predicted_support
 from .training.checkpoint import load_checkpoint
@@ -154,6 +154,10 @@ def reconstruction_rows(table: Table, autoencoder, batch_size: int) -> List[dict
 
 def run(argv=None) -> int:
     """Evaluate as the flags say; returns the exit code (2: bad flags, checkpoints or input)."""
+    return interruptible(PROG, _run, argv)
+
+
+def _run(argv) -> int:
     args = build_parser().parse_args(argv)
     try:
         check_flags(args)

@@ -13,7 +13,7 @@ from .frames import Frame, centres, load_frames, target_field
 from .inference import DTYPES, SAMPLERS, Densifier, SamplerSettings, generate_batches
 from .training.config import TRAIN_SUPPORTS
 from .metrics import frame_metrics, parse_taus, summarize
-from .cli_checks import check_flags, protected
+from .cli_checks import check_flags, interruptible, protected
 from .data.formats import DataFormatError
 from .outputs import CLOUD_SUFFIXES, OutputFolder, atomic, peak_memory, write_cloud, write_csv, write_json
 from .training.png import write_png
@@ -78,6 +78,10 @@ def default_out(checkpoint: str, settings: SamplerSettings, support=None) -> str
 def run(argv=None) -> int:
     """Sample as the flags say; returns the exit code (2: bad flags, checkpoint or input; 1: a write failed;
     130: interrupted)."""
+    return interruptible(PROG, _run, argv)
+
+
+def _run(argv) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

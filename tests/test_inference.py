@@ -96,6 +96,24 @@ def test_points_outside_the_grid_are_dropped_and_counted(runs):
     assert len(outs[0]) == 0 and len(outs[1]) > 0
 
 
+def test_torch_inputs_of_any_float_dtype(runs):
+    d = Densifier.from_checkpoint(runs[0], device="cpu")
+    a = radar_points(0)
+    expected = d(a, steps=1, threshold=-0.5)
+    for dtype in (torch.float32, torch.float64):
+        assert np.array_equal(d(torch.from_numpy(a).to(dtype), steps=1, threshold=-0.5), expected)
+    rounded = torch.from_numpy(a).to(torch.bfloat16)  # bf16 rounds the points: compare with the rounded array
+    assert np.array_equal(d(rounded, steps=1, threshold=-0.5), d(rounded.double().numpy(), steps=1, threshold=-0.5))
+
+
+def test_synthetic_frames_are_read_when_used():
+    from sparse_radar.frames import load_frames
+    from sparse_radar.data.voxelize import RADAR_CHANNELS
+    frames = load_frames("synthetic", parse_grid(SMALL_GRID), RADAR_CHANNELS, count=200)
+    assert len(frames) == 200 and all(f._sample is None for f in frames)  # nothing generated before work starts
+    assert frames[3].has_target and frames[3].sample["radar_coords"].shape[1] == 3
+
+
 def test_bad_input_says_what_is_expected(runs):
     d = Densifier.from_checkpoint(runs[0], device="cpu")
     with pytest.raises(ValueError, match=r"\[N, >=3\]"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import pickle
 import re
 import tempfile
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -92,7 +93,9 @@ def _load_file(path: str) -> Dict[str, Any]:
         raise ValueError(f"no checkpoint at {path}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - report any unpickling refusal as a bad checkpoint
+    except pickle.UnpicklingError as exc:  # code or objects beyond tensors and plain values: refused
+        raise ValueError(f"{path}: not a sparse_radar checkpoint ({str(exc).splitlines()[0]})") from None
+    except Exception as exc:  # noqa: BLE001 - any other failure to read is a damaged file
         size = os.path.getsize(path)
         raise ValueError(f"{path}: not a readable sparse_radar checkpoint: truncated or corrupt ({size} bytes; "
                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None

@@ -2,6 +2,7 @@
 import os
 import re
 import shutil
+import struct
 
 import numpy as np
 import pytest
@@ -120,6 +121,77 @@ def ply_header(request, tmp_path, capsys):
                        b"property double y\nproperty double z\nend_header\n" + b"\0" * 24)
     with pytest.raises(formats.DataFormatError, match="exceeds"):
         formats.read_ply(binary)
+
+
+@row("ply-element-order")
+def ply_element_order(request, tmp_path, capsys):
+    points = np.array([[1.5, -2.0, 0.25], [3.0, 4.0, -1.0]], dtype=np.float32)
+    head = ["ply", "FORMAT", "element camera 1", "property float fov", "element face 2",
+            "property list uchar int vertex_indices", "element vertex 2", "property float x", "property float y",
+            "property float z", "end_header"]
+    text = "\n".join(head).replace("FORMAT", "format ascii 1.0") + "\n60\n3 0 1 0\n4 1 0 1 0\n" + \
+        "".join(" ".join(f"{v:g}" for v in p) + "\n" for p in points)
+    (tmp_path / "a.ply").write_text(text)
+    for order, fmt in (("<", "binary_little_endian"), (">", "binary_big_endian")):
+        body = struct.pack(order + "f", 60.0)  # the camera
+        body += struct.pack(order + "B3i", 3, 0, 1, 0) + struct.pack(order + "B4i", 4, 1, 0, 1, 0)  # two faces
+        body += points.astype(order + "f4").tobytes()
+        (tmp_path / f"{fmt}.ply").write_bytes(("\n".join(head).replace("FORMAT", f"format {fmt} 1.0") + "\n")
+                                              .encode() + body)
+    for name in ("a", "binary_little_endian", "binary_big_endian"):
+        got, names = formats.read_ply(tmp_path / f"{name}.ply")
+        assert names == ["x", "y", "z"] and np.array_equal(got, points), name
+    cut = tmp_path / "cut.ply"  # a face list that runs past the end of the file
+    cut.write_bytes(("\n".join(head).replace("FORMAT", "format binary_little_endian 1.0") + "\n").encode() +
+                    struct.pack("<fB", 60.0, 200))
+    with pytest.raises(formats.DataFormatError, match="cut.ply.*inside element 'face'"):
+        formats.read_ply(cut)
+
+
+@row("raw-bin-extension")
+def raw_bin_extension(request, tmp_path, capsys):
+    ply = tmp_path / "radar.ply"
+    formats.write_ply(ply, np.ones((431, 5), np.float32), ["x", "y", "z", "rcs", "doppler"])
+    for reader in (formats.read_coloradar, formats.read_vod_radar, formats.read_vod_lidar):
+        with pytest.raises(formats.DataFormatError, match=re.escape(str(ply)) + ".*raw float32 .bin"):
+            reader(ply)
+    edm, _ = request.getfixturevalue("small_runs")
+    from sparse_radar.sample import run as sample
+    for fmt in ("coloradar", "vod"):
+        assert sample([edm, "--input", str(ply), "--data_format", fmt, "--out", str(tmp_path / "s"),
+                       "--no-progress"]) == 2
+        assert "--data_format points" in capsys.readouterr().err
+    raw = tmp_path / "x.bin"
+    np.ones((2, 5), np.float32).tofile(raw)
+    with pytest.raises(formats.DataFormatError, match="--data_format vod .* or coloradar"):
+        formats.read_points(raw)
+
+
+@row("unreadable-data")
+def unreadable_data(request, tmp_path, capsys):
+    root = tmp_path / "pairs"
+    for kind in ("radar", "lidar"):
+        (root / kind).mkdir(parents=True)
+        np.save(root / kind / "000.npy", np.ones((3, 5), np.float32))
+    os.symlink(root / "radar" / "loop.npy", root / "radar" / "loop.npy")  # a link to itself
+    os.symlink(root / "lidar" / "loop.npy", root / "lidar" / "loop.npy")
+    data = open_dataset(str(root), "points")
+    with pytest.raises(formats.DataFormatError, match="loop.npy: cannot be read"):
+        validate_dataset(data, progress=False)
+    assert run(SMALL + ["--data", str(root), "--data_format", "points", "--steps", "1",
+                        "--out", str(tmp_path / "r")]) == 2
+    assert "loop.npy: cannot be read" in capsys.readouterr().err
+    monkeypatch = request.getfixturevalue("monkeypatch")  # root reads every folder: deny the listing instead
+    real = os.listdir
+
+    def denied(path="."):
+        if str(path).endswith("lidar"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "listdir", denied)
+    with pytest.raises(ValueError, match="lidar: the folder cannot be read \\(Permission denied\\)"):
+        open_dataset(str(root), "points")
 
 
 @row("lidar-columns")

@@ -4,9 +4,10 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 from sparse_radar.evaluate import run as evaluate
-from sparse_radar.inference import Densifier
+from sparse_radar.inference import Densifier, SamplerSettings
 from sparse_radar.sample import run as sample
 
 from . import row, snapshot
@@ -61,3 +62,50 @@ def empty_prediction(request, tmp_path, capsys):
     assert summary["metrics"]["fscore@0.8"]["mean"] == 0.0
     diagonal = float(np.linalg.norm([25.6, 25.6, 6.4]))
     assert summary["metrics"]["chamfer_sum_of_means"]["mean"] == pytest.approx(2 * diagonal)
+
+
+@row("sampler-settings")
+def sampler_settings(request, tmp_path, capsys):
+    edm, _ = request.getfixturevalue("small_runs")
+    out = tmp_path / "s"
+    bad = [["--sigma_max", "0"], ["--sigma_min", "0"], ["--sigma_max", "inf"], ["--sigma_min", "nan"],
+           ["--s_churn", "nan"], ["--sigma_min", "100"], ["--sigma_min", "2", "--sigma_max", "1"], ["--steps", "0"],
+           ["--steps", "1000000000"], ["--threshold", "1"], ["--seed", "-1"], ["--seed", str(2**40)],
+           ["--batch_size", "0"], ["--count", "0"]]
+    for flags in bad:
+        assert sample([edm, "--out", str(out), "--no-progress"] + flags) == 2, flags
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, flags
+    for flags in (["--steps", "-1"], ["--threshold", "1"], ["--multistep", "0"], ["--batch_size", "0"],
+                  ["--seed", str(2**63)]):
+        assert evaluate([edm, "--out", str(out), "--no-progress"] + flags) == 2, flags
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and flags[0].lstrip("-") in err, flags
+    assert not out.exists()
+    with pytest.raises(TypeError, match="steps must be an int"):
+        SamplerSettings(steps=True)
+    with pytest.raises(ValueError, match="sigma_max must be a finite number"):
+        SamplerSettings(sigma_max=float("inf"))
+    assert SamplerSettings(steps=np.int64(2)).steps == 2
+    d = Densifier.from_checkpoint(edm, device="cpu")
+    with pytest.raises(TypeError, match="seed must be an int, got None"):
+        d(np.array([[5.0, 0.0, 0.0, 10.0, 1.0]]), steps=1, seed=None)
+    assert len(d(np.array([[5.0, 0.0, 0.0, 10.0, 1.0]]), steps=np.int64(1), seed=np.int32(3))) >= 0
+
+
+@row("device-unavailable")
+def device_unavailable(request, tmp_path, capsys):
+    edm, _ = request.getfixturevalue("small_runs")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    missing = [f"cuda:{count}", "meta", "mps"] + ([] if count else ["cuda"])
+    if torch.backends.mps.is_available():
+        missing.remove("mps")
+    for device in missing:
+        assert sample([edm, "--device", device, "--out", str(tmp_path / "s"), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert f"device {device!r}" in err and len(err.strip().splitlines()) == 1, device
+        assert evaluate([edm, "--device", device, "--out", str(tmp_path / "e"), "--no-progress"]) == 2
+        assert f"device {device!r}" in capsys.readouterr().err
+        with pytest.raises(ValueError, match=f"device {device!r}"):
+            Densifier.from_checkpoint(edm, device=device)
+    assert not (tmp_path / "s").exists() and not (tmp_path / "e").exists()

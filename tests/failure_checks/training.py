@@ -1,7 +1,12 @@
 """Rows about run folders, flags, the training loop and empty samples."""
+import errno
+import io
 import json
 import os
+import re
 import shutil
+import struct
+import zipfile
 
 import pytest
 import torch
@@ -9,7 +14,9 @@ import torch
 from sparse_radar import SparseVoxels, UNet3D
 from sparse_radar.models import create_tiny_unet_config
 from sparse_radar.train import run
+from sparse_radar.training import checkpoint as checkpoint_module
 from sparse_radar.training import load_checkpoint
+from sparse_radar.training.checkpoint import save_checkpoint
 from sparse_radar.training import trainer as trainer_module
 from sparse_radar.training.config import TrainConfig, parse_args
 from sparse_radar.training.distributed import DistContext
@@ -122,6 +129,94 @@ def stale_tmp(request, tmp_path, capsys):
     assert not [n for n in os.listdir(run_copy / "checkpoints") if n.startswith(".tmp-")]
 
 
+
+
+def _flip_tensor_bytes(path, count=64):
+    """Flip `count` bytes at the start of the largest tensor record of a torch zip checkpoint."""
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    with open(path, "r+b") as fh:
+        fh.seek(info.header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", fh.read(4))
+        start = info.header_offset + 30 + name_len + extra_len
+        fh.seek(start)
+        data = bytearray(fh.read(count))
+        fh.seek(start)
+        fh.write(bytes(b ^ 0xFF for b in data))
+
+
+@row("checkpoint-corrupt")
+def checkpoint_corrupt(request, tmp_path, capsys):
+    from sparse_radar.sample import run as sample
+    run_copy = request.getfixturevalue("run_copy")
+    step4 = run_copy / "checkpoints" / "step_000004.pt"
+    _flip_tensor_bytes(step4)
+    for call in (lambda: sample([str(step4), "--count", "1", "--out", str(tmp_path / "s"), "--no-progress"]),
+                 lambda: run(["--resume", str(step4), "--steps", "5", "--progress", "False"])):
+        assert call() == 2
+        assert f"{step4}: corrupt checkpoint" in capsys.readouterr().err
+    state = load_checkpoint(str(run_copy / "checkpoints" / "step_000002.pt"))
+    key = next(iter(state["model"]))
+    state["model"][key] = torch.full_like(state["model"][key], float("nan"))
+    nan = tmp_path / "nan.pt"
+    save_checkpoint(str(nan), {k: v for k, v in state.items() if k not in ("format", "content_sha256")})
+    with pytest.raises(ValueError, match=f"{nan}: the weights hold NaN or inf \\(model/{re.escape(key)}\\)"):
+        load_checkpoint(str(nan))
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes((run_copy / "checkpoints" / "latest.pt").read_bytes()[:5000])
+    with pytest.raises(ValueError, match=f"{cut}: not a readable sparse_radar checkpoint: truncated or corrupt"):
+        load_checkpoint(str(cut))
+
+
+@row("kill-between-saves")
+def kill_between_saves(request, tmp_path, capsys):
+    from sparse_radar.sample import run as sample
+    run_copy = request.getfixturevalue("run_copy")
+    ckpt = run_copy / "checkpoints"
+    shutil.copy(ckpt / "step_000002.pt", ckpt / "latest.pt")  # step_000004.pt written, latest.pt not yet
+    assert load_checkpoint(str(run_copy))["step"] == 4
+    assert sample([str(run_copy), "--count", "1", "--steps", "1", "--out", str(tmp_path / "s"), "--no-progress"]) == 0
+    assert run(["--resume", str(run_copy), "--steps", "5", "--progress", "False"]) == 0
+    assert "resuming at step 4" in capsys.readouterr().out and load_checkpoint(str(run_copy))["step"] == 5
+    first = tmp_path / "first"  # a stop in the first save: a step file and no latest.pt at all
+    shutil.copytree(run_copy, first)
+    for name in os.listdir(first / "checkpoints"):
+        if name != "step_000002.pt":
+            os.remove(first / "checkpoints" / name)
+    assert run(["--resume", str(first), "--steps", "3", "--progress", "False"]) == 0
+    assert "resuming at step 2" in capsys.readouterr().out
+    (first / "checkpoints" / "latest.pt").write_bytes(b"PK\x03\x04cut")  # a latest.pt cut short
+    assert run(["--resume", str(first), "--steps", "4", "--progress", "False"]) == 0
+    assert "resuming at step 3" in capsys.readouterr().out
+
+
+@row("checkpoint-disk-full")
+def checkpoint_disk_full(request, tmp_path, capsys):
+    run_copy = request.getfixturevalue("run_copy")
+    monkeypatch = request.getfixturevalue("monkeypatch")
+    real = os.fdopen
+
+    class Full(io.RawIOBase):
+        def __init__(self, fd):
+            self.inner = real(fd, "wb")
+
+        def writable(self):
+            return True
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            self.inner.close()
+            super().close()
+
+    monkeypatch.setattr(checkpoint_module.os, "fdopen", lambda fd, mode="r": Full(fd))
+    before = sorted(os.listdir(run_copy / "checkpoints"))
+    assert run(["--resume", str(run_copy), "--steps", "6", "--save_every", "1", "--progress", "False"]) == 1
+    err = capsys.readouterr().err
+    path = run_copy / "checkpoints" / "step_000005.pt"
+    assert f"cannot write the checkpoint {path}: No space left on device (ENOSPC)" in err
+    assert "Traceback" not in err and sorted(os.listdir(run_copy / "checkpoints")) == before
 
 
 @row("grad-clip")
