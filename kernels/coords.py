@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import itertools
 import operator
-from typing import Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import torch
 
@@ -52,6 +52,12 @@ def linear_keys(coords: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Ten
     return ((c[:, 0] * d + c[:, 1]) * h + c[:, 2]) * w + c[:, 3]  # [N]
 
 
+def offset_keys(batch: torch.Tensor, cells: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
+    """int64 keys [N, K] of cells [N, K, 3] (z, y, x) of the samples batch [N] (every offset of every row at once)."""
+    d, h, w = (int(s) for s in spatial_shape)
+    return ((batch.to(torch.int64)[:, None] * d + cells[..., 0]) * h + cells[..., 1]) * w + cells[..., 2]
+
+
 def keys_to_coords(keys: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
     """Inverse of linear_keys: int64 keys [N] -> int32 coords [N, 4]."""
     d, h, w = (int(s) for s in spatial_shape)
@@ -86,10 +92,23 @@ def lookup(sorted_keys: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
     return torch.where(found, pos_clamped, torch.full_like(pos, -1))
 
 
+_CONSTANTS: Dict[tuple, torch.Tensor] = {}
+
+
+def constant(values, device=None) -> torch.Tensor:
+    """An int64 tensor of these (nested) values on device, made once per process and device: a step reuses it
+    instead of copying a host list to the device (which waits for the device)."""
+    key = (repr(values), str(torch.device(device) if device is not None else "cpu"))
+    found = _CONSTANTS.get(key)
+    if found is None:
+        found = _CONSTANTS[key] = torch.tensor(values, dtype=torch.int64, device=device)
+    return found
+
+
 def kernel_offsets(kernel_size: Triple, device=None) -> torch.Tensor:
-    """All kernel positions [K, 3] (kd, kh, kw) in the row-major order of a [kD, kH, kW] weight."""
-    grid = list(itertools.product(*(range(k) for k in kernel_size)))
-    return torch.tensor(grid, dtype=torch.int64, device=device).reshape(-1, 3)
+    """All kernel positions [K, 3] (kd, kh, kw) in the row-major order of a [kD, kH, kW] weight (do not modify)."""
+    grid = [list(p) for p in itertools.product(*(range(int(k)) for k in kernel_size))]
+    return constant(grid, device).reshape(-1, 3)
 
 
 def conv_output_shape(spatial_shape: Sequence[int], kernel_size: Triple, stride: Triple,
@@ -104,13 +123,23 @@ def conv_output_shape(spatial_shape: Sequence[int], kernel_size: Triple, stride:
 
 def dilate_coords(coords: torch.Tensor, spatial_shape: Sequence[int], radius: Triple) -> torch.Tensor:
     """All in-grid cells within per-axis radius (a box) of any input cell, unique and key-sorted."""
-    shape = torch.tensor([int(s) for s in spatial_shape], device=coords.device)
-    box = kernel_offsets(tuple(2 * r + 1 for r in radius), coords.device) - torch.tensor(radius, device=coords.device)
+    shape = constant([int(s) for s in spatial_shape], coords.device)
+    box = kernel_offsets(tuple(2 * r + 1 for r in radius), coords.device) - constant(list(radius), coords.device)
+    c64 = coords.to(torch.int64)
     keys = []
-    for delta in box:
-        moved = coords[:, 1:].to(torch.int64) + delta
-        inside = ((moved >= 0) & (moved < shape)).all(dim=1)
-        cand = torch.cat([coords[inside, :1].to(torch.int64), moved[inside]], dim=1)
-        keys.append(linear_keys(cand, spatial_shape))
-    unique_keys = torch.unique(torch.cat(keys)) if keys else coords.new_zeros(0, dtype=torch.int64)
+    for rows in row_blocks(c64.shape[0], box.shape[0]):  # every offset at once, rows in bounded blocks
+        moved = c64[rows, None, 1:] + box[None]  # [n, K, 3]
+        inside = ((moved >= 0) & (moved < shape)).all(dim=2)  # [n, K]
+        own = linear_keys(c64[rows], spatial_shape)[:, None]  # a cell outside the grid counts as its input cell
+        keys.append(torch.where(inside, offset_keys(c64[rows, 0], moved, spatial_shape), own).reshape(-1))
+    unique_keys = torch.unique(torch.cat(keys)) if keys else c64.new_zeros(0)  # sorted, one sync
     return keys_to_coords(unique_keys, spatial_shape)
+
+
+BLOCK_ENTRIES = 1 << 22  # rows x offsets per block of the vectorised offset loops (about 100 MB of int64 cells)
+
+
+def row_blocks(rows: int, per_row: int):
+    """Slices of at most BLOCK_ENTRIES // per_row rows covering range(rows) (one slice for a usual step)."""
+    step = max(1, BLOCK_ENTRIES // max(per_row, 1))
+    return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]

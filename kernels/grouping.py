@@ -1,27 +1,42 @@
 """Token groups for attention: window/column/patch ids, z-order codes, and padded buckets."""
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import NamedTuple, Sequence, Tuple
 
 import torch
 
 from .backends import current
 
 
-def bucketize(group_id: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Rows grouped by id into padded buckets: index [G, L] (row or -1) and valid [G, L], without a loop."""
+class Buckets(NamedTuple):
+    """Rows grouped into padded buckets: index [G, L] (row or -1), valid [G, L], and slot [N], the flat position
+    of each row in [G * L] (so scattering back is a gather, with no boolean mask)."""
+
+    index: torch.Tensor
+    valid: torch.Tensor
+    slot: torch.Tensor
+
+
+def bucketize(group_id: torch.Tensor) -> Buckets:
+    """Rows grouped by id into padded buckets, without a loop (one host read: the longest bucket)."""
     n = group_id.numel()
     if n == 0:
         empty = torch.zeros(0, 0, dtype=torch.int64, device=group_id.device)
-        return empty, empty.bool()
+        return Buckets(empty, empty.bool(), torch.zeros(0, dtype=torch.int64, device=group_id.device))
     order = torch.argsort(group_id, stable=True)
-    _, counts = torch.unique_consecutive(group_id[order], return_counts=True)  # [G]
-    group = torch.repeat_interleave(torch.arange(counts.numel(), device=group_id.device), counts)  # [N]
-    start = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(n, device=group_id.device) - start[group]
-    index = torch.full((counts.numel(), int(counts.max())), -1, dtype=torch.int64, device=group_id.device)
-    index[group, slot] = order
-    return index, index >= 0
+    sorted_ids = group_id[order]
+    first = torch.ones(n, dtype=torch.bool, device=group_id.device)
+    first[1:] = sorted_ids[1:] != sorted_ids[:-1]
+    group = torch.cumsum(first, 0) - 1  # [N] bucket of each sorted row
+    start = torch.cummax(torch.where(first, torch.arange(n, device=group_id.device), 0), 0).values
+    slot_sorted = torch.arange(n, device=group_id.device) - start  # [N] place inside its bucket
+    stats = torch.stack([group[-1] + 1, slot_sorted.max() + 1]).tolist()  # the one host read: G and L
+    groups, length = int(stats[0]), int(stats[1])
+    flat = group * length + slot_sorted
+    index = torch.full((groups * length,), -1, dtype=torch.int64, device=group_id.device)
+    index = index.scatter(0, flat, order).view(groups, length)
+    slot = torch.empty_like(flat).scatter_(0, order, flat)  # [N] in row order
+    return Buckets(index, index >= 0, slot)
 
 
 def window_ids(coords: torch.Tensor, spatial_shape: Sequence[int], window: Sequence[int],
@@ -107,12 +122,12 @@ def gather_rows(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return src.index_select(0, index)
 
 
-def gather_buckets(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Rows of src [N, ...] laid out as buckets [G, L, ...] by bucketize's index (padding holds row 0)."""
+def gather_buckets(src: torch.Tensor, buckets: Buckets) -> torch.Tensor:
+    """Rows of src [N, ...] laid out as buckets [G, L, ...] (padding holds row 0)."""
+    index = buckets.index
     return gather_rows(src, index.clamp_min(0).reshape(-1)).view(*index.shape, *src.shape[1:])
 
 
-def scatter_buckets(bucketed: torch.Tensor, index: torch.Tensor, valid: torch.Tensor, like: torch.Tensor
-                    ) -> torch.Tensor:
-    """The inverse of gather_buckets: bucketed [G, L, ...] back to rows [N, ...] shaped like `like`."""
-    return torch.zeros_like(like).index_copy(0, index[valid], bucketed[valid])
+def scatter_buckets(bucketed: torch.Tensor, buckets: Buckets) -> torch.Tensor:
+    """The inverse of gather_buckets: bucketed [G, L, ...] back to rows [N, ...] (a gather by slot)."""
+    return bucketed.reshape(-1, *bucketed.shape[2:]).index_select(0, buckets.slot)

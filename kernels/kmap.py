@@ -9,8 +9,8 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from .coords import (Triple, check_key_range, conv_output_shape, kernel_offsets, keys_to_coords, linear_keys,
-                     lookup)
+from .coords import (Triple, check_key_range, constant, conv_output_shape, kernel_offsets, keys_to_coords,
+                     linear_keys, lookup, offset_keys, row_blocks)
 from .kernel_map import KernelMap
 
 
@@ -19,7 +19,7 @@ TABLE_MAX_CELLS = 1 << 25  # dense lookup tables up to 32M cells (128 MiB of int
 
 def _padded_keys(coords: torch.Tensor, padded_shape: Sequence[int], margin: Triple) -> torch.Tensor:
     """Keys of coords shifted by margin inside a grid enlarged by margin on every side."""
-    shifted = coords.to(torch.int64) + torch.tensor((0, *margin), device=coords.device)
+    shifted = coords.to(torch.int64) + constant([0, *margin], coords.device)
     return linear_keys(shifted, padded_shape)
 
 
@@ -38,8 +38,8 @@ def submanifold_kmap(coords: torch.Tensor, spatial_shape: Sequence[int], batch_s
     padded = tuple(int(s) + 2 * m for s, m in zip(spatial_shape, margin))
     check_key_range(padded, batch_size)
     keys = _padded_keys(coords, padded, margin)  # [N], ascending when coords are key-sorted
-    rel = (kernel_offsets(kernel_size, device) - torch.tensor([k // 2 for k in kernel_size], device=device)) \
-        * torch.tensor(dilation, device=device)  # [K, 3]
+    rel = (kernel_offsets(kernel_size, device) - constant([k // 2 for k in kernel_size], device)) \
+        * constant(list(dilation), device)  # [K, 3]
     deltas = (rel[:, 0] * padded[1] + rel[:, 1]) * padded[2] + rel[:, 2]  # [K]
     identity = centre_offset(kernel_size)
     cells = batch_size * padded[0] * padded[1] * padded[2]
@@ -76,18 +76,15 @@ def _strided_candidates(coords: torch.Tensor, spatial_shape: Sequence[int], kern
         batch_size = int(coords[:, 0].max()) + 1 if coords.shape[0] else 1
     check_key_range(out_shape, batch_size)  # padding can make the output grid larger than the input's
     c64 = coords.to(torch.int64)
-    pad = torch.tensor(padding, device=device)
-    dil = torch.tensor(dilation, device=device)
-    st = torch.tensor(stride, device=device)
-    limit = torch.tensor(out_shape, device=device)
+    pad, dil, st, limit = (constant(list(v), device) for v in (padding, dilation, stride, out_shape))
     offsets = kernel_offsets(kernel_size, device)
-    keys = torch.empty(coords.shape[0], offsets.shape[0], dtype=torch.int64, device=device)  # [N, K]
-    for k, off in enumerate(offsets):
-        num = c64[:, 1:] + pad - off * dil  # [N, 3] = out * stride when aligned
+    blocks = []
+    for rows in row_blocks(c64.shape[0], offsets.shape[0]):  # every offset at once, rows in bounded blocks
+        num = c64[rows, None, 1:] + pad - offsets[None] * dil  # [n, K, 3] = out * stride when aligned
         q = torch.div(num, st, rounding_mode="floor")
-        ok = ((num % st) == 0).all(dim=1) & (num >= 0).all(dim=1) & (q < limit).all(dim=1)
-        key = linear_keys(torch.cat([c64[:, :1], q], dim=1), out_shape)
-        keys[:, k] = torch.where(ok, key, -1)
+        ok = ((num % st) == 0).all(dim=2) & (num >= 0).all(dim=2) & (q < limit).all(dim=2)  # [n, K]
+        blocks.append(torch.where(ok, offset_keys(c64[rows, 0], q, out_shape), -1))
+    keys = blocks[0] if len(blocks) == 1 else torch.cat(blocks) if blocks else c64.new_zeros(0, offsets.shape[0])
     return keys, out_shape
 
 
@@ -97,15 +94,18 @@ def _rows_of_keys(sorted_keys: torch.Tensor, keys: torch.Tensor) -> torch.Tensor
     return torch.where(keys >= 0, rows, -1).to(torch.int32)
 
 
-def _valid_sorted(keys: torch.Tensor, unique: bool) -> torch.Tensor:
-    """The keys >= 0 of keys, sorted (and deduplicated when unique); reads one count back."""
+def _valid_sorted(keys: torch.Tensor) -> torch.Tensor:
+    """The distinct keys >= 0 of keys [N, K], sorted; one host sync (the size of torch.unique's result).
+
+    A miss (-1) is replaced by the largest key, which is a real output cell whenever there is one, so the misses
+    need no count of their own; only a result of one key can be a lone -1 (no output at all), checked then."""
     flat = keys.reshape(-1)
-    if unique:
-        flat = torch.unique(flat)  # sorted; -1 (no cell) comes first
-    else:
-        flat = torch.sort(flat).values
-    misses = int((flat < 0).sum())  # the one host sync: how many output sites there are
-    return flat[misses:]
+    if flat.numel() == 0:
+        return flat
+    out = torch.unique(torch.where(flat >= 0, flat, flat.max()))  # sorted
+    if out.numel() == 1 and int(out[0]) < 0:  # only here: every candidate missed
+        return out[:0]
+    return out
 
 
 def strided_kmap(coords: torch.Tensor, spatial_shape: Sequence[int], kernel_size: Triple, stride: Triple,
@@ -117,7 +117,7 @@ def strided_kmap(coords: torch.Tensor, spatial_shape: Sequence[int], kernel_size
     """
     keys, out_shape = _strided_candidates(coords, spatial_shape, kernel_size, stride, padding, dilation,
                                           batch_size)
-    out_keys = _valid_sorted(keys, unique=True)
+    out_keys = _valid_sorted(keys)
     kmap = KernelMap(coords.shape[0], out_keys.numel(), keys.shape[1], table_t=_rows_of_keys(out_keys, keys))
     return kmap, keys_to_coords(out_keys, out_shape), out_shape
 
@@ -153,15 +153,11 @@ def children_kmap(coords: torch.Tensor, spatial_shape: Sequence[int], stride: Tr
         batch_size = int(coords[:, 0].max()) + 1 if coords.shape[0] else 1
     check_key_range(fine_shape, batch_size)
     c64 = coords.to(torch.int64)
-    st = torch.tensor(stride, device=device)
-    limit = torch.tensor(fine_shape, device=device)
-    offsets = kernel_offsets(stride, device)
-    keys = torch.empty(coords.shape[0], offsets.shape[0], dtype=torch.int64, device=device)  # [N, S]
-    for k, off in enumerate(offsets):
-        child = c64[:, 1:] * st + off  # [N, 3]
-        ok = (child < limit).all(dim=1)
-        keys[:, k] = torch.where(ok, linear_keys(torch.cat([c64[:, :1], child], dim=1), fine_shape), -1)
-    out_keys = _valid_sorted(keys, unique=False)  # children of distinct parents never collide
+    st, limit = constant(list(stride), device), constant(list(fine_shape), device)
+    child = c64[:, None, 1:] * st + kernel_offsets(stride, device)[None]  # [N, S, 3]
+    ok = (child < limit).all(dim=2)
+    keys = torch.where(ok, offset_keys(c64[:, 0], child, fine_shape), -1)  # [N, S]
+    out_keys = _valid_sorted(keys)
     kmap = KernelMap(coords.shape[0], out_keys.numel(), keys.shape[1], table_t=_rows_of_keys(out_keys, keys))
     return kmap, keys_to_coords(out_keys, fine_shape), fine_shape  # type: ignore[return-value]
 

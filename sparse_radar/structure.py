@@ -79,6 +79,12 @@ class VoxelStructure:
         return VoxelStructure(self.coords.to(device), self.keys.to(device), self.spatial_shape,
                               self.batch_size, parent)
 
+    def memo(self, key: tuple, build):
+        """The value cached under key, built once by build() (what every layer on these sites shares)."""
+        if key not in self.cache:
+            self.cache[key] = build()
+        return self.cache[key]
+
     def sample_ids(self) -> torch.Tensor:
         """Sample index of each site, int64 [N], ascending (cached)."""
         if "sample_ids" not in self.cache:

@@ -63,7 +63,7 @@ class SparseVoxels:
         shape = _spatial_shape(spatial_shape)
         kc.check_key_range(shape, int(batch_size))
         coords = coords.to(device=feats.device, dtype=torch.int64)
-        limits = torch.tensor([int(batch_size), *shape], device=coords.device)
+        limits = kc.constant([int(batch_size), *shape], coords.device)
         outside = (coords < 0) | (coords >= limits)
         if bool(outside.any()):
             row = int(outside.any(dim=1).nonzero()[0])

@@ -31,21 +31,25 @@ def _sample_slices(x: SparseVoxels):
     return list(zip([0] + ends[:-1], ends))
 
 
-def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group_id: torch.Tensor,
-                      bias: Optional[torch.Tensor] = None, index=None, valid=None) -> torch.Tensor:
-    """Softmax attention where each token attends to the tokens of its own group (padded buckets)."""
-    if index is None:
-        index, valid = grouping.bucketize(group_id)
+def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, buckets: grouping.Buckets,
+                      bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Softmax attention where each token attends to the tokens of its own bucket (padded)."""
     if q.shape[0] == 0:
         return q.clone()
     # gather_rows, not t[index]: a deterministic backward (index_add_ on CPU, sorted sums on CUDA)
-    qg, kg, vg = (grouping.gather_buckets(t, index).transpose(1, 2) for t in (q, k, v))
+    qg, kg, vg = (grouping.gather_buckets(t, buckets).transpose(1, 2) for t in (q, k, v))
+    valid = buckets.valid
     if bias is None:
         mask = valid[:, None, None, :]  # [G, 1, 1, L] keys that exist
     else:
         mask = bias.to(qg.dtype).masked_fill(~valid[:, None, None, :], torch.finfo(qg.dtype).min)
     out = sdpa(qg, kg, vg, attn_mask=mask)  # [G, h, L, d]
-    return grouping.scatter_buckets(out.transpose(1, 2), index, valid, q)
+    return grouping.scatter_buckets(out.transpose(1, 2), buckets)
+
+
+def sample_buckets(x: SparseVoxels) -> grouping.Buckets:
+    """Each sample's rows as one bucket (cached on the structure)."""
+    return x.structure.memo(("buckets", "sample"), lambda: grouping.bucketize(x.structure.sample_ids()))
 
 
 class GlobalAttention(nn.Module):
@@ -58,7 +62,7 @@ class GlobalAttention(nn.Module):
             if out is not None:
                 return out
         if _all_samples_at_once(q):  # one padded, masked call
-            return grouped_attention(q, k, v, x.structure.sample_ids())
+            return grouped_attention(q, k, v, sample_buckets(x))
         outs = [sdpa(*(t[lo:hi].transpose(0, 1)[None] for t in (q, k, v)))[0].transpose(0, 1)
                 for lo, hi in _sample_slices(x)]  # one unpadded, unmasked call per sample
         return torch.cat(outs) if outs else q.clone()
@@ -94,15 +98,19 @@ class WindowAttention(nn.Module):
 
     def sparse(self, q, k, v, x: SparseVoxels) -> torch.Tensor:
         """[N, h, d] outputs."""
-        wid, local = grouping.window_ids(x.coords, x.spatial_shape, self.window_size, self.shift)
-        index, valid = grouping.bucketize(wid)
         if q.shape[0] == 0:
             return q.clone()
-        pos = local[index.clamp_min(0)]  # [G, L, 3]
-        rel = pos[:, :, None, :] - pos[:, None, :, :] + torch.tensor(self.window_size, device=pos.device) - 1
-        flat = (rel[..., 0] * self.span[1] + rel[..., 1]) * self.span[2] + rel[..., 2]  # [G, L, L]
+        buckets, flat = x.structure.memo(("window", self.window_size, self.shift), lambda: self._windows(x))
         bias = self.bias_table.index_select(0, flat.reshape(-1)).view(*flat.shape, -1).permute(0, 3, 1, 2)
-        return grouped_attention(q, k, v, wid, bias, index, valid)
+        return grouped_attention(q, k, v, buckets, bias)
+
+    def _windows(self, x: SparseVoxels):
+        """(buckets of the windows, relative-position index [G, L, L] into the bias table)."""
+        wid, local = grouping.window_ids(x.coords, x.spatial_shape, self.window_size, self.shift)
+        buckets = grouping.bucketize(wid)
+        pos = local[buckets.index.clamp_min(0)]  # [G, L, 3]
+        rel = pos[:, :, None, :] - pos[:, None, :, :] + torch.tensor(self.window_size, device=pos.device) - 1
+        return buckets, (rel[..., 0] * self.span[1] + rel[..., 1]) * self.span[2] + rel[..., 2]
 
     def dense(self, q, k, v, mask) -> torch.Tensor:
         """[B, h, d, D, H, W] outputs."""
@@ -114,7 +122,9 @@ class HeightAttention(nn.Module):
 
     def sparse(self, q, k, v, x: SparseVoxels) -> torch.Tensor:
         """[N, h, d] outputs."""
-        return grouped_attention(q, k, v, grouping.column_ids(x.coords, x.spatial_shape))
+        buckets = x.structure.memo(("buckets", "column"), lambda: grouping.bucketize(
+            grouping.column_ids(x.coords, x.spatial_shape)))
+        return grouped_attention(q, k, v, buckets)
 
     def dense(self, q, k, v, mask) -> torch.Tensor:
         """[B, h, d, D, H, W] outputs."""
@@ -135,7 +145,9 @@ class SerializedAttention(nn.Module):
 
     def sparse(self, q, k, v, x: SparseVoxels) -> torch.Tensor:
         """[N, h, d] outputs."""
-        return grouped_attention(q, k, v, grouping.patch_ids(x.coords, self.patch_size, self.offset))
+        buckets = x.structure.memo(("buckets", "patch", self.patch_size, self.offset), lambda: grouping.bucketize(
+            grouping.patch_ids(x.coords, self.patch_size, self.offset)))
+        return grouped_attention(q, k, v, buckets)
 
     def dense(self, q, k, v, mask) -> torch.Tensor:
         """[B, h, d, D, H, W] outputs, computed on the grid in curve order."""
@@ -149,14 +161,14 @@ class LinearAttention(nn.Module):
         """[N, h, d] outputs; every sample at once over padded per-sample buckets (no loop over samples)."""
         if q.shape[0] == 0:
             return q.clone()
-        index, valid = grouping.bucketize(x.structure.sample_ids())  # [S, L]: rows of each non-empty sample
-        keep = valid[:, :, None, None]
-        fq, fk, vv = (grouping.gather_buckets(t, index) for t in (q, k, v))
+        buckets = sample_buckets(x)  # [S, L]: rows of each non-empty sample
+        keep = buckets.valid[:, :, None, None]
+        fq, fk, vv = (grouping.gather_buckets(t, buckets) for t in (q, k, v))
         fq, fk = F.elu(fq) + 1, (F.elu(fk) + 1) * keep.to(fk.dtype)  # padded keys contribute nothing
         kv = torch.einsum("slhd,slhe->shde", fk, vv)  # [S, h, d, e]
         num = torch.einsum("slhd,shde->slhe", fq, kv)
         den = torch.einsum("slhd,shd->slh", fq, fk.sum(1))[..., None]
-        return grouping.scatter_buckets(num / den.clamp_min(1e-6), index, valid, q)
+        return grouping.scatter_buckets(num / den.clamp_min(1e-6), buckets)
 
     def dense(self, q, k, v, mask) -> torch.Tensor:
         """[B, h, d, D, H, W] outputs."""
@@ -178,14 +190,14 @@ class TopKAttention(nn.Module):
             outs = [topk_softmax(*(t[lo:hi].transpose(0, 1) for t in (q, k, v)), min(self.topk, hi - lo),
                                  TOPK_QUERY_ELEMENTS).transpose(0, 1) for lo, hi in _sample_slices(x)]
             return torch.cat(outs)
-        index, valid = grouping.bucketize(x.structure.sample_ids())  # [S, L]
-        s, length = index.shape
+        buckets = sample_buckets(x)  # [S, L]
+        s, length = buckets.index.shape
         heads, d = q.shape[1:]
-        qg, kg, vg = (grouping.gather_buckets(t, index).transpose(1, 2).reshape(s * heads, length, d)
+        qg, kg, vg = (grouping.gather_buckets(t, buckets).transpose(1, 2).reshape(s * heads, length, d)
                       for t in (q, k, v))
-        per_row = valid[:, None, :].expand(s, heads, length).reshape(s * heads, length)
+        per_row = buckets.valid[:, None, :].expand(s, heads, length).reshape(s * heads, length)
         out = topk_softmax(qg, kg, vg, min(self.topk, length), TOPK_QUERY_ELEMENTS, per_row)
-        return grouping.scatter_buckets(out.view(s, heads, length, d).transpose(1, 2), index, valid, q)
+        return grouping.scatter_buckets(out.view(s, heads, length, d).transpose(1, 2), buckets)
 
     def dense(self, q, k, v, mask) -> torch.Tensor:
         """[B, h, d, D, H, W] outputs, the same query chunking over the grid."""
