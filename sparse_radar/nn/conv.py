@@ -80,8 +80,10 @@ class _SparseConvBase(nn.Module):
         return cast_for_compute(values, self.weight, self.bias)
 
     def _apply_kmap(self, x: SparseVoxels, kmap) -> torch.Tensor:
-        feats, weight, bias = self._cast(x.feats)
-        return sparse_conv(feats, torch_to_kernel_weight(weight), bias, kmap)  # [N_out, Cout]
+        feats = x.feats.to(autocast_dtype(x.feats.device) or x.feats.dtype)
+        # the fp32 weight and bias: the op casts them inside, so dW and dbias come back in fp32 (an fp16 dW could
+        # overflow under a GradScaler)
+        return sparse_conv(feats, torch_to_kernel_weight(self.weight), self.bias, kmap)  # [N_out, Cout]
 
     def _dense_conv(self, data: torch.Tensor, padding) -> torch.Tensor:
         data, weight, bias = self._cast(data)

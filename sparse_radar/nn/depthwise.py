@@ -43,5 +43,8 @@ class DepthwiseSubMConv3d(nn.Module):
                 out = F.conv3d(values, weight, bias, 1, pad, 1, self.channels)
             return x.replace(out if x.mask is None else out * x.mask.to(out.dtype))
         kmap = x.structure.submanifold_map(self.kernel_size, (1, 1, 1))
-        out = depthwise_conv(values, weight.reshape(self.channels, -1).t(), kmap)  # [N, C]
-        return x.replace(out if bias is None else out + bias)
+        out = depthwise_conv(values, self.weight.reshape(self.channels, -1).t(), kmap)  # [N, C]; fp32 dW
+        if self.bias is None:
+            return x.replace(out)
+        # the bias added in fp32, so its gradient is summed in fp32 (an fp16 sum over every voxel can overflow)
+        return x.replace(out + self.bias if out.dtype == self.bias.dtype else (out.float() + self.bias).to(out.dtype))

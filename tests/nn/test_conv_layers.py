@@ -207,3 +207,27 @@ def test_huge_grid_with_few_voxels_analytic():
     assert coarse.spatial_shape == (n // 2,) * 3 and coarse.num_voxels == 2
     back = SparseInverseConv3d(3, 2, 2, 2)(coarse)
     assert torch.equal(back.coords, sv.coords)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_half_autocast_weight_gradients_stay_fp32(backend):
+    """Under fp16 autocast the op gets the fp32 weight: dW and dbias are summed and returned in fp32, so a dW
+    beyond fp16's range (65504) stays finite and exact, as in an fp32 run on the same fp16-rounded inputs."""
+    from sparse_radar.kernels.backends import kernel_settings
+    from sparse_radar.nn import DepthwiseSubMConv3d
+    torch.manual_seed(0)
+    mask = torch.rand(1, 1, 4, 6, 6) < 0.5
+    x = SparseVoxels.from_dense(torch.full((1, 4, 4, 6, 6), 30.0), mask)
+    for layer in (SubMConv3d(4, 4, 3), DepthwiseSubMConv3d(4, 3)):
+        grads = []
+        for autocast in (True, False):
+            layer.zero_grad()
+            with kernel_settings(backend=backend):
+                with torch.autocast("cpu", torch.float16, enabled=autocast):
+                    out = layer(x)
+                (out.feats.float().sum() * 1000).backward()  # outside autocast, as torch recommends
+            grads.append([p.grad.clone() for p in layer.parameters()])
+        for half, full in zip(*grads):
+            assert half.dtype == torch.float32 and torch.isfinite(half).all()
+            assert half.abs().max() > 65504  # beyond fp16: an fp16 dW would be inf
+            torch.testing.assert_close(half, full, rtol=1e-6, atol=0)
