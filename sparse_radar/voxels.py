@@ -123,8 +123,9 @@ class SparseVoxels:
         return SparseVoxels.wrap(feats, self._structure.to(feats.device))
 
     def batch_counts(self) -> torch.Tensor:
-        """Active voxels per sample, [B] int64."""
-        return torch.bincount(self.coords[:, 0].long(), minlength=self.batch_size)
+        """Active voxels per sample, [B] int64 (from the structure's row offsets: no host sync)."""
+        row_ptr = self._structure.row_ptr()
+        return row_ptr[1:] - row_ptr[:-1]
 
     def to_dense(self) -> "DenseVoxels":
         """DenseVoxels [B, C, D, H, W] with the active voxels as mask (zeros elsewhere); differentiable."""

@@ -76,8 +76,11 @@ def consistency_loss(student: Denoiser, target: Denoiser, x0: State, n_steps: in
 
 @torch.no_grad()
 def ema_update(ema_model: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model, parameter by parameter (buffers copied)."""
-    for e, p in zip(ema_model.parameters(), model.parameters()):
-        e.lerp_(p.detach().to(e.dtype), 1.0 - decay)
-    for e, p in zip(ema_model.buffers(), model.buffers()):
-        e.copy_(p)
+    """ema <- decay * ema + (1 - decay) * model over all parameters at once (a multi-tensor op; buffers copied)."""
+    ema_params = list(ema_model.parameters())
+    params = [p.detach().to(e.dtype) for e, p in zip(ema_params, model.parameters())]
+    if ema_params:
+        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+    ema_buffers, buffers = list(ema_model.buffers()), list(model.buffers())
+    if ema_buffers:
+        torch._foreach_copy_(ema_buffers, buffers)

@@ -1,0 +1,178 @@
+"""Counting what a training step would launch on a GPU, and where it would wait, on the CPU.
+
+Kernel launches: aten dispatches that run a kernel (VIEW_OPS, which only make views or metadata, are left out)
+plus Triton launches (under TRITON_INTERPRET=1, counted and not executed: their outputs are zero-filled so the
+step's values stay finite; the counts do not depend on values). Host syncs: scalar reads (`item`, `int`,
+`float`, `bool` of a tensor), `nonzero`, `unique*`, `bincount`, `masked_select`, boolean-mask indexing and
+`index_put`, `repeat_interleave` without `output_size`, `equal`, host tensors made for the device
+(`torch.tensor(list)`), `.cpu()` and `.tolist()`. Each is charged to a component by the innermost frame of this
+project's code that made it, and to the forward or the backward pass.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import traceback
+from typing import Dict, Iterator, Tuple
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+VIEW_OPS = frozenset({
+    "detach", "view", "_unsafe_view", "t", "transpose", "permute", "expand", "unsqueeze", "squeeze", "select",
+    "slice", "unbind", "as_strided", "alias", "split", "split_with_sizes", "chunk", "reshape", "empty", "empty_like",
+    "empty_strided", "_reshape_alias", "unfold", "lift_fresh", "lift_fresh_copy", "movedim", "view_as", "expand_as",
+    "narrow", "_to_copy_noop", "set_", "resize_", "is_same_size", "_has_compatible_shallow_copy_type",
+    "_local_scalar_dense", "sym_size", "sym_stride", "sym_numel", "sym_storage_offset", "dim", "size", "stride"})
+SYNC_OPS = frozenset({"nonzero", "_unique2", "unique_consecutive", "unique_dim", "bincount", "_local_scalar_dense",
+                      "masked_select", "equal", "is_nonzero"})
+TRITON_OUTPUTS = frozenset({"out_ptr", "partial_ptr", "sum_a_ptr", "sum_ab_ptr"})  # zero-filled when stubbed
+
+# innermost project file -> component (first match wins)
+COMPONENTS = (
+    ("data", ("sparse_radar/data/", "sparse_radar/frames.py", "training/trainer.py:_pair")),
+    ("maps", ("kernels/kmap.py", "kernels/coords.py", "kernels/kernel_map.py", "sparse_radar/structure.py")),
+    ("convs", ("kernels/conv.py", "kernels/torch/conv.py", "kernels/torch/depthwise.py", "kernels/triton/conv.py",
+               "sparse_radar/nn/conv.py", "sparse_radar/nn/depthwise.py", "sparse_radar/nn/generative.py")),
+    ("norms", ("sparse_radar/nn/norm.py", "sparse_radar/nn/fused_norm.py", "kernels/segment.py",
+               "kernels/triton/segment.py", "kernels/torch/segment.py")),
+    ("attention", ("sparse_radar/nn/attention", "kernels/grouping.py")),
+    ("embeddings", ("sparse_radar/nn/embedding", "sparse_radar/models/unet.py")),
+    ("blocks", ("sparse_radar/nn/blocks.py", "sparse_radar/nn/field_ops.py", "sparse_radar/voxels.py")),
+    ("support", ("sparse_radar/models/structure_net.py", "sparse_radar/models/generative.py",
+                 "training/stages.py")),
+    ("latent", ("sparse_radar/models/latent.py", "sparse_radar/models/vae.py")),
+    ("EMA", ("diffusion/consistency.py:ema_update",)),
+    ("loss", ("sparse_radar/diffusion/",)),
+    ("optimizer", ("torch/optim/", "torch/nn/utils/clip_grad")),
+    ("trainer", ("training/trainer.py",)),
+)
+
+
+def component_of(stack) -> str:
+    """The component of the innermost frame of this project (or torch's optimizer) in a traceback stack."""
+    for frame in reversed(stack):
+        path = frame.filename.replace(os.sep, "/")
+        where = f"{path}:{frame.name}"
+        if "site-packages/torch/" in path and "torch/optim/" not in path and "clip_grad" not in path:
+            continue
+        for name, marks in COMPONENTS:
+            if any(m in where for m in marks):
+                return name
+        if "/sparse_radar/" in path or "/kernels/" in path or "/main/" in path:
+            return "other"
+    return "other"
+
+
+class Tally:
+    """Launches and syncs by (component, pass) and by op."""
+
+    def __init__(self):
+        self.launches: Dict[Tuple[str, str], int] = collections.Counter()
+        self.syncs: Dict[Tuple[str, str], int] = collections.Counter()
+        self.sync_kinds: Dict[str, int] = collections.Counter()
+        self.sync_sites: Dict[str, int] = collections.Counter()
+        self.ops: Dict[str, int] = collections.Counter()
+        self.component_ops: Dict[str, int] = collections.Counter()
+        self.triton = 0
+
+    def total(self, what: str = "launches", components=None, phase=None) -> int:
+        """Sum over components (default all) and pass (default both)."""
+        table = self.launches if what == "launches" else self.syncs
+        return sum(v for (c, p), v in table.items()
+                   if (components is None or c in components) and (phase is None or p == phase))
+
+    def add_launch(self, name: str, component: str, phase: str) -> None:
+        self.launches[(component, phase)] += 1
+        self.ops[name] += 1
+        self.component_ops[f"{component} {phase} {name}"] += 1
+
+    def add_sync(self, kind: str, component: str, phase: str, site: str) -> None:
+        self.syncs[(component, phase)] += 1
+        self.sync_kinds[kind] += 1
+        self.sync_sites[f"{kind} {site}"] += 1
+
+
+def _where():
+    stack = traceback.extract_stack()[:-3]
+    site = next((f"{f.filename.split('/main/')[-1]}:{f.lineno}" for f in reversed(stack)
+                 if "site-packages" not in f.filename and "launch_count.py" not in f.filename), "?")
+    return component_of(stack), site
+
+
+def _phase() -> str:
+    return "backward" if torch._C._current_autograd_node() is not None else "forward"
+
+
+class _Dispatch(TorchDispatchMode):
+    def __init__(self, tally: Tally, inside: list):
+        super().__init__()
+        self.tally, self.inside = tally, inside
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if not self.inside[0]:
+            name = func._schema.name.split("::")[1]
+            kind = None
+            if name == "lift_fresh":
+                kind = "host tensor"
+            elif name in SYNC_OPS:
+                kind = name
+            elif name == "repeat_interleave" and kwargs.get("output_size") is None and len(args) > 1:
+                kind = name
+            elif name in ("index", "index_put", "index_put_") and any(
+                    i is not None and getattr(i, "dtype", None) == torch.bool for i in args[1]):
+                kind = name + "[bool]"
+            if kind or name not in VIEW_OPS:
+                component, site = _where()
+                if kind:
+                    self.tally.add_sync(kind, component, _phase(), site)
+                if name not in VIEW_OPS:
+                    self.tally.add_launch(name, component, _phase())
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def counting(run_triton: bool = False, dispatch: bool = True) -> Iterator[Tally]:
+    """Count inside the block; Triton launches are counted and (unless run_triton) not executed. dispatch=False
+    only stubs the Triton launches (to time the host's work without the counter's own cost)."""
+    tally, inside = Tally(), [0]
+    patches = []
+    try:
+        import triton.runtime.interpreter as ti
+        original = ti.InterpretedFunction.run
+
+        def run(fn, *args, **kwargs):
+            tally.triton += 1
+            tally.add_launch("triton:" + fn.__name__, _where()[0], _phase())
+            inside[0] += 1
+            try:
+                if run_triton:
+                    return original(fn, *args, **kwargs)
+                for name, value in list(zip(fn.arg_names, args)) + list(kwargs.items()):
+                    if name in TRITON_OUTPUTS and isinstance(value, torch.Tensor):
+                        value.zero_()
+                return None
+            finally:
+                inside[0] -= 1
+        ti.InterpretedFunction.run = run
+        patches.append((ti.InterpretedFunction, "run", original))
+    except ImportError:
+        pass
+    for method in ("tolist", "cpu") if dispatch else ():
+        original = getattr(torch.Tensor, method)
+
+        def wrapped(self, *args, _original=original, _method=method, **kwargs):
+            if not inside[0] and (_method == "tolist" or self.device.type != "cpu"):
+                component, site = _where()
+                tally.add_sync(f".{_method}()", component, _phase(), site)
+            return _original(self, *args, **kwargs)
+        setattr(torch.Tensor, method, wrapped)
+        patches.append((torch.Tensor, method, original))
+    try:
+        with _Dispatch(tally, inside) if dispatch else contextlib.nullcontext():
+            yield tally
+    finally:
+        for owner, name, original in patches:
+            setattr(owner, name, original)

@@ -1,0 +1,157 @@
+"""`python -m benchmarks.launches`: what one real training step of the trainer would launch on a GPU and where it
+would wait, counted on the CPU (see benchmarks/launch_count.py for what counts), with its host time.
+
+The step is the trainer's own `train_step()`: a batch from the data, the support, the loss, backward, gradient
+clipping, the optimizer and the EMA. Rows: each preset in voxel space, a `--support predicted` step and an ldm
+step, each beside the dense path of the same model (model_channels 16, which changes no count; grid 8x32x32,
+batch 2). Sparse rows use the triton kernel backend under TRITON_INTERPRET=1, its launches counted and stubbed.
+Host time: median of 5 steps, Triton stubbed, no counter, one thread. On a GPU it also reports the profiler's
+`cudaLaunchKernel` count and the step time. Writes launches.json and launches.md (default benchmarks/results).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: kernels run (or are stubbed) on CPU
+
+import torch  # noqa: E402
+
+import sparse_radar.nn.attention_cores as attention_cores  # noqa: E402
+
+attention_cores.ALL_SAMPLES_AT_ONCE_ON_CPU = True  # count the CUDA code path (one padded call for every sample)
+
+from benchmarks.common import machine, markdown_table  # noqa: E402
+from benchmarks.launch_count import counting  # noqa: E402
+
+GRID = "0,-12.8,-2,25.6,12.8,4.4@0.8"  # 8 x 32 x 32
+STEP_COMPONENTS = ("maps", "convs", "norms", "attention", "embeddings", "blocks", "loss", "support", "latent",
+                   "other")  # the forward and backward of the model and its loss
+UPDATE_COMPONENTS = ("optimizer", "EMA")
+ROWS = {  # name: extra train flags
+    "tiny": ["--preset", "tiny"],
+    "lightweight": ["--preset", "lightweight"],
+    "standard": ["--preset", "standard"],
+    "lightweight, --support predicted": ["--preset", "lightweight", "--support", "predicted"],
+    "lightweight, --stage ldm": ["--preset", "lightweight", "--stage", "ldm"],
+}
+
+
+def build_trainer(flags: List[str], folder: str, backend: str):
+    """A Trainer on synthetic data for these flags (a structure or VAE run is trained first where needed)."""
+    from sparse_radar.train import run as train
+    from sparse_radar.training.config import parse_args
+    from sparse_radar.training.distributed import DistContext
+    from sparse_radar.training.trainer import Trainer
+    common = ["--train_size", "2", "--batch_size", "2", "--grid", GRID, "--progress", "False", "--seed", "0"]
+    flags = list(flags)
+    if "predicted" in flags:
+        structure = os.path.join(folder, "structure")
+        if not os.path.isdir(structure):
+            with counting(dispatch=False), contextlib.redirect_stdout(sys.stderr):
+                assert train(common + ["--stage", "structure", "--steps", "1", "--out", structure]) == 0
+        flags += ["--structure", structure]
+    if "ldm" in flags:
+        vae = os.path.join(folder, "vae")
+        if not os.path.isdir(vae):
+            with counting(dispatch=False), contextlib.redirect_stdout(sys.stderr):
+                assert train(common + ["--stage", "vae", "--steps", "1", "--out", vae]) == 0
+        flags += ["--vae", vae]
+    out = os.path.join(folder, f"run-{len(os.listdir(folder))}")
+    cfg = parse_args(common + flags + ["--model_channels", "16", "--backend", backend, "--steps", "100",
+                                       "--out", out])
+    return Trainer(cfg, DistContext())
+
+
+def count_step(flags: List[str], backend: str, folder: str) -> Dict[str, object]:
+    """Counts of one trainer step (after a warm step) and its host time."""
+    from sparse_radar.kernels.backends import kernel_settings
+    trainer = build_trainer(flags, folder, backend)
+    kernels = "triton" if backend == "sparse" else "torch"
+    with kernel_settings(backend=kernels):
+        with counting():  # warm: the optimizer's state, cached constants
+            trainer.train_step()
+        with counting() as tally:
+            trainer.train_step()
+        times = []
+        with counting(dispatch=False):
+            for _ in range(5):
+                start = time.perf_counter()
+                trainer.train_step()
+                times.append(time.perf_counter() - start)
+    step = tally.total("launches", STEP_COMPONENTS)
+    return {
+        "launches_fwd_bwd": step, "launches_update": tally.total("launches", UPDATE_COMPONENTS),
+        "launches_step": step + tally.total("launches", UPDATE_COMPONENTS),
+        "launches_trainer_and_data": tally.total("launches", ("trainer", "data")),
+        "triton": tally.triton, "syncs_fwd_bwd": tally.total("syncs", STEP_COMPONENTS),
+        "syncs_step": tally.total("syncs", STEP_COMPONENTS + UPDATE_COMPONENTS + ("trainer",)),
+        "syncs_data": tally.total("syncs", ("data",)),
+        "host_ms": round(1e3 * statistics.median(times), 1),
+        "by_component": {f"{c} {p}": n for (c, p), n in sorted(tally.launches.items())},
+        "syncs_by_component": {f"{c} {p}": n for (c, p), n in sorted(tally.syncs.items())},
+        "sync_sites": dict(tally.sync_sites.most_common()), "top_ops": tally.ops.most_common(15),
+        **(gpu_step(trainer) if torch.cuda.is_available() else {}),
+    }
+
+
+def gpu_step(trainer) -> Dict[str, object]:
+    """On a GPU: the profiler's cudaLaunchKernel count of one step and the median step time (ms)."""
+    from torch.profiler import ProfilerActivity, profile
+    trainer.train_step()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        trainer.train_step()
+        torch.cuda.synchronize()
+    launches = sum(e.count for e in prof.key_averages() if e.key == "cudaLaunchKernel")
+    times = []
+    for _ in range(5):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        trainer.train_step()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return {"cuda_launch_kernel": launches, "gpu_step_ms": round(1e3 * statistics.median(times), 1)}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Count every row (or --rows) on both paths; write launches.json and launches.md."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.launches", description=__doc__.split("\n")[0])
+    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of: {', '.join(ROWS)}")
+    p.add_argument("--paths", default="sparse,dense")
+    p.add_argument("--out", default=os.path.join("benchmarks", "results"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    rows = [r.strip() for r in args.rows.split(",")]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        p.error(f"unknown rows {unknown}; choose from {list(ROWS)}")
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for row in rows:
+            for path in args.paths.split(","):
+                print(f"counting {row}, {path} ...", file=sys.stderr, flush=True)
+                results[f"{row} | {path}"] = count_step(ROWS[row], path, folder)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "launches.json"), "w", encoding="utf-8") as fh:
+        json.dump({"machine": machine(), "rows": results}, fh, indent=2)
+    table = markdown_table(
+        ["step", "path", "launches fwd+bwd", "of them Triton", "optimizer + EMA", "host syncs", "data syncs (host)",
+         "host ms"] + (["cudaLaunchKernel", "GPU ms"] if torch.cuda.is_available() else []),
+        [[key.split(" | ")[0], key.split(" | ")[1], r["launches_fwd_bwd"], r["triton"], r["launches_update"],
+          r["syncs_step"], r["syncs_data"], r["host_ms"]] +
+         ([r["cuda_launch_kernel"], r["gpu_step_ms"]] if "gpu_step_ms" in r else []) for key, r in results.items()])
+    with open(os.path.join(args.out, "launches.md"), "w", encoding="utf-8") as fh:
+        fh.write(table + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
