@@ -47,6 +47,24 @@ def segment_affine(u: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, s
                              None if v_scale is None else v_scale.to(acc).contiguous(), out_dtype or u.dtype)
 
 
+def norm_forward(rows: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], segment: torch.Tensor,
+                 row_ptr: torch.Tensor, groups: int, center: bool, eps: float):
+    """Group norm of rows [N, C] sorted by segment, statistics per (segment, group of C // groups channels), then
+    the per-channel affine: (out [N, C] in rows' dtype, mean [S, C], rstd [S, C] in the accumulation dtype)."""
+    op = _backend_module(rows)
+    return op.norm_forward(rows.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(),
+                           segment, row_ptr, groups, center, eps)
+
+
+def norm_backward(grad_y: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, segment: torch.Tensor,
+                  row_ptr: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, groups: int, center: bool):
+    """(grad of rows [N, C], grad of weight [C], grad of bias [C]) of norm_forward, the last two in the
+    accumulation dtype."""
+    op = _backend_module(rows)
+    return op.norm_backward(grad_y.contiguous(), rows, weight.contiguous(), segment, row_ptr, mean, rstd, groups,
+                            center)
+
+
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 stays float64; everything else is summed in float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32

@@ -5,6 +5,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from .. import backends
 from ..segment import accumulation_dtype
 
 
@@ -42,3 +43,50 @@ def segment_affine(u, scale, offset, segment, v, v_scale, out_dtype) -> torch.Te
     if v is not None:
         out = out + _acc(v) * v_scale.index_select(0, segment)
     return out.to(out_dtype)
+
+
+def _exact() -> bool:
+    """Whether the kernel settings ask for deterministic sums."""
+    return backends.current().deterministic
+
+
+def _group_total(per_channel: torch.Tensor, groups: int) -> torch.Tensor:
+    """[S, C] -> per-(segment, group) totals broadcast back to their channels, [S, C]."""
+    s, c = per_channel.shape
+    return per_channel.view(s, groups, c // groups).sum(-1, keepdim=True).expand(s, groups, c // groups).reshape(s, c)
+
+
+def _count(row_ptr: torch.Tensor, channels: int, groups: int, dtype: torch.dtype) -> torch.Tensor:
+    """[S, 1] values per (segment, group): rows (at least 1) x channels per group."""
+    return ((row_ptr[1:] - row_ptr[:-1]).clamp_min(1) * (channels // groups)).to(dtype)[:, None]
+
+
+def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool, eps: float):
+    """See kernels.segment.norm_forward (two passes: the mean, then the centred squares)."""
+    n_seg, channels = row_ptr.numel() - 1, rows.shape[1]
+    acc = accumulation_dtype(rows.dtype)
+    count = _count(row_ptr, channels, groups, acc)
+    mean = torch.zeros(n_seg, channels, dtype=acc, device=rows.device)
+    if center:
+        mean = _group_total(sorted_segment_sums(rows, row_ptr, segment, None, None, False, _exact())[0], groups) / count
+    squares = sorted_segment_sums(rows, row_ptr, segment, rows, mean if center else None, center, _exact())[1]
+    rstd = torch.rsqrt(_group_total(squares, groups) / count + eps)
+    scale = rstd * weight.to(acc)
+    offset = -mean * scale if bias is None else bias.to(acc) - mean * scale
+    return segment_affine(rows, scale, offset, segment, None, None, rows.dtype), mean, rstd
+
+
+def norm_backward(grad_y, rows, weight, segment, row_ptr, mean, rstd, groups: int, center: bool):
+    """See kernels.segment.norm_backward."""
+    channels = rows.shape[1]
+    count = _count(row_ptr, channels, groups, mean.dtype)
+    w = weight.to(mean.dtype)
+    sum_dy, sum_dy_xc = sorted_segment_sums(grad_y, row_ptr, segment, rows, mean if center else None, False, _exact())
+    dy_xhat = rstd * sum_dy_xc  # [S, C]: sum over the segment's rows of dy * xhat
+    # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dy * w, means per group
+    x_scale = -rstd * rstd * _group_total(w * dy_xhat, groups) / count  # multiplies x
+    offset = -mean * x_scale
+    if center:
+        offset = offset - rstd * _group_total(w * sum_dy, groups) / count
+    grad_rows = segment_affine(grad_y, rstd * w, offset, segment, rows, x_scale, rows.dtype)
+    return grad_rows, dy_xhat.sum(0), sum_dy.sum(0)
