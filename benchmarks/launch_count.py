@@ -126,6 +126,8 @@ class _Dispatch(TorchDispatchMode):
                 kind = name + "[bool]"
             if kind or name not in VIEW_OPS:
                 component, site = _where()
+                if component == "trainer" and _phase() == "backward":
+                    component = "autograd"  # torch's own backward of torch ops, run from loss.backward()
                 if kind:
                     self.tally.add_sync(kind, component, _phase(), site)
                 if name not in VIEW_OPS:
@@ -158,6 +160,11 @@ def counting(run_triton: bool = False, dispatch: bool = True) -> Iterator[Tally]
                 inside[0] -= 1
         ti.InterpretedFunction.run = run
         patches.append((ti.InterpretedFunction, "run", original))
+        if not run_triton:  # stubbed kernels: halves are kept as a GPU keeps them (no interpreter-only fp32 copies)
+            from sparse_radar.kernels.triton import conv as triton_conv, launch
+            for module in (launch, triton_conv):
+                patches.append((module, "interpreted_bf16", module.interpreted_bf16))
+                module.interpreted_bf16 = lambda dtype: False
     except ImportError:
         pass
     for method in ("tolist", "cpu") if dispatch else ():

@@ -33,7 +33,7 @@ from benchmarks.launch_count import counting  # noqa: E402
 
 GRID = "0,-12.8,-2,25.6,12.8,4.4@0.8"  # 8 x 32 x 32
 STEP_COMPONENTS = ("maps", "convs", "norms", "attention", "embeddings", "blocks", "loss", "support", "latent",
-                   "other")  # the forward and backward of the model and its loss
+                   "autograd", "other")  # the forward and backward of the model and its loss
 UPDATE_COMPONENTS = ("optimizer", "EMA")
 ROWS = {  # name: extra train flags
     "tiny": ["--preset", "tiny"],

@@ -59,8 +59,8 @@ class TritonSparseConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, feats, weight, bias, kmap: KernelMap, settings: backends.KernelSettings):
-        w = weight.to(feats.dtype)
-        out = implicit_gemm(feats, w, kmap.table, kmap.n_out, None if bias is None else bias.to(feats.dtype))
+        # the weight in its own dtype (fp32 under autocast), laid out [K, Cin, Cout] contiguous: one copy, no cast
+        out = implicit_gemm(feats, weight.contiguous(), kmap.table, kmap.n_out, bias)
         ctx.save_for_backward(feats, weight)
         ctx.kmap, ctx.has_bias = kmap, bias is not None
         return out
@@ -73,7 +73,7 @@ class TritonSparseConv(torch.autograd.Function):
         grad_out = grad_out.to(feats.dtype).contiguous()
         grad_feats = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            w_t = weight.to(feats.dtype).transpose(1, 2)  # [K, Cout, Cin] as strides, no copy
+            w_t = weight.transpose(1, 2).contiguous()  # [K, Cout, Cin] contiguous
             grad_feats = implicit_gemm(grad_out, w_t, kmap.table_t, kmap.n_in)
         if ctx.needs_input_grad[1]:
             grad_weight = weight_grad(feats, grad_out, kmap.table).to(weight.dtype)

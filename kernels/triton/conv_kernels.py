@@ -18,7 +18,8 @@ def implicit_gemm_kernel(x_ptr, w_ptr, table_ptr, bias_ptr, out_ptr, n_out, c_in
                          stride_wk, stride_wi, stride_wo,
                          HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr):
-    """out[o, :] = sum_k x[table[o, k], :] @ w[k] (+ bias); x [N_in, Cin], w strided [K, Cin, Cout]."""
+    """out[o, :] = sum_k x[table[o, k], :] @ w[k] (+ bias); x [N_in, Cin], w [K, Cin, Cout] (contiguous, so a tile of
+    w is read in whole sectors; any float dtype, cast to x's)."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     row_ok = rows < n_out
@@ -37,6 +38,8 @@ def implicit_gemm_kernel(x_ptr, w_ptr, table_ptr, bias_ptr, out_ptr, n_out, c_in
                             mask=ci_ok[:, None] & col_ok[None, :], other=0.0)
                 if UPCAST:
                     a, b = a.to(tl.float32), b.to(tl.float32)
+                else:
+                    b = b.to(a.dtype)  # the fp32 weight, cast in registers (no cast launch)
                 acc += tl.dot(a, b, input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]

@@ -102,3 +102,27 @@ def test_float64_is_refused_by_name_and_left_to_torch_by_auto():
     with kernel_settings(backend="triton"), pytest.raises(ValueError, match="float32, float16 and bfloat16"):
         kconv.sparse_conv(feats.to(DEVICE), weight.to(DEVICE), None, kmap)
     assert backends.resolve_backend("auto", feats.to(DEVICE)) == "torch"
+
+
+def test_implicit_gemm_reads_contiguous_weights(monkeypatch):
+    """The kernel gets [K, Cin, Cout] (forward) and [K, Cout, Cin] (dX) with unit stride on the last axis, not the
+    permuted view of torch's [Cout, Cin, kD, kH, kW] layout (strides (1, K, Cin * K): a sector per element)."""
+    from sparse_radar.kernels.triton import conv as tconv
+    seen = []
+    real = tconv.implicit_gemm_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                seen.append(tuple(args[9:12]))  # stride_wk, stride_wi, stride_wo
+                return real[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(tconv, "implicit_gemm_kernel", Spy())
+    kmap = make_map(sorted(MAPS)[0])
+    feats, _, bias, grad = random_inputs(kmap, 16, 32, torch.float32, seed=1)
+    torch_layout = torch.randn(32, 16, kmap.kernel_volume)  # [Cout, Cin, K]
+    weight = kconv.torch_to_kernel_weight(torch_layout.view(32, 16, kmap.kernel_volume, 1, 1))
+    assert weight.stride() == (1, kmap.kernel_volume, 16 * kmap.kernel_volume)
+    run("triton", kmap, feats, weight, bias, grad, torch.float32)
+    assert seen == [(16 * 32, 32, 1), (32 * 16, 16, 1)]
