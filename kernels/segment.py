@@ -1,5 +1,5 @@
-"""Per-sample (segment) reductions over rows [N, ...]: scatter sums for any order, and for rows sorted by
-segment (CSR row_ptr [S + 1]) the fused sums and affine maps that norms are made of, dispatched to a backend."""
+"""Per-sample (segment) reductions over rows [N, ...] sorted by segment (CSR row_ptr [S + 1]): sums, the fused
+sums and affine maps that norms are made of, and the norms themselves, dispatched to a backend."""
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -9,15 +9,27 @@ import torch
 from . import backends
 
 
-def segment_sum(values: torch.Tensor, segment: torch.Tensor, num_segments: int) -> torch.Tensor:
-    """Sum of the rows of values [N, ...] in each segment -> [S, ...] (differentiable)."""
-    out = values.new_zeros((num_segments,) + tuple(values.shape[1:]))
-    return out.index_add(0, segment, values)
+class _SegmentTotal(torch.autograd.Function):
+    """[N, C] rows sorted by segment -> [S, C] sums (sorted_segment_sums: no atomics on the triton backend, nor on
+    the torch one under deterministic settings); backward copies each segment's gradient to its rows."""
+
+    @staticmethod
+    def forward(ctx, values, row_ptr, segment):
+        ctx.save_for_backward(segment)
+        ctx.dtype = values.dtype
+        return sorted_segment_sums(values, row_ptr, segment)[0]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (segment,) = ctx.saved_tensors
+        return grad.to(ctx.dtype).index_select(0, segment), None, None
 
 
-def segment_counts(segment: torch.Tensor, num_segments: int) -> torch.Tensor:
-    """Rows per segment, int64 [S]."""
-    return torch.bincount(segment, minlength=num_segments)
+def segment_total(values: torch.Tensor, row_ptr: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
+    """Per-segment column sums [S, C] of rows [N, C] sorted by segment (CSR row_ptr), in the accumulation dtype;
+    differentiable, with no host sync and (on the triton backend, or deterministic settings) repeatable bits."""
+    return _SegmentTotal.apply(values, row_ptr, segment)
 
 
 def row_pointers(sorted_segment: torch.Tensor, num_segments: int) -> torch.Tensor:

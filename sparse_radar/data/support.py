@@ -5,7 +5,7 @@ from typing import Sequence, Tuple
 
 import torch
 
-from ..kernels.segment import segment_counts, segment_sum
+from ..kernels.segment import segment_total
 from ..kernels.coords import dilate_coords, linear_keys, lookup
 from ..structure import VoxelStructure
 from ..voxels import SparseVoxels
@@ -38,10 +38,9 @@ def on_support(field: SparseVoxels, support: VoxelStructure) -> SparseVoxels:
 def coverage(support: VoxelStructure, target: SparseVoxels) -> torch.Tensor:
     """Per sample, the share of target voxels inside the support [B] (1 where a sample has no target)."""
     inside = lookup(support.keys, target.structure.keys) >= 0
-    b = target.batch_size
-    seg = target.coords[:, 0].long()
-    hits = segment_sum(inside.float(), seg, b)
-    count = segment_counts(seg, b).float()
+    s = target.structure
+    hits = segment_total(inside.float()[:, None], s.row_ptr(), s.sample_ids())[:, 0]
+    count = target.batch_counts().float()
     return torch.where(count > 0, hits / count.clamp_min(1), torch.ones_like(count))
 
 

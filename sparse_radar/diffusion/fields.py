@@ -5,9 +5,8 @@ from typing import Union
 
 import torch
 
-from ..kernels.segment import segment_counts, segment_sum
+from ..kernels.segment import segment_total
 from ..nn.field_ops import per_sample as field_per_sample
-from ..nn.field_ops import sample_index
 from ..voxels import DenseVoxels, SparseVoxels
 
 State = Union[torch.Tensor, SparseVoxels, DenseVoxels]
@@ -56,10 +55,10 @@ def randn_like(x: State, generator=None) -> State:
 def per_sample_mean(x: State, values: torch.Tensor) -> torch.Tensor:
     """Mean of values (laid out like x) over each sample's active voxels and channels -> [B]."""
     b = batch_size(x)
-    if isinstance(x, SparseVoxels):
-        seg = sample_index(x)
-        count = segment_counts(seg, b).to(values.dtype) * values.shape[1]
-        return segment_sum(values.sum(1), seg, b) / count.clamp_min(1)
+    if isinstance(x, SparseVoxels):  # sorted segment sums: no atomics, no host sync (per-sample counts from row_ptr)
+        s = x.structure
+        count = x.batch_counts().to(values.dtype) * values.shape[1]
+        return segment_total(values, s.row_ptr(), s.sample_ids()).sum(1).to(values.dtype) / count.clamp_min(1)
     if isinstance(x, DenseVoxels) and x.mask is not None:
         m = x.mask.to(values.dtype)
         count = m.reshape(b, -1).sum(1) * values.shape[1]
@@ -71,7 +70,7 @@ def has_voxels(x: State) -> torch.Tensor:
     """bool [B]: which samples of x hold at least one active voxel (every sample of a tensor or unmasked field)."""
     b = batch_size(x)
     if isinstance(x, SparseVoxels):
-        return segment_counts(sample_index(x), b) > 0
+        return x.batch_counts() > 0
     if isinstance(x, DenseVoxels) and x.mask is not None:
         return x.mask.reshape(b, -1).any(1)
     return torch.ones(b, dtype=torch.bool, device=vals(x).device)

@@ -52,6 +52,3 @@ def cat_channels(a: Field, b: Field) -> Field:
     raise TypeError(f"cat_channels needs two fields of one type, got {type(a).__name__} and {type(b).__name__}")
 
 
-def sample_index(x: SparseVoxels) -> torch.Tensor:
-    """Sample (batch) index of each voxel, int64 [N] (cached on the structure)."""
-    return x.structure.sample_ids()
