@@ -54,7 +54,7 @@ class Trainer:
         self.dataset = open_dataset(cfg.data, cfg.data_format, "train", cfg.train_size, cfg.grid_spec())
         if isinstance(self.dataset, FolderDataset):  # every file read once now (cached), not mid-run
             validate_dataset(self.dataset, progress=cfg.progress and ctx.main)
-        self._perm_cache: Dict[int, torch.Tensor] = {}
+        self._perm_cache: Dict[int, List[int]] = {}
         self.grid_shape = tuple(self.dataset.grid_shape)
         self.grid = metric_grid(cfg, self.grid_shape)
         self.diffusion = DiffusionConfig()
@@ -128,8 +128,8 @@ class Trainer:
         epoch, offset = divmod(position, len(self.dataset))
         if epoch not in self._perm_cache:
             g = torch.Generator().manual_seed(self.cfg.seed * 7919 + epoch)
-            self._perm_cache = {epoch: torch.randperm(len(self.dataset), generator=g)}
-        return int(self._perm_cache[epoch][offset])
+            self._perm_cache = {epoch: torch.randperm(len(self.dataset), generator=g).tolist()}  # once an epoch
+        return self._perm_cache[epoch][offset]
 
     def batch_positions(self, step: int, micro: int) -> List[int]:
         """Stream positions of this rank's micro-batch: every sample once, none reused (distributed sampler)."""
@@ -142,11 +142,14 @@ class Trainer:
         return collate([self.dataset[self._stream(p)] for p in positions], self.grid_shape)
 
     def _support_fields(self, radar: SparseVoxels, target: SparseVoxels):
-        """(target on the support, radar on it, coverage [B]) on the device."""
+        """(target on the support, radar on it, coverage [B]) on the device, and the support voxels per sample (a
+        list, taken on the host before the move; a predicted support is made on the device, and read back)."""
         if self.structure is not None:
-            return support_fields(self.structure, radar.to(self.device), target.to(self.device), self.cfg.radius())
+            tgt, cond, cov = support_fields(self.structure, radar.to(self.device), target.to(self.device),
+                                            self.cfg.radius())
+            return tgt, cond, cov, tgt.batch_counts().tolist()
         tgt, cond, cov = training_fields(self.cfg.support, radar, target, self.cfg.radius())
-        return tgt.to(self.device), cond.to(self.device), cov
+        return tgt.to(self.device), cond.to(self.device), cov, tgt.batch_counts().tolist()
 
     def _draws(self, positions: List[int], shapes) -> tuple:
         """Per sample, sigma and noise of the given shape, seeded by the sample's stream position (the same on any
@@ -158,9 +161,9 @@ class Trainer:
             noises.append(torch.randn(shape, generator=g))
         return torch.cat(sigmas).to(self.device), noises
 
-    def _noise(self, target: SparseVoxels, positions: List[int]):
-        """Per-sample sigma and noise on the target's voxels (see _draws)."""
-        shapes = [(n, target.num_channels) for n in target.batch_counts().tolist()]
+    def _noise(self, target: SparseVoxels, positions: List[int], counts: List[int]):
+        """Per-sample sigma and noise on the target's voxels, counts per sample (see _draws)."""
+        shapes = [(n, target.num_channels) for n in counts]
         sigma, noises = self._draws(positions, shapes)
         return sigma, target.replace(torch.cat(noises).to(self.device))
 
@@ -189,17 +192,24 @@ class Trainer:
         torch.manual_seed(cfg.seed * 104729 + self.step * 31 + self.ctx.rank)  # dropout: a function of the step
         self.model.train()
         self.opt.zero_grad(set_to_none=True)
-        total, voxels, cover, empty = 0.0, 0, 0.0, 0
         micro_step = {KIND: self._structure_micro, "vae": self._vae_micro, "ldm": self._latent_micro,
                       "cd": self._latent_micro}.get(cfg.stage, self._diffusion_micro)
+        logged = []  # per micro-batch: loss, support voxels, empty samples, coverage (tensors or numbers)
         for micro in range(cfg.grad_accum):
             sync = micro == cfg.grad_accum - 1 or not self.ctx.active
             with contextlib.nullcontext() if sync else self.net.no_sync():
                 loss, n_voxels, n_empty, cov = micro_step(self.batch_positions(self.step, micro), micro)
                 loss = loss / cfg.grad_accum
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
-            total += float(loss.detach())
-            voxels, empty, cover = voxels + n_voxels, empty + n_empty, cover + cov / cfg.grad_accum
+            logged += [loss.detach(), n_voxels, n_empty, cov]
+        norm = None
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf  # 0 = no clipping; the norm is still logged
+        if self.scaler is None:  # clipped now, so the norm is read with the rest (the grads of a step whose loss
+            # is not finite are never applied)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        values = read_host(logged + ([] if norm is None else [norm]))  # the step's one host read
+        total, voxels = sum(values[0:4 * cfg.grad_accum:4]), sum(values[1:4 * cfg.grad_accum:4])
+        empty, cover = sum(values[2:4 * cfg.grad_accum:4]), sum(values[3:4 * cfg.grad_accum:4]) / cfg.grad_accum
         loss_value = distributed.mean_scalar(self.ctx, total)
         voxels = round(distributed.mean_scalar(self.ctx, float(voxels)) * self.ctx.world_size)
         cover = distributed.mean_scalar(self.ctx, cover)
@@ -212,21 +222,23 @@ class Trainer:
         if empty < self.samples_per_step:  # else: every sample was empty, no update
             if self.scaler:
                 self.scaler.unscale_(self.opt)
-            max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf  # 0 = no clipping; the norm is still logged
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+            else:
+                grad_norm = values[-1]
             self._apply_update()
         self.step += 1
         return {"step": self.step, "loss": loss_value, "grad_norm": grad_norm, "lr": self.opt.param_groups[0]["lr"],
                 "support_voxels": voxels, "coverage": cover, "skipped_samples": empty}
 
     def _diffusion_micro(self, positions: List[int], micro: int):
-        """(loss, support voxels, empty samples, mean coverage) of one diffusion micro-batch."""
-        tgt, cond, cov = self._support_fields(*self._pair(positions))
-        sigma, noise = self._noise(tgt, positions)
+        """(loss, support voxels, empty samples, mean coverage) of one diffusion micro-batch (the last two as
+        tensors, read with the step's other logs)."""
+        tgt, cond, cov, counts = self._support_fields(*self._pair(positions))
+        sigma, noise = self._noise(tgt, positions, counts)
+        voxels = tgt.num_voxels
+        empty = (~has_voxels(tgt)).sum()  # empty samples: skipped by the loss
         tgt, cond, noise = self._as_backend(tgt), self._as_backend(cond), self._as_backend(noise)
-        loss = self._loss(tgt, cond, sigma, noise, micro)
-        voxels = tgt.num_voxels if isinstance(tgt, SparseVoxels) else int(tgt.active().sum())
-        return loss, voxels, int((~has_voxels(tgt)).sum()), float(cov.mean())  # empty ones: skipped by the loss
+        return self._loss(tgt, cond, sigma, noise, micro), voxels, empty, cov.mean()
 
     def _structure_micro(self, positions: List[int], micro: int):
         """(occupancy loss, predicted finest voxels, 0, their recall of the target) of one structure micro-batch."""
@@ -337,7 +349,7 @@ class Trainer:
             x = DenseVoxels(torch.randn(shape, generator=g).to(self.device) * self.diffusion.sigma_max)
             cond = DenseVoxels(cond)
         else:
-            tgt, cond, _ = self._support_fields(radar, target)
+            tgt, cond, *_ = self._support_fields(radar, target)
             tgt = tgt.to("cpu")
             x = tgt.replace(torch.randn(tgt.feats.shape, generator=g) * self.diffusion.sigma_max).to(self.device)
             cond = cond.to(self.device)
@@ -356,11 +368,21 @@ class Trainer:
         save_preview(path, radar, target, sample.to("cpu"))
 
 
+def read_host(values: list) -> List[float]:
+    """values as floats, every tensor among them read in one transfer (one host sync for the step's logs)."""
+    out = [v if isinstance(v, torch.Tensor) else float(v) for v in values]
+    for device in {v.device for v in values if isinstance(v, torch.Tensor)}:  # one read per device
+        at = [i for i, v in enumerate(values) if isinstance(v, torch.Tensor) and v.device == device]
+        for i, x in zip(at, torch.stack([values[i].detach().reshape(()).to(torch.float64) for i in at]).tolist()):
+            out[i] = x
+    return out
+
+
 def _occupancy_row(loss: torch.Tensor, logs: dict, levels) -> tuple:
     """(loss, finest voxels with a positive logit, 0 empty samples, their recall of the target): what a structure
     or VAE micro-batch logs in the support_voxels and coverage columns."""
     recall = logs.get(f"recall_{len(levels) - 1}")
-    return loss, int((levels[-1].logits > 0).sum()), 0, 1.0 if recall is None else float(recall)
+    return loss, (levels[-1].logits > 0).sum(), 0, 1.0 if recall is None else recall
 
 
 def write_config(cfg: TrainConfig, model: UNet3D, diffusion: DiffusionConfig) -> None:
