@@ -50,8 +50,15 @@ COMPONENTS = (
 )
 
 
+DATA_FRAMES = ("training/trainer.py:_pair", "data/support.py:training_fields", "training/trainer.py:_draws",
+               "training/trainer.py:_stream", "training/trainer.py:host_counts")
+
+
 def component_of(stack) -> str:
-    """The component of the innermost frame of this project (or torch's optimizer) in a traceback stack."""
+    """The component of the innermost frame of this project (or torch's optimizer) in a traceback stack; work
+    done for the batch on the host before it moves to the device (collate, a radar support) is data."""
+    if any(m in f"{f.filename.replace(os.sep, '/')}:{f.name}" for f in stack for m in DATA_FRAMES):
+        return "data"
     for frame in reversed(stack):
         path = frame.filename.replace(os.sep, "/")
         where = f"{path}:{frame.name}"
@@ -95,7 +102,7 @@ class Tally:
 
 
 def _where():
-    stack = traceback.extract_stack()[:-3]
+    stack = [f for f in traceback.extract_stack() if not f.filename.endswith("launch_count.py")]
     site = next((f"{f.filename.split('/main/')[-1]}:{f.lineno}" for f in reversed(stack)
                  if "site-packages" not in f.filename and "launch_count.py" not in f.filename), "?")
     return component_of(stack), site

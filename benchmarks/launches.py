@@ -26,8 +26,6 @@ import torch  # noqa: E402
 
 import sparse_radar.nn.attention_cores as attention_cores  # noqa: E402
 
-attention_cores.ALL_SAMPLES_AT_ONCE_ON_CPU = True  # count the CUDA code path (one padded call for every sample)
-
 from benchmarks.common import machine, markdown_table  # noqa: E402
 from benchmarks.launch_count import counting  # noqa: E402
 
@@ -70,11 +68,21 @@ def build_trainer(flags: List[str], folder: str, backend: str):
     return Trainer(cfg, DistContext())
 
 
-def count_step(flags: List[str], backend: str, folder: str) -> Dict[str, object]:
-    """Counts of one trainer step (after a warm step) and its host time."""
-    from sparse_radar.kernels.backends import kernel_settings
+def count_step(flags: List[str], backend: str, folder: str, timed_steps: int = 5) -> Dict[str, object]:
+    """Counts of one trainer step (after a warm step) and its host time (median of timed_steps, 0: not timed)."""
     trainer = build_trainer(flags, folder, backend)
     kernels = "triton" if backend == "sparse" else "torch"
+    cpu_path = attention_cores.ALL_SAMPLES_AT_ONCE_ON_CPU
+    attention_cores.ALL_SAMPLES_AT_ONCE_ON_CPU = True  # count the CUDA code path (one padded call for all samples)
+    try:
+        return _count(trainer, kernels, timed_steps)
+    finally:
+        attention_cores.ALL_SAMPLES_AT_ONCE_ON_CPU = cpu_path
+
+
+def _count(trainer, kernels: str, timed_steps: int) -> Dict[str, object]:
+    """count_step's work, on a built trainer."""
+    from sparse_radar.kernels.backends import kernel_settings
     with kernel_settings(backend=kernels):
         with counting():  # warm: the optimizer's state, cached constants
             trainer.train_step()
@@ -82,7 +90,7 @@ def count_step(flags: List[str], backend: str, folder: str) -> Dict[str, object]
             trainer.train_step()
         times = []
         with counting(dispatch=False):
-            for _ in range(5):
+            for _ in range(timed_steps):
                 start = time.perf_counter()
                 trainer.train_step()
                 times.append(time.perf_counter() - start)
@@ -94,7 +102,7 @@ def count_step(flags: List[str], backend: str, folder: str) -> Dict[str, object]
         "triton": tally.triton, "syncs_fwd_bwd": tally.total("syncs", STEP_COMPONENTS),
         "syncs_step": tally.total("syncs", STEP_COMPONENTS + UPDATE_COMPONENTS + ("trainer",)),
         "syncs_data": tally.total("syncs", ("data",)),
-        "host_ms": round(1e3 * statistics.median(times), 1),
+        "host_ms": round(1e3 * statistics.median(times), 1) if times else None,
         "by_component": {f"{c} {p}": n for (c, p), n in sorted(tally.launches.items())},
         "syncs_by_component": {f"{c} {p}": n for (c, p), n in sorted(tally.syncs.items())},
         "sync_sites": dict(tally.sync_sites.most_common()), "top_ops": tally.ops.most_common(15),

@@ -149,7 +149,7 @@ class Trainer:
                                             self.cfg.radius())
             return tgt, cond, cov, tgt.batch_counts().tolist()
         tgt, cond, cov = training_fields(self.cfg.support, radar, target, self.cfg.radius())
-        return tgt.to(self.device), cond.to(self.device), cov, tgt.batch_counts().tolist()
+        return tgt.to(self.device), cond.to(self.device), cov, host_counts(tgt)
 
     def _draws(self, positions: List[int], shapes) -> tuple:
         """Per sample, sigma and noise of the given shape, seeded by the sample's stream position (the same on any
@@ -366,6 +366,11 @@ class Trainer:
         else:
             sample = out if isinstance(out, SparseVoxels) else out.to_sparse()
         save_preview(path, radar, target, sample.to("cpu"))
+
+
+def host_counts(field: SparseVoxels) -> List[int]:
+    """Voxels per sample of a field still on the host (no device sync)."""
+    return field.batch_counts().tolist()
 
 
 def read_host(values: list) -> List[float]:
