@@ -32,6 +32,30 @@ def pairs_from_table(table: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, T
     return row, partner, tuple(ptr)
 
 
+def _check_table(name: str, table: torch.Tensor, rows: int, partners: int, k: int, trusted: bool) -> None:
+    """A kernel's neighbour table must be a contiguous int32 [rows, k] with entries in [-1, partners)."""
+    if not isinstance(table, torch.Tensor) or table.dtype != torch.int32 or tuple(table.shape) != (rows, k) \
+            or not table.is_contiguous():
+        raise ValueError(f"KernelMap {name} must be a contiguous int32 tensor [{rows}, {k}], got "
+                         f"{getattr(table, 'dtype', type(table).__name__)} {tuple(getattr(table, 'shape', ()))}"
+                         f"{'' if getattr(table, 'is_contiguous', lambda: True)() else ' (not contiguous)'}")
+    if not trusted and table.numel() and bool(((table < -1) | (table >= partners)).any()):
+        raise ValueError(f"KernelMap {name} holds entries outside [-1, {partners}) (rows of the other side, -1 for "
+                         f"none)")
+
+
+def _check_pairs(pairs, n_in: int, n_out: int, k: int) -> None:
+    """in_idx < n_in, out_idx < n_out, of one length, grouped by offset_ptr (K + 1 ascending ints)."""
+    in_idx, out_idx, ptr = pairs
+    if len(ptr) != k + 1 or ptr[0] != 0 or any(b < a for a, b in zip(ptr[:-1], ptr[1:])) or \
+            in_idx.shape != out_idx.shape or in_idx.dim() != 1 or ptr[-1] != in_idx.numel():
+        raise ValueError(f"KernelMap pairs need in_idx and out_idx of one length P and offset_ptr of {k + 1} "
+                         f"ascending ints from 0 to P")
+    if in_idx.numel() and bool((in_idx.min() < 0) | (in_idx.max() >= n_in) | (out_idx.min() < 0) |
+                               (out_idx.max() >= n_out)):
+        raise ValueError(f"KernelMap pairs hold rows outside [0, {n_in}) (inputs) or [0, {n_out}) (outputs)")
+
+
 class KernelMap:
     """Pairs (input row, output row, offset k) of a sparse conv, as tables and as offset-grouped pairs.
 
@@ -42,11 +66,21 @@ class KernelMap:
 
     def __init__(self, n_in: int, n_out: int, kernel_volume: int, identity_offset: Optional[int] = None, *,
                  table: Optional[torch.Tensor] = None, table_t: Optional[torch.Tensor] = None,
-                 pairs: Optional[Tuple[torch.Tensor, torch.Tensor, Tuple[int, ...]]] = None):
+                 pairs: Optional[Tuple[torch.Tensor, torch.Tensor, Tuple[int, ...]]] = None, trusted: bool = False):
+        """trusted: made by this package's builders, so the value checks (which read the device) are skipped."""
         if table is None and table_t is None and pairs is None:
             raise ValueError("a KernelMap needs a table, a transposed table or pairs")
         self.n_in, self.n_out, self.identity_offset = int(n_in), int(n_out), identity_offset
         self._k = int(kernel_volume)
+        if min(self.n_in, self.n_out) < 0 or self._k < 1:
+            raise ValueError(f"KernelMap needs n_in, n_out >= 0 and kernel_volume >= 1, got {n_in}, {n_out}, "
+                             f"{kernel_volume}")
+        for name, t, rows, partners in (("table", table, self.n_out, self.n_in),
+                                        ("table_t", table_t, self.n_in, self.n_out)):
+            if t is not None:
+                _check_table(name, t, rows, partners, self._k, trusted)
+        if pairs is not None and not trusted:
+            _check_pairs(pairs, self.n_in, self.n_out, self._k)
         self._table, self._table_t, self._pairs = table, table_t, pairs
 
     @property
@@ -119,7 +153,7 @@ class KernelMap:
     def transposed(self) -> "KernelMap":
         """The same pairs with inputs and outputs swapped (what an inverse conv and dX use); shares the forms."""
         pairs = None if self._pairs is None else (self._pairs[1], self._pairs[0], self._pairs[2])
-        return KernelMap(self.n_out, self.n_in, self._k, self.identity_offset, table=self._table_t,
+        return KernelMap(self.n_out, self.n_in, self._k, self.identity_offset, trusted=True, table=self._table_t,
                          table_t=self._table, pairs=pairs)
 
     def __repr__(self) -> str:

@@ -53,7 +53,7 @@ def submanifold_kmap(coords: torch.Tensor, spatial_shape: Sequence[int], batch_s
         query = keys[None, :] + deltas[first:first + rows_per_block, None]  # [k, N]
         found = site_of_cell[query] if site_of_cell is not None else lookup(keys, query)
         table[:, first:first + query.shape[0]] = found.t().to(torch.int32)
-    return KernelMap(n, n, deltas.numel(), identity, table=table)
+    return KernelMap(n, n, deltas.numel(), identity, table=table, trusted=True)
 
 
 def centre_offset(kernel_size: Triple) -> int:
@@ -118,7 +118,8 @@ def strided_kmap(coords: torch.Tensor, spatial_shape: Sequence[int], kernel_size
     keys, out_shape = _strided_candidates(coords, spatial_shape, kernel_size, stride, padding, dilation,
                                           batch_size)
     out_keys = _valid_sorted(keys)
-    kmap = KernelMap(coords.shape[0], out_keys.numel(), keys.shape[1], table_t=_rows_of_keys(out_keys, keys))
+    kmap = KernelMap(coords.shape[0], out_keys.numel(), keys.shape[1], table_t=_rows_of_keys(out_keys, keys),
+                     trusted=True)
     return kmap, keys_to_coords(out_keys, out_shape), out_shape
 
 
@@ -135,7 +136,7 @@ def inverse_kmap(fine_coords: torch.Tensor, fine_shape: Sequence[int], coarse_ke
             "pass the kernel_size/stride/padding/dilation of the strided conv being inverted"
         )
     table = _rows_of_keys(coarse_keys, keys)  # [N_fine, K]: the coarse row feeding each fine site
-    return KernelMap(coarse_keys.numel(), fine_coords.shape[0], keys.shape[1], table=table)
+    return KernelMap(coarse_keys.numel(), fine_coords.shape[0], keys.shape[1], table=table, trusted=True)
 
 
 def children_kmap(coords: torch.Tensor, spatial_shape: Sequence[int], stride: Triple,
@@ -158,7 +159,8 @@ def children_kmap(coords: torch.Tensor, spatial_shape: Sequence[int], stride: Tr
     ok = (child < limit).all(dim=2)
     keys = torch.where(ok, offset_keys(c64[:, 0], child, fine_shape), -1)  # [N, S]
     out_keys = _valid_sorted(keys)
-    kmap = KernelMap(coords.shape[0], out_keys.numel(), keys.shape[1], table_t=_rows_of_keys(out_keys, keys))
+    kmap = KernelMap(coords.shape[0], out_keys.numel(), keys.shape[1], table_t=_rows_of_keys(out_keys, keys),
+                     trusted=True)
     return kmap, keys_to_coords(out_keys, fine_shape), fine_shape  # type: ignore[return-value]
 
 

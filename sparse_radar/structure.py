@@ -22,7 +22,17 @@ class VoxelStructure:
     __slots__ = ("coords", "keys", "spatial_shape", "batch_size", "parent", "cache")
 
     def __init__(self, coords: torch.Tensor, keys: torch.Tensor, spatial_shape: Shape3, batch_size: int,
-                 parent: Optional["VoxelStructure"] = None):
+                 parent: Optional["VoxelStructure"] = None, trusted: bool = False):
+        """trusted: made by this package from sorted keys, so the order check (which reads the device) is skipped.
+        Rows must be in ascending key order: sample-major, which the per-sample segment sums of both backends
+        (segment ids on one, row_ptr on the other) rely on."""
+        if keys.dim() != 1 or coords.dim() != 2 or coords.shape != (keys.numel(), 4):
+            raise ValueError(f"VoxelStructure needs coords [N, 4] and keys [N], got {tuple(coords.shape)} and "
+                             f"{tuple(keys.shape)}")
+        if not trusted and keys.numel() > 1 and not bool((keys[1:] > keys[:-1]).all()):
+            raise ValueError("VoxelStructure keys must be strictly ascending (rows sorted by sample, then z, y, x, "
+                             "without duplicates); build it with VoxelStructure.from_keys(sorted keys) or through "
+                             "SparseVoxels, which sorts")
         self.coords = coords  # int32 [N, 4]
         self.keys = keys  # int64 [N], ascending
         self.spatial_shape = tuple(int(s) for s in spatial_shape)
@@ -39,7 +49,7 @@ class VoxelStructure:
     def from_keys(cls, keys: torch.Tensor, spatial_shape: Shape3, batch_size: int,
                   parent: Optional["VoxelStructure"] = None) -> "VoxelStructure":
         """Structure from ascending unique int64 keys."""
-        return cls(kc.keys_to_coords(keys, spatial_shape), keys, spatial_shape, batch_size, parent)
+        return cls(kc.keys_to_coords(keys, spatial_shape), keys, spatial_shape, batch_size, parent, trusted=True)
 
     @classmethod
     def full(cls, batch_size: int, spatial_shape: Shape3, device=None) -> "VoxelStructure":
@@ -77,7 +87,7 @@ class VoxelStructure:
         """Copy on another device (parents too); the cache starts empty there."""
         parent = None if self.parent is None else self.parent.to(device)
         return VoxelStructure(self.coords.to(device), self.keys.to(device), self.spatial_shape,
-                              self.batch_size, parent)
+                              self.batch_size, parent, trusted=True)
 
     def memo(self, key: tuple, build):
         """The value cached under key, built once by build() (what every layer on these sites shares)."""
@@ -113,7 +123,7 @@ class VoxelStructure:
             kmap, out_coords, out_shape = km.strided_kmap(self.coords, self.spatial_shape, kernel_size, stride,
                                                            padding, dilation, self.batch_size)
             out_keys = kc.linear_keys(out_coords, out_shape)
-            coarse = VoxelStructure(out_coords, out_keys, out_shape, self.batch_size, parent=self)
+            coarse = VoxelStructure(out_coords, out_keys, out_shape, self.batch_size, parent=self, trusted=True)
             self.cache[key] = (kmap, coarse)
         return self.cache[key]  # type: ignore[return-value]
 
@@ -142,6 +152,7 @@ class VoxelStructure:
         if key not in self.cache:
             kmap, fine_coords, shape = km.children_kmap(self.coords, self.spatial_shape, stride, fine_shape,
                                                         self.batch_size)
-            fine = VoxelStructure(fine_coords, kc.linear_keys(fine_coords, shape), shape, self.batch_size)
+            fine = VoxelStructure(fine_coords, kc.linear_keys(fine_coords, shape), shape, self.batch_size,
+                                  trusted=True)
             self.cache[key] = (kmap, fine)
         return self.cache[key]  # type: ignore[return-value]

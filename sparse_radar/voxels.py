@@ -76,7 +76,7 @@ class SparseVoxels:
             dup = int((keys[1:] == keys[:-1]).nonzero()[0])
             raise ValueError(f"duplicate coordinate {kc.keys_to_coords(keys[dup:dup + 1], shape)[0].tolist()}")
         self._feats = feats[order]
-        self._structure = VoxelStructure(coords[order].to(torch.int32), keys, shape, int(batch_size))
+        self._structure = VoxelStructure(coords[order].to(torch.int32), keys, shape, int(batch_size), trusted=True)
 
     @classmethod
     def wrap(cls, feats: torch.Tensor, structure: VoxelStructure) -> "SparseVoxels":
@@ -144,7 +144,7 @@ class SparseVoxels:
         """Keep the voxels where keep [N] bool is True (a new coordinate set, with its own cache)."""
         coords, rows = km.prune(self.coords, keep)
         s = self._structure
-        structure = VoxelStructure(coords, s.keys[rows], s.spatial_shape, s.batch_size)
+        structure = VoxelStructure(coords, s.keys[rows], s.spatial_shape, s.batch_size, trusted=True)
         return SparseVoxels.wrap(self._feats[rows], structure)
 
     @classmethod

@@ -27,7 +27,7 @@ def support_structure(kind: str, radar: SparseVoxels, target: SparseVoxels,
         coords = dilate_coords(target.coords, shape, tuple(radius))
     else:
         raise ValueError(f"unknown support {kind!r}; expected one of {', '.join(SUPPORT_TYPES)}")
-    return VoxelStructure(coords, linear_keys(coords, shape), shape, b)
+    return VoxelStructure(coords, linear_keys(coords, shape), shape, b, trusted=True)
 
 
 def on_support(field: SparseVoxels, support: VoxelStructure) -> SparseVoxels:

@@ -71,6 +71,32 @@ def test_a_map_needs_one_form():
         KernelMap(1, 1, 1)
 
 
+def test_map_tables_and_pairs_are_checked():
+    """The kernels assume contiguous int32 [N, K] tables with entries in [-1, partners): a public map is checked."""
+    good = torch.tensor([[0, -1], [1, 0]], dtype=torch.int32)
+    assert KernelMap(2, 2, 2, table=good).table is good
+    bad = [(dict(table=good.long()), "contiguous int32"), (dict(table=good.t()), "not contiguous"),
+           (dict(table=good[:, :1].contiguous()), r"\[2, 2\]"), (dict(table=good + 1), r"outside \[-1, 2\)"),
+           (dict(table_t=good - 2), r"outside \[-1, 2\)"),
+           (dict(pairs=(torch.tensor([0, 5]), torch.tensor([0, 1]), (0, 1, 2))), r"outside \[0, 2\)"),
+           (dict(pairs=(torch.tensor([0, 1]), torch.tensor([0, 1]), (0, 2))), "offset_ptr")]
+    for kwargs, message in bad:
+        with pytest.raises(ValueError, match=message):
+            KernelMap(2, 2, 2, **kwargs)
+
+
+def test_structure_rows_must_be_sorted_by_key():
+    """Both segment backends take a sample's rows as one run (ids on one, row_ptr on the other): unsorted rows are
+    refused rather than normalised differently by the two."""
+    from sparse_radar.structure import VoxelStructure
+    coords = torch.tensor([[1, 0, 0, 0], [0, 0, 0, 1]], dtype=torch.int32)
+    with pytest.raises(ValueError, match="strictly ascending"):
+        VoxelStructure(coords, torch.tensor([64, 1]), (4, 4, 4), 2)
+    with pytest.raises(ValueError, match=r"coords \[N, 4\] and keys \[N\]"):
+        VoxelStructure(coords, torch.tensor([1]), (4, 4, 4), 2)
+    assert VoxelStructure(coords.flip(0), torch.tensor([1, 64]), (4, 4, 4), 2).row_ptr().tolist() == [0, 1, 2]
+
+
 def test_deterministic_gather_backward_sums_repeated_rows():
     """The gather deterministic mode uses on CUDA (run here on the CPU): gradients against float64 gradcheck."""
     from sparse_radar.kernels.grouping import _DeterministicGather
