@@ -31,6 +31,9 @@ part unet 110 python -m benchmarks.unet --set target --steps 3 --timeout 50 --de
 part launches 100 bash -c 'for backend in torch auto; do SPARSE_RADAR_BACKEND=$backend python -m \
     benchmarks.step_worker --preset lightweight --grid 32,128,128 --batch 2 --occupancy 0.03 --path sparse \
     --steps 2 --profile --device cuda 2> /dev/null || exit 1; done'
+# the trainer's own step, counted by component (the CPU proxy) beside the profiler's cudaLaunchKernel count
+part launch_budget 90 python -m benchmarks.launches --rows lightweight --out "$work"
+cp "$work"/launches.md "$OUT"/ 2> /dev/null || status=1
 cp "$work"/conv_cases.md "$work"/unet_target.md "$OUT"/ 2> /dev/null || status=1
 rm -rf "$work"
 exit $status

@@ -5,8 +5,8 @@ The step is the trainer's own `train_step()`: a batch from the data, the support
 clipping, the optimizer and the EMA. Rows: each preset in voxel space, a `--support predicted` step and an ldm
 step, each beside the dense path of the same model (model_channels 16, which changes no count; grid 8x32x32,
 batch 2). Sparse rows use the triton kernel backend under TRITON_INTERPRET=1, its launches counted and stubbed.
-Host time: median of 5 steps, Triton stubbed, no counter, one thread. On a GPU it also reports the profiler's
-`cudaLaunchKernel` count and the step time. Writes launches.json and launches.md (default benchmarks/results).
+Host time: median of 5 steps, Triton stubbed, no counter, one thread. On a GPU the kernels run compiled (the aten
+count then leaves Triton out) and it also reports the profiler's `cudaLaunchKernel` count and the step time. Writes launches.json and launches.md (default benchmarks/results).
 """
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ import tempfile
 import time
 from typing import Dict, List, Optional
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: kernels run (or are stubbed) on CPU
-
 import torch  # noqa: E402
+
+if not torch.cuda.is_available():  # before triton is imported: kernels are interpreted (and stubbed) on the CPU
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import sparse_radar.nn.attention_cores as attention_cores  # noqa: E402
 
@@ -36,9 +37,9 @@ UPDATE_COMPONENTS = ("optimizer", "EMA")
 ROWS = {  # name: extra train flags
     "tiny": ["--preset", "tiny"],
     "lightweight": ["--preset", "lightweight"],
-    "standard": ["--preset", "standard"],
-    "lightweight, --support predicted": ["--preset", "lightweight", "--support", "predicted"],
-    "lightweight, --stage ldm": ["--preset", "lightweight", "--stage", "ldm"],
+    "balanced": ["--preset", "balanced"],
+    "lightweight-predicted": ["--preset", "lightweight", "--support", "predicted"],  # --support predicted
+    "lightweight-ldm": ["--preset", "lightweight", "--stage", "ldm"],  # --stage ldm on a VAE's latent grid
 }
 
 
@@ -65,7 +66,7 @@ def build_trainer(flags: List[str], folder: str, backend: str):
     out = os.path.join(folder, f"run-{len(os.listdir(folder))}")
     cfg = parse_args(common + flags + ["--model_channels", "16", "--backend", backend, "--steps", "100",
                                        "--out", out])
-    return Trainer(cfg, DistContext())
+    return Trainer(cfg, DistContext(device=torch.device("cuda" if torch.cuda.is_available() else "cpu")))
 
 
 def count_step(flags: List[str], backend: str, folder: str, timed_steps: int = 5) -> Dict[str, object]:

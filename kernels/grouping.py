@@ -6,6 +6,7 @@ from typing import NamedTuple, Sequence, Tuple
 import torch
 
 from .backends import current
+from .coords import constant
 
 
 class Buckets(NamedTuple):
@@ -43,8 +44,8 @@ def window_ids(coords: torch.Tensor, spatial_shape: Sequence[int], window: Seque
                shift: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
     """Window id per voxel (windows of `window` cells on coords + shift) and the local position [N, 3]."""
     c = coords.to(torch.int64)
-    w = torch.tensor(window, device=c.device)
-    moved = c[:, 1:] + torch.tensor(shift, device=c.device)
+    w = constant(list(window), c.device)
+    moved = c[:, 1:] + constant(list(shift), c.device)
     win, local = torch.div(moved, w, rounding_mode="floor"), moved % w
     counts = [(int(n) + int(s) + int(k) - 1) // int(k) + 1 for n, s, k in zip(spatial_shape, shift, window)]
     wid = ((c[:, 0] * counts[0] + win[:, 0]) * counts[1] + win[:, 1]) * counts[2] + win[:, 2]

@@ -110,10 +110,10 @@ class SparseVoxels:
     def values_at(self, keys: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
         """Features [Q, C] at the voxels of linear keys [Q] (same grid and batch), fill where there is none."""
         rows = kc.lookup(self._structure.keys, keys)
-        out = self._feats.new_full((keys.numel(), self.num_channels), fill)
-        hit = rows >= 0
-        out[hit] = self._feats[rows[hit]]
-        return out
+        if self.num_voxels == 0:
+            return self._feats.new_full((keys.numel(), self.num_channels), fill)
+        got = self._feats.index_select(0, rows.clamp_min(0))  # a gather and a select: no boolean mask, no sync
+        return torch.where((rows >= 0)[:, None], got, torch.full_like(got[:1], fill))
 
     def to(self, *args, **kwargs) -> "SparseVoxels":
         """Move/cast like Tensor.to; coordinates follow the device, kernel maps are rebuilt there."""

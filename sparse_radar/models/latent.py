@@ -8,7 +8,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from ..kernels.coords import linear_keys
+from ..kernels.coords import constant, linear_keys
 from ..voxels import SparseVoxels
 from .vae import VAEConfig, build_autoencoder
 
@@ -22,7 +22,7 @@ def radar_to_latent(radar: SparseVoxels, factor: Sequence[int], latent_shape: Se
     doppler variance of its radar voxels (-1 where none), and min(1, count / 8) mapped to [-1, 1]."""
     b, shape = radar.batch_size, tuple(int(n) for n in latent_shape)
     cells = b * shape[0] * shape[1] * shape[2]
-    f = torch.tensor((1,) + tuple(int(v) for v in factor), device=radar.device)
+    f = constant([1] + [int(v) for v in factor], radar.device)
     keys = linear_keys(radar.coords.to(torch.int64) // f, shape)
     count = radar.feats.new_zeros(cells).index_add_(0, keys, radar.feats.new_ones(keys.numel()))
     sums = radar.feats.new_zeros(cells, radar.num_channels).index_add_(0, keys, radar.feats)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernels import grouping
+from ..kernels.coords import constant
 from ..voxels import SparseVoxels
 
 TOPK_QUERY_ELEMENTS = 1 << 22  # scores per query chunk when top-k attention picks its keys (no autograd)
@@ -109,7 +110,7 @@ class WindowAttention(nn.Module):
         wid, local = grouping.window_ids(x.coords, x.spatial_shape, self.window_size, self.shift)
         buckets = grouping.bucketize(wid)
         pos = local[buckets.index.clamp_min(0)]  # [G, L, 3]
-        rel = pos[:, :, None, :] - pos[:, None, :, :] + torch.tensor(self.window_size, device=pos.device) - 1
+        rel = pos[:, :, None, :] - pos[:, None, :, :] + constant(list(self.window_size), pos.device) - 1
         return buckets, (rel[..., 0] * self.span[1] + rel[..., 1]) * self.span[2] + rel[..., 2]
 
     def dense(self, q, k, v, mask) -> torch.Tensor:
