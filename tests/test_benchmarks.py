@@ -217,3 +217,33 @@ def test_gpu_check_parts_report_a_failing_command(tmp_path):
     done = subprocess.run(["bash", "-c", code], capture_output=True, text=True, timeout=60)
     assert "after ok 0" in done.stdout and "after bad 1" in done.stdout, done.stdout + done.stderr
     assert "exit 3" in (tmp_path / "bad.txt").read_text() and "out" in (tmp_path / "bad.txt").read_text()
+
+
+def test_launch_counter_against_hand_counts():
+    """The counter against a hand count: views are free, each kernel-running op is one launch, and the reads the
+    launch issue lists are syncs (forward and backward told apart)."""
+    import torch
+
+    from benchmarks.launch_count import counting
+    x = torch.randn(6, 3, requires_grad=True)
+    with counting() as tally:
+        y = (x * 2).view(3, 6).t()  # mul: 1 launch; view and t: none
+        keep = y[y[:, 0] > 0]  # gt: 1; select view: 0; boolean index: 1 launch and 1 sync
+        float(y.detach().sum())  # sum: 1 launch; the scalar read: 1 sync
+        torch.tensor([1, 2])  # a host list made a tensor: 1 sync
+        y.sum().backward()  # sum and the seed gradient (ones_like): 2; backward: mul's only (the rest are views)
+    assert tally.total("launches", phase="forward") == 6
+    assert tally.total("launches", phase="backward") == 1 and tally.ops["mul"] == 2
+    assert tally.total("syncs") == 3 and tally.sync_kinds["index[bool]"] == 1
+    assert tally.sync_kinds["_local_scalar_dense"] == 1 and tally.sync_kinds["host tensor"] == 1
+    assert keep.shape[1] == 6
+
+
+def test_launches_report_counts_a_trainer_step(tmp_path):
+    from benchmarks import launches
+    assert launches.main(["--rows", "tiny", "--paths", "sparse", "--out", str(tmp_path)]) == 0
+    row = json.loads((tmp_path / "launches.json").read_text())["rows"]["tiny | sparse"]
+    assert row["triton"] > 0 and row["launches_update"] <= 16 and row["host_ms"] > 0
+    assert sum(n for k, n in row["by_component"].items() if k.split()[0] in launches.STEP_COMPONENTS) == \
+        row["launches_fwd_bwd"]
+    assert "| tiny | sparse |" in (tmp_path / "launches.md").read_text()
