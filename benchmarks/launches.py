@@ -51,18 +51,13 @@ def build_trainer(flags: List[str], folder: str, backend: str):
     from sparse_radar.training.trainer import Trainer
     common = ["--train_size", "2", "--batch_size", "2", "--grid", GRID, "--progress", "False", "--seed", "0"]
     flags = list(flags)
-    if "predicted" in flags:
-        structure = os.path.join(folder, "structure")
-        if not os.path.isdir(structure):
-            with counting(dispatch=False), contextlib.redirect_stdout(sys.stderr):
-                assert train(common + ["--stage", "structure", "--steps", "1", "--out", structure]) == 0
-        flags += ["--structure", structure]
-    if "ldm" in flags:
-        vae = os.path.join(folder, "vae")
-        if not os.path.isdir(vae):
-            with counting(dispatch=False), contextlib.redirect_stdout(sys.stderr):
-                assert train(common + ["--stage", "vae", "--steps", "1", "--out", vae]) == 0
-        flags += ["--vae", vae]
+    for needs, stage, flag in (("predicted", "structure", "--structure"), ("ldm", "vae", "--vae")):
+        if needs in flags:  # the earlier stage this row's run reads, trained for one step (once per folder)
+            run = os.path.join(folder, stage)
+            if not os.path.isdir(run):
+                with counting(dispatch=False), contextlib.redirect_stdout(sys.stderr):
+                    assert train(common + ["--stage", stage, "--steps", "1", "--out", run]) == 0
+            flags += [flag, run]
     out = os.path.join(folder, f"run-{len(os.listdir(folder))}")
     cfg = parse_args(common + flags + ["--model_channels", "16", "--backend", backend, "--steps", "100",
                                        "--out", out])
