@@ -60,21 +60,26 @@ def segment_affine(u: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, s
 
 
 def norm_forward(rows: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], segment: torch.Tensor,
-                 row_ptr: torch.Tensor, groups: int, center: bool, eps: float):
+                 row_ptr: torch.Tensor, groups: int, center: bool, eps: float,
+                 mod_scale: Optional[torch.Tensor] = None, mod_shift: Optional[torch.Tensor] = None):
     """Group norm of rows [N, C] sorted by segment, statistics per (segment, group of C // groups channels), then
-    the per-channel affine: (out [N, C] in rows' dtype, mean [S, C], rstd [S, C] in the accumulation dtype)."""
+    the per-channel affine, then (given mod_scale, mod_shift [S, C]) y * mod_scale[s] + mod_shift[s]: (out [N, C] in
+    rows' dtype, mean [S, C], rstd [S, C] in the accumulation dtype)."""
     op = _backend_module(rows)
-    return op.norm_forward(rows.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(),
-                           segment, row_ptr, groups, center, eps)
+    cont = lambda t: None if t is None else t.contiguous()
+    return op.norm_forward(rows.contiguous(), weight.contiguous(), cont(bias), segment, row_ptr, groups, center, eps,
+                           cont(mod_scale), cont(mod_shift))
 
 
-def norm_backward(grad_y: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, segment: torch.Tensor,
-                  row_ptr: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, groups: int, center: bool):
-    """(grad of rows [N, C], grad of weight [C], grad of bias [C]) of norm_forward, the last two in the
-    accumulation dtype."""
+def norm_backward(grad_y: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                  segment: torch.Tensor, row_ptr: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, groups: int,
+                  center: bool, mod_scale: Optional[torch.Tensor] = None):
+    """(grad of rows [N, C], of weight [C], of bias [C], of mod_scale [S, C], of mod_shift [S, C]) of norm_forward,
+    all but the first in the accumulation dtype."""
     op = _backend_module(rows)
-    return op.norm_backward(grad_y.contiguous(), rows, weight.contiguous(), segment, row_ptr, mean, rstd, groups,
-                            center)
+    return op.norm_backward(grad_y.contiguous(), rows, weight.contiguous(), None if bias is None else bias.contiguous(),
+                            segment, row_ptr, mean, rstd, groups, center,
+                            None if mod_scale is None else mod_scale.contiguous())
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:

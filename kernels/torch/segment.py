@@ -61,7 +61,8 @@ def _count(row_ptr: torch.Tensor, channels: int, groups: int, dtype: torch.dtype
     return ((row_ptr[1:] - row_ptr[:-1]).clamp_min(1) * (channels // groups)).to(dtype)[:, None]
 
 
-def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool, eps: float):
+def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool, eps: float, mod_scale=None,
+                 mod_shift=None):
     """See kernels.segment.norm_forward (two passes: the mean, then the centred squares)."""
     n_seg, channels = row_ptr.numel() - 1, rows.shape[1]
     acc = accumulation_dtype(rows.dtype)
@@ -73,20 +74,25 @@ def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool
     rstd = torch.rsqrt(_group_total(squares, groups) / count + eps)
     scale = rstd * weight.to(acc)
     offset = -mean * scale if bias is None else bias.to(acc) - mean * scale
+    if mod_scale is not None:  # y * m + t, per (segment, channel)
+        scale, offset = scale * mod_scale.to(acc), offset * mod_scale.to(acc) + mod_shift.to(acc)
     return segment_affine(rows, scale, offset, segment, None, None, rows.dtype), mean, rstd
 
 
-def norm_backward(grad_y, rows, weight, segment, row_ptr, mean, rstd, groups: int, center: bool):
+def norm_backward(grad_y, rows, weight, bias, segment, row_ptr, mean, rstd, groups: int, center: bool,
+                  mod_scale=None):
     """See kernels.segment.norm_backward."""
     channels = rows.shape[1]
     count = _count(row_ptr, channels, groups, mean.dtype)
     w = weight.to(mean.dtype)
-    sum_dy, sum_dy_xc = sorted_segment_sums(grad_y, row_ptr, segment, rows, mean if center else None, False, _exact())
-    dy_xhat = rstd * sum_dy_xc  # [S, C]: sum over the segment's rows of dy * xhat
+    raw_dy, raw_dy_xc = sorted_segment_sums(grad_y, row_ptr, segment, rows, mean if center else None, False, _exact())
+    m = torch.ones_like(mean) if mod_scale is None else mod_scale.to(mean.dtype)
+    sum_dy, dy_xhat = m * raw_dy, m * rstd * raw_dy_xc  # [S, C]: the gradient reaching the norm's output, summed
     # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dy * w, means per group
     x_scale = -rstd * rstd * _group_total(w * dy_xhat, groups) / count  # multiplies x
     offset = -mean * x_scale
     if center:
         offset = offset - rstd * _group_total(w * sum_dy, groups) / count
-    grad_rows = segment_affine(grad_y, rstd * w, offset, segment, rows, x_scale, rows.dtype)
-    return grad_rows, dy_xhat.sum(0), sum_dy.sum(0)
+    grad_rows = segment_affine(grad_y, rstd * w * m, offset, segment, rows, x_scale, rows.dtype)
+    grad_m = w * rstd * raw_dy_xc + (0.0 if bias is None else bias.to(mean.dtype)) * raw_dy  # sum of dy' * y
+    return grad_rows, dy_xhat.sum(0), sum_dy.sum(0), grad_m, raw_dy

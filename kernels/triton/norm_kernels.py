@@ -34,10 +34,11 @@ def group_mean_kernel(part_ptr, row_ptr, mean_ptr, n_split, n_seg, channels, gro
 
 
 @triton.jit
-def norm_coefficients_kernel(part_ptr, row_ptr, mean_ptr, weight_ptr, bias_ptr, rstd_ptr, scale_ptr, offset_ptr,
-                             n_split, n_seg, channels, group_size, eps, CENTER: tl.constexpr,
-                             HAS_BIAS: tl.constexpr, BLOCK_G: tl.constexpr):
-    """From the (centred) squares: rstd and the affine scale = rstd * w, offset = b - mean * scale per [s, c]."""
+def norm_coefficients_kernel(part_ptr, row_ptr, mean_ptr, weight_ptr, bias_ptr, mod_scale_ptr, mod_shift_ptr,
+                             rstd_ptr, scale_ptr, offset_ptr, n_split, n_seg, channels, group_size, eps,
+                             CENTER: tl.constexpr, HAS_BIAS: tl.constexpr, MOD: tl.constexpr, BLOCK_G: tl.constexpr):
+    """From the (centred) squares: rstd and the affine scale = rstd * w, offset = b - mean * scale per [s, c]; with
+    MOD, then times mod_scale[s, c] plus mod_shift[s, c]."""
     seg, group = tl.program_id(0), tl.program_id(1)
     lane = tl.arange(0, BLOCK_G)
     ok = lane < group_size
@@ -51,30 +52,47 @@ def norm_coefficients_kernel(part_ptr, row_ptr, mean_ptr, weight_ptr, bias_ptr, 
         offset = -tl.load(mean_ptr + at, mask=ok, other=0.0) * scale
     if HAS_BIAS:
         offset += tl.load(bias_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+    if MOD:
+        m = tl.load(mod_scale_ptr + at, mask=ok, other=0.0).to(tl.float32)
+        scale = scale * m
+        offset = offset * m + tl.load(mod_shift_ptr + at, mask=ok, other=0.0).to(tl.float32)
     tl.store(rstd_ptr + at, rstd, mask=ok)
     tl.store(scale_ptr + at, scale, mask=ok)
     tl.store(offset_ptr + at, offset, mask=ok)
 
 
 @triton.jit
-def norm_backward_coefficients_kernel(dy_part_ptr, dyxc_part_ptr, row_ptr, mean_ptr, rstd_ptr, weight_ptr,
-                                      dy_scale_ptr, x_scale_ptr, offset_ptr, grad_w_ptr, grad_b_ptr, n_split, n_seg,
-                                      channels, group_size, CENTER: tl.constexpr, BLOCK_G: tl.constexpr):
-    """Program (group) over every segment: dx = dy * (rstd w) + x * x_scale + offset, with
-    x_scale = -rstd^2 mean_g(w dy xhat) and offset = -mean x_scale (- rstd mean_g(w dy) when centred); and the
-    weight and bias gradients of the group's channels, summed over the segments."""
+def norm_backward_coefficients_kernel(dy_part_ptr, dyxc_part_ptr, row_ptr, mean_ptr, rstd_ptr, weight_ptr, bias_ptr,
+                                      mod_scale_ptr, dy_scale_ptr, x_scale_ptr, offset_ptr, grad_w_ptr, grad_b_ptr,
+                                      grad_m_ptr, grad_t_ptr, n_split, n_seg, channels, group_size,
+                                      CENTER: tl.constexpr, HAS_BIAS: tl.constexpr, MOD: tl.constexpr,
+                                      BLOCK_G: tl.constexpr):
+    """Program (group) over every segment, from the sums of dy' (the incoming gradient) and dy' (x - mean): with
+    dy = dy' * m (m = mod_scale, else 1), dx = dy' * (rstd w m) + x * x_scale + offset, x_scale =
+    -rstd^2 mean_g(w dy xhat), offset = -mean x_scale (- rstd mean_g(w dy) when centred); the weight and bias
+    gradients of the group's channels summed over segments; with MOD the modulation's, sum dy' y and sum dy'."""
     group = tl.program_id(0)
     lane = tl.arange(0, BLOCK_G)
     ok = lane < group_size
     cols = group * group_size + lane
     w = tl.load(weight_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+    b = tl.zeros(cols.shape, dtype=tl.float32)
+    if HAS_BIAS:
+        b = tl.load(bias_ptr + cols, mask=ok, other=0.0).to(tl.float32)
     grad_w = tl.zeros(cols.shape, dtype=tl.float32)
     grad_b = tl.zeros(cols.shape, dtype=tl.float32)
     for seg in range(n_seg):
         at = seg * channels + cols
-        sum_dy = _split_total(dy_part_ptr, n_split, n_seg, seg, channels, cols, ok)
+        raw_dy = _split_total(dy_part_ptr, n_split, n_seg, seg, channels, cols, ok)
+        raw_dyxc = _split_total(dyxc_part_ptr, n_split, n_seg, seg, channels, cols, ok)
         rstd = tl.load(rstd_ptr + at, mask=ok, other=0.0)
-        dy_xhat = rstd * _split_total(dyxc_part_ptr, n_split, n_seg, seg, channels, cols, ok)
+        m = tl.zeros(cols.shape, dtype=tl.float32) + 1.0
+        if MOD:
+            m = tl.load(mod_scale_ptr + at, mask=ok, other=0.0).to(tl.float32)
+            tl.store(grad_m_ptr + at, w * rstd * raw_dyxc + b * raw_dy, mask=ok)
+            tl.store(grad_t_ptr + at, raw_dy, mask=ok)
+        sum_dy = m * raw_dy
+        dy_xhat = m * rstd * raw_dyxc
         grad_w += dy_xhat
         grad_b += sum_dy
         count = _count(row_ptr, seg, group_size)
@@ -83,7 +101,7 @@ def norm_backward_coefficients_kernel(dy_part_ptr, dyxc_part_ptr, row_ptr, mean_
         if CENTER:
             offset = -tl.load(mean_ptr + at, mask=ok, other=0.0) * x_scale
             offset -= rstd * tl.sum(tl.where(ok, w * sum_dy, 0.0), axis=0) / count
-        tl.store(dy_scale_ptr + at, rstd * w, mask=ok)
+        tl.store(dy_scale_ptr + at, rstd * w * m, mask=ok)
         tl.store(x_scale_ptr + at, x_scale, mask=ok)
         tl.store(offset_ptr + at, offset, mask=ok)
     tl.store(grad_w_ptr + cols, grad_w, mask=ok)

@@ -36,7 +36,8 @@ def sorted_segment_sums(u, row_ptr, segment, v, shift, shift_u, deterministic) -
     return reduce(sum_a), (reduce(sum_ab) if v is not None else None)
 
 
-def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool, eps: float):
+def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool, eps: float, mod_scale=None,
+                 mod_shift=None):
     """See kernels.segment.norm_forward: five launches (sums, mean, centred squares, coefficients, affine)."""
     n, channels = rows.shape
     n_seg, size = row_ptr.numel() - 1, channels // groups
@@ -48,24 +49,31 @@ def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool
         group_mean_kernel[(n_seg, groups)](part, row_ptr, mean, n_split, n_seg, channels, size, BLOCK_G=block)
     _, squares, n_split = _partials(rows, row_ptr, rows, mean if center else None, center)
     norm_coefficients_kernel[(n_seg, groups)](
-        squares, row_ptr, mean, weight, bias if bias is not None else weight, rstd, scale, offset, n_split, n_seg,
-        channels, size, float(eps), CENTER=center, HAS_BIAS=bias is not None, BLOCK_G=block)
+        squares, row_ptr, mean, weight, bias if bias is not None else weight,
+        mod_scale if mod_scale is not None else mean, mod_shift if mod_shift is not None else mean, rstd, scale,
+        offset, n_split, n_seg, channels, size, float(eps), CENTER=center, HAS_BIAS=bias is not None,
+        MOD=mod_scale is not None, BLOCK_G=block)
     return segment_affine(rows, scale, offset, segment, None, None, rows.dtype), mean, rstd
 
 
-def norm_backward(grad_y, rows, weight, segment, row_ptr, mean, rstd, groups: int, center: bool):
-    """See kernels.segment.norm_backward: three launches (sums, coefficients with dW and db, affine)."""
+def norm_backward(grad_y, rows, weight, bias, segment, row_ptr, mean, rstd, groups: int, center: bool,
+                  mod_scale=None):
+    """See kernels.segment.norm_backward: three launches (sums; coefficients with dW, db and the modulation's
+    gradients; the affine map)."""
     channels = rows.shape[1]
     n_seg, size = row_ptr.numel() - 1, channels // groups
     sum_dy, sum_dyxc, n_split = _partials(grad_y, row_ptr, rows, mean if center else None, False)
     stats = lambda: torch.empty(n_seg, channels, dtype=torch.float32, device=rows.device)
-    dy_scale, x_scale, offset = stats(), stats(), stats()
+    dy_scale, x_scale, offset, grad_m, grad_t = stats(), stats(), stats(), stats(), stats()
     grad_w = torch.empty(channels, dtype=torch.float32, device=rows.device)
     grad_b = torch.empty_like(grad_w)
     norm_backward_coefficients_kernel[(groups,)](
-        sum_dy, sum_dyxc, row_ptr, mean, rstd, weight, dy_scale, x_scale, offset, grad_w, grad_b, n_split, n_seg,
-        channels, size, CENTER=center, BLOCK_G=triton.next_power_of_2(size))
-    return segment_affine(grad_y, dy_scale, offset, segment, rows, x_scale, rows.dtype), grad_w, grad_b
+        sum_dy, sum_dyxc, row_ptr, mean, rstd, weight, bias if bias is not None else weight,
+        mod_scale if mod_scale is not None else mean, dy_scale, x_scale, offset, grad_w, grad_b, grad_m, grad_t,
+        n_split, n_seg, channels, size, CENTER=center, HAS_BIAS=bias is not None, MOD=mod_scale is not None,
+        BLOCK_G=triton.next_power_of_2(size))
+    grad_rows = segment_affine(grad_y, dy_scale, offset, segment, rows, x_scale, rows.dtype)
+    return (grad_rows, grad_w, grad_b) + ((grad_m, grad_t) if mod_scale is not None else (None, None))
 
 
 def segment_affine(u, scale, offset, segment, v, v_scale, out_dtype) -> torch.Tensor:

@@ -11,8 +11,8 @@ from torch.utils.checkpoint import checkpoint
 
 from .conv import SparseConv3d, SparseInverseConv3d, SubMConv3d
 from .depthwise import DepthwiseSubMConv3d
-from .field_ops import Field, map_values, per_sample, values
-from .norm import build_norm
+from .field_ops import Field, map_values, values
+from .norm import build_norm, norm_and_modulate
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -62,9 +62,8 @@ class ResBlock(nn.Module):
     def _forward(self, x: Field, emb: torch.Tensor) -> Field:
         h = self.in_conv(map_values(self.in_norm(x), F.silu))
         scale, shift = self.emb(F.silu(emb)).chunk(2, dim=1)  # [B, C] each
-        h = self.out_norm(h)
-        s, b = per_sample(h, scale), per_sample(h, shift)
-        h = map_values(h, lambda v: self.dropout(F.silu(v * (1 + s.to(v.dtype)) + b.to(v.dtype))))
+        h = norm_and_modulate(self.out_norm, h, scale, shift)  # out_norm(h) * (1 + scale) + shift
+        h = map_values(h, lambda v: self.dropout(F.silu(v)))
         h = self.out_conv(h)
         skip = self.skip(x)
         return h.replace(values(skip).to(values(h).dtype) + values(h))

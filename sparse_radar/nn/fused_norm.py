@@ -15,29 +15,36 @@ from ..kernels.segment import norm_backward, norm_forward
 
 
 class SegmentGroupNormFunction(torch.autograd.Function):
-    """y = (x - mean) * rstd * weight + bias, statistics per (sample, channel group) over the sample's rows."""
+    """y = ((x - mean) * rstd * weight + bias) * mod_scale + mod_shift, statistics per (sample, channel group) over
+    the sample's rows; the modulation [B, C] (a ResBlock's (1 + scale, shift) from the embedding) is optional."""
 
     @staticmethod
-    def forward(ctx, rows, weight, bias, segment, row_ptr, groups: int, center: bool, eps: float):
-        out, mean, rstd = norm_forward(rows, weight, bias, segment, row_ptr, groups, center, eps)
-        ctx.save_for_backward(rows, weight, segment, row_ptr, mean, rstd)
-        ctx.groups, ctx.center, ctx.has_bias = groups, center, bias is not None
+    def forward(ctx, rows, weight, bias, mod_scale, mod_shift, segment, row_ptr, groups: int, center: bool,
+                eps: float):
+        out, mean, rstd = norm_forward(rows, weight, bias, segment, row_ptr, groups, center, eps, mod_scale, mod_shift)
+        ctx.save_for_backward(rows, weight, bias, mod_scale, segment, row_ptr, mean, rstd)
+        ctx.groups, ctx.center = groups, center
+        ctx.dtypes = [None if t is None else t.dtype for t in (weight, bias, mod_scale, mod_shift)]
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
-        rows, weight, segment, row_ptr, mean, rstd = ctx.saved_tensors
-        grad_rows, grad_w, grad_b = norm_backward(grad_y, rows, weight, segment, row_ptr, mean, rstd, ctx.groups,
-                                                  ctx.center)
-        grad_weight = grad_w.to(weight.dtype) if ctx.needs_input_grad[1] else None
-        grad_bias = grad_b.to(weight.dtype) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_rows if ctx.needs_input_grad[0] else None, grad_weight, grad_bias, None, None, None, None, None
+        rows, weight, bias, mod_scale, segment, row_ptr, mean, rstd = ctx.saved_tensors
+        grads = norm_backward(grad_y, rows, weight, bias, segment, row_ptr, mean, rstd, ctx.groups, ctx.center,
+                              mod_scale)
+        rest = [g.to(dtype) if dtype is not None and need else None
+                for g, dtype, need in zip(grads[1:], ctx.dtypes, ctx.needs_input_grad[1:5])]
+        return (grads[0] if ctx.needs_input_grad[0] else None, *rest, None, None, None, None, None)
 
 
 def segment_group_norm(rows: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                        segment: torch.Tensor, row_ptr: torch.Tensor, groups: int, center: bool = True,
-                       eps: float = 1e-5) -> torch.Tensor:
-    """Group norm of rows [N, C] sorted by sample (segment [N], CSR row_ptr [B + 1]) and channel group,
-    with a per-channel affine."""
-    return SegmentGroupNormFunction.apply(rows, weight, bias, segment, row_ptr, groups, center, eps)
+                       eps: float = 1e-5, mod_scale: Optional[torch.Tensor] = None,
+                       mod_shift: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Group norm of rows [N, C] sorted by sample (segment [N], CSR row_ptr [B + 1]) and channel group, with a
+    per-channel affine, then optionally y * mod_scale + mod_shift per (sample, channel) ([B, C] each)."""
+    if (mod_scale is None) != (mod_shift is None):
+        raise ValueError("mod_scale and mod_shift come together")
+    return SegmentGroupNormFunction.apply(rows, weight, bias, mod_scale, mod_shift, segment, row_ptr, groups, center,
+                                          eps)

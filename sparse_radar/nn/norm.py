@@ -7,7 +7,7 @@ from torch import nn
 
 from ..kernels.backends import HALF_DTYPES as HALF
 from ..voxels import DenseVoxels, SparseVoxels
-from .field_ops import Field, check_field, per_sample
+from .field_ops import Field, check_field, map_values, per_sample
 from .fused_norm import segment_group_norm
 
 NORM_TYPES = ("group", "layer", "instance", "rms", "adaptive")
@@ -73,6 +73,21 @@ class MaskedNorm(nn.Module):
             return x.replace(segment_group_norm(x.feats, self.weight, self.bias, s.sample_ids(), s.row_ptr(),
                                                 self.groups, self.center, self.eps))
         return x.replace(_dense_norm(x, self.groups, self.center, self.eps, self.weight, self.bias))
+
+
+def norm_and_modulate(norm: nn.Module, x: Field, scale: torch.Tensor, shift: torch.Tensor) -> Field:
+    """norm(x) * (1 + scale) + shift per (sample, channel) (scale, shift [B, C]): on the sparse path of a MaskedNorm
+    one op (the modulation folded into the norm's affine), else the norm and then the modulation."""
+    if isinstance(norm, MaskedNorm) and isinstance(x, SparseVoxels):
+        check_field(x, type(norm).__name__)
+        if x.num_channels != norm.channels:
+            raise ValueError(f"{type(norm).__name__} expects {norm.channels} channels, got {x.num_channels}")
+        s = x.structure
+        return x.replace(segment_group_norm(x.feats, norm.weight, norm.bias, s.sample_ids(), s.row_ptr(),
+                                            norm.groups, norm.center, norm.eps, 1 + scale, shift))
+    h = norm(x)
+    s, b = per_sample(h, scale), per_sample(h, shift)
+    return map_values(h, lambda v: v * (1 + s.to(v.dtype)) + b.to(v.dtype))
 
 
 def inactive_share(x: Field) -> torch.Tensor:
