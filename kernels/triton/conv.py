@@ -38,20 +38,23 @@ def implicit_gemm(x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor, n_
     return out.to(x.dtype)
 
 
-def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """dW[k] = sum_o x[table[o, k]]^T @ grad_out[o], fp32 [K, Cin, Cout]; deterministic (partials, one sum)."""
+def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, table: torch.Tensor, with_bias: bool = False):
+    """(dW[k] = sum_o x[table[o, k]]^T @ grad_out[o], fp32 [K, Cin, Cout]; with_bias, db = sum_o grad_out[o], fp32
+    [Cout], else None): one launch and one sum of its per-split partials (deterministic: no atomics)."""
     k, c_in, c_out = table.shape[1], x.shape[1], grad_out.shape[1]
     block_ci = pow2_block(c_in, 16, 64)
     block_co = pow2_block(c_out, 16, 64)
     block_n = 32
     tiles = k * triton.cdiv(c_in, block_ci) * triton.cdiv(c_out, block_co)
     per, n_split = row_splits(table.shape[0], block_n, tiles)
-    partial = torch.empty(n_split, k, c_in, c_out, dtype=torch.float32, device=x.device)
+    weights = k * c_in * c_out
+    partial = torch.empty(n_split, weights + (c_out if with_bias else 0), dtype=torch.float32, device=x.device)
     grid = (k, triton.cdiv(c_in, block_ci) * triton.cdiv(c_out, block_co), n_split)
     weight_grad_kernel[grid](x, grad_out, table, partial, table.shape[0], c_in, c_out, k, per,
-                             PRECISION=_precision(x.dtype), UPCAST=interpreted_bf16(x.dtype), BLOCK_N=block_n,
-                             BLOCK_CI=block_ci, BLOCK_CO=block_co)
-    return partial.sum(0) if n_split > 1 else partial[0]
+                             PRECISION=_precision(x.dtype), UPCAST=interpreted_bf16(x.dtype), HAS_BIAS=with_bias,
+                             BLOCK_N=block_n, BLOCK_CI=block_ci, BLOCK_CO=block_co)
+    total = partial.sum(0) if n_split > 1 else partial[0]
+    return total[:weights].view(k, c_in, c_out), (total[weights:] if with_bias else None)
 
 
 class TritonSparseConv(torch.autograd.Function):
@@ -75,10 +78,14 @@ class TritonSparseConv(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             w_t = weight.transpose(1, 2).contiguous()  # [K, Cout, Cin] contiguous
             grad_feats = implicit_gemm(grad_out, w_t, kmap.table_t, kmap.n_in)
-        if ctx.needs_input_grad[1]:
-            grad_weight = weight_grad(feats, grad_out, kmap.table).to(weight.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = grad_out.sum(0, dtype=torch.float32).to(weight.dtype)
+        want_bias = ctx.has_bias and ctx.needs_input_grad[2]
+        if ctx.needs_input_grad[1]:  # dW and db in one launch
+            grad_weight, grad_bias = weight_grad(feats, grad_out, kmap.table, want_bias)
+            grad_weight = grad_weight.to(weight.dtype)
+        elif want_bias:
+            grad_bias = grad_out.sum(0, dtype=torch.float32)
+        if grad_bias is not None:
+            grad_bias = grad_bias.to(weight.dtype)
         return grad_feats, grad_weight, grad_bias, None, None
 
 

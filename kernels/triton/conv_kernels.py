@@ -49,9 +49,11 @@ def implicit_gemm_kernel(x_ptr, w_ptr, table_ptr, bias_ptr, out_ptr, n_out, c_in
 
 @triton.jit
 def weight_grad_kernel(x_ptr, dy_ptr, table_ptr, partial_ptr, n_out, c_in, c_out, kernel_volume, rows_per_split,
-                       PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                       PRECISION: tl.constexpr, UPCAST: tl.constexpr, HAS_BIAS: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr):
-    """partial[s, k] = sum over rows o of split s of x[table[o, k], :]^T @ dy[o, :]  (fp32 [S, K, Cin, Cout])."""
+    """partial[s, k] = sum over rows o of split s of x[table[o, k], :]^T @ dy[o, :] (fp32; per split s the flat
+    [K * Cin * Cout] weight part, then with HAS_BIAS [Cout]: the sum of dy over the split's rows, which the
+    programs of offset 0 and the first input-channel tile add up on the way)."""
     k = tl.program_id(0)
     n_co_tiles = tl.cdiv(c_out, BLOCK_CO)
     ci = (tl.program_id(1) // n_co_tiles) * BLOCK_CI + tl.arange(0, BLOCK_CI)
@@ -62,9 +64,16 @@ def weight_grad_kernel(x_ptr, dy_ptr, table_ptr, partial_ptr, n_out, c_in, c_out
     first = split * rows_per_split
     last = tl.minimum(first + rows_per_split, n_out)
     acc = tl.zeros((BLOCK_CI, BLOCK_CO), dtype=tl.float32)
+    bias_acc = tl.zeros((BLOCK_CO,), dtype=tl.float32)
+    bias_program = (k == 0) & (tl.program_id(1) // n_co_tiles == 0)
     for n0 in range(first, last, BLOCK_N):
         rows = n0 + tl.arange(0, BLOCK_N)
         row_ok = rows < last
+        if HAS_BIAS:
+            if bias_program:
+                dy = tl.load(dy_ptr + rows.to(tl.int64)[:, None] * c_out + co[None, :],
+                             mask=row_ok[:, None] & co_ok[None, :], other=0.0)
+                bias_acc += tl.sum(dy.to(tl.float32), axis=0)
         src = tl.load(table_ptr + rows.to(tl.int64) * kernel_volume + k, mask=row_ok, other=-1)
         src_ok = src >= 0
         if tl.max(src, axis=0) >= 0:
@@ -75,8 +84,13 @@ def weight_grad_kernel(x_ptr, dy_ptr, table_ptr, partial_ptr, n_out, c_in, c_out
             if UPCAST:
                 a, g = a.to(tl.float32), g.to(tl.float32)
             acc += tl.dot(tl.trans(a), g, input_precision=PRECISION)
-    dst = partial_ptr + ((split * kernel_volume + k) * c_in + ci[:, None]).to(tl.int64) * c_out + co[None, :]
+    weights = kernel_volume * c_in * c_out
+    base = partial_ptr + split.to(tl.int64) * (weights + HAS_BIAS * c_out)
+    dst = base + (k * c_in + ci[:, None]).to(tl.int64) * c_out + co[None, :]
     tl.store(dst, acc, mask=ci_ok[:, None] & co_ok[None, :])
+    if HAS_BIAS:
+        if bias_program:
+            tl.store(base + weights + co, bias_acc, mask=co_ok)
 
 
 @triton.jit

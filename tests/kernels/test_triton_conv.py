@@ -62,16 +62,19 @@ def test_channel_tiles_and_row_splits():
     from sparse_radar.kernels.triton import launch
     x = feats.float().to(DEVICE)
     g = grad.float().to(DEVICE)
-    one_split = tconv.weight_grad(x, g, kmap.table)
+    one_split = tconv.weight_grad(x, g, kmap.table, True)
     old = launch.TARGET_PROGRAMS
     try:
         launch.TARGET_PROGRAMS = 10 ** 6  # as many splits as row blocks
-        many = tconv.weight_grad(x, g, kmap.table)
-        again = tconv.weight_grad(x, g, kmap.table)
+        many = tconv.weight_grad(x, g, kmap.table, True)
+        again = tconv.weight_grad(x, g, kmap.table, True)
     finally:
         launch.TARGET_PROGRAMS = old
-    torch.testing.assert_close(many, one_split, rtol=1e-5, atol=1e-5)
-    assert torch.equal(many, again)  # partials and one sum: no atomics, bitwise repeatable
+    for a, b, c in zip(many, one_split, again):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        assert torch.equal(a, c)  # partials and one sum: no atomics, bitwise repeatable
+    torch.testing.assert_close(many[1], g.sum(0), rtol=1e-5, atol=1e-5)  # db rides along in the same launch
+    assert tconv.weight_grad(x, g, kmap.table)[1] is None
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
