@@ -107,8 +107,12 @@ def constant(values, device=None) -> torch.Tensor:
 
 def kernel_offsets(kernel_size: Triple, device=None) -> torch.Tensor:
     """All kernel positions [K, 3] (kd, kh, kw) in the row-major order of a [kD, kH, kW] weight (do not modify)."""
-    grid = [list(p) for p in itertools.product(*(range(int(k)) for k in kernel_size))]
-    return constant(grid, device).reshape(-1, 3)
+    key = ("offsets", tuple(int(k) for k in kernel_size), str(torch.device(device) if device is not None else "cpu"))
+    found = _CONSTANTS.get(key)
+    if found is None:
+        grid = list(itertools.product(*(range(k) for k in key[1])))
+        found = _CONSTANTS[key] = torch.tensor(grid, dtype=torch.int64, device=device).reshape(-1, 3)
+    return found
 
 
 def conv_output_shape(spatial_shape: Sequence[int], kernel_size: Triple, stride: Triple,

@@ -65,26 +65,29 @@ class MaskedNorm(nn.Module):
 
     def forward(self, x: Field) -> Field:
         """Normalised field, same voxels."""
+        if isinstance(x, SparseVoxels):
+            return self.sparse(x)
+        self._check(x)
+        return x.replace(_dense_norm(x, self.groups, self.center, self.eps, self.weight, self.bias))
+
+    def sparse(self, x: SparseVoxels, mod_scale=None, mod_shift=None) -> SparseVoxels:
+        """The sparse path in one op, optionally followed by y * mod_scale + mod_shift per (sample, channel)."""
+        self._check(x)
+        s = x.structure
+        return x.replace(segment_group_norm(x.feats, self.weight, self.bias, s.sample_ids(), s.row_ptr(),
+                                            self.groups, self.center, self.eps, mod_scale, mod_shift))
+
+    def _check(self, x: Field) -> None:
         check_field(x, type(self).__name__)
         if x.num_channels != self.channels:
             raise ValueError(f"{type(self).__name__} expects {self.channels} channels, got {x.num_channels}")
-        if isinstance(x, SparseVoxels):
-            s = x.structure
-            return x.replace(segment_group_norm(x.feats, self.weight, self.bias, s.sample_ids(), s.row_ptr(),
-                                                self.groups, self.center, self.eps))
-        return x.replace(_dense_norm(x, self.groups, self.center, self.eps, self.weight, self.bias))
 
 
 def norm_and_modulate(norm: nn.Module, x: Field, scale: torch.Tensor, shift: torch.Tensor) -> Field:
     """norm(x) * (1 + scale) + shift per (sample, channel) (scale, shift [B, C]): on the sparse path of a MaskedNorm
     one op (the modulation folded into the norm's affine), else the norm and then the modulation."""
     if isinstance(norm, MaskedNorm) and isinstance(x, SparseVoxels):
-        check_field(x, type(norm).__name__)
-        if x.num_channels != norm.channels:
-            raise ValueError(f"{type(norm).__name__} expects {norm.channels} channels, got {x.num_channels}")
-        s = x.structure
-        return x.replace(segment_group_norm(x.feats, norm.weight, norm.bias, s.sample_ids(), s.row_ptr(),
-                                            norm.groups, norm.center, norm.eps, 1 + scale, shift))
+        return norm.sparse(x, 1 + scale, shift)
     h = norm(x)
     s, b = per_sample(h, scale), per_sample(h, shift)
     return map_values(h, lambda v: v * (1 + s.to(v.dtype)) + b.to(v.dtype))
