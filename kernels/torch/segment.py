@@ -62,7 +62,7 @@ def _count(row_ptr: torch.Tensor, channels: int, groups: int, dtype: torch.dtype
 
 
 def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool, eps: float, mod_scale=None,
-                 mod_shift=None):
+                 mod_shift=None, silu: bool = False):
     """See kernels.segment.norm_forward (two passes: the mean, then the centred squares)."""
     n_seg, channels = row_ptr.numel() - 1, rows.shape[1]
     acc = accumulation_dtype(rows.dtype)
@@ -76,15 +76,20 @@ def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool
     offset = -mean * scale if bias is None else bias.to(acc) - mean * scale
     if mod_scale is not None:  # y * m + t, per (segment, channel)
         scale, offset = scale * mod_scale.to(acc), offset * mod_scale.to(acc) + mod_shift.to(acc)
-    return segment_affine(rows, scale, offset, segment, None, None, rows.dtype), mean, rstd
+    y = segment_affine(rows, scale, offset, segment, None, None, acc)
+    return (torch.nn.functional.silu(y) if silu else y).to(rows.dtype), mean, rstd, scale, offset
 
 
 def norm_backward(grad_y, rows, weight, bias, segment, row_ptr, mean, rstd, groups: int, center: bool,
-                  mod_scale=None):
+                  mod_scale=None, silu: bool = False, fwd_scale=None, fwd_offset=None):
     """See kernels.segment.norm_backward."""
     channels = rows.shape[1]
     count = _count(row_ptr, channels, groups, mean.dtype)
     w = weight.to(mean.dtype)
+    if silu:  # through SiLU' of the recomputed affine output y
+        y = segment_affine(rows, fwd_scale, fwd_offset, segment, None, None, mean.dtype)
+        sig = torch.sigmoid(y)
+        grad_y = _acc(grad_y) * sig * (1 + y * (1 - sig))
     raw_dy, raw_dy_xc = sorted_segment_sums(grad_y, row_ptr, segment, rows, mean if center else None, False, _exact())
     m = torch.ones_like(mean) if mod_scale is None else mod_scale.to(mean.dtype)
     sum_dy, dy_xhat = m * raw_dy, m * rstd * raw_dy_xc  # [S, C]: the gradient reaching the norm's output, summed

@@ -38,10 +38,24 @@ def implicit_gemm(x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor, n_
     return out.to(x.dtype)
 
 
-def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, table: torch.Tensor, with_bias: bool = False):
-    """(dW[k] = sum_o x[table[o, k]]^T @ grad_out[o], fp32 [K, Cin, Cout]; with_bias, db = sum_o grad_out[o], fp32
-    [Cout], else None): one launch and one sum of its per-split partials (deterministic: no atomics)."""
+def dense_strides(shape, stride) -> bool:
+    """Whether a tensor of this shape and these strides covers its elements exactly once (no gaps, no overlap)."""
+    expected = 1
+    for size, step in sorted(zip(shape, stride), key=lambda pair: (pair[1], pair[0])):
+        if size > 1 and step != expected:
+            return False
+        expected *= size
+    return True
+
+
+def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, table: torch.Tensor, with_bias: bool = False,
+                layout=None):
+    """(dW[k] = sum_o x[table[o, k]]^T @ grad_out[o], fp32 [K, Cin, Cout], laid out with the strides `layout` (a
+    dense layout, e.g. the weight's own, so autograd need not copy it; default contiguous); with_bias, db =
+    sum_o grad_out[o], fp32 [Cout], else None): one launch and one sum of its per-split partials (deterministic)."""
     k, c_in, c_out = table.shape[1], x.shape[1], grad_out.shape[1]
+    if layout is None or not dense_strides((k, c_in, c_out), layout):
+        layout = (c_in * c_out, c_out, 1)
     block_ci = pow2_block(c_in, 16, 64)
     block_co = pow2_block(c_out, 16, 64)
     block_n = 32
@@ -50,22 +64,24 @@ def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, table: torch.Tensor, wi
     weights = k * c_in * c_out
     partial = torch.empty(n_split, weights + (c_out if with_bias else 0), dtype=torch.float32, device=x.device)
     grid = (k, triton.cdiv(c_in, block_ci) * triton.cdiv(c_out, block_co), n_split)
-    weight_grad_kernel[grid](x, grad_out, table, partial, table.shape[0], c_in, c_out, k, per,
+    weight_grad_kernel[grid](x, grad_out, table, partial, table.shape[0], c_in, c_out, k, per, *layout,
                              PRECISION=_precision(x.dtype), UPCAST=interpreted_bf16(x.dtype), HAS_BIAS=with_bias,
                              BLOCK_N=block_n, BLOCK_CI=block_ci, BLOCK_CO=block_co)
     total = partial.sum(0) if n_split > 1 else partial[0]
-    return total[:weights].view(k, c_in, c_out), (total[weights:] if with_bias else None)
+    return total[:weights].as_strided((k, c_in, c_out), tuple(layout)), (total[weights:] if with_bias else None)
 
 
 class TritonSparseConv(torch.autograd.Function):
     """Autograd op: out[o] = sum_k feats[table[o, k]] @ weight[k], plus bias; fp32 sums for every dtype."""
 
     @staticmethod
-    def forward(ctx, feats, weight, bias, kmap: KernelMap, settings: backends.KernelSettings):
-        # the weight in its own dtype (fp32 under autocast), laid out [K, Cin, Cout] contiguous: one copy, no cast
-        out = implicit_gemm(feats, weight.contiguous(), kmap.table, kmap.n_out, bias)
-        ctx.save_for_backward(feats, weight)
-        ctx.kmap, ctx.has_bias = kmap, bias is not None
+    def forward(ctx, feats, weight, bias, kmap: KernelMap, settings: backends.KernelSettings, packed=None):
+        # the weight in its own dtype (fp32 under autocast), laid out [K, Cin, Cout] contiguous (a layer's cached
+        # copy, else one copy here), cast in registers; dX reads its transpose in place (coalesced along Cout)
+        packed = weight.contiguous() if packed is None else packed
+        out = implicit_gemm(feats, packed, kmap.table, kmap.n_out, bias)
+        ctx.save_for_backward(feats, packed)
+        ctx.kmap, ctx.has_bias, ctx.layout = kmap, bias is not None, weight.stride()
         return out
 
     @staticmethod
@@ -76,17 +92,16 @@ class TritonSparseConv(torch.autograd.Function):
         grad_out = grad_out.to(feats.dtype).contiguous()
         grad_feats = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            w_t = weight.transpose(1, 2).contiguous()  # [K, Cout, Cin] contiguous
-            grad_feats = implicit_gemm(grad_out, w_t, kmap.table_t, kmap.n_in)
+            grad_feats = implicit_gemm(grad_out, weight.transpose(1, 2), kmap.table_t, kmap.n_in)  # [K, Cout, Cin]
         want_bias = ctx.has_bias and ctx.needs_input_grad[2]
-        if ctx.needs_input_grad[1]:  # dW and db in one launch
-            grad_weight, grad_bias = weight_grad(feats, grad_out, kmap.table, want_bias)
+        if ctx.needs_input_grad[1]:  # dW (in the weight's own layout) and db in one launch
+            grad_weight, grad_bias = weight_grad(feats, grad_out, kmap.table, want_bias, ctx.layout)
             grad_weight = grad_weight.to(weight.dtype)
         elif want_bias:
             grad_bias = grad_out.sum(0, dtype=torch.float32)
         if grad_bias is not None:
             grad_bias = grad_bias.to(weight.dtype)
-        return grad_feats, grad_weight, grad_bias, None, None
+        return grad_feats, grad_weight, grad_bias, None, None, None
 
 
 def depthwise(x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor, n_out: int) -> torch.Tensor:

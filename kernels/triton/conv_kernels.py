@@ -49,10 +49,10 @@ def implicit_gemm_kernel(x_ptr, w_ptr, table_ptr, bias_ptr, out_ptr, n_out, c_in
 
 @triton.jit
 def weight_grad_kernel(x_ptr, dy_ptr, table_ptr, partial_ptr, n_out, c_in, c_out, kernel_volume, rows_per_split,
-                       PRECISION: tl.constexpr, UPCAST: tl.constexpr, HAS_BIAS: tl.constexpr,
+                       stride_k, stride_ci, stride_co, PRECISION: tl.constexpr, UPCAST: tl.constexpr, HAS_BIAS: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr):
     """partial[s, k] = sum over rows o of split s of x[table[o, k], :]^T @ dy[o, :] (fp32; per split s the flat
-    [K * Cin * Cout] weight part, then with HAS_BIAS [Cout]: the sum of dy over the split's rows, which the
+    K * Cin * Cout weight part, element (k, ci, co) at k * stride_k + ci * stride_ci + co * stride_co, then with HAS_BIAS [Cout]: the sum of dy over the split's rows, which the
     programs of offset 0 and the first input-channel tile add up on the way)."""
     k = tl.program_id(0)
     n_co_tiles = tl.cdiv(c_out, BLOCK_CO)
@@ -86,7 +86,7 @@ def weight_grad_kernel(x_ptr, dy_ptr, table_ptr, partial_ptr, n_out, c_in, c_out
             acc += tl.dot(tl.trans(a), g, input_precision=PRECISION)
     weights = kernel_volume * c_in * c_out
     base = partial_ptr + split.to(tl.int64) * (weights + HAS_BIAS * c_out)
-    dst = base + (k * c_in + ci[:, None]).to(tl.int64) * c_out + co[None, :]
+    dst = base + k * stride_k + ci[:, None].to(tl.int64) * stride_ci + co[None, :].to(tl.int64) * stride_co
     tl.store(dst, acc, mask=ci_ok[:, None] & co_ok[None, :])
     if HAS_BIAS:
         if bias_program:

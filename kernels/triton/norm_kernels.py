@@ -1,108 +1,168 @@
-"""Triton kernels that finish a group norm's statistics from per-split column sums (sorted_segment_sums_kernel's
-partials [n_split, S, C]). A program owns one channel group (of one segment, or of every segment in turn), so a
-group's total is one in-register sum; only [S, C] values are touched, the row passes stay in segment_kernels."""
+"""Triton kernels of the sparse group norm: two launches forward (statistics with the affine coefficients; the
+affine map with an optional SiLU), two backward (the gradient's sums with the coefficients of dx; dx itself, whose
+first row tile also sums the weight and bias gradients over segments).
+
+Rows are sorted by segment (CSR row_ptr). A statistics program owns one (segment, channel group) and walks the
+segment's rows, so a group's totals are in-register sums: no partials, no atomics, repeatable bits. The mean and
+the centred squares are two passes over the rows inside that one program (no E[x^2] - E[x]^2 cancellation).
+"""
 import triton
 import triton.language as tl
 
 
 @triton.jit
-def _split_total(part_ptr, n_split, n_seg, seg, channels, cols, ok):
-    """sum over the row splits of partial[split, seg, cols] (fp32)."""
-    acc = tl.zeros(cols.shape, dtype=tl.float32)
-    for split in range(n_split):
-        acc += tl.load(part_ptr + (split * n_seg + seg).to(tl.int64) * channels + cols, mask=ok, other=0.0)
-    return acc
+def _silu_grad(grad, y):
+    """d silu(y) / dy times grad, fp32."""
+    sig = 1.0 / (1.0 + tl.exp(-y))
+    return grad * sig * (1.0 + y * (1.0 - sig))
 
 
 @triton.jit
-def _count(row_ptr, seg, group_size):
-    """Values per (segment, group): rows of the segment (at least 1) x channels per group, as fp32."""
-    rows = tl.load(row_ptr + seg + 1) - tl.load(row_ptr + seg)
-    return (tl.maximum(rows, 1) * group_size).to(tl.float32)
-
-
-@triton.jit
-def group_mean_kernel(part_ptr, row_ptr, mean_ptr, n_split, n_seg, channels, group_size, BLOCK_G: tl.constexpr):
-    """mean[s, c] = the mean of segment s's rows over channel c's group; program (s, group)."""
-    seg, group = tl.program_id(0), tl.program_id(1)
+def _group_lanes(group, group_size, BLOCK_G: tl.constexpr):
+    """(columns of the group, their in-range mask)."""
     lane = tl.arange(0, BLOCK_G)
-    ok = lane < group_size
-    cols = group * group_size + lane
-    total = tl.sum(_split_total(part_ptr, n_split, n_seg, seg, channels, cols, ok), axis=0)
-    mean = tl.zeros(cols.shape, dtype=tl.float32) + total / _count(row_ptr, seg, group_size)
-    tl.store(mean_ptr + seg.to(tl.int64) * channels + cols, mean, mask=ok)
+    return group * group_size + lane, lane < group_size
 
 
 @triton.jit
-def norm_coefficients_kernel(part_ptr, row_ptr, mean_ptr, weight_ptr, bias_ptr, mod_scale_ptr, mod_shift_ptr,
-                             rstd_ptr, scale_ptr, offset_ptr, n_split, n_seg, channels, group_size, eps,
-                             CENTER: tl.constexpr, HAS_BIAS: tl.constexpr, MOD: tl.constexpr, BLOCK_G: tl.constexpr):
-    """From the (centred) squares: rstd and the affine scale = rstd * w, offset = b - mean * scale per [s, c]; with
-    MOD, then times mod_scale[s, c] plus mod_shift[s, c]."""
+def norm_statistics_kernel(x_ptr, row_ptr, weight_ptr, bias_ptr, mod_scale_ptr, mod_shift_ptr, mean_ptr, rstd_ptr,
+                           scale_ptr, offset_ptr, channels, group_size, eps, CENTER: tl.constexpr,
+                           HAS_BIAS: tl.constexpr, MOD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
+    """Program (segment, group): mean and rstd of the group over the segment's rows, then the affine coefficients
+    scale = rstd * w, offset = b - mean * scale per [s, c]; with MOD, times mod_scale[s, c] plus mod_shift[s, c]."""
     seg, group = tl.program_id(0), tl.program_id(1)
-    lane = tl.arange(0, BLOCK_G)
-    ok = lane < group_size
-    cols = group * group_size + lane
-    at = seg.to(tl.int64) * channels + cols
-    squares = tl.sum(_split_total(part_ptr, n_split, n_seg, seg, channels, cols, ok), axis=0)
-    rstd = tl.zeros(cols.shape, dtype=tl.float32) + 1.0 / tl.sqrt(squares / _count(row_ptr, seg, group_size) + eps)
-    scale = rstd * tl.load(weight_ptr + cols, mask=ok, other=0.0).to(tl.float32)
-    offset = tl.zeros(cols.shape, dtype=tl.float32)
+    cols, ok = _group_lanes(group, group_size, BLOCK_G)
+    first, last = tl.load(row_ptr + seg), tl.load(row_ptr + seg + 1)
+    count = (tl.maximum(last - first, 1) * group_size).to(tl.float32)
+    mean = 0.0
     if CENTER:
-        offset = -tl.load(mean_ptr + at, mask=ok, other=0.0) * scale
+        acc = tl.zeros((BLOCK_N, BLOCK_G), dtype=tl.float32)
+        for n0 in range(first, last, BLOCK_N):
+            rows = n0 + tl.arange(0, BLOCK_N)
+            at = rows.to(tl.int64)[:, None] * channels + cols[None, :]
+            acc += tl.load(x_ptr + at, mask=(rows < last)[:, None] & ok[None, :], other=0.0).to(tl.float32)
+        mean = tl.sum(tl.sum(acc, axis=1), axis=0) / count
+    squares = tl.zeros((BLOCK_N, BLOCK_G), dtype=tl.float32)
+    for n0 in range(first, last, BLOCK_N):
+        rows = n0 + tl.arange(0, BLOCK_N)
+        inside = (rows < last)[:, None] & ok[None, :]
+        a = tl.load(x_ptr + rows.to(tl.int64)[:, None] * channels + cols[None, :], mask=inside, other=0.0)
+        a = tl.where(inside, a.to(tl.float32) - mean, 0.0)
+        squares += a * a
+    rstd = 1.0 / tl.sqrt(tl.sum(tl.sum(squares, axis=1), axis=0) / count + eps)
+    at = seg.to(tl.int64) * channels + cols
+    scale = rstd * tl.load(weight_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+    offset = -mean * scale
     if HAS_BIAS:
         offset += tl.load(bias_ptr + cols, mask=ok, other=0.0).to(tl.float32)
     if MOD:
         m = tl.load(mod_scale_ptr + at, mask=ok, other=0.0).to(tl.float32)
         scale = scale * m
         offset = offset * m + tl.load(mod_shift_ptr + at, mask=ok, other=0.0).to(tl.float32)
-    tl.store(rstd_ptr + at, rstd, mask=ok)
+    tl.store(mean_ptr + at, tl.zeros(cols.shape, dtype=tl.float32) + mean, mask=ok)
+    tl.store(rstd_ptr + at, tl.zeros(cols.shape, dtype=tl.float32) + rstd, mask=ok)
     tl.store(scale_ptr + at, scale, mask=ok)
     tl.store(offset_ptr + at, offset, mask=ok)
 
 
 @triton.jit
-def norm_backward_coefficients_kernel(dy_part_ptr, dyxc_part_ptr, row_ptr, mean_ptr, rstd_ptr, weight_ptr, bias_ptr,
-                                      mod_scale_ptr, dy_scale_ptr, x_scale_ptr, offset_ptr, grad_w_ptr, grad_b_ptr,
-                                      grad_m_ptr, grad_t_ptr, n_split, n_seg, channels, group_size,
-                                      CENTER: tl.constexpr, HAS_BIAS: tl.constexpr, MOD: tl.constexpr,
-                                      BLOCK_G: tl.constexpr):
-    """Program (group) over every segment, from the sums of dy' (the incoming gradient) and dy' (x - mean): with
-    dy = dy' * m (m = mod_scale, else 1), dx = dy' * (rstd w m) + x * x_scale + offset, x_scale =
-    -rstd^2 mean_g(w dy xhat), offset = -mean x_scale (- rstd mean_g(w dy) when centred); the weight and bias
-    gradients of the group's channels summed over segments; with MOD the modulation's, sum dy' y and sum dy'."""
-    group = tl.program_id(0)
-    lane = tl.arange(0, BLOCK_G)
-    ok = lane < group_size
-    cols = group * group_size + lane
+def norm_apply_kernel(x_ptr, scale_ptr, offset_ptr, seg_ptr, out_ptr, n_rows, channels, SILU: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    """out[n] = x[n] * scale[s] + offset[s] (then silu with SILU), s = seg[n]; fp32 arithmetic."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ok = (rows < n_rows)[:, None] & (cols < channels)[None, :]
+    per_seg = tl.load(seg_ptr + rows, mask=rows < n_rows, other=0).to(tl.int64)[:, None] * channels + cols[None, :]
+    at = rows.to(tl.int64)[:, None] * channels + cols[None, :]
+    y = tl.load(x_ptr + at, mask=ok, other=0.0).to(tl.float32) * tl.load(scale_ptr + per_seg, mask=ok, other=0.0)
+    y += tl.load(offset_ptr + per_seg, mask=ok, other=0.0)
+    if SILU:
+        y = y / (1.0 + tl.exp(-y))
+    tl.store(out_ptr + at, y.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def norm_grad_statistics_kernel(grad_ptr, x_ptr, row_ptr, mean_ptr, rstd_ptr, weight_ptr, bias_ptr, mod_scale_ptr,
+                                fwd_scale_ptr, fwd_offset_ptr, dy_scale_ptr, x_scale_ptr, offset_ptr, part_w_ptr,
+                                part_b_ptr, grad_m_ptr, grad_t_ptr, channels, group_size, CENTER: tl.constexpr,
+                                HAS_BIAS: tl.constexpr, MOD: tl.constexpr, SILU: tl.constexpr,
+                                BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
+    """Program (segment, group): with dy' the gradient reaching the affine output (through SiLU' of the recomputed
+    y = x * fwd_scale + fwd_offset with SILU) and dy = dy' * m (m = mod_scale, else 1): dx = dy' * (rstd w m) +
+    x * x_scale + offset, x_scale = -rstd^2 mean_g(w dy xhat), offset = -mean x_scale (- rstd mean_g(w dy) when
+    centred); this segment's share of dW (sum dy xhat) and db (sum dy); with MOD, sum dy' y and sum dy'."""
+    seg, group = tl.program_id(0), tl.program_id(1)
+    cols, ok = _group_lanes(group, group_size, BLOCK_G)
+    first, last = tl.load(row_ptr + seg), tl.load(row_ptr + seg + 1)
+    at = seg.to(tl.int64) * channels + cols
+    mean = tl.load(mean_ptr + at, mask=ok, other=0.0)
+    fwd_scale = tl.load(fwd_scale_ptr + at, mask=ok, other=0.0)
+    fwd_offset = tl.load(fwd_offset_ptr + at, mask=ok, other=0.0)
+    acc_dy = tl.zeros((BLOCK_N, BLOCK_G), dtype=tl.float32)
+    acc_dyxc = tl.zeros((BLOCK_N, BLOCK_G), dtype=tl.float32)
+    for n0 in range(first, last, BLOCK_N):
+        rows = n0 + tl.arange(0, BLOCK_N)
+        inside = (rows < last)[:, None] & ok[None, :]
+        where = rows.to(tl.int64)[:, None] * channels + cols[None, :]
+        g = tl.load(grad_ptr + where, mask=inside, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + where, mask=inside, other=0.0).to(tl.float32)
+        if SILU:
+            g = _silu_grad(g, x * fwd_scale[None, :] + fwd_offset[None, :])
+        acc_dy += g
+        acc_dyxc += g * tl.where(inside, x - mean[None, :], 0.0)
+    raw_dy, raw_dyxc = tl.sum(acc_dy, axis=0), tl.sum(acc_dyxc, axis=0)
+    rstd = tl.load(rstd_ptr + at, mask=ok, other=0.0)
     w = tl.load(weight_ptr + cols, mask=ok, other=0.0).to(tl.float32)
-    b = tl.zeros(cols.shape, dtype=tl.float32)
-    if HAS_BIAS:
-        b = tl.load(bias_ptr + cols, mask=ok, other=0.0).to(tl.float32)
-    grad_w = tl.zeros(cols.shape, dtype=tl.float32)
-    grad_b = tl.zeros(cols.shape, dtype=tl.float32)
-    for seg in range(n_seg):
-        at = seg * channels + cols
-        raw_dy = _split_total(dy_part_ptr, n_split, n_seg, seg, channels, cols, ok)
-        raw_dyxc = _split_total(dyxc_part_ptr, n_split, n_seg, seg, channels, cols, ok)
-        rstd = tl.load(rstd_ptr + at, mask=ok, other=0.0)
-        m = tl.zeros(cols.shape, dtype=tl.float32) + 1.0
-        if MOD:
-            m = tl.load(mod_scale_ptr + at, mask=ok, other=0.0).to(tl.float32)
-            tl.store(grad_m_ptr + at, w * rstd * raw_dyxc + b * raw_dy, mask=ok)
-            tl.store(grad_t_ptr + at, raw_dy, mask=ok)
-        sum_dy = m * raw_dy
-        dy_xhat = m * rstd * raw_dyxc
-        grad_w += dy_xhat
-        grad_b += sum_dy
-        count = _count(row_ptr, seg, group_size)
-        x_scale = -rstd * rstd * tl.sum(tl.where(ok, w * dy_xhat, 0.0), axis=0) / count
-        offset = tl.zeros(cols.shape, dtype=tl.float32)
-        if CENTER:
-            offset = -tl.load(mean_ptr + at, mask=ok, other=0.0) * x_scale
-            offset -= rstd * tl.sum(tl.where(ok, w * sum_dy, 0.0), axis=0) / count
-        tl.store(dy_scale_ptr + at, rstd * w * m, mask=ok)
-        tl.store(x_scale_ptr + at, x_scale, mask=ok)
-        tl.store(offset_ptr + at, offset, mask=ok)
-    tl.store(grad_w_ptr + cols, grad_w, mask=ok)
-    tl.store(grad_b_ptr + cols, grad_b, mask=ok)
+    m = tl.zeros(cols.shape, dtype=tl.float32) + 1.0
+    if MOD:
+        m = tl.load(mod_scale_ptr + at, mask=ok, other=0.0).to(tl.float32)
+        b = tl.zeros(cols.shape, dtype=tl.float32)
+        if HAS_BIAS:
+            b = tl.load(bias_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+        tl.store(grad_m_ptr + at, w * rstd * raw_dyxc + b * raw_dy, mask=ok)
+        tl.store(grad_t_ptr + at, raw_dy, mask=ok)
+    sum_dy = m * raw_dy
+    dy_xhat = m * rstd * raw_dyxc
+    count = (tl.maximum(last - first, 1) * group_size).to(tl.float32)
+    x_scale = -rstd * rstd * tl.sum(tl.where(ok, w * dy_xhat, 0.0), axis=0) / count
+    offset = -mean * x_scale
+    if CENTER:
+        offset -= rstd * tl.sum(tl.where(ok, w * sum_dy, 0.0), axis=0) / count
+    tl.store(dy_scale_ptr + at, rstd * w * m, mask=ok)
+    tl.store(x_scale_ptr + at, x_scale, mask=ok)
+    tl.store(offset_ptr + at, offset, mask=ok)
+    tl.store(part_w_ptr + at, dy_xhat, mask=ok)
+    tl.store(part_b_ptr + at, sum_dy, mask=ok)
+
+
+@triton.jit
+def norm_input_grad_kernel(grad_ptr, x_ptr, seg_ptr, fwd_scale_ptr, fwd_offset_ptr, dy_scale_ptr, x_scale_ptr,
+                           offset_ptr, part_w_ptr, part_b_ptr, grad_w_ptr, grad_b_ptr, out_ptr, n_rows, n_seg,
+                           channels, SILU: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    """dx[n] = dy'[n] * dy_scale[s] + x[n] * x_scale[s] + offset[s] (dy' through SiLU' with SILU); the programs of
+    the first row tile also sum the per-segment dW and db shares of their columns, in segment order."""
+    tile = tl.program_id(0)
+    rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_ok = cols < channels
+    ok = (rows < n_rows)[:, None] & col_ok[None, :]
+    per_seg = tl.load(seg_ptr + rows, mask=rows < n_rows, other=0).to(tl.int64)[:, None] * channels + cols[None, :]
+    at = rows.to(tl.int64)[:, None] * channels + cols[None, :]
+    g = tl.load(grad_ptr + at, mask=ok, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + at, mask=ok, other=0.0).to(tl.float32)
+    if SILU:
+        y = x * tl.load(fwd_scale_ptr + per_seg, mask=ok, other=0.0) + tl.load(fwd_offset_ptr + per_seg, mask=ok,
+                                                                                other=0.0)
+        g = _silu_grad(g, y)
+    dx = g * tl.load(dy_scale_ptr + per_seg, mask=ok, other=0.0) + x * tl.load(x_scale_ptr + per_seg, mask=ok,
+                                                                                other=0.0)
+    dx += tl.load(offset_ptr + per_seg, mask=ok, other=0.0)
+    tl.store(out_ptr + at, dx.to(out_ptr.dtype.element_ty), mask=ok)
+    if tile == 0:
+        grad_w = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        grad_b = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        for seg in range(n_seg):
+            grad_w += tl.load(part_w_ptr + seg * channels + cols, mask=col_ok, other=0.0)
+            grad_b += tl.load(part_b_ptr + seg * channels + cols, mask=col_ok, other=0.0)
+        tl.store(grad_w_ptr + cols, grad_w, mask=col_ok)
+        tl.store(grad_b_ptr + cols, grad_b, mask=col_ok)

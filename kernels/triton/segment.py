@@ -7,7 +7,8 @@ import torch
 import triton
 
 from .launch import out_buffer, pow2_block, row_splits
-from .norm_kernels import group_mean_kernel, norm_backward_coefficients_kernel, norm_coefficients_kernel
+from .norm_kernels import (norm_apply_kernel, norm_grad_statistics_kernel, norm_input_grad_kernel,
+                           norm_statistics_kernel)
 from .segment_kernels import segment_affine_kernel, sorted_segment_sums_kernel
 
 
@@ -37,43 +38,50 @@ def sorted_segment_sums(u, row_ptr, segment, v, shift, shift_u, deterministic) -
 
 
 def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool, eps: float, mod_scale=None,
-                 mod_shift=None):
-    """See kernels.segment.norm_forward: five launches (sums, mean, centred squares, coefficients, affine)."""
+                 mod_shift=None, silu: bool = False):
+    """See kernels.segment.norm_forward: two launches (statistics with the coefficients; the affine map)."""
     n, channels = rows.shape
     n_seg, size = row_ptr.numel() - 1, channels // groups
-    block = triton.next_power_of_2(size)
-    stats = lambda: torch.empty(n_seg, channels, dtype=torch.float32, device=rows.device)
-    mean, rstd, scale, offset = stats(), stats(), stats(), stats()
-    if center:
-        part, _, n_split = _partials(rows, row_ptr, None, None, False)
-        group_mean_kernel[(n_seg, groups)](part, row_ptr, mean, n_split, n_seg, channels, size, BLOCK_G=block)
-    _, squares, n_split = _partials(rows, row_ptr, rows, mean if center else None, center)
-    norm_coefficients_kernel[(n_seg, groups)](
-        squares, row_ptr, mean, weight, bias if bias is not None else weight,
-        mod_scale if mod_scale is not None else mean, mod_shift if mod_shift is not None else mean, rstd, scale,
-        offset, n_split, n_seg, channels, size, float(eps), CENTER=center, HAS_BIAS=bias is not None,
-        MOD=mod_scale is not None, BLOCK_G=block)
-    return segment_affine(rows, scale, offset, segment, None, None, rows.dtype), mean, rstd
+    mean, rstd, scale, offset = torch.empty(4, n_seg, channels, dtype=torch.float32, device=rows.device).unbind(0)
+    if n_seg:
+        norm_statistics_kernel[(n_seg, groups)](
+            rows, row_ptr, weight, bias if bias is not None else weight,
+            mod_scale if mod_scale is not None else mean, mod_shift if mod_shift is not None else mean, mean, rstd,
+            scale, offset, channels, size, float(eps), CENTER=center, HAS_BIAS=bias is not None,
+            MOD=mod_scale is not None, BLOCK_N=32, BLOCK_G=triton.next_power_of_2(size))
+    out = out_buffer(n, channels, rows.dtype, rows.device)
+    if n:
+        block_c = pow2_block(channels, 16, 128)
+        norm_apply_kernel[(triton.cdiv(n, 32), triton.cdiv(channels, block_c))](
+            rows, scale, offset, segment, out, n, channels, SILU=silu, BLOCK_N=32, BLOCK_C=block_c)
+    return out.to(rows.dtype), mean, rstd, scale, offset
 
 
 def norm_backward(grad_y, rows, weight, bias, segment, row_ptr, mean, rstd, groups: int, center: bool,
-                  mod_scale=None):
-    """See kernels.segment.norm_backward: three launches (sums; coefficients with dW, db and the modulation's
-    gradients; the affine map)."""
-    channels = rows.shape[1]
+                  mod_scale=None, silu: bool = False, fwd_scale=None, fwd_offset=None):
+    """See kernels.segment.norm_backward: two launches (the gradient's sums with dx's coefficients; dx, with dW and
+    db summed over segments by its first row tile)."""
+    n, channels = rows.shape
     n_seg, size = row_ptr.numel() - 1, channels // groups
-    sum_dy, sum_dyxc, n_split = _partials(grad_y, row_ptr, rows, mean if center else None, False)
-    stats = lambda: torch.empty(n_seg, channels, dtype=torch.float32, device=rows.device)
-    dy_scale, x_scale, offset, grad_m, grad_t = stats(), stats(), stats(), stats(), stats()
-    grad_w = torch.empty(channels, dtype=torch.float32, device=rows.device)
-    grad_b = torch.empty_like(grad_w)
-    norm_backward_coefficients_kernel[(groups,)](
-        sum_dy, sum_dyxc, row_ptr, mean, rstd, weight, bias if bias is not None else weight,
-        mod_scale if mod_scale is not None else mean, dy_scale, x_scale, offset, grad_w, grad_b, grad_m, grad_t,
-        n_split, n_seg, channels, size, CENTER=center, HAS_BIAS=bias is not None, MOD=mod_scale is not None,
-        BLOCK_G=triton.next_power_of_2(size))
-    grad_rows = segment_affine(grad_y, dy_scale, offset, segment, rows, x_scale, rows.dtype)
-    return (grad_rows, grad_w, grad_b) + ((grad_m, grad_t) if mod_scale is not None else (None, None))
+    dy_scale, x_scale, offset, part_w, part_b, grad_m, grad_t = torch.empty(
+        7, n_seg, channels, dtype=torch.float32, device=rows.device).unbind(0)
+    if n_seg:
+        norm_grad_statistics_kernel[(n_seg, groups)](
+            grad_y, rows, row_ptr, mean, rstd, weight, bias if bias is not None else weight,
+            mod_scale if mod_scale is not None else mean, fwd_scale if silu else mean, fwd_offset if silu else mean,
+            dy_scale, x_scale, offset, part_w, part_b, grad_m, grad_t, channels, size, CENTER=center,
+            HAS_BIAS=bias is not None, MOD=mod_scale is not None, SILU=silu, BLOCK_N=32,
+            BLOCK_G=triton.next_power_of_2(size))
+    grad_w, grad_b = (torch.empty if n else torch.zeros)(2, channels, dtype=torch.float32,
+                                                         device=rows.device).unbind(0)
+    grad_rows = out_buffer(n, channels, rows.dtype, rows.device)
+    if n:
+        block_c = pow2_block(channels, 16, 128)
+        norm_input_grad_kernel[(triton.cdiv(n, 32), triton.cdiv(channels, block_c))](
+            grad_y, rows, segment, fwd_scale if silu else mean, fwd_offset if silu else mean, dy_scale, x_scale,
+            offset, part_w, part_b, grad_w, grad_b, grad_rows, n, n_seg, channels, SILU=silu, BLOCK_N=32,
+            BLOCK_C=block_c)
+    return (grad_rows.to(rows.dtype), grad_w, grad_b) + ((grad_m, grad_t) if mod_scale is not None else (None, None))
 
 
 def segment_affine(u, scale, offset, segment, v, v_scale, out_dtype) -> torch.Tensor:

@@ -10,14 +10,13 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..kernels.coords import linear_keys, lookup
 from ..nn.conv import SparseConv3d, SubMConv3d
-from ..nn.field_ops import Field, map_values, values
+from ..nn.field_ops import Field, values
 from ..nn.generative import GenerativeUpsample, keep_where
-from ..nn.norm import build_norm
+from ..nn.norm import build_norm, norm_silu
 from ..structure import VoxelStructure
 from ..voxels import DenseVoxels, SparseVoxels
 
@@ -34,7 +33,7 @@ class ConvBlock(nn.Module):
 
     def forward(self, x: Field) -> Field:
         """x + conv(silu(norm(x))), same voxels."""
-        h = self.conv(map_values(self.norm(x), F.silu))
+        h = self.conv(norm_silu(self.norm, x))
         return x.replace(values(x) + values(h))
 
 

@@ -5,14 +5,13 @@ import contextlib
 from typing import List, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..nn.attention import AttentionBlock
 from ..nn.blocks import Downsample, ResBlock, Upsample, timestep_embedding, zero_module
 from ..nn.conv import SubMConv3d
-from ..nn.field_ops import cat_channels, check_field, map_values
-from ..nn.norm import build_norm
+from ..nn.field_ops import cat_channels, check_field
+from ..nn.norm import build_norm, norm_silu
 from ..voxels import DenseVoxels, SparseVoxels
 from .config import UNetConfig
 
@@ -124,4 +123,4 @@ class UNet3D(nn.Module):
                 h = attn(block(cat_channels(h, skips.pop()), emb))
             if level < len(self.ups):
                 h = self.ups[level](h)
-        return self.out_conv(map_values(self.out_norm(h), F.silu))
+        return self.out_conv(norm_silu(self.out_norm, h))

@@ -12,7 +12,7 @@ from torch.utils.checkpoint import checkpoint
 from .conv import SparseConv3d, SparseInverseConv3d, SubMConv3d
 from .depthwise import DepthwiseSubMConv3d
 from .field_ops import Field, map_values, values
-from .norm import build_norm, norm_and_modulate
+from .norm import build_norm, norm_and_modulate, norm_silu
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -60,10 +60,10 @@ class ResBlock(nn.Module):
         return self._forward(x, emb)
 
     def _forward(self, x: Field, emb: torch.Tensor) -> Field:
-        h = self.in_conv(map_values(self.in_norm(x), F.silu))
+        h = self.in_conv(norm_silu(self.in_norm, x))
         scale, shift = self.emb(F.silu(emb)).chunk(2, dim=1)  # [B, C] each
-        h = norm_and_modulate(self.out_norm, h, scale, shift)  # out_norm(h) * (1 + scale) + shift
-        h = map_values(h, lambda v: self.dropout(F.silu(v)))
+        h = norm_and_modulate(self.out_norm, h, scale, shift, silu=True)  # silu(out_norm(h) * (1 + scale) + shift)
+        h = map_values(h, self.dropout)
         h = self.out_conv(h)
         skip = self.skip(x)
         return h.replace(values(skip).to(values(h).dtype) + values(h))

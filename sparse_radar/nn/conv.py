@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Union
 
 import torch
@@ -79,11 +80,26 @@ class _SparseConvBase(nn.Module):
         """(values, weight, bias) in the compute dtype (see cast_for_compute)."""
         return cast_for_compute(values, self.weight, self.bias)
 
+    def kernel_weight(self) -> torch.Tensor:
+        """The weight's values in the kernels' layout [K, Cin, Cout], contiguous and detached: copied once per
+        version of the weight (an optimizer step, load_state_dict, .to()), not once per call. Write the weight in
+        place through the parameter itself (a write through .data is not seen)."""
+        w = self.weight
+        key = (w._version, w.data_ptr(), w.dtype, w.device)
+        cached = self.__dict__.get("_kernel_weight")
+        if cached is None or cached[0]() is not w or cached[1] != key:
+            with torch.no_grad():
+                packed = torch_to_kernel_weight(w).contiguous()
+            self.__dict__["_kernel_weight"] = (weakref.ref(w), key, packed)
+            return packed
+        return cached[2]
+
     def _apply_kmap(self, x: SparseVoxels, kmap) -> torch.Tensor:
         feats = x.feats.to(autocast_dtype(x.feats.device) or x.feats.dtype)
         # the fp32 weight and bias: the op casts them inside, so dW and dbias come back in fp32 (an fp16 dW could
         # overflow under a GradScaler)
-        return sparse_conv(feats, torch_to_kernel_weight(self.weight), self.bias, kmap)  # [N_out, Cout]
+        return sparse_conv(feats, torch_to_kernel_weight(self.weight), self.bias, kmap,
+                           packed=self.kernel_weight())  # [N_out, Cout]
 
     def _dense_conv(self, data: torch.Tensor, padding) -> torch.Tensor:
         data, weight, bias = self._cast(data)

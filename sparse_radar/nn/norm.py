@@ -70,12 +70,13 @@ class MaskedNorm(nn.Module):
         self._check(x)
         return x.replace(_dense_norm(x, self.groups, self.center, self.eps, self.weight, self.bias))
 
-    def sparse(self, x: SparseVoxels, mod_scale=None, mod_shift=None) -> SparseVoxels:
-        """The sparse path in one op, optionally followed by y * mod_scale + mod_shift per (sample, channel)."""
+    def sparse(self, x: SparseVoxels, mod_scale=None, mod_shift=None, silu: bool = False) -> SparseVoxels:
+        """The sparse path in one op, optionally followed by y * mod_scale + mod_shift per (sample, channel), then
+        optionally by SiLU."""
         self._check(x)
         s = x.structure
         return x.replace(segment_group_norm(x.feats, self.weight, self.bias, s.sample_ids(), s.row_ptr(),
-                                            self.groups, self.center, self.eps, mod_scale, mod_shift))
+                                            self.groups, self.center, self.eps, mod_scale, mod_shift, silu))
 
     def _check(self, x: Field) -> None:
         check_field(x, type(self).__name__)
@@ -83,14 +84,23 @@ class MaskedNorm(nn.Module):
             raise ValueError(f"{type(self).__name__} expects {self.channels} channels, got {x.num_channels}")
 
 
-def norm_and_modulate(norm: nn.Module, x: Field, scale: torch.Tensor, shift: torch.Tensor) -> Field:
-    """norm(x) * (1 + scale) + shift per (sample, channel) (scale, shift [B, C]): on the sparse path of a MaskedNorm
-    one op (the modulation folded into the norm's affine), else the norm and then the modulation."""
+def norm_and_modulate(norm: nn.Module, x: Field, scale: torch.Tensor, shift: torch.Tensor,
+                      silu: bool = False) -> Field:
+    """norm(x) * (1 + scale) + shift per (sample, channel) (scale, shift [B, C]), then SiLU if silu: on the sparse
+    path of a MaskedNorm one op (the modulation folded into the norm's affine), else one op after another."""
     if isinstance(norm, MaskedNorm) and isinstance(x, SparseVoxels):
-        return norm.sparse(x, 1 + scale, shift)
+        return norm.sparse(x, 1 + scale, shift, silu)
     h = norm(x)
     s, b = per_sample(h, scale), per_sample(h, shift)
-    return map_values(h, lambda v: v * (1 + s.to(v.dtype)) + b.to(v.dtype))
+    h = map_values(h, lambda v: v * (1 + s.to(v.dtype)) + b.to(v.dtype))
+    return map_values(h, F.silu) if silu else h
+
+
+def norm_silu(norm: nn.Module, x: Field) -> Field:
+    """silu(norm(x)): one op on the sparse path of a MaskedNorm, else the norm and then SiLU."""
+    if isinstance(norm, MaskedNorm) and isinstance(x, SparseVoxels):
+        return norm.sparse(x, silu=True)
+    return map_values(norm(x), F.silu)
 
 
 def inactive_share(x: Field) -> torch.Tensor:

@@ -108,8 +108,9 @@ def test_float64_is_refused_by_name_and_left_to_torch_by_auto():
 
 
 def test_implicit_gemm_reads_contiguous_weights(monkeypatch):
-    """The kernel gets [K, Cin, Cout] (forward) and [K, Cout, Cin] (dX) with unit stride on the last axis, not the
-    permuted view of torch's [Cout, Cin, kD, kH, kW] layout (strides (1, K, Cin * K): a sector per element)."""
+    """The kernel gets [K, Cin, Cout] contiguous (forward) and its transpose [K, Cout, Cin] in place (dX: unit stride
+    along Cout, the tile's reduction axis), not the permuted view of torch's [Cout, Cin, kD, kH, kW] layout
+    (strides (1, K, Cin * K): a sector per element); dW comes back in the weight's own strides (no copy by autograd)."""
     from sparse_radar.kernels.triton import conv as tconv
     seen = []
     real = tconv.implicit_gemm_kernel
@@ -127,5 +128,9 @@ def test_implicit_gemm_reads_contiguous_weights(monkeypatch):
     torch_layout = torch.randn(32, 16, kmap.kernel_volume)  # [Cout, Cin, K]
     weight = kconv.torch_to_kernel_weight(torch_layout.view(32, 16, kmap.kernel_volume, 1, 1))
     assert weight.stride() == (1, kmap.kernel_volume, 16 * kmap.kernel_volume)
-    run("triton", kmap, feats, weight, bias, grad, torch.float32)
-    assert seen == [(16 * 32, 32, 1), (32 * 16, 16, 1)]
+    w = weight.requires_grad_(True)
+    with kernel_settings(backend="triton"):
+        f = feats.to(DEVICE, torch.float32).requires_grad_(True)
+        kconv.sparse_conv(f, w, None, kmap).backward(grad.to(DEVICE, torch.float32))
+    assert seen == [(16 * 32, 32, 1), (16 * 32, 1, 32)]
+    assert w.grad.stride() == weight.stride()

@@ -76,8 +76,9 @@ def test_segment_affine(dtype):
     torch.testing.assert_close(out.double().cpu(), ref, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype] * 10)
 
 
-@pytest.mark.parametrize("groups,center,with_bias", [(4, True, True), (20, True, False), (1, False, False)])
-def test_group_norm_on_triton_matches_float64(groups, center, with_bias):
+@pytest.mark.parametrize("groups,center,with_bias,silu", [(4, True, True, False), (20, True, False, True),
+                                                          (1, False, False, False), (5, True, True, True)])
+def test_group_norm_on_triton_matches_float64(groups, center, with_bias, silu):
     segment, row_ptr, u, _, _ = sorted_rows(channels=20, seed=3)
     g = torch.Generator().manual_seed(1)
     weight = torch.randn(20, generator=g).to(DEVICE)
@@ -89,7 +90,7 @@ def test_group_norm_on_triton_matches_float64(groups, center, with_bias):
         w = weight.to(dtype).clone().requires_grad_(True)
         b = None if bias is None else bias.to(dtype).clone().requires_grad_(True)
         with kernel_settings(backend=backend):
-            out = segment_group_norm(rows, w, b, segment, row_ptr, groups, center)
+            out = segment_group_norm(rows, w, b, segment, row_ptr, groups, center, silu=silu)
             out.backward(grad.to(dtype))
         results.append([t.double().cpu() for t in (out, rows.grad, w.grad) + (() if b is None else (b.grad,))])
     for ours, ref in zip(*results):
