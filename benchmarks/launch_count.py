@@ -32,7 +32,8 @@ TRITON_OUTPUTS = frozenset({"out_ptr", "partial_ptr", "sum_a_ptr", "sum_ab_ptr"}
 # innermost project file -> component (first match wins)
 COMPONENTS = (
     ("data", ("sparse_radar/data/", "sparse_radar/frames.py", "training/trainer.py:_pair")),
-    ("maps", ("kernels/kmap.py", "kernels/coords.py", "kernels/kernel_map.py", "sparse_radar/structure.py")),
+    ("maps", ("kernels/kmap.py", "kernels/triton/kmap.py", "kernels/coords.py", "kernels/kernel_map.py",
+              "sparse_radar/structure.py")),
     ("convs", ("kernels/conv.py", "kernels/torch/conv.py", "kernels/torch/depthwise.py", "kernels/triton/conv.py",
                "sparse_radar/nn/conv.py", "sparse_radar/nn/depthwise.py", "sparse_radar/nn/generative.py")),
     ("norms", ("sparse_radar/nn/norm.py", "sparse_radar/nn/fused_norm.py", "kernels/segment.py",

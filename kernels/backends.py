@@ -94,6 +94,12 @@ def resolve_backend(requested: Optional[str] = None, tensor: Optional[torch.Tens
     return name
 
 
+def index_kernels_on_triton(device: torch.device) -> bool:
+    """Whether index work (kernel maps) on this device runs as triton kernels under the settings in force: the
+    backend the float kernels would take there (float dtype checks do not apply to integer index tensors)."""
+    return resolve_backend(None, torch.empty(0, device=device)) == "triton"
+
+
 def backend_module(backend: str, part: str = ""):
     """The backend's package (or its module `part`), imported on first use."""
     return importlib.import_module(f"{__package__}.{backend}" + (f".{part}" if part else ""))

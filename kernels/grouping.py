@@ -10,12 +10,23 @@ from .coords import constant
 
 
 class Buckets(NamedTuple):
-    """Rows grouped into padded buckets: index [G, L] (row or -1), valid [G, L], and slot [N], the flat position
-    of each row in [G * L] (so scattering back is a gather, with no boolean mask)."""
+    """Rows grouped into padded buckets: index [G, L] (row or -1), valid [G, L], slot [N], the flat position of
+    each row in [G * L] (so scattering back is a gather, with no boolean mask), gather_index [G * L] (the row, or 0
+    at padding) and a cache of per-dtype key biases."""
 
     index: torch.Tensor
     valid: torch.Tensor
     slot: torch.Tensor
+    gather_index: torch.Tensor
+    cache: dict
+
+    def key_bias(self, dtype: torch.dtype) -> torch.Tensor:
+        """[G, 1, 1, L] additive attention bias: 0 at a bucket's rows, the dtype's most negative value at padding
+        (made once per dtype, so an attention call converts no boolean mask)."""
+        if dtype not in self.cache:
+            zero = torch.zeros((), dtype=dtype, device=self.valid.device)
+            self.cache[dtype] = torch.where(self.valid, zero, torch.finfo(dtype).min)[:, None, None, :]
+        return self.cache[dtype]
 
 
 def bucketize(group_id: torch.Tensor) -> Buckets:
@@ -23,7 +34,8 @@ def bucketize(group_id: torch.Tensor) -> Buckets:
     n = group_id.numel()
     if n == 0:
         empty = torch.zeros(0, 0, dtype=torch.int64, device=group_id.device)
-        return Buckets(empty, empty.bool(), torch.zeros(0, dtype=torch.int64, device=group_id.device))
+        none = torch.zeros(0, dtype=torch.int64, device=group_id.device)
+        return Buckets(empty, empty.bool(), none, none, {})
     order = torch.argsort(group_id, stable=True)
     sorted_ids = group_id[order]
     first = torch.ones(n, dtype=torch.bool, device=group_id.device)
@@ -37,7 +49,7 @@ def bucketize(group_id: torch.Tensor) -> Buckets:
     index = torch.full((groups * length,), -1, dtype=torch.int64, device=group_id.device)
     index = index.scatter(0, flat, order).view(groups, length)
     slot = torch.empty_like(flat).scatter_(0, order, flat)  # [N] in row order
-    return Buckets(index, index >= 0, slot)
+    return Buckets(index, index >= 0, slot, index.clamp_min(0).reshape(-1), {})
 
 
 def window_ids(coords: torch.Tensor, spatial_shape: Sequence[int], window: Sequence[int],
@@ -123,12 +135,47 @@ def gather_rows(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return src.index_select(0, index)
 
 
+class _BucketGather(torch.autograd.Function):
+    """rows [N, ...] -> buckets [G * L, ...]; backward gathers each row's gradient from its one slot (padding slots
+    hold row 0 but their gradients are dropped: attention gives them none), with no zeros and no atomics."""
+
+    @staticmethod
+    def forward(ctx, src, gather_index, slot):
+        ctx.save_for_backward(slot)
+        return src.index_select(0, gather_index)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (slot,) = ctx.saved_tensors
+        return grad.index_select(0, slot), None, None
+
+
+class _BucketScatter(torch.autograd.Function):
+    """buckets [G * L, ...] -> rows [N, ...] (a gather by slot); backward gathers each slot's row gradient, zero at
+    padding."""
+
+    @staticmethod
+    def forward(ctx, bucketed, gather_index, slot, valid):
+        ctx.save_for_backward(gather_index, valid)
+        return bucketed.index_select(0, slot)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        gather_index, valid = ctx.saved_tensors
+        out = grad.index_select(0, gather_index)
+        return out.mul_(valid.reshape(-1, *([1] * (grad.dim() - 1))).to(out.dtype)), None, None, None
+
+
 def gather_buckets(src: torch.Tensor, buckets: Buckets) -> torch.Tensor:
-    """Rows of src [N, ...] laid out as buckets [G, L, ...] (padding holds row 0)."""
-    index = buckets.index
-    return gather_rows(src, index.clamp_min(0).reshape(-1)).view(*index.shape, *src.shape[1:])
+    """Rows of src [N, ...] laid out as buckets [G, L, ...] (padding holds row 0; its gradient is dropped, so
+    attend with padding masked); the backward is one gather, deterministic on every device."""
+    g, length = buckets.index.shape
+    return _BucketGather.apply(src, buckets.gather_index, buckets.slot).view(g, length, *src.shape[1:])
 
 
 def scatter_buckets(bucketed: torch.Tensor, buckets: Buckets) -> torch.Tensor:
     """The inverse of gather_buckets: bucketed [G, L, ...] back to rows [N, ...] (a gather by slot)."""
-    return bucketed.reshape(-1, *bucketed.shape[2:]).index_select(0, buckets.slot)
+    return _BucketScatter.apply(bucketed.reshape(-1, *bucketed.shape[2:]), buckets.gather_index, buckets.slot,
+                                buckets.valid)

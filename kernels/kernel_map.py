@@ -10,9 +10,14 @@ from typing import Optional, Tuple
 
 import torch
 
+from . import backends
+
 
 def invert_table(table: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """Given t[i, k] = j (or -1), the table [n_rows, K] of u[j, k] = i; no host sync."""
+    """Given t[i, k] = j (or -1), the table [n_rows, K] of u[j, k] = i; no host sync (two launches on triton)."""
+    if backends.index_kernels_on_triton(table.device):
+        from .triton.kmap import invert_table as triton_invert_table
+        return triton_invert_table(table, n_rows)
     n, k = table.shape
     rows = torch.arange(n, dtype=torch.int32, device=table.device).unsqueeze(1).expand(n, k)
     target = torch.where(table >= 0, table.long(), n_rows)  # misses land on a spare last row
@@ -66,8 +71,11 @@ class KernelMap:
 
     def __init__(self, n_in: int, n_out: int, kernel_volume: int, identity_offset: Optional[int] = None, *,
                  table: Optional[torch.Tensor] = None, table_t: Optional[torch.Tensor] = None,
-                 pairs: Optional[Tuple[torch.Tensor, torch.Tensor, Tuple[int, ...]]] = None, trusted: bool = False):
-        """trusted: made by this package's builders, so the value checks (which read the device) are skipped."""
+                 pairs: Optional[Tuple[torch.Tensor, torch.Tensor, Tuple[int, ...]]] = None, trusted: bool = False,
+                 mirrored: bool = False):
+        """trusted: made by this package's builders, so the value checks (which read the device) are skipped.
+        mirrored: a submanifold map (same sites in and out, offsets symmetric about the centre), whose transposed
+        table is the table with its offsets reversed: table_t[i, k] = table[i, K - 1 - k]."""
         if table is None and table_t is None and pairs is None:
             raise ValueError("a KernelMap needs a table, a transposed table or pairs")
         self.n_in, self.n_out, self.identity_offset = int(n_in), int(n_out), identity_offset
@@ -81,7 +89,9 @@ class KernelMap:
                 _check_table(name, t, rows, partners, self._k, trusted)
         if pairs is not None and not trusted:
             _check_pairs(pairs, self.n_in, self.n_out, self._k)
-        self._table, self._table_t, self._pairs = table, table_t, pairs
+        if mirrored and self.n_in != self.n_out:
+            raise ValueError(f"a mirrored KernelMap has the same sites in and out, got {n_in} and {n_out}")
+        self._table, self._table_t, self._pairs, self.mirrored = table, table_t, pairs, mirrored
 
     @property
     def kernel_volume(self) -> int:
@@ -92,7 +102,9 @@ class KernelMap:
     def table(self) -> torch.Tensor:
         """int32 [n_out, K]: input row per (output row, offset), -1 where none."""
         if self._table is None:
-            if self._table_t is not None:
+            if self._table_t is not None and self.mirrored:
+                self._table = self._table_t.flip(1)
+            elif self._table_t is not None:
                 self._table = invert_table(self._table_t, self.n_out)
             else:
                 self._table = self._table_from_pairs(self.out_idx, self.in_idx, self.n_out)
@@ -102,7 +114,9 @@ class KernelMap:
     def table_t(self) -> torch.Tensor:
         """int32 [n_in, K]: output row per (input row, offset), -1 where none (what dX reads)."""
         if self._table_t is None:
-            if self._table is not None:
+            if self._table is not None and self.mirrored:
+                self._table_t = self._table.flip(1)
+            elif self._table is not None:
                 self._table_t = invert_table(self._table, self.n_in)
             else:
                 self._table_t = self._table_from_pairs(self.in_idx, self.out_idx, self.n_in)
@@ -154,7 +168,7 @@ class KernelMap:
         """The same pairs with inputs and outputs swapped (what an inverse conv and dX use); shares the forms."""
         pairs = None if self._pairs is None else (self._pairs[1], self._pairs[0], self._pairs[2])
         return KernelMap(self.n_out, self.n_in, self._k, self.identity_offset, trusted=True, table=self._table_t,
-                         table_t=self._table, pairs=pairs)
+                         table_t=self._table, pairs=pairs, mirrored=self.mirrored)
 
     def __repr__(self) -> str:
         return f"KernelMap(n_in={self.n_in}, n_out={self.n_out}, K={self._k}, identity={self.identity_offset})"

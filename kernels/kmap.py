@@ -11,6 +11,7 @@ import torch
 
 from .coords import (Triple, check_key_range, constant, conv_output_shape, kernel_offsets, keys_to_coords,
                      linear_keys, lookup, offset_keys, row_blocks)
+from . import backends
 from .kernel_map import KernelMap
 
 
@@ -37,12 +38,16 @@ def submanifold_kmap(coords: torch.Tensor, spatial_shape: Sequence[int], batch_s
     margin = tuple(d * (k // 2) for k, d in zip(kernel_size, dilation))
     padded = tuple(int(s) + 2 * m for s, m in zip(spatial_shape, margin))
     check_key_range(padded, batch_size)
+    identity = centre_offset(kernel_size)
+    cells = batch_size * padded[0] * padded[1] * padded[2]
+    if cells <= TABLE_MAX_CELLS and backends.index_kernels_on_triton(coords.device):
+        from .triton.kmap import submanifold_table
+        table = submanifold_table(coords, padded, batch_size, margin, kernel_size, dilation)
+        return KernelMap(n, n, table.shape[1], identity, table=table, trusted=True, mirrored=True)
     keys = _padded_keys(coords, padded, margin)  # [N], ascending when coords are key-sorted
     rel = (kernel_offsets(kernel_size, device) - constant([k // 2 for k in kernel_size], device)) \
         * constant(list(dilation), device)  # [K, 3]
     deltas = (rel[:, 0] * padded[1] + rel[:, 1]) * padded[2] + rel[:, 2]  # [K]
-    identity = centre_offset(kernel_size)
-    cells = batch_size * padded[0] * padded[1] * padded[2]
     site_of_cell = None
     if cells <= TABLE_MAX_CELLS:
         site_of_cell = torch.full((cells,), -1, dtype=torch.int32, device=device)
@@ -53,7 +58,7 @@ def submanifold_kmap(coords: torch.Tensor, spatial_shape: Sequence[int], batch_s
         query = keys[None, :] + deltas[first:first + rows_per_block, None]  # [k, N]
         found = site_of_cell[query] if site_of_cell is not None else lookup(keys, query)
         table[:, first:first + query.shape[0]] = found.t().to(torch.int32)
-    return KernelMap(n, n, deltas.numel(), identity, table=table, trusted=True)
+    return KernelMap(n, n, deltas.numel(), identity, table=table, trusted=True, mirrored=True)
 
 
 def centre_offset(kernel_size: Triple) -> int:
@@ -75,6 +80,9 @@ def _strided_candidates(coords: torch.Tensor, spatial_shape: Sequence[int], kern
     if batch_size is None:
         batch_size = int(coords[:, 0].max()) + 1 if coords.shape[0] else 1
     check_key_range(out_shape, batch_size)  # padding can make the output grid larger than the input's
+    if backends.index_kernels_on_triton(device):
+        from .triton.kmap import strided_candidates
+        return strided_candidates(coords, kernel_size, stride, padding, dilation, out_shape), out_shape
     c64 = coords.to(torch.int64)
     pad, dil, st, limit = (constant(list(v), device) for v in (padding, dilation, stride, out_shape))
     offsets = kernel_offsets(kernel_size, device)
@@ -90,6 +98,9 @@ def _strided_candidates(coords: torch.Tensor, spatial_shape: Sequence[int], kern
 
 def _rows_of_keys(sorted_keys: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """int32 row of each key in sorted_keys, -1 for a key < 0 or absent."""
+    if backends.index_kernels_on_triton(keys.device):
+        from .triton.kmap import rows_of_keys
+        return rows_of_keys(sorted_keys, keys)
     rows = lookup(sorted_keys, keys)
     return torch.where(keys >= 0, rows, -1).to(torch.int32)
 
@@ -115,12 +126,28 @@ def strided_kmap(coords: torch.Tensor, spatial_shape: Sequence[int], kernel_size
 
     Returns the map, the output coords [M, 4] (key-sorted) and the output grid size.
     """
+    kmap, _, out_coords, out_shape = strided_kmap_and_keys(coords, spatial_shape, kernel_size, stride, padding,
+                                                           dilation, batch_size)
+    return kmap, out_coords, out_shape
+
+
+def strided_kmap_and_keys(coords: torch.Tensor, spatial_shape: Sequence[int], kernel_size: Triple, stride: Triple,
+                          padding: Triple, dilation: Triple, batch_size: Optional[int] = None):
+    """strided_kmap's (map, output keys [M] int64 ascending, output coords [M, 4], output grid size)."""
     keys, out_shape = _strided_candidates(coords, spatial_shape, kernel_size, stride, padding, dilation,
                                           batch_size)
     out_keys = _valid_sorted(keys)
     kmap = KernelMap(coords.shape[0], out_keys.numel(), keys.shape[1], table_t=_rows_of_keys(out_keys, keys),
                      trusted=True)
-    return kmap, keys_to_coords(out_keys, out_shape), out_shape
+    return kmap, out_keys, _keys_to_coords(out_keys, out_shape), out_shape
+
+
+def _keys_to_coords(keys: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
+    """keys_to_coords, as one triton launch where index kernels run on triton."""
+    if backends.index_kernels_on_triton(keys.device):
+        from .triton.kmap import keys_to_coords as triton_keys_to_coords
+        return triton_keys_to_coords(keys, spatial_shape)
+    return keys_to_coords(keys, spatial_shape)
 
 
 def inverse_kmap(fine_coords: torch.Tensor, fine_shape: Sequence[int], coarse_keys: torch.Tensor,
@@ -161,7 +188,7 @@ def children_kmap(coords: torch.Tensor, spatial_shape: Sequence[int], stride: Tr
     out_keys = _valid_sorted(keys)
     kmap = KernelMap(coords.shape[0], out_keys.numel(), keys.shape[1], table_t=_rows_of_keys(out_keys, keys),
                      trusted=True)
-    return kmap, keys_to_coords(out_keys, fine_shape), fine_shape  # type: ignore[return-value]
+    return kmap, _keys_to_coords(out_keys, fine_shape), fine_shape  # type: ignore[return-value]
 
 
 def prune(coords: torch.Tensor, keep: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -61,28 +61,27 @@ def segment_affine(u: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, s
 
 def norm_forward(rows: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], segment: torch.Tensor,
                  row_ptr: torch.Tensor, groups: int, center: bool, eps: float,
-                 mod_scale: Optional[torch.Tensor] = None, mod_shift: Optional[torch.Tensor] = None,
-                 silu: bool = False):
+                 modulation: Optional[torch.Tensor] = None, silu: bool = False):
     """Group norm of rows [N, C] sorted by segment, statistics per (segment, group of C // groups channels), then
-    the per-channel affine, then (given mod_scale, mod_shift [S, C]) y * mod_scale[s] + mod_shift[s], then (silu)
-    SiLU: (out [N, C] in rows' dtype, then mean, rstd and the affine's scale and offset [S, C] in the accumulation
+    the per-channel affine, then (given modulation [S, 2C] = [scale | shift]) y * (1 + scale[s]) + shift[s], then
+    (silu) SiLU: (out [N, C] in rows' dtype, then mean, rstd and the affine's scale and offset [S, C] in the accumulation
     dtype)."""
     op = _backend_module(rows)
     cont = lambda t: None if t is None else t.contiguous()
     return op.norm_forward(rows.contiguous(), weight.contiguous(), cont(bias), segment, row_ptr, groups, center, eps,
-                           cont(mod_scale), cont(mod_shift), silu)
+                           cont(modulation), silu)
 
 
 def norm_backward(grad_y: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                   segment: torch.Tensor, row_ptr: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, groups: int,
-                  center: bool, mod_scale: Optional[torch.Tensor] = None, silu: bool = False,
+                  center: bool, modulation: Optional[torch.Tensor] = None, silu: bool = False,
                   fwd_scale: Optional[torch.Tensor] = None, fwd_offset: Optional[torch.Tensor] = None):
-    """(grad of rows [N, C], of weight [C], of bias [C], of mod_scale [S, C], of mod_shift [S, C]) of norm_forward
-    (given silu, its scale and offset too), all but the first in the accumulation dtype."""
+    """(grad of rows [N, C], of weight [C], of bias [C], of modulation [S, 2C] or None) of norm_forward (given
+    silu, its scale and offset too), all but the first in the accumulation dtype."""
     op = _backend_module(rows)
     return op.norm_backward(grad_y.contiguous(), rows, weight.contiguous(), None if bias is None else bias.contiguous(),
                             segment, row_ptr, mean, rstd, groups, center,
-                            None if mod_scale is None else mod_scale.contiguous(), silu, fwd_scale, fwd_offset)
+                            None if modulation is None else modulation.contiguous(), silu, fwd_scale, fwd_offset)
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -120,9 +120,8 @@ class VoxelStructure:
         """Kernel map and output structure of a strided sparse conv (cached; output links back here)."""
         key = ("down", kernel_size, stride, padding, dilation)
         if key not in self.cache:
-            kmap, out_coords, out_shape = km.strided_kmap(self.coords, self.spatial_shape, kernel_size, stride,
-                                                           padding, dilation, self.batch_size)
-            out_keys = kc.linear_keys(out_coords, out_shape)
+            kmap, out_keys, out_coords, out_shape = km.strided_kmap_and_keys(
+                self.coords, self.spatial_shape, kernel_size, stride, padding, dilation, self.batch_size)
             coarse = VoxelStructure(out_coords, out_keys, out_shape, self.batch_size, parent=self, trusted=True)
             self.cache[key] = (kmap, coarse)
         return self.cache[key]  # type: ignore[return-value]

@@ -61,8 +61,8 @@ def _count(row_ptr: torch.Tensor, channels: int, groups: int, dtype: torch.dtype
     return ((row_ptr[1:] - row_ptr[:-1]).clamp_min(1) * (channels // groups)).to(dtype)[:, None]
 
 
-def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool, eps: float, mod_scale=None,
-                 mod_shift=None, silu: bool = False):
+def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool, eps: float, modulation=None,
+                 silu: bool = False):
     """See kernels.segment.norm_forward (two passes: the mean, then the centred squares)."""
     n_seg, channels = row_ptr.numel() - 1, rows.shape[1]
     acc = accumulation_dtype(rows.dtype)
@@ -74,14 +74,15 @@ def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool
     rstd = torch.rsqrt(_group_total(squares, groups) / count + eps)
     scale = rstd * weight.to(acc)
     offset = -mean * scale if bias is None else bias.to(acc) - mean * scale
-    if mod_scale is not None:  # y * m + t, per (segment, channel)
-        scale, offset = scale * mod_scale.to(acc), offset * mod_scale.to(acc) + mod_shift.to(acc)
+    if modulation is not None:  # y * (1 + m) + t per (segment, channel), [m | t] = modulation
+        m, t = 1 + modulation[:, :channels].to(acc), modulation[:, channels:].to(acc)
+        scale, offset = scale * m, offset * m + t
     y = segment_affine(rows, scale, offset, segment, None, None, acc)
     return (torch.nn.functional.silu(y) if silu else y).to(rows.dtype), mean, rstd, scale, offset
 
 
 def norm_backward(grad_y, rows, weight, bias, segment, row_ptr, mean, rstd, groups: int, center: bool,
-                  mod_scale=None, silu: bool = False, fwd_scale=None, fwd_offset=None):
+                  modulation=None, silu: bool = False, fwd_scale=None, fwd_offset=None):
     """See kernels.segment.norm_backward."""
     channels = rows.shape[1]
     count = _count(row_ptr, channels, groups, mean.dtype)
@@ -91,7 +92,7 @@ def norm_backward(grad_y, rows, weight, bias, segment, row_ptr, mean, rstd, grou
         sig = torch.sigmoid(y)
         grad_y = _acc(grad_y) * sig * (1 + y * (1 - sig))
     raw_dy, raw_dy_xc = sorted_segment_sums(grad_y, row_ptr, segment, rows, mean if center else None, False, _exact())
-    m = torch.ones_like(mean) if mod_scale is None else mod_scale.to(mean.dtype)
+    m = torch.ones_like(mean) if modulation is None else 1 + modulation[:, :channels].to(mean.dtype)
     sum_dy, dy_xhat = m * raw_dy, m * rstd * raw_dy_xc  # [S, C]: the gradient reaching the norm's output, summed
     # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dy * w, means per group
     x_scale = -rstd * rstd * _group_total(w * dy_xhat, groups) / count  # multiplies x
@@ -100,4 +101,4 @@ def norm_backward(grad_y, rows, weight, bias, segment, row_ptr, mean, rstd, grou
         offset = offset - rstd * _group_total(w * sum_dy, groups) / count
     grad_rows = segment_affine(grad_y, rstd * w * m, offset, segment, rows, x_scale, rows.dtype)
     grad_m = w * rstd * raw_dy_xc + (0.0 if bias is None else bias.to(mean.dtype)) * raw_dy  # sum of dy' * y
-    return grad_rows, dy_xhat.sum(0), sum_dy.sum(0), grad_m, raw_dy
+    return grad_rows, dy_xhat.sum(0), sum_dy.sum(0), torch.cat([grad_m, raw_dy], dim=1)

@@ -23,6 +23,7 @@ def implicit_gemm(x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor, n_
                   bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """out[o] = sum_k x[table[o, k]] @ weight[k] (+ bias): x [N_in, Cin], weight [K, Cin, Cout] -> [n_out, Cout]."""
     c_in, c_out = weight.shape[1], weight.shape[2]
+    x = x if x.stride(1) == 1 else x.contiguous()  # rows may be strided, columns must be adjacent
     out = out_buffer(n_out, c_out, x.dtype, x.device)
     if n_out == 0:
         return out.to(x.dtype)
@@ -31,7 +32,7 @@ def implicit_gemm(x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor, n_
     block_n = 64 if n_out >= 64 * 256 else 32
     grid = (triton.cdiv(n_out, block_n), triton.cdiv(c_out, block_co))
     implicit_gemm_kernel[grid](
-        x, weight, table, bias if bias is not None else x, out, n_out, c_in, c_out, table.shape[1],
+        x, weight, table, bias if bias is not None else x, out, n_out, c_in, c_out, table.shape[1], x.stride(0),
         weight.stride(0), weight.stride(1), weight.stride(2),
         HAS_BIAS=bias is not None, PRECISION=_precision(x.dtype), UPCAST=interpreted_bf16(x.dtype),
         BLOCK_N=block_n, BLOCK_CI=block_ci, BLOCK_CO=block_co)
@@ -64,7 +65,8 @@ def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, table: torch.Tensor, wi
     weights = k * c_in * c_out
     partial = torch.empty(n_split, weights + (c_out if with_bias else 0), dtype=torch.float32, device=x.device)
     grid = (k, triton.cdiv(c_in, block_ci) * triton.cdiv(c_out, block_co), n_split)
-    weight_grad_kernel[grid](x, grad_out, table, partial, table.shape[0], c_in, c_out, k, per, *layout,
+    weight_grad_kernel[grid](x, grad_out, table, partial, table.shape[0], c_in, c_out, k, per, grad_out.stride(0),
+                             *layout,
                              PRECISION=_precision(x.dtype), UPCAST=interpreted_bf16(x.dtype), HAS_BIAS=with_bias,
                              BLOCK_N=block_n, BLOCK_CI=block_ci, BLOCK_CO=block_co)
     total = partial.sum(0) if n_split > 1 else partial[0]
@@ -89,7 +91,9 @@ class TritonSparseConv(torch.autograd.Function):
     def backward(ctx, grad_out):
         feats, weight = ctx.saved_tensors
         kmap = ctx.kmap
-        grad_out = grad_out.to(feats.dtype).contiguous()
+        grad_out = grad_out.to(feats.dtype)
+        if grad_out.stride(1) != 1:  # rows may be strided (a slice of a concatenation's gradient): columns adjacent
+            grad_out = grad_out.contiguous()
         grad_feats = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             grad_feats = implicit_gemm(grad_out, weight.transpose(1, 2), kmap.table_t, kmap.n_in)  # [K, Cout, Cin]

@@ -14,12 +14,13 @@ import triton.language as tl
 
 
 @triton.jit
-def implicit_gemm_kernel(x_ptr, w_ptr, table_ptr, bias_ptr, out_ptr, n_out, c_in, c_out, kernel_volume,
+def implicit_gemm_kernel(x_ptr, w_ptr, table_ptr, bias_ptr, out_ptr, n_out, c_in, c_out, kernel_volume, stride_x,
                          stride_wk, stride_wi, stride_wo,
                          HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr):
-    """out[o, :] = sum_k x[table[o, k], :] @ w[k] (+ bias); x [N_in, Cin], w [K, Cin, Cout] (contiguous, so a tile of
-    w is read in whole sectors; any float dtype, cast to x's)."""
+    """out[o, :] = sum_k x[table[o, k], :] @ w[k] (+ bias); x [N_in, Cin] (rows stride_x apart, columns adjacent),
+    w [K, Cin, Cout] (unit stride on one of its last two axes, so a tile of w is read in whole sectors; any float
+    dtype, cast to x's)."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     row_ok = rows < n_out
@@ -29,7 +30,7 @@ def implicit_gemm_kernel(x_ptr, w_ptr, table_ptr, bias_ptr, out_ptr, n_out, c_in
         src = tl.load(table_ptr + rows.to(tl.int64) * kernel_volume + k, mask=row_ok, other=-1)
         src_ok = src >= 0
         if tl.max(src, axis=0) >= 0:  # skip offsets no row of this tile uses
-            src_off = src.to(tl.int64) * c_in
+            src_off = src.to(tl.int64) * stride_x
             for c0 in range(0, c_in, BLOCK_CI):
                 ci = c0 + tl.arange(0, BLOCK_CI)
                 ci_ok = ci < c_in
@@ -49,11 +50,11 @@ def implicit_gemm_kernel(x_ptr, w_ptr, table_ptr, bias_ptr, out_ptr, n_out, c_in
 
 @triton.jit
 def weight_grad_kernel(x_ptr, dy_ptr, table_ptr, partial_ptr, n_out, c_in, c_out, kernel_volume, rows_per_split,
-                       stride_k, stride_ci, stride_co, PRECISION: tl.constexpr, UPCAST: tl.constexpr, HAS_BIAS: tl.constexpr,
+                       stride_dy, stride_k, stride_ci, stride_co, PRECISION: tl.constexpr, UPCAST: tl.constexpr, HAS_BIAS: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr):
     """partial[s, k] = sum over rows o of split s of x[table[o, k], :]^T @ dy[o, :] (fp32; per split s the flat
     K * Cin * Cout weight part, element (k, ci, co) at k * stride_k + ci * stride_ci + co * stride_co, then with HAS_BIAS [Cout]: the sum of dy over the split's rows, which the
-    programs of offset 0 and the first input-channel tile add up on the way)."""
+    programs of offset 0 and the first input-channel tile add up on the way); dy's rows are stride_dy apart."""
     k = tl.program_id(0)
     n_co_tiles = tl.cdiv(c_out, BLOCK_CO)
     ci = (tl.program_id(1) // n_co_tiles) * BLOCK_CI + tl.arange(0, BLOCK_CI)
@@ -71,7 +72,7 @@ def weight_grad_kernel(x_ptr, dy_ptr, table_ptr, partial_ptr, n_out, c_in, c_out
         row_ok = rows < last
         if HAS_BIAS:
             if bias_program:
-                dy = tl.load(dy_ptr + rows.to(tl.int64)[:, None] * c_out + co[None, :],
+                dy = tl.load(dy_ptr + rows.to(tl.int64)[:, None] * stride_dy + co[None, :],
                              mask=row_ok[:, None] & co_ok[None, :], other=0.0)
                 bias_acc += tl.sum(dy.to(tl.float32), axis=0)
         src = tl.load(table_ptr + rows.to(tl.int64) * kernel_volume + k, mask=row_ok, other=-1)
@@ -79,7 +80,7 @@ def weight_grad_kernel(x_ptr, dy_ptr, table_ptr, partial_ptr, n_out, c_in, c_out
         if tl.max(src, axis=0) >= 0:
             a = tl.load(x_ptr + src.to(tl.int64)[:, None] * c_in + ci[None, :],
                         mask=src_ok[:, None] & ci_ok[None, :], other=0.0)  # [BLOCK_N, BLOCK_CI]
-            g = tl.load(dy_ptr + rows.to(tl.int64)[:, None] * c_out + co[None, :],
+            g = tl.load(dy_ptr + rows.to(tl.int64)[:, None] * stride_dy + co[None, :],
                         mask=src_ok[:, None] & co_ok[None, :], other=0.0)  # [BLOCK_N, BLOCK_CO]
             if UPCAST:
                 a, g = a.to(tl.float32), g.to(tl.float32)

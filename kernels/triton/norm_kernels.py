@@ -25,11 +25,12 @@ def _group_lanes(group, group_size, BLOCK_G: tl.constexpr):
 
 
 @triton.jit
-def norm_statistics_kernel(x_ptr, row_ptr, weight_ptr, bias_ptr, mod_scale_ptr, mod_shift_ptr, mean_ptr, rstd_ptr,
+def norm_statistics_kernel(x_ptr, row_ptr, weight_ptr, bias_ptr, mod_ptr, mean_ptr, rstd_ptr,
                            scale_ptr, offset_ptr, channels, group_size, eps, CENTER: tl.constexpr,
                            HAS_BIAS: tl.constexpr, MOD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
     """Program (segment, group): mean and rstd of the group over the segment's rows, then the affine coefficients
-    scale = rstd * w, offset = b - mean * scale per [s, c]; with MOD, times mod_scale[s, c] plus mod_shift[s, c]."""
+    scale = rstd * w, offset = b - mean * scale per [s, c]; with MOD (mod [S, 2C], ADM's scale then shift), times
+    1 + mod[s, c] plus mod[s, C + c]."""
     seg, group = tl.program_id(0), tl.program_id(1)
     cols, ok = _group_lanes(group, group_size, BLOCK_G)
     first, last = tl.load(row_ptr + seg), tl.load(row_ptr + seg + 1)
@@ -56,9 +57,10 @@ def norm_statistics_kernel(x_ptr, row_ptr, weight_ptr, bias_ptr, mod_scale_ptr, 
     if HAS_BIAS:
         offset += tl.load(bias_ptr + cols, mask=ok, other=0.0).to(tl.float32)
     if MOD:
-        m = tl.load(mod_scale_ptr + at, mask=ok, other=0.0).to(tl.float32)
+        mod_at = seg.to(tl.int64) * 2 * channels + cols
+        m = 1.0 + tl.load(mod_ptr + mod_at, mask=ok, other=0.0).to(tl.float32)
         scale = scale * m
-        offset = offset * m + tl.load(mod_shift_ptr + at, mask=ok, other=0.0).to(tl.float32)
+        offset = offset * m + tl.load(mod_ptr + mod_at + channels, mask=ok, other=0.0).to(tl.float32)
     tl.store(mean_ptr + at, tl.zeros(cols.shape, dtype=tl.float32) + mean, mask=ok)
     tl.store(rstd_ptr + at, tl.zeros(cols.shape, dtype=tl.float32) + rstd, mask=ok)
     tl.store(scale_ptr + at, scale, mask=ok)
@@ -82,15 +84,16 @@ def norm_apply_kernel(x_ptr, scale_ptr, offset_ptr, seg_ptr, out_ptr, n_rows, ch
 
 
 @triton.jit
-def norm_grad_statistics_kernel(grad_ptr, x_ptr, row_ptr, mean_ptr, rstd_ptr, weight_ptr, bias_ptr, mod_scale_ptr,
+def norm_grad_statistics_kernel(grad_ptr, x_ptr, row_ptr, mean_ptr, rstd_ptr, weight_ptr, bias_ptr, mod_ptr,
                                 fwd_scale_ptr, fwd_offset_ptr, dy_scale_ptr, x_scale_ptr, offset_ptr, part_w_ptr,
-                                part_b_ptr, grad_m_ptr, grad_t_ptr, channels, group_size, CENTER: tl.constexpr,
+                                part_b_ptr, grad_mod_ptr, channels, group_size, CENTER: tl.constexpr,
                                 HAS_BIAS: tl.constexpr, MOD: tl.constexpr, SILU: tl.constexpr,
                                 BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
     """Program (segment, group): with dy' the gradient reaching the affine output (through SiLU' of the recomputed
-    y = x * fwd_scale + fwd_offset with SILU) and dy = dy' * m (m = mod_scale, else 1): dx = dy' * (rstd w m) +
-    x * x_scale + offset, x_scale = -rstd^2 mean_g(w dy xhat), offset = -mean x_scale (- rstd mean_g(w dy) when
-    centred); this segment's share of dW (sum dy xhat) and db (sum dy); with MOD, sum dy' y and sum dy'."""
+    y = x * fwd_scale + fwd_offset with SILU) and dy = dy' * m (m = 1 + mod[s, c], else 1): dx = dy' * (rstd w m)
+    + x * x_scale + offset, x_scale = -rstd^2 mean_g(w dy xhat), offset = -mean x_scale (- rstd mean_g(w dy) when
+    centred); this segment's share of dW (sum dy xhat) and db (sum dy); with MOD, the modulation's gradient
+    [s, :C] = sum dy' y (y the norm's affine output) and [s, C:] = sum dy'."""
     seg, group = tl.program_id(0), tl.program_id(1)
     cols, ok = _group_lanes(group, group_size, BLOCK_G)
     first, last = tl.load(row_ptr + seg), tl.load(row_ptr + seg + 1)
@@ -115,12 +118,13 @@ def norm_grad_statistics_kernel(grad_ptr, x_ptr, row_ptr, mean_ptr, rstd_ptr, we
     w = tl.load(weight_ptr + cols, mask=ok, other=0.0).to(tl.float32)
     m = tl.zeros(cols.shape, dtype=tl.float32) + 1.0
     if MOD:
-        m = tl.load(mod_scale_ptr + at, mask=ok, other=0.0).to(tl.float32)
+        mod_at = seg.to(tl.int64) * 2 * channels + cols
+        m = 1.0 + tl.load(mod_ptr + mod_at, mask=ok, other=0.0).to(tl.float32)
         b = tl.zeros(cols.shape, dtype=tl.float32)
         if HAS_BIAS:
             b = tl.load(bias_ptr + cols, mask=ok, other=0.0).to(tl.float32)
-        tl.store(grad_m_ptr + at, w * rstd * raw_dyxc + b * raw_dy, mask=ok)
-        tl.store(grad_t_ptr + at, raw_dy, mask=ok)
+        tl.store(grad_mod_ptr + mod_at, w * rstd * raw_dyxc + b * raw_dy, mask=ok)
+        tl.store(grad_mod_ptr + mod_at + channels, raw_dy, mask=ok)
     sum_dy = m * raw_dy
     dy_xhat = m * rstd * raw_dyxc
     count = (tl.maximum(last - first, 1) * group_size).to(tl.float32)

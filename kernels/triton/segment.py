@@ -37,8 +37,8 @@ def sorted_segment_sums(u, row_ptr, segment, v, shift, shift_u, deterministic) -
     return reduce(sum_a), (reduce(sum_ab) if v is not None else None)
 
 
-def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool, eps: float, mod_scale=None,
-                 mod_shift=None, silu: bool = False):
+def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool, eps: float, modulation=None,
+                 silu: bool = False):
     """See kernels.segment.norm_forward: two launches (statistics with the coefficients; the affine map)."""
     n, channels = rows.shape
     n_seg, size = row_ptr.numel() - 1, channels // groups
@@ -46,9 +46,8 @@ def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool
     if n_seg:
         norm_statistics_kernel[(n_seg, groups)](
             rows, row_ptr, weight, bias if bias is not None else weight,
-            mod_scale if mod_scale is not None else mean, mod_shift if mod_shift is not None else mean, mean, rstd,
-            scale, offset, channels, size, float(eps), CENTER=center, HAS_BIAS=bias is not None,
-            MOD=mod_scale is not None, BLOCK_N=32, BLOCK_G=triton.next_power_of_2(size))
+            modulation if modulation is not None else mean, mean, rstd, scale, offset, channels, size, float(eps),
+            CENTER=center, HAS_BIAS=bias is not None, MOD=modulation is not None, BLOCK_N=32, BLOCK_G=triton.next_power_of_2(size))
     out = out_buffer(n, channels, rows.dtype, rows.device)
     if n:
         block_c = pow2_block(channels, 16, 128)
@@ -58,19 +57,20 @@ def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool
 
 
 def norm_backward(grad_y, rows, weight, bias, segment, row_ptr, mean, rstd, groups: int, center: bool,
-                  mod_scale=None, silu: bool = False, fwd_scale=None, fwd_offset=None):
+                  modulation=None, silu: bool = False, fwd_scale=None, fwd_offset=None):
     """See kernels.segment.norm_backward: two launches (the gradient's sums with dx's coefficients; dx, with dW and
     db summed over segments by its first row tile)."""
     n, channels = rows.shape
     n_seg, size = row_ptr.numel() - 1, channels // groups
-    dy_scale, x_scale, offset, part_w, part_b, grad_m, grad_t = torch.empty(
-        7, n_seg, channels, dtype=torch.float32, device=rows.device).unbind(0)
+    dy_scale, x_scale, offset, part_w, part_b = torch.empty(5, n_seg, channels, dtype=torch.float32,
+                                                            device=rows.device).unbind(0)
+    grad_mod = torch.empty(n_seg, 2 * channels, dtype=torch.float32, device=rows.device)
     if n_seg:
         norm_grad_statistics_kernel[(n_seg, groups)](
             grad_y, rows, row_ptr, mean, rstd, weight, bias if bias is not None else weight,
-            mod_scale if mod_scale is not None else mean, fwd_scale if silu else mean, fwd_offset if silu else mean,
-            dy_scale, x_scale, offset, part_w, part_b, grad_m, grad_t, channels, size, CENTER=center,
-            HAS_BIAS=bias is not None, MOD=mod_scale is not None, SILU=silu, BLOCK_N=32,
+            modulation if modulation is not None else mean, fwd_scale if silu else mean,
+            fwd_offset if silu else mean, dy_scale, x_scale, offset, part_w, part_b, grad_mod, channels, size,
+            CENTER=center, HAS_BIAS=bias is not None, MOD=modulation is not None, SILU=silu, BLOCK_N=32,
             BLOCK_G=triton.next_power_of_2(size))
     grad_w, grad_b = (torch.empty if n else torch.zeros)(2, channels, dtype=torch.float32,
                                                          device=rows.device).unbind(0)
@@ -81,7 +81,7 @@ def norm_backward(grad_y, rows, weight, bias, segment, row_ptr, mean, rstd, grou
             grad_y, rows, segment, fwd_scale if silu else mean, fwd_offset if silu else mean, dy_scale, x_scale,
             offset, part_w, part_b, grad_w, grad_b, grad_rows, n, n_seg, channels, SILU=silu, BLOCK_N=32,
             BLOCK_C=block_c)
-    return (grad_rows.to(rows.dtype), grad_w, grad_b) + ((grad_m, grad_t) if mod_scale is not None else (None, None))
+    return grad_rows.to(rows.dtype), grad_w, grad_b, (grad_mod if modulation is not None else None)
 
 
 def segment_affine(u, scale, offset, segment, v, v_scale, out_dtype) -> torch.Tensor:

@@ -37,15 +37,36 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, buckets
     """Softmax attention where each token attends to the tokens of its own bucket (padded)."""
     if q.shape[0] == 0:
         return q.clone()
-    # gather_rows, not t[index]: a deterministic backward (index_add_ on CPU, sorted sums on CUDA)
-    qg, kg, vg = (grouping.gather_buckets(t, buckets).transpose(1, 2) for t in (q, k, v))
-    valid = buckets.valid
+    qg, kg, vg = (t.transpose(1, 2) for t in gather_qkv(q, k, v, buckets))  # each [G, h, L, d]
     if bias is None:
-        mask = valid[:, None, None, :]  # [G, 1, 1, L] keys that exist
+        mask = buckets.key_bias(qg.dtype)  # [G, 1, 1, L]: 0 for keys that exist
     else:
-        mask = bias.to(qg.dtype).masked_fill(~valid[:, None, None, :], torch.finfo(qg.dtype).min)
+        mask = bias.to(qg.dtype).masked_fill(~buckets.valid[:, None, None, :], torch.finfo(qg.dtype).min)
     out = sdpa(qg, kg, vg, attn_mask=mask)  # [G, h, L, d]
     return grouping.scatter_buckets(out.transpose(1, 2), buckets)
+
+
+def gather_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, buckets: grouping.Buckets):
+    """(q, k, v) [N, h, d] each laid out as buckets [G, L, h, d]: one gather when they are the three slices of one
+    [N, 3, h, d] projection (an AttentionBlock's), else one each."""
+    stacked = _stacked(q, k, v)
+    if stacked is None:
+        return tuple(grouping.gather_buckets(t, buckets) for t in (q, k, v))
+    return grouping.gather_buckets(stacked, buckets).unbind(2)
+
+
+def _stacked(q, k, v) -> Optional[torch.Tensor]:
+    """The [N, 3, h, d] tensor whose unbind(1) is exactly (q, k, v), or None."""
+    base = q._base
+    if base is None or k._base is not base or v._base is not base or not base.is_contiguous() \
+            or base.numel() != 3 * q.numel():
+        return None
+    stacked = base.view(q.shape[0], 3, *q.shape[1:])
+    for i, t in enumerate((q, k, v)):
+        part = stacked[:, i]
+        if t.shape != part.shape or t.stride() != part.stride() or t.storage_offset() != part.storage_offset():
+            return None
+    return stacked
 
 
 def sample_buckets(x: SparseVoxels) -> grouping.Buckets:
@@ -164,7 +185,7 @@ class LinearAttention(nn.Module):
             return q.clone()
         buckets = sample_buckets(x)  # [S, L]: rows of each non-empty sample
         keep = buckets.valid[:, :, None, None]
-        fq, fk, vv = (grouping.gather_buckets(t, buckets) for t in (q, k, v))
+        fq, fk, vv = gather_qkv(q, k, v, buckets)
         fq, fk = F.elu(fq) + 1, (F.elu(fk) + 1) * keep.to(fk.dtype)  # padded keys contribute nothing
         kv = torch.einsum("slhd,slhe->shde", fk, vv)  # [S, h, d, e]
         num = torch.einsum("slhd,shde->slhe", fq, kv)
@@ -194,8 +215,7 @@ class TopKAttention(nn.Module):
         buckets = sample_buckets(x)  # [S, L]
         s, length = buckets.index.shape
         heads, d = q.shape[1:]
-        qg, kg, vg = (grouping.gather_buckets(t, buckets).transpose(1, 2).reshape(s * heads, length, d)
-                      for t in (q, k, v))
+        qg, kg, vg = (t.transpose(1, 2).reshape(s * heads, length, d) for t in gather_qkv(q, k, v, buckets))
         per_row = buckets.valid[:, None, :].expand(s, heads, length).reshape(s * heads, length)
         out = topk_softmax(qg, kg, vg, min(self.topk, length), TOPK_QUERY_ELEMENTS, per_row)
         return grouping.scatter_buckets(out.view(s, heads, length, d).transpose(1, 2), buckets)

@@ -61,8 +61,8 @@ class ResBlock(nn.Module):
 
     def _forward(self, x: Field, emb: torch.Tensor) -> Field:
         h = self.in_conv(norm_silu(self.in_norm, x))
-        scale, shift = self.emb(F.silu(emb)).chunk(2, dim=1)  # [B, C] each
-        h = norm_and_modulate(self.out_norm, h, scale, shift, silu=True)  # silu(out_norm(h) * (1 + scale) + shift)
+        modulation = self.emb(F.silu(emb))  # [B, 2C]: scale, then shift
+        h = norm_and_modulate(self.out_norm, h, modulation, silu=True)  # silu(out_norm(h) * (1 + scale) + shift)
         h = map_values(h, self.dropout)
         h = self.out_conv(h)
         skip = self.skip(x)

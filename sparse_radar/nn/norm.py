@@ -70,13 +70,13 @@ class MaskedNorm(nn.Module):
         self._check(x)
         return x.replace(_dense_norm(x, self.groups, self.center, self.eps, self.weight, self.bias))
 
-    def sparse(self, x: SparseVoxels, mod_scale=None, mod_shift=None, silu: bool = False) -> SparseVoxels:
-        """The sparse path in one op, optionally followed by y * mod_scale + mod_shift per (sample, channel), then
-        optionally by SiLU."""
+    def sparse(self, x: SparseVoxels, modulation=None, silu: bool = False) -> SparseVoxels:
+        """The sparse path in one op, optionally followed by y * (1 + scale) + shift per (sample, channel) ([scale |
+        shift] = modulation [B, 2C]), then optionally by SiLU."""
         self._check(x)
         s = x.structure
         return x.replace(segment_group_norm(x.feats, self.weight, self.bias, s.sample_ids(), s.row_ptr(),
-                                            self.groups, self.center, self.eps, mod_scale, mod_shift, silu))
+                                            self.groups, self.center, self.eps, modulation, silu))
 
     def _check(self, x: Field) -> None:
         check_field(x, type(self).__name__)
@@ -84,12 +84,13 @@ class MaskedNorm(nn.Module):
             raise ValueError(f"{type(self).__name__} expects {self.channels} channels, got {x.num_channels}")
 
 
-def norm_and_modulate(norm: nn.Module, x: Field, scale: torch.Tensor, shift: torch.Tensor,
-                      silu: bool = False) -> Field:
-    """norm(x) * (1 + scale) + shift per (sample, channel) (scale, shift [B, C]), then SiLU if silu: on the sparse
-    path of a MaskedNorm one op (the modulation folded into the norm's affine), else one op after another."""
+def norm_and_modulate(norm: nn.Module, x: Field, modulation: torch.Tensor, silu: bool = False) -> Field:
+    """norm(x) * (1 + scale) + shift per (sample, channel) ([scale | shift] = modulation [B, 2C]), then SiLU if
+    silu: on the sparse path of a MaskedNorm one op (the modulation folded into the norm's affine), else one op after
+    another."""
     if isinstance(norm, MaskedNorm) and isinstance(x, SparseVoxels):
-        return norm.sparse(x, 1 + scale, shift, silu)
+        return norm.sparse(x, modulation, silu)
+    scale, shift = modulation.chunk(2, dim=1)
     h = norm(x)
     s, b = per_sample(h, scale), per_sample(h, shift)
     h = map_values(h, lambda v: v * (1 + s.to(v.dtype)) + b.to(v.dtype))

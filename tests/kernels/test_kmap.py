@@ -92,24 +92,58 @@ def test_strided_kmap_200k_every_pair_once(big_mask):
     ((3, 3, 3), (3, 2, 1), (0, 2, 1), (2, 1, 1)),
 ])
 @pytest.mark.parametrize("occupancy", [0.01, 0.3])
-def test_strided_kmap_any_geometry(kernel, stride, padding, dilation, occupancy):
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_strided_kmap_any_geometry(kernel, stride, padding, dilation, occupancy, backend):
+    """Both builders (triton: candidate keys, binary-searched rows, coords and the inverted table, a launch each)
+    give the reference pairs and output coords, and keys that are the output coords' linear keys."""
+    from sparse_radar.kernels.backends import kernel_settings
+    if backend == "triton":
+        pytest.importorskip("triton")
     rng = np.random.default_rng(1)
     mask = rng.random((3, 9, 12, 14)) < occupancy
     mask[1] = False  # an empty sample inside the batch
-    kmap, out_coords, _ = km.strided_kmap(coords_of(mask), mask.shape[1:], kernel, stride, padding, dilation)
+    with kernel_settings(backend=backend):
+        kmap, keys, out_coords, shape = km.strided_kmap_and_keys(coords_of(mask), mask.shape[1:], kernel, stride,
+                                                                 padding, dilation)
+        pairs = our_pairs(kmap)
+        table = kmap.table
     ref, out_mask = reference_pairs(mask, kernel, stride, padding, dilation)
     assert torch.equal(out_coords, coords_of(out_mask))
-    assert_same_pairs(our_pairs(kmap), ref)
+    assert torch.equal(keys, kc.linear_keys(out_coords, shape))
+    assert_same_pairs(pairs, ref)
+    from sparse_radar.kernels.kernel_map import invert_table
+    with kernel_settings(backend="torch"):
+        assert torch.equal(table, invert_table(kmap.table_t, kmap.n_out))
 
 
+@pytest.mark.parametrize("m", [0, 1, 2, 7, 8, 9, 64])
+def test_triton_binary_search_rows_against_searchsorted(m):
+    pytest.importorskip("triton")
+    from sparse_radar.kernels.triton.kmap import rows_of_keys
+    g = torch.Generator().manual_seed(m)
+    sorted_keys = torch.unique(torch.randint(0, 4 * m + 1, (m,), generator=g)) if m else torch.zeros(0, dtype=torch.int64)
+    queries = torch.cat([sorted_keys, torch.arange(-2, 4 * m + 3), sorted_keys.flip(0)]).view(-1, 1).repeat(1, 3)
+    want = [sorted_keys.tolist().index(q) if q in sorted_keys.tolist() else -1 for q in queries.flatten().tolist()]
+    assert rows_of_keys(sorted_keys, queries).flatten().tolist() == want
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("kernel,dilation", [((3, 3, 3), (1, 1, 1)), ((5, 1, 3), (1, 1, 2)), ((1, 1, 1), (1, 1, 1))])
-def test_submanifold_kmap_any_geometry(kernel, dilation):
+def test_submanifold_kmap_any_geometry(kernel, dilation, backend):
+    """Both builders (torch ops; triton: a site table and one lookup launch) give the reference pairs, and the
+    mirrored transposed table (offsets reversed) equals the inverted table."""
+    from sparse_radar.kernels.backends import kernel_settings
+    from sparse_radar.kernels.kernel_map import invert_table
+    if backend == "triton":
+        pytest.importorskip("triton")
     rng = np.random.default_rng(2)
     mask = rng.random((2, 7, 10, 9)) < 0.2
-    kmap = km.submanifold_kmap(coords_of(mask), mask.shape[1:], 2, kernel, dilation)
+    with kernel_settings(backend=backend):
+        kmap = km.submanifold_kmap(coords_of(mask), mask.shape[1:], 2, kernel, dilation)
     padding = tuple(d * (k // 2) for k, d in zip(kernel, dilation))
     ref, _ = reference_pairs(mask, kernel, (1, 1, 1), padding, dilation, submanifold=True)
     assert_same_pairs(our_pairs(kmap), ref)
+    assert kmap.mirrored and torch.equal(kmap.table_t, invert_table(kmap.table, kmap.n_in))
 
 
 def test_submanifold_search_path_equals_table_path(monkeypatch):

@@ -118,7 +118,7 @@ def test_implicit_gemm_reads_contiguous_weights(monkeypatch):
     class Spy:
         def __getitem__(self, grid):
             def launch(*args, **kwargs):
-                seen.append(tuple(args[9:12]))  # stride_wk, stride_wi, stride_wo
+                seen.append(tuple(args[10:13]))  # stride_wk, stride_wi, stride_wo
                 return real[grid](*args, **kwargs)
             return launch
 
@@ -134,3 +134,39 @@ def test_implicit_gemm_reads_contiguous_weights(monkeypatch):
         kconv.sparse_conv(f, w, None, kmap).backward(grad.to(DEVICE, torch.float32))
     assert seen == [(16 * 32, 32, 1), (16 * 32, 1, 32)]
     assert w.grad.stride() == weight.stride()
+
+
+def test_strided_output_gradient_is_read_in_place(monkeypatch):
+    """A conv whose output is concatenated gets its gradient as a column slice (rows 2 * Cout apart): dX, dW and db
+    equal those of the same gradient made contiguous, with no copy of it."""
+    from sparse_radar.kernels.triton import conv as tconv
+    row_strides = []
+    real = tconv.implicit_gemm_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                row_strides.append(args[9])  # stride_x
+                return real[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(tconv, "implicit_gemm_kernel", Spy())
+    kmap = make_map("subm")
+    feats, weight, bias, grad = random_inputs(kmap, 5, 6, torch.float32, seed=3)
+    results = []
+    for strided in (True, False):
+        f = feats.to(DEVICE, torch.float32).requires_grad_(True)
+        w = weight.to(DEVICE, torch.float32).requires_grad_(True)
+        b = bias.to(DEVICE, torch.float32).requires_grad_(True)
+        g = grad.to(DEVICE, torch.float32)
+        with kernel_settings(backend="triton"):
+            out = kconv.sparse_conv(f, w, b, kmap)
+            if strided:
+                both = torch.cat([out, out.detach()], dim=1)
+                both.backward(torch.cat([g, torch.zeros_like(g)], dim=1))
+            else:
+                out.backward(g.contiguous())
+        results.append([t.grad.clone() for t in (f, w, b)])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert row_strides == [5, 12, 5, 6]  # forward, dX of the strided gradient (read in place), then contiguous

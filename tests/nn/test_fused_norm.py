@@ -64,33 +64,42 @@ def test_bf16_rows_keep_only_the_input_and_statistics():
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("groups,center,with_bias", [(3, True, True), (6, True, False), (1, False, True)])
 def test_modulated_norm_against_norm_then_scale_shift(backend, groups, center, with_bias):
-    """norm(x) * m + t per (sample, channel) in one op equals the norm followed by the ResBlock's modulation, values
-    and every gradient (float64 on torch, float32 on triton), and passes gradcheck."""
+    """norm(x) * (1 + scale) + shift per (sample, channel) in one op ([scale | shift] = modulation [B, 2C]) equals
+    the norm followed by the ResBlock's modulation, values and every gradient (float64 on torch, float32 on triton),
+    and passes gradcheck."""
     from sparse_radar.kernels.backends import kernel_settings
     g = torch.Generator().manual_seed(groups + 10)
     seg = torch.tensor([0, 0, 0, 0, 2, 2, 2, 2, 2, 2])
     row_ptr = row_pointers(seg, 3)
     dtype = torch.float64 if backend == "torch" else torch.float32
     make = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype).requires_grad_(True)
-    rows, weight, m, t = make(10, 6), make(6), make(3, 6), make(3, 6)
+    rows, weight, mod = make(10, 6), make(6), make(3, 12)
     bias = make(6) if with_bias else None
+    params = [p for p in (rows, weight, mod, bias) if p is not None]
     grad = torch.randn(10, 6, generator=g, dtype=torch.float64).to(dtype)
     with kernel_settings(backend=backend):
-        fused = segment_group_norm(rows, weight, bias, seg, row_ptr, groups, center, 1e-5, m, t)
+        fused = segment_group_norm(rows, weight, bias, seg, row_ptr, groups, center, 1e-5, mod)
         fused.backward(grad)
-        got = [fused.detach()] + [p.grad.clone() for p in (rows, weight, m, t)] + ([bias.grad.clone()] if with_bias
-                                                                               else [])
-        for p in (rows, weight, m, t) + ((bias,) if with_bias else ()):
+        got = [fused.detach()] + [p.grad.clone() for p in params]
+        for p in params:
             p.grad = None
-        plain = segment_group_norm(rows, weight, bias, seg, row_ptr, groups, center, 1e-5) * m[seg] + t[seg]
+        plain = segment_group_norm(rows, weight, bias, seg, row_ptr, groups, center, 1e-5) * (1 + mod[seg, :6]) \
+            + mod[seg, 6:]
         plain.backward(grad)
-        want = [plain.detach()] + [p.grad for p in (rows, weight, m, t)] + ([bias.grad] if with_bias else [])
+        want = [plain.detach()] + [p.grad for p in params]
     tol = 1e-10 if dtype == torch.float64 else 2e-5
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
     if backend == "torch":
-        fn = lambda r, w, mm, tt: segment_group_norm(r, w, bias, seg, row_ptr, groups, center, 1e-5, mm, tt)
-        assert torch.autograd.gradcheck(fn, (rows, weight, m, t))
+        fn = lambda r, w, mm: segment_group_norm(r, w, bias, seg, row_ptr, groups, center, 1e-5, mm)
+        assert torch.autograd.gradcheck(fn, (rows, weight, mod))
+
+
+def test_modulation_of_the_wrong_shape_is_refused():
+    seg = torch.tensor([0, 0, 1])
+    with pytest.raises(ValueError, match=r"modulation must be \[2, 8\]"):
+        segment_group_norm(torch.randn(3, 4), torch.ones(4), None, seg, row_pointers(seg, 2), 2,
+                           modulation=torch.zeros(2, 4))
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -107,25 +116,24 @@ def test_norm_with_silu_against_norm_then_silu(backend, groups, center, with_bia
     make = lambda *shape: (torch.randn(*shape, generator=g, dtype=torch.float64) * 1.5).to(dtype).requires_grad_(True)
     rows, weight = make(11, 6), make(6)
     bias = make(6) if with_bias else None
-    m, t = (make(3, 6), make(3, 6)) if modulated else (None, None)
-    params = [p for p in (rows, weight, bias, m, t) if p is not None]
+    mod = make(3, 12) if modulated else None
+    params = [p for p in (rows, weight, bias, mod) if p is not None]
     grad = torch.randn(11, 6, generator=g, dtype=torch.float64).to(dtype)
     with kernel_settings(backend=backend):
-        fused = segment_group_norm(rows, weight, bias, seg, row_ptr, groups, center, 1e-5, m, t, silu=True)
+        fused = segment_group_norm(rows, weight, bias, seg, row_ptr, groups, center, 1e-5, mod, silu=True)
         fused.backward(grad)
         got = [fused.detach()] + [p.grad.clone() for p in params]
         for p in params:
             p.grad = None
         with kernel_settings(backend="torch"):
             plain = torch.nn.functional.silu(segment_group_norm(rows, weight, bias, seg, row_ptr, groups, center,
-                                                                1e-5, m, t))
+                                                                1e-5, mod))
         plain.backward(grad)
         want = [plain.detach()] + [p.grad for p in params]
     tol = 1e-10 if dtype == torch.float64 else 2e-5
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
     if backend == "torch":
-        fn = lambda *ps: segment_group_norm(ps[0], ps[1], ps[2] if with_bias else None, seg, row_ptr, groups, center,
-                                            1e-5, *(ps[-2:] if modulated else (None, None)), silu=True)
-        assert torch.autograd.gradcheck(fn, tuple(rows if i == 0 else p for i, p in enumerate(
-            [rows, weight, bias if with_bias else weight] + ([m, t] if modulated else []))))
+        fn = lambda r, w, b, mm: segment_group_norm(r, w, b if with_bias else None, seg, row_ptr, groups, center,
+                                                    1e-5, mm if modulated else None, silu=True)
+        assert torch.autograd.gradcheck(fn, (rows, weight, bias if with_bias else weight, mod if modulated else rows))
