@@ -20,6 +20,12 @@ class Buckets(NamedTuple):
     gather_index: torch.Tensor
     cache: dict
 
+    def keep(self, dtype: torch.dtype) -> torch.Tensor:
+        """[G * L] 1 at a bucket's rows, 0 at padding, in dtype (made once per dtype)."""
+        if ("keep", dtype) not in self.cache:
+            self.cache[("keep", dtype)] = self.valid.reshape(-1).to(dtype)
+        return self.cache[("keep", dtype)]
+
     def key_bias(self, dtype: torch.dtype) -> torch.Tensor:
         """[G, 1, 1, L] additive attention bias: 0 at a bucket's rows, the dtype's most negative value at padding
         (made once per dtype, so an attention call converts no boolean mask)."""
@@ -50,6 +56,19 @@ def bucketize(group_id: torch.Tensor) -> Buckets:
     index = index.scatter(0, flat, order).view(groups, length)
     slot = torch.empty_like(flat).scatter_(0, order, flat)  # [N] in row order
     return Buckets(index, index >= 0, slot, index.clamp_min(0).reshape(-1), {})
+
+
+def segment_buckets(row_ptr: torch.Tensor, counts, segment: torch.Tensor) -> Buckets:
+    """Each segment of rows sorted by segment (CSR row_ptr [S + 1], segment ids [N]) as one bucket, given the
+    segments' sizes as host ints (every size > 0): no host read. Equals bucketize(segment)."""
+    if not counts or min(counts) <= 0:
+        raise ValueError(f"segment_buckets needs every segment non-empty, got sizes {tuple(counts)}")
+    n, length = segment.numel(), max(counts)
+    lane = torch.arange(length, device=row_ptr.device)
+    valid = lane[None, :] < (row_ptr[1:] - row_ptr[:-1])[:, None]  # [S, L]
+    index = torch.where(valid, row_ptr[:-1, None] + lane[None, :], -1)
+    slot = torch.arange(n, device=row_ptr.device) + (segment * length - row_ptr.index_select(0, segment))
+    return Buckets(index, valid, slot, index.clamp_min(0).reshape(-1), {})
 
 
 def window_ids(coords: torch.Tensor, spatial_shape: Sequence[int], window: Sequence[int],
@@ -156,16 +175,16 @@ class _BucketScatter(torch.autograd.Function):
     padding."""
 
     @staticmethod
-    def forward(ctx, bucketed, gather_index, slot, valid):
-        ctx.save_for_backward(gather_index, valid)
+    def forward(ctx, bucketed, gather_index, slot, keep):
+        ctx.save_for_backward(gather_index, keep)
         return bucketed.index_select(0, slot)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        gather_index, valid = ctx.saved_tensors
+        gather_index, keep = ctx.saved_tensors
         out = grad.index_select(0, gather_index)
-        return out.mul_(valid.reshape(-1, *([1] * (grad.dim() - 1))).to(out.dtype)), None, None, None
+        return out.mul_(keep.reshape(-1, *([1] * (grad.dim() - 1))).to(out.dtype)), None, None, None
 
 
 def gather_buckets(src: torch.Tensor, buckets: Buckets) -> torch.Tensor:
@@ -178,4 +197,4 @@ def gather_buckets(src: torch.Tensor, buckets: Buckets) -> torch.Tensor:
 def scatter_buckets(bucketed: torch.Tensor, buckets: Buckets) -> torch.Tensor:
     """The inverse of gather_buckets: bucketed [G, L, ...] back to rows [N, ...] (a gather by slot)."""
     return _BucketScatter.apply(bucketed.reshape(-1, *bucketed.shape[2:]), buckets.gather_index, buckets.slot,
-                                buckets.valid)
+                                buckets.keep(bucketed.dtype))

@@ -126,20 +126,45 @@ def strided_kmap(coords: torch.Tensor, spatial_shape: Sequence[int], kernel_size
 
     Returns the map, the output coords [M, 4] (key-sorted) and the output grid size.
     """
-    kmap, _, out_coords, out_shape = strided_kmap_and_keys(coords, spatial_shape, kernel_size, stride, padding,
-                                                           dilation, batch_size)
+    kmap, _, out_coords, out_shape, _ = strided_kmap_and_keys(coords, spatial_shape, kernel_size, stride,
+                                                              padding, dilation, batch_size)
     return kmap, out_coords, out_shape
 
 
 def strided_kmap_and_keys(coords: torch.Tensor, spatial_shape: Sequence[int], kernel_size: Triple, stride: Triple,
                           padding: Triple, dilation: Triple, batch_size: Optional[int] = None):
-    """strided_kmap's (map, output keys [M] int64 ascending, output coords [M, 4], output grid size)."""
+    """strided_kmap's (map, output keys [M] int64 ascending, output coords [M, 4], output grid size), then, given
+    batch_size, the output sites per sample as host ints (read with the count: one host read in all), else None."""
     keys, out_shape = _strided_candidates(coords, spatial_shape, kernel_size, stride, padding, dilation,
                                           batch_size)
-    out_keys = _valid_sorted(keys)
+    counts = None
+    if batch_size is None:
+        out_keys = _valid_sorted(keys)
+    else:
+        out_keys, counts = distinct_with_counts(keys, out_shape[0] * out_shape[1] * out_shape[2], batch_size)
     kmap = KernelMap(coords.shape[0], out_keys.numel(), keys.shape[1], table_t=_rows_of_keys(out_keys, keys),
                      trusted=True)
-    return kmap, out_keys, _keys_to_coords(out_keys, out_shape), out_shape
+    return kmap, out_keys, _keys_to_coords(out_keys, out_shape), out_shape, counts
+
+
+def distinct_with_counts(keys: torch.Tensor, cells_per_sample: int, batch_size: int):
+    """(the distinct keys >= 0 of keys, ascending; how many fall in each sample's key range [b * cells, (b + 1) *
+    cells), as host ints) with one host read, which gives both the output size and the per-sample counts."""
+    flat = keys.reshape(-1)
+    if flat.numel() == 0:
+        return flat, (0,) * batch_size
+    ordered = torch.sort(flat).values
+    first = ordered >= 0
+    first[1:] &= ordered[1:] != ordered[:-1]
+    seen = torch.cumsum(first, 0)  # distinct keys up to each position
+    bounds = torch.searchsorted(ordered, constant([b * cells_per_sample for b in range(batch_size + 1)],
+                                                  flat.device))
+    totals = torch.cat([seen.new_zeros(1), seen])[bounds].tolist()  # the one host read
+    counts = tuple(b - a for a, b in zip(totals[:-1], totals[1:]))
+    size = totals[-1]
+    # keys past the last sample's range (none from a conv of this grid) land, with the misses, on the spare slot
+    out = flat.new_empty(size + 1).scatter_(0, torch.where(first, seen - 1, size).clamp_max(size), ordered)
+    return out[:size], counts
 
 
 def _keys_to_coords(keys: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:

@@ -95,6 +95,10 @@ class VoxelStructure:
             self.cache[key] = build()
         return self.cache[key]
 
+    def host_counts(self) -> Optional[Tuple[int, ...]]:
+        """Sites per sample as host ints where they were read anyway (a strided conv's output), else None."""
+        return self.cache.get("host_counts")  # type: ignore[return-value]
+
     def sample_ids(self) -> torch.Tensor:
         """Sample index of each site, int64 [N], ascending (cached)."""
         if "sample_ids" not in self.cache:
@@ -120,9 +124,12 @@ class VoxelStructure:
         """Kernel map and output structure of a strided sparse conv (cached; output links back here)."""
         key = ("down", kernel_size, stride, padding, dilation)
         if key not in self.cache:
-            kmap, out_keys, out_coords, out_shape = km.strided_kmap_and_keys(
+            kmap, out_keys, out_coords, out_shape, counts = km.strided_kmap_and_keys(
                 self.coords, self.spatial_shape, kernel_size, stride, padding, dilation, self.batch_size)
             coarse = VoxelStructure(out_coords, out_keys, out_shape, self.batch_size, parent=self, trusted=True)
+            coarse.cache["host_counts"] = counts  # read with the size: attention buckets need no read of their own
+            cells = out_shape[0] * out_shape[1] * out_shape[2]
+            coarse.cache["sample_ids"] = torch.div(out_keys, cells, rounding_mode="floor")  # as coords[:, 0]
             self.cache[key] = (kmap, coarse)
         return self.cache[key]  # type: ignore[return-value]
 

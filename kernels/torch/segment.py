@@ -62,8 +62,9 @@ def _count(row_ptr: torch.Tensor, channels: int, groups: int, dtype: torch.dtype
 
 
 def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool, eps: float, modulation=None,
-                 silu: bool = False):
-    """See kernels.segment.norm_forward (two passes: the mean, then the centred squares)."""
+                 silu: bool = False, dropout: float = 0.0):
+    """See kernels.segment.norm_forward (two passes: the mean, then the centred squares; the dropout's mask drawn
+    from torch's generator and kept for the backward)."""
     n_seg, channels = row_ptr.numel() - 1, rows.shape[1]
     acc = accumulation_dtype(rows.dtype)
     count = _count(row_ptr, channels, groups, acc)
@@ -78,15 +79,23 @@ def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool
         m, t = 1 + modulation[:, :channels].to(acc), modulation[:, channels:].to(acc)
         scale, offset = scale * m, offset * m + t
     y = segment_affine(rows, scale, offset, segment, None, None, acc)
-    return (torch.nn.functional.silu(y) if silu else y).to(rows.dtype), mean, rstd, scale, offset
+    y = torch.nn.functional.silu(y) if silu else y
+    keep = None
+    if dropout:
+        keep = torch.rand(y.shape, device=y.device) >= dropout
+        y = y * keep / (1.0 - dropout)
+    return y.to(rows.dtype), mean, rstd, scale, offset, keep
 
 
 def norm_backward(grad_y, rows, weight, bias, segment, row_ptr, mean, rstd, groups: int, center: bool,
-                  modulation=None, silu: bool = False, fwd_scale=None, fwd_offset=None):
+                  modulation=None, silu: bool = False, fwd_scale=None, fwd_offset=None, dropout: float = 0.0,
+                  drop_state=None):
     """See kernels.segment.norm_backward."""
     channels = rows.shape[1]
     count = _count(row_ptr, channels, groups, mean.dtype)
     w = weight.to(mean.dtype)
+    if dropout:  # through the kept mask
+        grad_y = _acc(grad_y) * drop_state / (1.0 - dropout)
     if silu:  # through SiLU' of the recomputed affine output y
         y = segment_affine(rows, fwd_scale, fwd_offset, segment, None, None, mean.dtype)
         sig = torch.sigmoid(y)

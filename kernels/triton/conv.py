@@ -20,8 +20,9 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 def implicit_gemm(x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor, n_out: int,
-                  bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """out[o] = sum_k x[table[o, k]] @ weight[k] (+ bias): x [N_in, Cin], weight [K, Cin, Cout] -> [n_out, Cout]."""
+                  bias: Optional[torch.Tensor] = None, reverse: bool = False) -> torch.Tensor:
+    """out[o] = sum_k x[table[o, k']] @ weight[k] (+ bias), k' = k, or K - 1 - k when reverse: x [N_in, Cin],
+    weight [K, Cin, Cout] -> [n_out, Cout]."""
     c_in, c_out = weight.shape[1], weight.shape[2]
     x = x if x.stride(1) == 1 else x.contiguous()  # rows may be strided, columns must be adjacent
     out = out_buffer(n_out, c_out, x.dtype, x.device)
@@ -33,7 +34,7 @@ def implicit_gemm(x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor, n_
     grid = (triton.cdiv(n_out, block_n), triton.cdiv(c_out, block_co))
     implicit_gemm_kernel[grid](
         x, weight, table, bias if bias is not None else x, out, n_out, c_in, c_out, table.shape[1], x.stride(0),
-        weight.stride(0), weight.stride(1), weight.stride(2),
+        weight.stride(0), weight.stride(1), weight.stride(2), REVERSE=reverse,
         HAS_BIAS=bias is not None, PRECISION=_precision(x.dtype), UPCAST=interpreted_bf16(x.dtype),
         BLOCK_N=block_n, BLOCK_CI=block_ci, BLOCK_CO=block_co)
     return out.to(x.dtype)
@@ -96,7 +97,9 @@ class TritonSparseConv(torch.autograd.Function):
             grad_out = grad_out.contiguous()
         grad_feats = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_feats = implicit_gemm(grad_out, weight.transpose(1, 2), kmap.table_t, kmap.n_in)  # [K, Cout, Cin]
+            # [K, Cout, Cin]; a mirrored (submanifold) map's transposed table is its table read last offset first
+            table_t = kmap.table if kmap.mirrored else kmap.table_t
+            grad_feats = implicit_gemm(grad_out, weight.transpose(1, 2), table_t, kmap.n_in, reverse=kmap.mirrored)
         want_bias = ctx.has_bias and ctx.needs_input_grad[2]
         if ctx.needs_input_grad[1]:  # dW (in the weight's own layout) and db in one launch
             grad_weight, grad_bias = weight_grad(feats, grad_out, kmap.table, want_bias, ctx.layout)

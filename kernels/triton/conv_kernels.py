@@ -15,19 +15,20 @@ import triton.language as tl
 
 @triton.jit
 def implicit_gemm_kernel(x_ptr, w_ptr, table_ptr, bias_ptr, out_ptr, n_out, c_in, c_out, kernel_volume, stride_x,
-                         stride_wk, stride_wi, stride_wo,
+                         stride_wk, stride_wi, stride_wo, REVERSE: tl.constexpr,
                          HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr):
     """out[o, :] = sum_k x[table[o, k], :] @ w[k] (+ bias); x [N_in, Cin] (rows stride_x apart, columns adjacent),
     w [K, Cin, Cout] (unit stride on one of its last two axes, so a tile of w is read in whole sectors; any float
-    dtype, cast to x's)."""
+    dtype, cast to x's); REVERSE reads the table's offsets last to first (a mirrored submanifold map's transpose)."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     row_ok = rows < n_out
     col_ok = cols < c_out
     acc = tl.zeros((BLOCK_N, BLOCK_CO), dtype=tl.float32)
     for k in range(0, kernel_volume):
-        src = tl.load(table_ptr + rows.to(tl.int64) * kernel_volume + k, mask=row_ok, other=-1)
+        column = kernel_volume - 1 - k if REVERSE else k
+        src = tl.load(table_ptr + rows.to(tl.int64) * kernel_volume + column, mask=row_ok, other=-1)
         src_ok = src >= 0
         if tl.max(src, axis=0) >= 0:  # skip offsets no row of this tile uses
             src_off = src.to(tl.int64) * stride_x

@@ -18,6 +18,14 @@ def _silu_grad(grad, y):
 
 
 @triton.jit
+def _dropout(value, seed_ptr, rows, cols, channels, p):
+    """value / (1 - p) where the uniform draw of element (row, col) under the seed is >= p, else 0 (the same
+    draws in the backward, recomputed from the seed, so no mask is stored)."""
+    draw = tl.rand(tl.load(seed_ptr), rows.to(tl.int64)[:, None] * channels + cols[None, :])
+    return tl.where(draw >= p, value / (1.0 - p), 0.0)
+
+
+@triton.jit
 def _group_lanes(group, group_size, BLOCK_G: tl.constexpr):
     """(columns of the group, their in-range mask)."""
     lane = tl.arange(0, BLOCK_G)
@@ -68,9 +76,10 @@ def norm_statistics_kernel(x_ptr, row_ptr, weight_ptr, bias_ptr, mod_ptr, mean_p
 
 
 @triton.jit
-def norm_apply_kernel(x_ptr, scale_ptr, offset_ptr, seg_ptr, out_ptr, n_rows, channels, SILU: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    """out[n] = x[n] * scale[s] + offset[s] (then silu with SILU), s = seg[n]; fp32 arithmetic."""
+def norm_apply_kernel(x_ptr, scale_ptr, offset_ptr, seg_ptr, out_ptr, seed_ptr, p, n_rows, channels,
+                      SILU: tl.constexpr, DROP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    """out[n] = x[n] * scale[s] + offset[s] (then silu with SILU, then dropout of rate p with DROP), s = seg[n];
+    fp32 arithmetic."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     ok = (rows < n_rows)[:, None] & (cols < channels)[None, :]
@@ -80,17 +89,19 @@ def norm_apply_kernel(x_ptr, scale_ptr, offset_ptr, seg_ptr, out_ptr, n_rows, ch
     y += tl.load(offset_ptr + per_seg, mask=ok, other=0.0)
     if SILU:
         y = y / (1.0 + tl.exp(-y))
+    if DROP:
+        y = _dropout(y, seed_ptr, rows, cols, channels, p)
     tl.store(out_ptr + at, y.to(out_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit
 def norm_grad_statistics_kernel(grad_ptr, x_ptr, row_ptr, mean_ptr, rstd_ptr, weight_ptr, bias_ptr, mod_ptr,
                                 fwd_scale_ptr, fwd_offset_ptr, dy_scale_ptr, x_scale_ptr, offset_ptr, part_w_ptr,
-                                part_b_ptr, grad_mod_ptr, channels, group_size, CENTER: tl.constexpr,
-                                HAS_BIAS: tl.constexpr, MOD: tl.constexpr, SILU: tl.constexpr,
-                                BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
-    """Program (segment, group): with dy' the gradient reaching the affine output (through SiLU' of the recomputed
-    y = x * fwd_scale + fwd_offset with SILU) and dy = dy' * m (m = 1 + mod[s, c], else 1): dx = dy' * (rstd w m)
+                                part_b_ptr, grad_mod_ptr, seed_ptr, p, channels, group_size,
+                                CENTER: tl.constexpr, HAS_BIAS: tl.constexpr, MOD: tl.constexpr, SILU: tl.constexpr,
+                                DROP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
+    """Program (segment, group): with dy' the gradient reaching the affine output (through the dropout's mask with
+    DROP, and SiLU' of the recomputed y = x * fwd_scale + fwd_offset with SILU) and dy = dy' * m (m = 1 + mod[s, c], else 1): dx = dy' * (rstd w m)
     + x * x_scale + offset, x_scale = -rstd^2 mean_g(w dy xhat), offset = -mean x_scale (- rstd mean_g(w dy) when
     centred); this segment's share of dW (sum dy xhat) and db (sum dy); with MOD, the modulation's gradient
     [s, :C] = sum dy' y (y the norm's affine output) and [s, C:] = sum dy'."""
@@ -109,6 +120,8 @@ def norm_grad_statistics_kernel(grad_ptr, x_ptr, row_ptr, mean_ptr, rstd_ptr, we
         where = rows.to(tl.int64)[:, None] * channels + cols[None, :]
         g = tl.load(grad_ptr + where, mask=inside, other=0.0).to(tl.float32)
         x = tl.load(x_ptr + where, mask=inside, other=0.0).to(tl.float32)
+        if DROP:
+            g = _dropout(g, seed_ptr, rows, cols, channels, p)
         if SILU:
             g = _silu_grad(g, x * fwd_scale[None, :] + fwd_offset[None, :])
         acc_dy += g
@@ -141,9 +154,11 @@ def norm_grad_statistics_kernel(grad_ptr, x_ptr, row_ptr, mean_ptr, rstd_ptr, we
 
 @triton.jit
 def norm_input_grad_kernel(grad_ptr, x_ptr, seg_ptr, fwd_scale_ptr, fwd_offset_ptr, dy_scale_ptr, x_scale_ptr,
-                           offset_ptr, part_w_ptr, part_b_ptr, grad_w_ptr, grad_b_ptr, out_ptr, n_rows, n_seg,
-                           channels, SILU: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    """dx[n] = dy'[n] * dy_scale[s] + x[n] * x_scale[s] + offset[s] (dy' through SiLU' with SILU); the programs of
+                           offset_ptr, part_w_ptr, part_b_ptr, grad_w_ptr, grad_b_ptr, out_ptr, seed_ptr, p, n_rows,
+                           n_seg, channels, SILU: tl.constexpr, DROP: tl.constexpr, BLOCK_N: tl.constexpr,
+                           BLOCK_C: tl.constexpr):
+    """dx[n] = dy'[n] * dy_scale[s] + x[n] * x_scale[s] + offset[s] (dy' through the dropout's mask with DROP and
+    SiLU' with SILU); the programs of
     the first row tile also sum the per-segment dW and db shares of their columns, in segment order."""
     tile = tl.program_id(0)
     rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -154,6 +169,8 @@ def norm_input_grad_kernel(grad_ptr, x_ptr, seg_ptr, fwd_scale_ptr, fwd_offset_p
     at = rows.to(tl.int64)[:, None] * channels + cols[None, :]
     g = tl.load(grad_ptr + at, mask=ok, other=0.0).to(tl.float32)
     x = tl.load(x_ptr + at, mask=ok, other=0.0).to(tl.float32)
+    if DROP:
+        g = _dropout(g, seed_ptr, rows, cols, channels, p)
     if SILU:
         y = x * tl.load(fwd_scale_ptr + per_seg, mask=ok, other=0.0) + tl.load(fwd_offset_ptr + per_seg, mask=ok,
                                                                                 other=0.0)

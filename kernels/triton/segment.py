@@ -38,8 +38,9 @@ def sorted_segment_sums(u, row_ptr, segment, v, shift, shift_u, deterministic) -
 
 
 def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool, eps: float, modulation=None,
-                 silu: bool = False):
-    """See kernels.segment.norm_forward: two launches (statistics with the coefficients; the affine map)."""
+                 silu: bool = False, dropout: float = 0.0):
+    """See kernels.segment.norm_forward: two launches (statistics with the coefficients; the affine map), and one
+    for the dropout's seed (drawn from torch's generator, so a checkpoint's recompute draws it again)."""
     n, channels = rows.shape
     n_seg, size = row_ptr.numel() - 1, channels // groups
     mean, rstd, scale, offset = torch.empty(4, n_seg, channels, dtype=torch.float32, device=rows.device).unbind(0)
@@ -49,15 +50,18 @@ def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool
             modulation if modulation is not None else mean, mean, rstd, scale, offset, channels, size, float(eps),
             CENTER=center, HAS_BIAS=bias is not None, MOD=modulation is not None, BLOCK_N=32, BLOCK_G=triton.next_power_of_2(size))
     out = out_buffer(n, channels, rows.dtype, rows.device)
+    seed = torch.randint(0, 2 ** 31 - 1, (1,), device=rows.device) if dropout else None
     if n:
         block_c = pow2_block(channels, 16, 128)
         norm_apply_kernel[(triton.cdiv(n, 32), triton.cdiv(channels, block_c))](
-            rows, scale, offset, segment, out, n, channels, SILU=silu, BLOCK_N=32, BLOCK_C=block_c)
-    return out.to(rows.dtype), mean, rstd, scale, offset
+            rows, scale, offset, segment, out, seed if dropout else mean, float(dropout), n, channels, SILU=silu,
+            DROP=bool(dropout), BLOCK_N=32, BLOCK_C=block_c)
+    return out.to(rows.dtype), mean, rstd, scale, offset, seed
 
 
 def norm_backward(grad_y, rows, weight, bias, segment, row_ptr, mean, rstd, groups: int, center: bool,
-                  modulation=None, silu: bool = False, fwd_scale=None, fwd_offset=None):
+                  modulation=None, silu: bool = False, fwd_scale=None, fwd_offset=None, dropout: float = 0.0,
+                  drop_state=None):
     """See kernels.segment.norm_backward: two launches (the gradient's sums with dx's coefficients; dx, with dW and
     db summed over segments by its first row tile)."""
     n, channels = rows.shape
@@ -69,8 +73,9 @@ def norm_backward(grad_y, rows, weight, bias, segment, row_ptr, mean, rstd, grou
         norm_grad_statistics_kernel[(n_seg, groups)](
             grad_y, rows, row_ptr, mean, rstd, weight, bias if bias is not None else weight,
             modulation if modulation is not None else mean, fwd_scale if silu else mean,
-            fwd_offset if silu else mean, dy_scale, x_scale, offset, part_w, part_b, grad_mod, channels, size,
-            CENTER=center, HAS_BIAS=bias is not None, MOD=modulation is not None, SILU=silu, BLOCK_N=32,
+            fwd_offset if silu else mean, dy_scale, x_scale, offset, part_w, part_b, grad_mod,
+            drop_state if dropout else mean, float(dropout), channels, size, CENTER=center, HAS_BIAS=bias is not None,
+            MOD=modulation is not None, SILU=silu, DROP=bool(dropout), BLOCK_N=32,
             BLOCK_G=triton.next_power_of_2(size))
     grad_w, grad_b = (torch.empty if n else torch.zeros)(2, channels, dtype=torch.float32,
                                                          device=rows.device).unbind(0)
@@ -79,8 +84,8 @@ def norm_backward(grad_y, rows, weight, bias, segment, row_ptr, mean, rstd, grou
         block_c = pow2_block(channels, 16, 128)
         norm_input_grad_kernel[(triton.cdiv(n, 32), triton.cdiv(channels, block_c))](
             grad_y, rows, segment, fwd_scale if silu else mean, fwd_offset if silu else mean, dy_scale, x_scale,
-            offset, part_w, part_b, grad_w, grad_b, grad_rows, n, n_seg, channels, SILU=silu, BLOCK_N=32,
-            BLOCK_C=block_c)
+            offset, part_w, part_b, grad_w, grad_b, grad_rows, drop_state if dropout else mean, float(dropout), n,
+            n_seg, channels, SILU=silu, DROP=bool(dropout), BLOCK_N=32, BLOCK_C=block_c)
     return grad_rows.to(rows.dtype), grad_w, grad_b, (grad_mod if modulation is not None else None)
 
 

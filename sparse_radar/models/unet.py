@@ -108,19 +108,21 @@ class UNet3D(nn.Module):
 
     def _run(self, x: Field, noise_labels: torch.Tensor) -> Field:
         emb = self.time_embed(timestep_embedding(noise_labels, self.config.model_channels).to(x.dtype))
+        emb = torch.nn.functional.silu(emb)  # what every ResBlock's projection reads: once here, not per block
         h = self.input_conv(x)
         skips = [h]
         for level, stage in enumerate(self.encoder):
             for block, attn in zip(stage.blocks, stage.attns):
-                h = attn(block(h, emb))
+                h = attn(block(h, emb, activated=True))
                 skips.append(h)
             if level < len(self.downs):
                 h = self.downs[level](h)
                 skips.append(h)
-        h = self.middle.blocks[1](self.middle.attns[0](self.middle.blocks[0](h, emb)), emb)
+        h = self.middle.blocks[1](self.middle.attns[0](self.middle.blocks[0](h, emb, activated=True)), emb,
+                                 activated=True)
         for level, stage in enumerate(self.decoder):
             for block, attn in zip(stage.blocks, stage.attns):
-                h = attn(block(cat_channels(h, skips.pop()), emb))
+                h = attn(block(cat_channels(h, skips.pop()), emb, activated=True))
             if level < len(self.ups):
                 h = self.ups[level](h)
         return self.out_conv(norm_silu(self.out_norm, h))

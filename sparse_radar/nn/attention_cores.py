@@ -70,8 +70,16 @@ def _stacked(q, k, v) -> Optional[torch.Tensor]:
 
 
 def sample_buckets(x: SparseVoxels) -> grouping.Buckets:
-    """Each sample's rows as one bucket (cached on the structure)."""
-    return x.structure.memo(("buckets", "sample"), lambda: grouping.bucketize(x.structure.sample_ids()))
+    """Each sample's rows as one bucket (cached on the structure; built without a host read where the structure
+    knows its per-sample counts and none is empty)."""
+    s = x.structure
+
+    def build():
+        counts = s.host_counts()
+        if counts and min(counts) > 0:
+            return grouping.segment_buckets(s.row_ptr(), counts, s.sample_ids())
+        return grouping.bucketize(s.sample_ids())
+    return s.memo(("buckets", "sample"), build)
 
 
 class GlobalAttention(nn.Module):

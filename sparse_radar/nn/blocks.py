@@ -11,7 +11,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .conv import SparseConv3d, SparseInverseConv3d, SubMConv3d
 from .depthwise import DepthwiseSubMConv3d
-from .field_ops import Field, map_values, values
+from .field_ops import Field, values
 from .norm import build_norm, norm_and_modulate, norm_silu
 
 
@@ -53,17 +53,18 @@ class ResBlock(nn.Module):
         self.out_conv = zero_module(conv3(out_ch, out_ch, use_depthwise))
         self.skip = SubMConv3d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
-    def forward(self, x: Field, emb: torch.Tensor) -> Field:
-        """Same voxels, out_ch channels; emb [B, emb_dim]."""
+    def forward(self, x: Field, emb: torch.Tensor, activated: bool = False) -> Field:
+        """Same voxels, out_ch channels; emb [B, emb_dim] (already through SiLU when activated: a UNet applies it
+        once for all its blocks)."""
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, emb, use_reentrant=False)
-        return self._forward(x, emb)
+            return checkpoint(self._forward, x, emb, activated, use_reentrant=False)
+        return self._forward(x, emb, activated)
 
-    def _forward(self, x: Field, emb: torch.Tensor) -> Field:
+    def _forward(self, x: Field, emb: torch.Tensor, activated: bool = False) -> Field:
         h = self.in_conv(norm_silu(self.in_norm, x))
-        modulation = self.emb(F.silu(emb))  # [B, 2C]: scale, then shift
-        h = norm_and_modulate(self.out_norm, h, modulation, silu=True)  # silu(out_norm(h) * (1 + scale) + shift)
-        h = map_values(h, self.dropout)
+        modulation = self.emb(emb if activated else F.silu(emb))  # [B, 2C]: scale, then shift
+        # dropout(silu(out_norm(h) * (1 + scale) + shift)): one op on the sparse path
+        h = norm_and_modulate(self.out_norm, h, modulation, silu=True, dropout=self.dropout)
         h = self.out_conv(h)
         skip = self.skip(x)
         return h.replace(values(skip).to(values(h).dtype) + values(h))

@@ -22,35 +22,38 @@ class SegmentGroupNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, rows, weight, bias, modulation, segment, row_ptr, groups: int, center: bool, eps: float,
-                silu: bool):
-        out, mean, rstd, scale, offset = norm_forward(rows, weight, bias, segment, row_ptr, groups, center, eps,
-                                                      modulation, silu)
-        ctx.save_for_backward(rows, weight, bias, modulation, segment, row_ptr, mean, rstd,
+                silu: bool, dropout: float):
+        out, mean, rstd, scale, offset, drop_state = norm_forward(rows, weight, bias, segment, row_ptr, groups,
+                                                                  center, eps, modulation, silu, dropout)
+        ctx.save_for_backward(rows, weight, bias, modulation, segment, row_ptr, mean, rstd, drop_state,
                               *((scale, offset) if silu else ()))
-        ctx.groups, ctx.center, ctx.silu = groups, center, silu
+        ctx.groups, ctx.center, ctx.silu, ctx.dropout = groups, center, silu, dropout
         ctx.dtypes = [None if t is None else t.dtype for t in (weight, bias, modulation)]
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
-        rows, weight, bias, modulation, segment, row_ptr, mean, rstd, *affine = ctx.saved_tensors
+        rows, weight, bias, modulation, segment, row_ptr, mean, rstd, drop_state, *affine = ctx.saved_tensors
+        affine = affine or (None, None)
         grads = norm_backward(grad_y, rows, weight, bias, segment, row_ptr, mean, rstd, ctx.groups, ctx.center,
-                              modulation, ctx.silu, *affine)
+                              modulation, ctx.silu, *affine, ctx.dropout, drop_state)
         rest = [g.to(dtype) if dtype is not None and need else None
                 for g, dtype, need in zip(grads[1:], ctx.dtypes, ctx.needs_input_grad[1:4])]
-        return (grads[0] if ctx.needs_input_grad[0] else None, *rest, None, None, None, None, None, None)
+        return (grads[0] if ctx.needs_input_grad[0] else None, *rest, None, None, None, None, None, None, None)
 
 
 def segment_group_norm(rows: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                        segment: torch.Tensor, row_ptr: torch.Tensor, groups: int, center: bool = True,
                        eps: float = 1e-5, modulation: Optional[torch.Tensor] = None,
-                       silu: bool = False) -> torch.Tensor:
+                       silu: bool = False, dropout: float = 0.0) -> torch.Tensor:
     """Group norm of rows [N, C] sorted by sample (segment [N], CSR row_ptr [B + 1]) and channel group, with a
     per-channel affine, then optionally y * (1 + scale) + shift per (sample, channel) ([scale | shift] =
-    modulation [B, 2C], ADM's scale-shift), then optionally SiLU."""
+    modulation [B, 2C], ADM's scale-shift), then optionally SiLU, then dropout of rate `dropout` (in [0, 1))."""
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
     if modulation is not None and modulation.shape != (row_ptr.numel() - 1, 2 * rows.shape[1]):
         raise ValueError(f"modulation must be [{row_ptr.numel() - 1}, {2 * rows.shape[1]}] (scale then shift per "
                          f"sample), got {tuple(modulation.shape)}")
     return SegmentGroupNormFunction.apply(rows, weight, bias, modulation, segment, row_ptr, groups, center, eps,
-                                          silu)
+                                          silu, float(dropout))

@@ -1,6 +1,8 @@
 """Norms with statistics over each sample's active voxels: group, layer, instance, rms, adaptive."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -70,13 +72,13 @@ class MaskedNorm(nn.Module):
         self._check(x)
         return x.replace(_dense_norm(x, self.groups, self.center, self.eps, self.weight, self.bias))
 
-    def sparse(self, x: SparseVoxels, modulation=None, silu: bool = False) -> SparseVoxels:
+    def sparse(self, x: SparseVoxels, modulation=None, silu: bool = False, dropout: float = 0.0) -> SparseVoxels:
         """The sparse path in one op, optionally followed by y * (1 + scale) + shift per (sample, channel) ([scale |
-        shift] = modulation [B, 2C]), then optionally by SiLU."""
+        shift] = modulation [B, 2C]), then optionally by SiLU, then by dropout of rate `dropout`."""
         self._check(x)
         s = x.structure
         return x.replace(segment_group_norm(x.feats, self.weight, self.bias, s.sample_ids(), s.row_ptr(),
-                                            self.groups, self.center, self.eps, modulation, silu))
+                                            self.groups, self.center, self.eps, modulation, silu, dropout))
 
     def _check(self, x: Field) -> None:
         check_field(x, type(self).__name__)
@@ -84,17 +86,20 @@ class MaskedNorm(nn.Module):
             raise ValueError(f"{type(self).__name__} expects {self.channels} channels, got {x.num_channels}")
 
 
-def norm_and_modulate(norm: nn.Module, x: Field, modulation: torch.Tensor, silu: bool = False) -> Field:
+def norm_and_modulate(norm: nn.Module, x: Field, modulation: torch.Tensor, silu: bool = False,
+                      dropout: Optional[nn.Dropout] = None) -> Field:
     """norm(x) * (1 + scale) + shift per (sample, channel) ([scale | shift] = modulation [B, 2C]), then SiLU if
-    silu: on the sparse path of a MaskedNorm one op (the modulation folded into the norm's affine), else one op after
-    another."""
+    silu, then the dropout module if given: on the sparse path of a MaskedNorm one op (the modulation folded into
+    the norm's affine, SiLU and dropout into its output), else one op after another."""
     if isinstance(norm, MaskedNorm) and isinstance(x, SparseVoxels):
-        return norm.sparse(x, modulation, silu)
+        rate = dropout.p if dropout is not None and dropout.training else 0.0
+        return norm.sparse(x, modulation, silu, rate)
     scale, shift = modulation.chunk(2, dim=1)
     h = norm(x)
     s, b = per_sample(h, scale), per_sample(h, shift)
     h = map_values(h, lambda v: v * (1 + s.to(v.dtype)) + b.to(v.dtype))
-    return map_values(h, F.silu) if silu else h
+    h = map_values(h, F.silu) if silu else h
+    return map_values(h, dropout) if dropout is not None else h
 
 
 def norm_silu(norm: nn.Module, x: Field) -> Field:

@@ -1,4 +1,5 @@
 """Padded buckets against a direct construction, and their reuse across attention blocks."""
+import pytest
 import torch
 
 from sparse_radar.kernels import grouping
@@ -91,3 +92,15 @@ def test_an_attention_blocks_qkv_slices_are_gathered_once(monkeypatch):
             assert len(calls) == (1 if stacked else 3), kind
         for a, c in zip(*results):
             torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-12)
+
+
+def test_segment_buckets_from_host_counts_equal_bucketize():
+    """Per-sample buckets built from CSR offsets and host counts (no host read) equal bucketize's."""
+    from sparse_radar.kernels.segment import row_pointers
+    segment = torch.tensor([0, 0, 0, 1, 2, 2, 2, 2, 2])
+    ours = grouping.segment_buckets(row_pointers(segment, 3), (3, 1, 5), segment)
+    ref = grouping.bucketize(segment)
+    for a, b in zip(ours[:4], ref[:4]):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="non-empty"):
+        grouping.segment_buckets(row_pointers(segment, 4), (3, 1, 5, 0), segment)

@@ -103,13 +103,14 @@ def test_strided_kmap_any_geometry(kernel, stride, padding, dilation, occupancy,
     mask = rng.random((3, 9, 12, 14)) < occupancy
     mask[1] = False  # an empty sample inside the batch
     with kernel_settings(backend=backend):
-        kmap, keys, out_coords, shape = km.strided_kmap_and_keys(coords_of(mask), mask.shape[1:], kernel, stride,
-                                                                 padding, dilation)
+        kmap, keys, out_coords, shape, counts = km.strided_kmap_and_keys(coords_of(mask), mask.shape[1:], kernel,
+                                                                         stride, padding, dilation, 3)
         pairs = our_pairs(kmap)
         table = kmap.table
     ref, out_mask = reference_pairs(mask, kernel, stride, padding, dilation)
     assert torch.equal(out_coords, coords_of(out_mask))
     assert torch.equal(keys, kc.linear_keys(out_coords, shape))
+    assert counts == tuple(int(out_mask[b].sum()) for b in range(3))  # read with the size, per sample
     assert_same_pairs(pairs, ref)
     from sparse_radar.kernels.kernel_map import invert_table
     with kernel_settings(backend="torch"):

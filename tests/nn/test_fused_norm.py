@@ -137,3 +137,66 @@ def test_norm_with_silu_against_norm_then_silu(backend, groups, center, with_bia
         fn = lambda r, w, b, mm: segment_group_norm(r, w, b if with_bias else None, seg, row_ptr, groups, center,
                                                     1e-5, mm if modulated else None, silu=True)
         assert torch.autograd.gradcheck(fn, (rows, weight, bias if with_bias else weight, mod if modulated else rows))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_fused_dropout_keeps_a_share_and_its_gradient_follows_the_same_mask(backend):
+    """dropout(silu(norm(x) * (1 + scale) + shift)) in one op: about p of the outputs are 0, the others are the
+    undropped op's value / (1 - p), and every gradient equals that of the undropped op times the same mask (the
+    triton backend recomputes the mask from its seed in the backward; the same RNG state gives the same mask)."""
+    from sparse_radar.kernels.backends import kernel_settings
+    g = torch.Generator().manual_seed(30)
+    seg = torch.arange(2).repeat_interleave(torch.tensor([70, 130]))
+    row_ptr = row_pointers(seg, 2)
+    make = lambda *shape: torch.randn(*shape, generator=g).requires_grad_(True)
+    rows, weight, bias, mod = make(200, 16), make(16), make(16), make(2, 32)
+    params = (rows, weight, bias, mod)
+    grad = torch.randn(200, 16, generator=g)
+    p = 0.3
+    with kernel_settings(backend=backend):
+        torch.manual_seed(5)
+        out = segment_group_norm(rows, weight, bias, seg, row_ptr, 4, True, 1e-5, mod, silu=True, dropout=p)
+        got = torch.autograd.grad(out, params, grad)
+        torch.manual_seed(5)
+        again = segment_group_norm(rows, weight, bias, seg, row_ptr, 4, True, 1e-5, mod, silu=True, dropout=p)
+        plain = segment_group_norm(rows, weight, bias, seg, row_ptr, 4, True, 1e-5, mod, silu=True)
+    assert torch.equal(out, again)
+    keep = out != 0
+    assert abs(1 - keep.float().mean().item() - p) < 0.05
+    torch.testing.assert_close(out[keep], plain[keep] / (1 - p), rtol=1e-5, atol=1e-6)
+    want = torch.autograd.grad(plain * keep / (1 - p), params, grad)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="dropout must be in"):
+        segment_group_norm(rows, weight, bias, seg, row_ptr, 4, dropout=1.0)
+
+
+def test_resblock_with_dropout_and_checkpointing_on_triton_matches_no_checkpointing():
+    """A sparse ResBlock with dropout and gradient checkpointing: the recompute draws the same dropout seed, so the
+    output and every gradient equal those of the same block without checkpointing."""
+    from sparse_radar import SparseVoxels
+    from sparse_radar.kernels.backends import kernel_settings
+    from sparse_radar.nn.blocks import ResBlock
+    torch.manual_seed(0)
+    block = ResBlock(8, 16, 12, num_groups=4, dropout=0.4).train()
+    with torch.no_grad():
+        for prm in block.parameters():
+            prm.copy_(torch.randn_like(prm) * 0.3)
+    mask = torch.rand(2, 1, 4, 6, 6) < 0.4
+    x = SparseVoxels.from_dense(torch.randn(2, 8, 4, 6, 6), mask)
+    emb = torch.randn(2, 12)
+    results = []
+    for checkpointing in (False, True):
+        block.use_checkpoint = checkpointing
+        feats = x.feats.clone().requires_grad_(True)
+        with kernel_settings(backend="triton"):
+            torch.manual_seed(11)
+            out = block(x.replace(feats), emb).feats
+            out.square().sum().backward()
+        results.append([out.detach(), feats.grad] + [prm.grad.clone() for prm in block.parameters()])
+        block.zero_grad()
+    with kernel_settings(backend="triton"), torch.no_grad():
+        torch.manual_seed(12)
+        assert not torch.allclose(block(x, emb).feats, results[0][0])  # dropout ran: another seed, another output
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
