@@ -2,7 +2,8 @@
 
 Kernel launches: aten dispatches that run a kernel (VIEW_OPS, which only make views or metadata, are left out)
 plus Triton launches (under TRITON_INTERPRET=1, counted and not executed: their outputs are zero-filled so the
-step's values stay finite; the counts do not depend on values). Host syncs: scalar reads (`item`, `int`,
+step's values stay finite; the counts do not depend on values; the kernel-map builders do run, so the sites are
+real). Host syncs: scalar reads (`item`, `int`,
 `float`, `bool` of a tensor), `nonzero`, `unique*`, `bincount`, `masked_select`, boolean-mask indexing and
 `index_put`, `repeat_interleave` without `output_size`, `equal`, host tensors made for the device
 (`torch.tensor(list)`), `.cpu()` and `.tolist()`. Each is charged to a component by the innermost frame of this
@@ -13,6 +14,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import time
 import traceback
 from typing import Dict, Iterator, Tuple
 
@@ -28,6 +30,10 @@ VIEW_OPS = frozenset({
 SYNC_OPS = frozenset({"nonzero", "_unique2", "unique_consecutive", "unique_dim", "bincount", "_local_scalar_dense",
                       "masked_select", "equal", "is_nonzero"})
 TRITON_OUTPUTS = frozenset({"out_ptr", "partial_ptr", "sum_a_ptr", "sum_ab_ptr"})  # zero-filled when stubbed
+# index kernels (kernel-map builders) run even when stubbing: the sites a step builds, and the counts it reads
+# back, are then the real ones (stubbed, they would be garbage); they are cheap even interpreted
+EXECUTED_KERNELS = frozenset({"site_scatter_kernel", "submanifold_table_kernel", "strided_candidates_kernel",
+                              "rows_of_keys_kernel", "keys_to_coords_kernel", "invert_table_kernel"})
 
 # innermost project file -> component (first match wins)
 COMPONENTS = (
@@ -84,6 +90,7 @@ class Tally:
         self.ops: Dict[str, int] = collections.Counter()
         self.component_ops: Dict[str, int] = collections.Counter()
         self.triton = 0
+        self.executed_seconds = 0.0  # spent running EXECUTED_KERNELS in the interpreter (not a GPU's host cost)
 
     def total(self, what: str = "launches", components=None, phase=None) -> int:
         """Sum over components (default all) and pass (default both)."""
@@ -161,6 +168,12 @@ def counting(run_triton: bool = False, dispatch: bool = True) -> Iterator[Tally]
             try:
                 if run_triton:
                     return original(fn, *args, **kwargs)
+                if fn.__name__ in EXECUTED_KERNELS:
+                    start = time.perf_counter()
+                    try:
+                        return original(fn, *args, **kwargs)
+                    finally:
+                        tally.executed_seconds += time.perf_counter() - start
                 for name, value in list(zip(fn.arg_names, args)) + list(kwargs.items()):
                     if name in TRITON_OUTPUTS and isinstance(value, torch.Tensor):
                         value.zero_()
@@ -177,15 +190,15 @@ def counting(run_triton: bool = False, dispatch: bool = True) -> Iterator[Tally]
     except ImportError:
         pass
     for method in ("tolist", "cpu") if dispatch else ():
-        original = getattr(torch.Tensor, method)
+        tensor_method = getattr(torch.Tensor, method)
 
-        def wrapped(self, *args, _original=original, _method=method, **kwargs):
+        def wrapped(self, *args, _original=tensor_method, _method=method, **kwargs):
             if not inside[0] and (_method == "tolist" or self.device.type != "cpu"):
                 component, site = _where()
                 tally.add_sync(f".{_method}()", component, _phase(), site)
             return _original(self, *args, **kwargs)
         setattr(torch.Tensor, method, wrapped)
-        patches.append((torch.Tensor, method, original))
+        patches.append((torch.Tensor, method, tensor_method))
     try:
         with _Dispatch(tally, inside) if dispatch else contextlib.nullcontext():
             yield tally

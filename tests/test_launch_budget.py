@@ -6,15 +6,18 @@ pytest.importorskip("triton")
 
 from benchmarks.launches import count_step  # noqa: E402
 
-# (fwd+bwd launches, whole step with optimizer and EMA, host syncs of the step): the issue's targets for tiny; for
-# lightweight the counts this code reaches (targets 1,400 / 1,500 / 4 not met yet: the gap is in the README)
-BUDGET = {"tiny": (1400, 1500, 4), "lightweight": (3343, 3358, 6)}
+# (fwd+bwd launches, whole step with optimizer and EMA, host syncs of the step): the issue's targets for tiny and for
+# lightweight in fp32 (the setting of the issue's counter); lightweight as the preset ships it (bf16/fp16 autocast)
+# holds the step and sync targets, and its forward + backward is held where it stands (autocast's casts of the
+# attention projections' weights, 1,484 against 1,400: see the README)
+BUDGET = {"tiny": (1400, 1500, 4), "lightweight-fp32": (1400, 1500, 4), "lightweight": (1484, 1500, 4)}
 
 
-@pytest.mark.parametrize("preset", sorted(BUDGET))
-def test_trainer_step_stays_within_its_budget(preset, tmp_path):
-    counts = count_step(["--preset", preset], "sparse", str(tmp_path), timed_steps=0)
-    launches, step, syncs = BUDGET[preset]
+@pytest.mark.parametrize("row", sorted(BUDGET))
+def test_trainer_step_stays_within_its_budget(row, tmp_path):
+    from benchmarks.launches import ROWS
+    counts = count_step(ROWS[row], "sparse", str(tmp_path), timed_steps=0)
+    launches, step, syncs = BUDGET[row]
     assert counts["launches_fwd_bwd"] <= launches, counts["by_component"]
     assert counts["launches_step"] <= step
     assert counts["syncs_step"] <= syncs, counts["sync_sites"]

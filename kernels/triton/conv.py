@@ -30,13 +30,12 @@ def implicit_gemm(x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor, n_
         return out.to(x.dtype)
     block_ci = pow2_block(c_in, 16, 64)
     block_co = pow2_block(c_out, 16, 64)
-    block_n = 64 if n_out >= 64 * 256 else 32
-    grid = (triton.cdiv(n_out, block_n), triton.cdiv(c_out, block_co))
+    grid = lambda meta: (triton.cdiv(n_out, meta["BLOCK_N"]), triton.cdiv(c_out, block_co))  # BLOCK_N autotuned
     implicit_gemm_kernel[grid](
         x, weight, table, bias if bias is not None else x, out, n_out, c_in, c_out, table.shape[1], x.stride(0),
         weight.stride(0), weight.stride(1), weight.stride(2), REVERSE=reverse,
         HAS_BIAS=bias is not None, PRECISION=_precision(x.dtype), UPCAST=interpreted_bf16(x.dtype),
-        BLOCK_N=block_n, BLOCK_CI=block_ci, BLOCK_CO=block_co)
+        BLOCK_CI=block_ci, BLOCK_CO=block_co)
     return out.to(x.dtype)
 
 

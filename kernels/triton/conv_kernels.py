@@ -12,7 +12,15 @@ launchers set it for bf16 there only; on a GPU, halves go to the tensor cores as
 import triton
 import triton.language as tl
 
+from .launch import tuning
 
+CONV_KEY = ["c_in", "c_out", "kernel_volume"]  # what an autotuned conv config is chosen for (and the dtypes)
+
+
+@triton.autotune(configs=tuning(
+    triton.Config({"BLOCK_N": 32}, num_warps=4, num_stages=2), triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=3), triton.Config({"BLOCK_N": 128}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_N": 128}, num_warps=8, num_stages=3)), key=CONV_KEY)
 @triton.jit
 def implicit_gemm_kernel(x_ptr, w_ptr, table_ptr, bias_ptr, out_ptr, n_out, c_in, c_out, kernel_volume, stride_x,
                          stride_wk, stride_wi, stride_wo, REVERSE: tl.constexpr,
@@ -49,6 +57,9 @@ def implicit_gemm_kernel(x_ptr, w_ptr, table_ptr, bias_ptr, out_ptr, n_out, c_in
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
+@triton.autotune(configs=tuning(
+    triton.Config({}, num_warps=4, num_stages=2), triton.Config({}, num_warps=4, num_stages=3),
+    triton.Config({}, num_warps=8, num_stages=3)), key=CONV_KEY)
 @triton.jit
 def weight_grad_kernel(x_ptr, dy_ptr, table_ptr, partial_ptr, n_out, c_in, c_out, kernel_volume, rows_per_split,
                        stride_dy, stride_k, stride_ci, stride_co, PRECISION: tl.constexpr, UPCAST: tl.constexpr, HAS_BIAS: tl.constexpr,

@@ -32,3 +32,9 @@ def interpreted_bf16(dtype: torch.dtype) -> bool:
 def out_buffer(n: int, c: int, dtype: torch.dtype, device) -> torch.Tensor:
     """An [n, c] output of dtype, fp32 where interpreted_bf16 (finish with .to(dtype))."""
     return torch.empty(n, c, dtype=torch.float32 if interpreted_bf16(dtype) else dtype, device=device)
+
+
+def tuning(*configs):
+    """@triton.autotune configs: all of them on a GPU, only the first under the interpreter (which cannot time a
+    kernel; a single config is taken without timing)."""
+    return list(configs[:1] if backends.triton_interpreting() else configs)

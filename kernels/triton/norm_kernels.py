@@ -9,6 +9,15 @@ the centred squares are two passes over the rows inside that one program (no E[x
 import triton
 import triton.language as tl
 
+from .launch import tuning
+
+ROW_CONFIGS = tuning(  # row-tiled maps: rows per program and warps, chosen per channel count
+    triton.Config({"BLOCK_N": 32}, num_warps=4), triton.Config({"BLOCK_N": 64}, num_warps=4),
+    triton.Config({"BLOCK_N": 128}, num_warps=8))
+STAT_CONFIGS = tuning(  # (segment, group) reductions walking the rows
+    triton.Config({"BLOCK_N": 32}, num_warps=2), triton.Config({"BLOCK_N": 64}, num_warps=4),
+    triton.Config({"BLOCK_N": 128}, num_warps=4))
+
 
 @triton.jit
 def _silu_grad(grad, y):
@@ -32,6 +41,7 @@ def _group_lanes(group, group_size, BLOCK_G: tl.constexpr):
     return group * group_size + lane, lane < group_size
 
 
+@triton.autotune(configs=STAT_CONFIGS, key=["channels", "group_size"])
 @triton.jit
 def norm_statistics_kernel(x_ptr, row_ptr, weight_ptr, bias_ptr, mod_ptr, mean_ptr, rstd_ptr,
                            scale_ptr, offset_ptr, channels, group_size, eps, CENTER: tl.constexpr,
@@ -75,6 +85,7 @@ def norm_statistics_kernel(x_ptr, row_ptr, weight_ptr, bias_ptr, mod_ptr, mean_p
     tl.store(offset_ptr + at, offset, mask=ok)
 
 
+@triton.autotune(configs=ROW_CONFIGS, key=["channels"])
 @triton.jit
 def norm_apply_kernel(x_ptr, scale_ptr, offset_ptr, seg_ptr, out_ptr, seed_ptr, p, n_rows, channels,
                       SILU: tl.constexpr, DROP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -94,6 +105,7 @@ def norm_apply_kernel(x_ptr, scale_ptr, offset_ptr, seg_ptr, out_ptr, seed_ptr, 
     tl.store(out_ptr + at, y.to(out_ptr.dtype.element_ty), mask=ok)
 
 
+@triton.autotune(configs=STAT_CONFIGS, key=["channels", "group_size"])
 @triton.jit
 def norm_grad_statistics_kernel(grad_ptr, x_ptr, row_ptr, mean_ptr, rstd_ptr, weight_ptr, bias_ptr, mod_ptr,
                                 fwd_scale_ptr, fwd_offset_ptr, dy_scale_ptr, x_scale_ptr, offset_ptr, part_w_ptr,
@@ -152,6 +164,7 @@ def norm_grad_statistics_kernel(grad_ptr, x_ptr, row_ptr, mean_ptr, rstd_ptr, we
     tl.store(part_b_ptr + at, sum_dy, mask=ok)
 
 
+@triton.autotune(configs=ROW_CONFIGS, key=["channels"])
 @triton.jit
 def norm_input_grad_kernel(grad_ptr, x_ptr, seg_ptr, fwd_scale_ptr, fwd_offset_ptr, dy_scale_ptr, x_scale_ptr,
                            offset_ptr, part_w_ptr, part_b_ptr, grad_w_ptr, grad_b_ptr, out_ptr, seed_ptr, p, n_rows,

@@ -48,14 +48,14 @@ def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool
         norm_statistics_kernel[(n_seg, groups)](
             rows, row_ptr, weight, bias if bias is not None else weight,
             modulation if modulation is not None else mean, mean, rstd, scale, offset, channels, size, float(eps),
-            CENTER=center, HAS_BIAS=bias is not None, MOD=modulation is not None, BLOCK_N=32, BLOCK_G=triton.next_power_of_2(size))
+            CENTER=center, HAS_BIAS=bias is not None, MOD=modulation is not None, BLOCK_G=triton.next_power_of_2(size))
     out = out_buffer(n, channels, rows.dtype, rows.device)
     seed = torch.randint(0, 2 ** 31 - 1, (1,), device=rows.device) if dropout else None
     if n:
         block_c = pow2_block(channels, 16, 128)
-        norm_apply_kernel[(triton.cdiv(n, 32), triton.cdiv(channels, block_c))](
+        norm_apply_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(channels, block_c))](
             rows, scale, offset, segment, out, seed if dropout else mean, float(dropout), n, channels, SILU=silu,
-            DROP=bool(dropout), BLOCK_N=32, BLOCK_C=block_c)
+            DROP=bool(dropout), BLOCK_C=block_c)
     return out.to(rows.dtype), mean, rstd, scale, offset, seed
 
 
@@ -75,17 +75,16 @@ def norm_backward(grad_y, rows, weight, bias, segment, row_ptr, mean, rstd, grou
             modulation if modulation is not None else mean, fwd_scale if silu else mean,
             fwd_offset if silu else mean, dy_scale, x_scale, offset, part_w, part_b, grad_mod,
             drop_state if dropout else mean, float(dropout), channels, size, CENTER=center, HAS_BIAS=bias is not None,
-            MOD=modulation is not None, SILU=silu, DROP=bool(dropout), BLOCK_N=32,
-            BLOCK_G=triton.next_power_of_2(size))
+            MOD=modulation is not None, SILU=silu, DROP=bool(dropout), BLOCK_G=triton.next_power_of_2(size))
     grad_w, grad_b = (torch.empty if n else torch.zeros)(2, channels, dtype=torch.float32,
                                                          device=rows.device).unbind(0)
     grad_rows = out_buffer(n, channels, rows.dtype, rows.device)
     if n:
         block_c = pow2_block(channels, 16, 128)
-        norm_input_grad_kernel[(triton.cdiv(n, 32), triton.cdiv(channels, block_c))](
+        norm_input_grad_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(channels, block_c))](
             grad_y, rows, segment, fwd_scale if silu else mean, fwd_offset if silu else mean, dy_scale, x_scale,
             offset, part_w, part_b, grad_w, grad_b, grad_rows, drop_state if dropout else mean, float(dropout), n,
-            n_seg, channels, SILU=silu, DROP=bool(dropout), BLOCK_N=32, BLOCK_C=block_c)
+            n_seg, channels, SILU=silu, DROP=bool(dropout), BLOCK_C=block_c)
     return grad_rows.to(rows.dtype), grad_w, grad_b, (grad_mod if modulation is not None else None)
 
 

@@ -107,8 +107,11 @@ class UNet3D(nn.Module):
         return out.replace((out.feats if isinstance(out, SparseVoxels) else out.data).to(x.dtype))
 
     def _run(self, x: Field, noise_labels: torch.Tensor) -> Field:
-        emb = self.time_embed(timestep_embedding(noise_labels, self.config.model_channels).to(x.dtype))
-        emb = torch.nn.functional.silu(emb)  # what every ResBlock's projection reads: once here, not per block
+        # the embedding and every block's scale-shift from it stay in the model's dtype under autocast: tiny [B, C]
+        # matmuls, and the norm kernels read the modulation in fp32 anyway (no cast per block)
+        with torch.autocast(noise_labels.device.type, enabled=False):
+            emb = self.time_embed(timestep_embedding(noise_labels, self.config.model_channels).to(x.dtype))
+            emb = torch.nn.functional.silu(emb)  # what every ResBlock's projection reads: once here, not per block
         h = self.input_conv(x)
         skips = [h]
         for level, stage in enumerate(self.encoder):

@@ -62,7 +62,8 @@ class ResBlock(nn.Module):
 
     def _forward(self, x: Field, emb: torch.Tensor, activated: bool = False) -> Field:
         h = self.in_conv(norm_silu(self.in_norm, x))
-        modulation = self.emb(emb if activated else F.silu(emb))  # [B, 2C]: scale, then shift
+        with torch.autocast(emb.device.type, enabled=False):  # [B, 2C]: scale, then shift, in emb's dtype
+            modulation = self.emb(emb if activated else F.silu(emb))
         # dropout(silu(out_norm(h) * (1 + scale) + shift)): one op on the sparse path
         h = norm_and_modulate(self.out_norm, h, modulation, silu=True, dropout=self.dropout)
         h = self.out_conv(h)

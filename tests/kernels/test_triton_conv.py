@@ -170,3 +170,22 @@ def test_strided_output_gradient_is_read_in_place(monkeypatch):
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert row_strides == [5, 12, 5, 6]  # forward, dX of the strided gradient (read in place), then contiguous
+
+
+def test_kernels_are_autotuned_on_a_gpu_and_take_the_first_config_interpreted(monkeypatch):
+    """The implicit GEMM, dW and norm kernels are @triton.autotune'd, keyed on their channel counts (and kernel
+    volume); under the interpreter, which cannot time a kernel, the config list is its first entry alone."""
+    import triton
+    from sparse_radar.kernels import backends as kb
+    from sparse_radar.kernels.triton import conv_kernels, launch, norm_kernels
+    configs = [triton.Config({"BLOCK_N": n}) for n in (32, 64, 128)]
+    monkeypatch.setattr(kb, "triton_interpreting", lambda: False)
+    assert launch.tuning(*configs) == configs
+    monkeypatch.setattr(kb, "triton_interpreting", lambda: True)
+    assert launch.tuning(*configs) == configs[:1]
+    for kernel, key in ((conv_kernels.implicit_gemm_kernel, ["c_in", "c_out", "kernel_volume"]),
+                        (conv_kernels.weight_grad_kernel, ["c_in", "c_out", "kernel_volume"]),
+                        (norm_kernels.norm_apply_kernel, ["channels"]),
+                        (norm_kernels.norm_statistics_kernel, ["channels", "group_size"])):
+        assert isinstance(kernel, triton.runtime.Autotuner) and kernel.keys == key
+        assert len(kernel.configs) == 1  # interpreted here
