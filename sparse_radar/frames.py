@@ -48,9 +48,10 @@ class Frame:
 
 
 def load_frames(source: str, grid: GridSpec, radar_channels: Sequence[Channel], data_format: str = "points",
-                count: Optional[int] = None, split: str = "test") -> List[Frame]:
+                count: Optional[int] = None, split: str = "test", calibration: str = "auto") -> List[Frame]:
     """'synthetic' (`count` frames of `split`, default 50 of the test split), a data folder of `data_format` (pairs with
-    ground truth), a folder of radar point files, or one radar point file."""
+    ground truth; View-of-Delft's official tree: the split's frames, calibrated unless calibration is 'none'), a
+    folder of radar point files, or one radar point file."""
     if count is not None and count < 1:
         raise ValueError(f"--count must be >= 1, got {count}")
     if source == "synthetic":
@@ -63,7 +64,7 @@ def load_frames(source: str, grid: GridSpec, radar_channels: Sequence[Channel], 
     if not os.path.isdir(source):
         raise ValueError(f"input {source!r} is neither 'synthetic', a folder nor a file")
     if _is_paired_folder(source, data_format):
-        data = open_dataset(source, data_format, "test", 1, grid)
+        data = open_dataset(source, data_format, split, 1, grid, calibration=calibration)
         if tuple(data.grid_shape) != tuple(grid.shape):
             raise ValueError(f"{source}: the voxel files' grid {tuple(data.grid_shape)} (D, H, W) differs from the "
                              f"model's {tuple(grid.shape)}; use a model trained on voxel files of this shape")

@@ -114,7 +114,7 @@ def test_replace_keeps_structure_and_validates():
 def test_kernel_map_cache_is_shared_and_built_once(monkeypatch):
     sv, _ = random_fields(2, 4, (6, 6, 6), 0.3, seed=5)
     calls = {"subm": 0, "down": 0}
-    real_subm, real_down = km.submanifold_kmap, km.strided_kmap
+    real_subm, real_down = km.submanifold_kmap, km.strided_kmap_and_keys
 
     def count_subm(*a, **k):
         calls["subm"] += 1
@@ -125,7 +125,7 @@ def test_kernel_map_cache_is_shared_and_built_once(monkeypatch):
         return real_down(*a, **k)
 
     monkeypatch.setattr(km, "submanifold_kmap", count_subm)
-    monkeypatch.setattr(km, "strided_kmap", count_down)
+    monkeypatch.setattr(km, "strided_kmap_and_keys", count_down)
     a, b = SubMConv3d(4, 4, 3), SubMConv3d(4, 8, 3)
     down1, down2 = SparseConv3d(8, 8, 2, 2), SparseConv3d(8, 3, 2, 2)
     h = b(a(sv.replace(sv.feats * 2)))

@@ -5,14 +5,14 @@ from __future__ import annotations
 import glob
 import os
 import warnings
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from ..voxels import SparseVoxels
-from . import formats, point_fields
+from . import formats, point_fields, vod
 from .grid import GridSpec
 from .synthetic import SensorConfig, generate_scan, split_seed
 from .voxelize import RADAR_CHANNELS, TARGET_CHANNELS, Channel, voxelize
@@ -161,10 +161,22 @@ class PointPairDataset(FolderDataset):
     intensity and radial velocity; LiDAR any point format) or 'points' (.npy/.npz/.ply/.pcd; PLY/PCD fields by
     name, see point_fields: radar x, y, z, rcs, doppler; LiDAR x, y, z, intensity)."""
 
-    def __init__(self, root: str, fmt: str, grid: GridSpec = GridSpec()):
+    def __init__(self, root: str, fmt: str, grid: GridSpec = GridSpec(), split: str = "train",
+                 calibration: str = "auto", radar_scans: int = 1, split_file: Optional[str] = None):
         if fmt not in ("vod", "coloradar", "points"):
             raise ValueError(f"PointPairDataset format must be vod, coloradar or points, got {fmt!r}")
-        self.fmt, self.grid, self.grid_shape = fmt, grid, grid.shape
+        self.fmt, self.grid, self.grid_shape, self.tree = fmt, grid, grid.shape, None
+        if fmt == "vod" and vod.is_official_tree(root):
+            self.tree = vod.VodTree(root, radar_scans, split, split_file, calibration)
+            self.pairs = self.tree.pairs
+            return
+        if fmt == "vod" and calibration != "none":
+            raise ValueError(f"{root}: not View-of-Delft's official tree (lidar/training/velodyne, radar/training/"
+                             f"velodyne, their calib folders), so no calibration can be read: the radar would stay "
+                             f"about 2.5 m off the LiDAR. Point --data at the dataset's root, or pass --calibration "
+                             f"none if this flat radar/ and lidar/ layout is already in the LiDAR frame")
+        if radar_scans != 1 or split_file:
+            raise ValueError("--radar_scans and --split_file read View-of-Delft's official tree (--data_format vod)")
         lidar = _unique_stems(_folder_files(os.path.join(root, "lidar")), os.path.join(root, "lidar"))
         radar = _unique_stems(_folder_files(os.path.join(root, "radar")), os.path.join(root, "radar"))
         self.pairs = [(path, lidar[stem]) for stem, path in radar.items() if stem in lidar]
@@ -175,7 +187,11 @@ class PointPairDataset(FolderDataset):
     def load(self, i: int) -> Tuple[Sample, int]:
         """(sample, 0) of pair i: point features are clipped to each channel's range by design (voxelize)."""
         radar_path, lidar_path = self.pairs[i]
-        if self.fmt == "vod":
+        if self.tree is not None:  # the official tree: radar put into the LiDAR frame by the frame's calib files
+            radar_points, lidar_points = self.tree.frame_points(i)
+            radar = point_fields.radar_columns(radar_path, radar_points, formats.VOD_RADAR_FIELDS)
+            lidar = point_fields.lidar_columns(lidar_path, lidar_points, None)
+        elif self.fmt == "vod":
             radar = point_fields.radar_columns(radar_path, *formats.read_point_fields(radar_path, "vod_radar"))
             lidar = point_fields.lidar_columns(lidar_path, formats.read_vod_lidar(lidar_path), None)
         elif self.fmt == "coloradar":
@@ -191,8 +207,9 @@ class PointPairDataset(FolderDataset):
 
 
 def open_dataset(data: str, data_format: str = "reference", split: str = "train", size: int = 64,
-                 grid: GridSpec = GridSpec()) -> Dataset:
-    """'synthetic' or a folder path in one of DATA_FORMATS."""
+                 grid: GridSpec = GridSpec(), calibration: str = "auto", radar_scans: int = 1,
+                 split_file: Optional[str] = None) -> Dataset:
+    """'synthetic' or a folder path in one of DATA_FORMATS (View-of-Delft: its official tree, calibrated)."""
     if data == "synthetic":
         return SyntheticDataset(split, size, grid)
     if not os.path.isdir(data):
@@ -200,7 +217,7 @@ def open_dataset(data: str, data_format: str = "reference", split: str = "train"
     if data_format == "reference":
         return ReferenceVoxelDataset(data)
     if data_format in DATA_FORMATS:
-        return PointPairDataset(data, data_format, grid)
+        return PointPairDataset(data, data_format, grid, split, calibration, radar_scans, split_file)
     raise ValueError(f"unknown data_format {data_format!r}; expected one of {', '.join(DATA_FORMATS)}")
 
 

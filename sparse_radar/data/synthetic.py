@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from typing import Dict, Tuple
 
@@ -207,10 +208,17 @@ def main(argv=None) -> int:
     from .grid import GridSpec
     from .voxelize import RADAR_CHANNELS, TARGET_CHANNELS, voxelize
 
-    parser = argparse.ArgumentParser(description="statistics of the built-in synthetic scans")
+    parser = argparse.ArgumentParser(description="statistics of the built-in synthetic scans, or (--export) the scans "
+                                                 "written as a published dataset's tree")
     parser.add_argument("--count", type=int, default=10)
     parser.add_argument("--split", default="train", choices=list(SPLIT_BASE))
+    parser.add_argument("--export", choices=("vod",), default=None,
+                        help="write View-of-Delft's official tree (each sensor in its own frame, calib files, "
+                             "ImageSets) into FOLDER: --count train frames, a quarter as many val and test")
+    parser.add_argument("folder", nargs="?", metavar="FOLDER", help="--export: the tree's root (new or empty)")
     args = parser.parse_args(argv)
+    if args.export:
+        return _export(parser, args)
     grid = GridSpec()
     cells = np.prod(grid.shape)
     rows = []
@@ -225,6 +233,22 @@ def main(argv=None) -> int:
     print(f"  LiDAR points per scan  {a[:, 1].mean():8.0f} (min {a[:, 1].min():.0f}, max {a[:, 1].max():.0f})")
     print(f"  radar voxel occupancy  {a[:, 2].mean():8.3%}")
     print(f"  LiDAR voxel occupancy  {a[:, 3].mean():8.3%}")
+    return 0
+
+
+def _export(parser, args) -> int:
+    """--export vod FOLDER."""
+    from .vod import export_synthetic
+    if not args.folder:
+        parser.error("--export needs the FOLDER to write the tree into")
+    if os.path.exists(args.folder) and os.listdir(args.folder):
+        parser.error(f"{args.folder} exists and is not empty: choose a new folder")
+    if args.count < 1:
+        parser.error(f"--count must be >= 1, got {args.count}")
+    held_out = max(1, args.count // 4)
+    ids = export_synthetic(args.folder, (("train", args.count), ("val", held_out), ("test", held_out)))
+    print(f"wrote {len(ids)} View-of-Delft frames ({args.count} train, {held_out} val, {held_out} test) to "
+          f"{args.folder}; train on it with: python -m sparse_radar.train --data {args.folder} --data_format vod")
     return 0
 
 

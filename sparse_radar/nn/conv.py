@@ -8,6 +8,7 @@ from typing import Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ..kernels import coords as kc
 from ..kernels.conv import sparse_conv, torch_to_kernel_weight
@@ -21,6 +22,16 @@ def _positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
+
+
+_OPTIMIZER_STEPS = [0]  # steps taken by any torch optimizer: a fused one updates weights without a version bump
+
+
+def _count_optimizer_step(optimizer, args, kwargs) -> None:
+    _OPTIMIZER_STEPS[0] += 1
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
 
 
 def autocast_dtype(device: torch.device):
@@ -82,10 +93,11 @@ class _SparseConvBase(nn.Module):
 
     def kernel_weight(self) -> torch.Tensor:
         """The weight's values in the kernels' layout [K, Cin, Cout], contiguous and detached: copied once per
-        version of the weight (an optimizer step, load_state_dict, .to()), not once per call. Write the weight in
-        place through the parameter itself (a write through .data is not seen)."""
+        version of the weight (any torch optimizer's step, an in-place write, load_state_dict, .to()), not once per
+        call (a checkpointed block's recompute reuses it). A write through .data, or by a fused kernel outside a
+        torch optimizer, is not seen: call the layer's forward after such a write only via a new Parameter."""
         w = self.weight
-        key = (w._version, w.data_ptr(), w.dtype, w.device)
+        key = (w._version, w.data_ptr(), w.dtype, w.device, _OPTIMIZER_STEPS[0])
         cached = self.__dict__.get("_kernel_weight")
         if cached is None or cached[0]() is not w or cached[1] != key:
             with torch.no_grad():

@@ -54,6 +54,9 @@ class TrainConfig:
     batch_size: int = 2
     data: str = "synthetic"
     data_format: str = "reference"
+    calibration: str = "auto"
+    radar_scans: int = 1
+    split_file: Optional[str] = None
     grid: str = "default"
     train_size: int = 64
     support: str = "radar_dilated"
@@ -87,12 +90,16 @@ class TrainConfig:
 
     def __post_init__(self):
         checks = (("preset", PRESETS), ("backend", BACKENDS), ("mode", MODES), ("support", TRAIN_SUPPORTS),
+                  ("calibration", ("auto", "none")),
                   ("stage", STAGES), ("vae_preset", VAE_PRESET_NAMES), ("vae_kind", VAE_KINDS),
                   ("data_format", DATA_FORMATS), ("attention_type", ATTENTION_TYPES), ("norm_type", NORM_TYPES))
         for name, allowed in checks:
             value = getattr(self, name)
             if value is not None and value not in allowed:
                 raise ValueError(f"--{name}: unknown value {value!r}; expected one of {', '.join(allowed)}")
+        if self.radar_scans not in (1, 3, 5):
+            raise ValueError(f"--radar_scans must be 1, 3 or 5 (View-of-Delft's radar, radar_3_scans, radar_5_scans), "
+                             f"got {self.radar_scans}")
         for name in ("batch_size", "steps", "grad_accum", "save_every", "train_size", "cm_steps", "preview_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
@@ -215,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
         "preset": f"model preset: {', '.join(PRESETS)}", "backend": "sparse (submanifold) or dense (fallback)",
         "attention_resolutions": "downsample factors with attention, e.g. 8,4", "channel_mult": "e.g. 1,2,2,4",
         "data": "'synthetic' or a folder", "data_format": f"folder layout: {', '.join(DATA_FORMATS)}",
+        "calibration": "--data_format vod: auto (the official tree's calib files put the radar into the LiDAR frame) "
+                       "or none (take the points as they are: a flat radar/, lidar/ layout already in one frame)",
+        "radar_scans": "--data_format vod: 1, 3 or 5 accumulated radar scans (the dataset's radar_3_scans, "
+                       "radar_5_scans)",
+        "split_file": "--data_format vod: frame ids to train on, one per line (default: lidar/ImageSets/train.txt)",
         "support": f"where diffusion runs: {', '.join(TRAIN_SUPPORTS)} (predicted: by the --structure network)",
         "support_radius": "dilation z,y,x (default 1,2,2; predicted 0,0,0)",
         "structure": "checkpoint or run folder of a --stage structure run (for --support predicted)",

@@ -115,7 +115,9 @@ def test_point_pair_folders(tmp_path):
         lidar = np.column_stack([rng.uniform(0, 40, (300, 1)), rng.uniform(-20, 20, (300, 1)),
                                  rng.uniform(-1, 3, (300, 1)), rng.uniform(0, 1, (300, 1))]).astype(np.float32)
         lidar.tofile(tmp_path / "lidar" / f"{frame}.bin")
-    ds = open_dataset(str(tmp_path), "vod")
+    with pytest.raises(ValueError, match="not View-of-Delft's official tree.*--calibration none"):
+        open_dataset(str(tmp_path), "vod")  # a flat layout has no calib files: no silent 2.5 m offset
+    ds = open_dataset(str(tmp_path), "vod", calibration="none")
     assert isinstance(ds, PointPairDataset) and len(ds) == 2
     sample = ds[0]
     assert sample["radar_feats"].shape[1] == 4 and len(sample["target_coords"]) > 100

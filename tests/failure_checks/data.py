@@ -258,3 +258,26 @@ def ambiguous_frames(request, tmp_path, capsys):
     with pytest.raises(ValueError, match=r"frame '0000' has two files, 0000.npy and 0000.ply"):
         open_dataset(str(root), "points")
 
+
+
+@row("vod-uncalibrated")
+def vod_uncalibrated(request, tmp_path, capsys):
+    from sparse_radar.data import vod
+    flat = tmp_path / "flat"
+    for sensor, cols in (("radar", 7), ("lidar", 4)):
+        (flat / sensor).mkdir(parents=True)
+        np.ones((3, cols), np.float32).tofile(flat / sensor / "00000.bin")
+    with pytest.raises(ValueError, match="no calibration can be read.*--calibration none"):
+        open_dataset(str(flat), "vod")
+    assert len(open_dataset(str(flat), "vod", calibration="none")) == 1
+    tree = tmp_path / "tree"
+    vod.export_synthetic(str(tree), (("train", 1),))
+    calib = tree / "lidar" / "training" / "calib" / "00000.txt"
+    os.remove(calib)
+    data = open_dataset(str(tree), "vod")
+    with pytest.raises(formats.DataFormatError, match=re.escape(str(calib)) + ": calibration file not found"):
+        data[0]
+    skewed = "Tr_velo_to_cam: 2 0 0 0 0 1 0 0 0 0 1 0\n"
+    calib.write_text(skewed)
+    with pytest.raises(formats.DataFormatError, match="not a rigid transform"):
+        data[0]

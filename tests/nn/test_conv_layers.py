@@ -233,23 +233,28 @@ def test_half_autocast_weight_gradients_stay_fp32(backend):
             torch.testing.assert_close(half, full, rtol=1e-6, atol=0)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_kernel_weight_is_copied_once_per_weight_version(backend):
+@pytest.mark.parametrize("backend,optimizer", [("torch", "sgd"), ("triton", "sgd"), ("torch", "fused adamw"),
+                                               ("triton", "foreach adamw")])
+def test_kernel_weight_is_copied_once_per_weight_version(backend, optimizer):
     """A layer packs its weight into the kernels' layout once per version of the weight: a second call reuses the
-    copy, and an optimizer step, an in-place write, load_state_dict or a new Parameter each give a fresh one, so the
-    output always equals a conv3d with the weight as it is now; dW lands in the parameter's own layout."""
+    copy, and an optimizer step (a fused AdamW's too, which bumps no version), an in-place write, load_state_dict or
+    a new Parameter each give a fresh one, so the output always equals a conv3d with the weight as it is now; dW
+    lands in the parameter's own layout."""
     from sparse_radar.kernels.backends import kernel_settings
     sv, dense = random_fields(2, 3, (5, 6, 6), 0.3, seed=7)
     layer = SubMConv3d(3, 4, 3)
     expect = lambda: gather_dense(F.conv3d(dense.masked_data(), layer.weight, layer.bias, padding=1), sv.coords)
-    opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.5) if optimizer == "sgd" else torch.optim.AdamW(
+        layer.parameters(), lr=0.5, **({"fused": True} if optimizer == "fused adamw" else {"foreach": True}))
     with kernel_settings(backend=backend):
         first = layer.kernel_weight()
         assert layer.kernel_weight() is first
         close(layer(sv).feats, expect())
         layer(sv).feats.square().sum().backward()
         assert layer.weight.grad.stride() == layer.weight.stride()
+        before = layer.weight.detach().clone()
         opt.step()
+        assert not torch.equal(layer.weight, before)
         assert layer.kernel_weight() is not first
         close(layer(sv).feats, expect())
         with torch.no_grad():
