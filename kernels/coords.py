@@ -7,6 +7,8 @@ from typing import Dict, Sequence, Tuple
 
 import torch
 
+from . import backends
+
 INT64_MAX = 2**63 - 1
 INT32_LIMIT = 2**31  # coords are stored as int32: every coordinate and the batch index must stay below it
 
@@ -59,7 +61,10 @@ def offset_keys(batch: torch.Tensor, cells: torch.Tensor, spatial_shape: Sequenc
 
 
 def keys_to_coords(keys: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
-    """Inverse of linear_keys: int64 keys [N] -> int32 coords [N, 4]."""
+    """Inverse of linear_keys: int64 keys [N] -> int32 coords [N, 4] (one launch where index kernels run on triton)."""
+    if backends.index_kernels_on_triton(keys.device):
+        from .triton.kmap import keys_to_coords as triton_keys_to_coords
+        return triton_keys_to_coords(keys, spatial_shape)
     d, h, w = (int(s) for s in spatial_shape)
     x = keys % w
     rest = keys // w

@@ -144,7 +144,7 @@ def strided_kmap_and_keys(coords: torch.Tensor, spatial_shape: Sequence[int], ke
         out_keys, counts = distinct_with_counts(keys, out_shape[0] * out_shape[1] * out_shape[2], batch_size)
     kmap = KernelMap(coords.shape[0], out_keys.numel(), keys.shape[1], table_t=_rows_of_keys(out_keys, keys),
                      trusted=True)
-    return kmap, out_keys, _keys_to_coords(out_keys, out_shape), out_shape, counts
+    return kmap, out_keys, keys_to_coords(out_keys, out_shape), out_shape, counts
 
 
 def distinct_with_counts(keys: torch.Tensor, cells_per_sample: int, batch_size: int):
@@ -165,14 +165,6 @@ def distinct_with_counts(keys: torch.Tensor, cells_per_sample: int, batch_size: 
     # keys past the last sample's range (none from a conv of this grid) land, with the misses, on the spare slot
     out = flat.new_empty(size + 1).scatter_(0, torch.where(first, seen - 1, size).clamp_max(size), ordered)
     return out[:size], counts
-
-
-def _keys_to_coords(keys: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
-    """keys_to_coords, as one triton launch where index kernels run on triton."""
-    if backends.index_kernels_on_triton(keys.device):
-        from .triton.kmap import keys_to_coords as triton_keys_to_coords
-        return triton_keys_to_coords(keys, spatial_shape)
-    return keys_to_coords(keys, spatial_shape)
 
 
 def inverse_kmap(fine_coords: torch.Tensor, fine_shape: Sequence[int], coarse_keys: torch.Tensor,
@@ -213,7 +205,7 @@ def children_kmap(coords: torch.Tensor, spatial_shape: Sequence[int], stride: Tr
     out_keys = _valid_sorted(keys)
     kmap = KernelMap(coords.shape[0], out_keys.numel(), keys.shape[1], table_t=_rows_of_keys(out_keys, keys),
                      trusted=True)
-    return kmap, _keys_to_coords(out_keys, fine_shape), fine_shape  # type: ignore[return-value]
+    return kmap, keys_to_coords(out_keys, fine_shape), fine_shape  # type: ignore[return-value]
 
 
 def prune(coords: torch.Tensor, keep: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -35,6 +35,17 @@ def _dropout(value, seed_ptr, rows, cols, channels, p):
 
 
 @triton.jit
+def _output_grad(g, y, seed_ptr, rows, cols, channels, p, DROP: tl.constexpr, SILU: tl.constexpr):
+    """The gradient reaching the affine output y from the gradient g of the op's output (through the dropout's mask
+    with DROP, then SiLU' at y with SILU); fp32."""
+    if DROP:
+        g = _dropout(g, seed_ptr, rows, cols, channels, p)
+    if SILU:
+        g = _silu_grad(g, y)
+    return g
+
+
+@triton.jit
 def _group_lanes(group, group_size, BLOCK_G: tl.constexpr):
     """(columns of the group, their in-range mask)."""
     lane = tl.arange(0, BLOCK_G)
@@ -132,10 +143,8 @@ def norm_grad_statistics_kernel(grad_ptr, x_ptr, row_ptr, mean_ptr, rstd_ptr, we
         where = rows.to(tl.int64)[:, None] * channels + cols[None, :]
         g = tl.load(grad_ptr + where, mask=inside, other=0.0).to(tl.float32)
         x = tl.load(x_ptr + where, mask=inside, other=0.0).to(tl.float32)
-        if DROP:
-            g = _dropout(g, seed_ptr, rows, cols, channels, p)
-        if SILU:
-            g = _silu_grad(g, x * fwd_scale[None, :] + fwd_offset[None, :])
+        g = _output_grad(g, x * fwd_scale[None, :] + fwd_offset[None, :], seed_ptr, rows, cols, channels, p, DROP,
+                         SILU)
         acc_dy += g
         acc_dyxc += g * tl.where(inside, x - mean[None, :], 0.0)
     raw_dy, raw_dyxc = tl.sum(acc_dy, axis=0), tl.sum(acc_dyxc, axis=0)
@@ -171,8 +180,7 @@ def norm_input_grad_kernel(grad_ptr, x_ptr, seg_ptr, fwd_scale_ptr, fwd_offset_p
                            n_seg, channels, SILU: tl.constexpr, DROP: tl.constexpr, BLOCK_N: tl.constexpr,
                            BLOCK_C: tl.constexpr):
     """dx[n] = dy'[n] * dy_scale[s] + x[n] * x_scale[s] + offset[s] (dy' through the dropout's mask with DROP and
-    SiLU' with SILU); the programs of
-    the first row tile also sum the per-segment dW and db shares of their columns, in segment order."""
+    SiLU' with SILU); the programs of the first row tile also sum the per-segment dW and db shares of their columns, in segment order."""
     tile = tl.program_id(0)
     rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -182,12 +190,11 @@ def norm_input_grad_kernel(grad_ptr, x_ptr, seg_ptr, fwd_scale_ptr, fwd_offset_p
     at = rows.to(tl.int64)[:, None] * channels + cols[None, :]
     g = tl.load(grad_ptr + at, mask=ok, other=0.0).to(tl.float32)
     x = tl.load(x_ptr + at, mask=ok, other=0.0).to(tl.float32)
-    if DROP:
-        g = _dropout(g, seed_ptr, rows, cols, channels, p)
+    y = x  # the affine output, needed (and loaded) for SiLU' only
     if SILU:
         y = x * tl.load(fwd_scale_ptr + per_seg, mask=ok, other=0.0) + tl.load(fwd_offset_ptr + per_seg, mask=ok,
                                                                                 other=0.0)
-        g = _silu_grad(g, y)
+    g = _output_grad(g, y, seed_ptr, rows, cols, channels, p, DROP, SILU)
     dx = g * tl.load(dy_scale_ptr + per_seg, mask=ok, other=0.0) + x * tl.load(x_scale_ptr + per_seg, mask=ok,
                                                                                 other=0.0)
     dx += tl.load(offset_ptr + per_seg, mask=ok, other=0.0)

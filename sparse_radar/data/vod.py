@@ -113,10 +113,16 @@ def write_frame(root: str, frame: str, radar: np.ndarray, lidar: np.ndarray, cam
             os.makedirs(os.path.join(root, sensor, "training", sub), exist_ok=True)
         np.ascontiguousarray(points, dtype=np.float32).tofile(os.path.join(root, sensor, "training", "velodyne",
                                                                            f"{frame}.bin"))
-        rows = {"P0": np.zeros(12), "P1": np.zeros(12), "P2": np.zeros(12), "P3": np.zeros(12),
-                "R0_rect": np.eye(3).ravel(), "Tr_velo_to_cam": tr[:3].ravel(), "Tr_imu_to_velo": np.zeros(12)}
-        with open(os.path.join(root, sensor, "training", "calib", f"{frame}.txt"), "w", encoding="utf-8") as fh:
-            fh.writelines(f"{k}: {' '.join(f'{v:.12g}' for v in values)}\n" for k, values in rows.items())
+        write_calib(os.path.join(root, sensor, "training", "calib", f"{frame}.txt"), tr)
+
+
+def write_calib(path: str, camera_from_sensor: np.ndarray) -> None:
+    """A KITTI-style calib file whose `Tr_velo_to_cam` is camera_from_sensor (4x4 or 3x4); the projections zero."""
+    rows = {"P0": np.zeros(12), "P1": np.zeros(12), "P2": np.zeros(12), "P3": np.zeros(12),
+            "R0_rect": np.eye(3).ravel(), "Tr_velo_to_cam": np.asarray(camera_from_sensor)[:3].ravel(),
+            "Tr_imu_to_velo": np.zeros(12)}
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.writelines(f"{k}: {' '.join(f'{v:.12g}' for v in values)}\n" for k, values in rows.items())
 
 
 # the synthetic tree's mountings: the radar about where View-of-Delft's is relative to its LiDAR (the devkit's calib

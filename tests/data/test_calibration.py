@@ -6,6 +6,7 @@ import pytest
 
 from sparse_radar.data import calibration as cal
 from sparse_radar.data.formats import DataFormatError
+from sparse_radar.data.vod import write_calib
 
 
 def test_quaternion_to_matrix_hand_cases():
@@ -52,19 +53,13 @@ def test_pose_interpolation_halfway():
     np.testing.assert_allclose(abs(cal.slerp([0, 0, 0, 1.0], [0, 0, 0, -1.0], 0.5) @ [0, 0, 0, 1.0]), 1.0)
 
 
-def write_calib(path, tr):
-    rows = {"P0": np.zeros(12), "P1": np.zeros(12), "P2": np.arange(12.0), "P3": np.zeros(12),
-            "R0_rect": np.eye(3).ravel(), "Tr_velo_to_cam": np.asarray(tr)[:3].ravel(), "Tr_imu_to_velo": np.zeros(12)}
-    path.write_text("".join(f"{k}: {' '.join(f'{v:.12g}' for v in vals)}\n" for k, vals in rows.items()))
-
-
 def test_vod_radar_to_lidar_from_two_calib_files(tmp_path):
     """The devkit's chain, inv(T_camera_lidar) @ T_camera_radar: a radar 2.5 m ahead of and 1.15 m below the
     LiDAR maps its origin to (2.5, 0, -1.15) in the LiDAR frame."""
     camera_from_lidar = cal.rigid([[0, -1, 0], [0, 0, -1], [1, 0, 0]], [0.1, -0.2, -0.3])  # x fwd -> z fwd
     lidar_from_radar = cal.rigid(np.eye(3), [2.5, 0.0, -1.15])
-    write_calib(tmp_path / "lidar.txt", camera_from_lidar)
-    write_calib(tmp_path / "radar.txt", camera_from_lidar @ lidar_from_radar)
+    write_calib(str(tmp_path / "lidar.txt"), camera_from_lidar)
+    write_calib(str(tmp_path / "radar.txt"), camera_from_lidar @ lidar_from_radar)
     t = cal.vod_radar_to_lidar(str(tmp_path / "lidar.txt"), str(tmp_path / "radar.txt"))
     np.testing.assert_allclose(t, lidar_from_radar, atol=1e-9)
     np.testing.assert_allclose(cal.transform_points(t, np.zeros((1, 3))), [[2.5, 0.0, -1.15]], atol=1e-9)

@@ -107,22 +107,27 @@ def test_float64_is_refused_by_name_and_left_to_torch_by_auto():
     assert backends.resolve_backend("auto", feats.to(DEVICE)) == "torch"
 
 
-def test_implicit_gemm_reads_contiguous_weights(monkeypatch):
-    """The kernel gets [K, Cin, Cout] contiguous (forward) and its transpose [K, Cout, Cin] in place (dX: unit stride
-    along Cout, the tile's reduction axis), not the permuted view of torch's [Cout, Cin, kD, kH, kW] layout
-    (strides (1, K, Cin * K): a sector per element); dW comes back in the weight's own strides (no copy by autograd)."""
+def spy_on_implicit_gemm(monkeypatch, pick):
+    """A list that receives pick(positional args) of every implicit GEMM launch (which still runs)."""
     from sparse_radar.kernels.triton import conv as tconv
-    seen = []
-    real = tconv.implicit_gemm_kernel
+    seen, real = [], tconv.implicit_gemm_kernel
 
     class Spy:
         def __getitem__(self, grid):
             def launch(*args, **kwargs):
-                seen.append(tuple(args[10:13]))  # stride_wk, stride_wi, stride_wo
+                seen.append(pick(args))
                 return real[grid](*args, **kwargs)
             return launch
 
     monkeypatch.setattr(tconv, "implicit_gemm_kernel", Spy())
+    return seen
+
+
+def test_implicit_gemm_reads_contiguous_weights(monkeypatch):
+    """The kernel gets [K, Cin, Cout] contiguous (forward) and its transpose [K, Cout, Cin] in place (dX: unit stride
+    along Cout, the tile's reduction axis), not the permuted view of torch's [Cout, Cin, kD, kH, kW] layout
+    (strides (1, K, Cin * K): a sector per element); dW comes back in the weight's own strides (no copy by autograd)."""
+    seen = spy_on_implicit_gemm(monkeypatch, lambda args: tuple(args[10:13]))  # stride_wk, stride_wi, stride_wo
     kmap = make_map(sorted(MAPS)[0])
     feats, _, bias, grad = random_inputs(kmap, 16, 32, torch.float32, seed=1)
     torch_layout = torch.randn(32, 16, kmap.kernel_volume)  # [Cout, Cin, K]
@@ -139,18 +144,7 @@ def test_implicit_gemm_reads_contiguous_weights(monkeypatch):
 def test_strided_output_gradient_is_read_in_place(monkeypatch):
     """A conv whose output is concatenated gets its gradient as a column slice (rows 2 * Cout apart): dX, dW and db
     equal those of the same gradient made contiguous, with no copy of it."""
-    from sparse_radar.kernels.triton import conv as tconv
-    row_strides = []
-    real = tconv.implicit_gemm_kernel
-
-    class Spy:
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                row_strides.append(args[9])  # stride_x
-                return real[grid](*args, **kwargs)
-            return launch
-
-    monkeypatch.setattr(tconv, "implicit_gemm_kernel", Spy())
+    row_strides = spy_on_implicit_gemm(monkeypatch, lambda args: args[9])  # stride_x
     kmap = make_map("subm")
     feats, weight, bias, grad = random_inputs(kmap, 5, 6, torch.float32, seed=3)
     results = []

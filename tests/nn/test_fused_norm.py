@@ -61,6 +61,17 @@ def test_bf16_rows_keep_only_the_input_and_statistics():
     torch.testing.assert_close(rows.grad.float(), ref_rows.grad, rtol=2e-2, atol=2e-2)
 
 
+def values_and_grads(fn, params, grad):
+    """[fn()'s value, then its gradient for each of params under the output gradient grad]."""
+    out = fn()
+    return [out.detach(), *torch.autograd.grad(out, params, grad)]
+
+
+def assert_all_close(got, want, tol):
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("groups,center,with_bias", [(3, True, True), (6, True, False), (1, False, True)])
 def test_modulated_norm_against_norm_then_scale_shift(backend, groups, center, with_bias):
@@ -78,18 +89,11 @@ def test_modulated_norm_against_norm_then_scale_shift(backend, groups, center, w
     params = [p for p in (rows, weight, mod, bias) if p is not None]
     grad = torch.randn(10, 6, generator=g, dtype=torch.float64).to(dtype)
     with kernel_settings(backend=backend):
-        fused = segment_group_norm(rows, weight, bias, seg, row_ptr, groups, center, 1e-5, mod)
-        fused.backward(grad)
-        got = [fused.detach()] + [p.grad.clone() for p in params]
-        for p in params:
-            p.grad = None
-        plain = segment_group_norm(rows, weight, bias, seg, row_ptr, groups, center, 1e-5) * (1 + mod[seg, :6]) \
-            + mod[seg, 6:]
-        plain.backward(grad)
-        want = [plain.detach()] + [p.grad for p in params]
-    tol = 1e-10 if dtype == torch.float64 else 2e-5
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+        got = values_and_grads(lambda: segment_group_norm(rows, weight, bias, seg, row_ptr, groups, center, 1e-5,
+                                                          mod), params, grad)
+        want = values_and_grads(lambda: segment_group_norm(rows, weight, bias, seg, row_ptr, groups, center, 1e-5)
+                                * (1 + mod[seg, :6]) + mod[seg, 6:], params, grad)
+    assert_all_close(got, want, 1e-10 if dtype == torch.float64 else 2e-5)
     if backend == "torch":
         fn = lambda r, w, mm: segment_group_norm(r, w, bias, seg, row_ptr, groups, center, 1e-5, mm)
         assert torch.autograd.gradcheck(fn, (rows, weight, mod))
@@ -120,19 +124,12 @@ def test_norm_with_silu_against_norm_then_silu(backend, groups, center, with_bia
     params = [p for p in (rows, weight, bias, mod) if p is not None]
     grad = torch.randn(11, 6, generator=g, dtype=torch.float64).to(dtype)
     with kernel_settings(backend=backend):
-        fused = segment_group_norm(rows, weight, bias, seg, row_ptr, groups, center, 1e-5, mod, silu=True)
-        fused.backward(grad)
-        got = [fused.detach()] + [p.grad.clone() for p in params]
-        for p in params:
-            p.grad = None
-        with kernel_settings(backend="torch"):
-            plain = torch.nn.functional.silu(segment_group_norm(rows, weight, bias, seg, row_ptr, groups, center,
-                                                                1e-5, mod))
-        plain.backward(grad)
-        want = [plain.detach()] + [p.grad for p in params]
-    tol = 1e-10 if dtype == torch.float64 else 2e-5
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+        got = values_and_grads(lambda: segment_group_norm(rows, weight, bias, seg, row_ptr, groups, center, 1e-5,
+                                                          mod, silu=True), params, grad)
+    with kernel_settings(backend="torch"):
+        want = values_and_grads(lambda: torch.nn.functional.silu(segment_group_norm(
+            rows, weight, bias, seg, row_ptr, groups, center, 1e-5, mod)), params, grad)
+    assert_all_close(got, want, 1e-10 if dtype == torch.float64 else 2e-5)
     if backend == "torch":
         fn = lambda r, w, b, mm: segment_group_norm(r, w, b if with_bias else None, seg, row_ptr, groups, center,
                                                     1e-5, mm if modulated else None, silu=True)
@@ -156,7 +153,7 @@ def test_fused_dropout_keeps_a_share_and_its_gradient_follows_the_same_mask(back
     with kernel_settings(backend=backend):
         torch.manual_seed(5)
         out = segment_group_norm(rows, weight, bias, seg, row_ptr, 4, True, 1e-5, mod, silu=True, dropout=p)
-        got = torch.autograd.grad(out, params, grad)
+        got = torch.autograd.grad(out, params, grad)  # the mask of this very output
         torch.manual_seed(5)
         again = segment_group_norm(rows, weight, bias, seg, row_ptr, 4, True, 1e-5, mod, silu=True, dropout=p)
         plain = segment_group_norm(rows, weight, bias, seg, row_ptr, 4, True, 1e-5, mod, silu=True)
@@ -165,8 +162,7 @@ def test_fused_dropout_keeps_a_share_and_its_gradient_follows_the_same_mask(back
     assert abs(1 - keep.float().mean().item() - p) < 0.05
     torch.testing.assert_close(out[keep], plain[keep] / (1 - p), rtol=1e-5, atol=1e-6)
     want = torch.autograd.grad(plain * keep / (1 - p), params, grad)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert_all_close(got, want, 1e-4)
     with pytest.raises(ValueError, match="dropout must be in"):
         segment_group_norm(rows, weight, bias, seg, row_ptr, 4, dropout=1.0)
 
