@@ -80,16 +80,20 @@ class TritonSparseConv(torch.autograd.Function):
     def forward(ctx, feats, weight, bias, kmap: KernelMap, settings: backends.KernelSettings, packed=None):
         # the weight in its own dtype (fp32 under autocast), laid out [K, Cin, Cout] contiguous (a layer's cached
         # copy, else one copy here), cast in registers; dX reads its transpose in place (coalesced along Cout)
-        packed = weight.contiguous() if packed is None else packed
+        cached, packed = packed is not None, weight.contiguous() if packed is None else packed
         out = implicit_gemm(feats, packed, kmap.table, kmap.n_out, bias)
-        ctx.save_for_backward(feats, packed)
+        # a layer's cached copy is replaced, never written, when the weight changes: it skips the saved-tensor
+        # hooks (each costs host time under checkpointing), as the kernel map does
+        ctx.save_for_backward(feats, *(() if cached else (packed,)))
+        ctx.packed = packed if cached else None
         ctx.kmap, ctx.has_bias, ctx.layout = kmap, bias is not None, weight.stride()
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        feats, weight = ctx.saved_tensors
+        feats, *saved = ctx.saved_tensors
+        weight = ctx.packed if ctx.packed is not None else saved[0]
         kmap = ctx.kmap
         grad_out = grad_out.to(feats.dtype)
         if grad_out.stride(1) != 1:  # rows may be strided (a slice of a concatenation's gradient): columns adjacent

@@ -134,6 +134,16 @@ def keep_flat(x: Field, keep: torch.Tensor) -> Field:
     return keep_where(x, full.view(x.batch_size, 1, *x.spatial_shape))
 
 
+def _warn_capped(dropped: List[torch.Tensor], cap: int) -> None:
+    """Say (one host read for all levels) where the cap, not the logits, decided which voxels a generation kept."""
+    counts = torch.stack(dropped).tolist() if dropped else []
+    for level, count in enumerate(counts):
+        if count:
+            warnings.warn(f"the cap of {cap} voxels per sample and level dropped {count} voxel(s) with a positive "
+                          f"occupancy logit at level {level}; raise it for this grid (--structure_cap, "
+                          f"StructureConfig.cap, VAEConfig.cap)", stacklevel=3)
+
+
 def cap_per_sample(keep: torch.Tensor, scores: torch.Tensor, samples: torch.Tensor, cap: int,
                    forced: Optional[torch.Tensor] = None) -> torch.Tensor:
     """keep [N] limited to the `cap` highest-scoring voxels of each sample; forced voxels always stay."""
@@ -203,7 +213,7 @@ class GenerativeDecoder(nn.Module):
             raise ValueError(f"need one condition (or None) per level ({n_levels}), got {len(conditions)}")
         factors = self._factors()
         h = self.coarse(self.stem(coarse))
-        levels = []
+        levels, dropped = [], []
         for i, block in enumerate(self.blocks):
             if conditions[i] is not None:
                 h = add_onto(h, conditions[i])
@@ -217,18 +227,15 @@ class GenerativeDecoder(nn.Module):
                 forced = lookup(gt, keys) >= 0
                 labels = forced.to(logits.dtype)
             keep = cap_per_sample(logits > 0, logits.detach(), samples, cap, forced)
-            if target is None and cap > 0:  # generating: say when the cap, not the logits, decided
-                dropped = int(((logits > 0) & ~keep).sum())
-                if dropped:
-                    warnings.warn(f"the cap of {cap} voxels per sample and level dropped {dropped} voxel(s) with a "
-                                  f"positive occupancy logit at level {i}; raise it for this grid (--structure_cap, "
-                                  f"StructureConfig.cap, VAEConfig.cap)", stacklevel=2)
+            if target is None and cap > 0:  # generating: counted on the device, read once after the last level
+                dropped.append(((logits > 0) & ~keep).sum())
             levels.append(LevelOutput(logits, labels, samples, keep, h.batch_size))
             h = keep_flat(h, keep)
             if i < len(self.ups):
                 h = self.ups[i](h)
         if self.out is not None:
             h = self.out(h)
+        _warn_capped(dropped, cap)
         return Generation(h, levels)
 
     def _factors(self) -> List[Triple]:

@@ -25,8 +25,10 @@ class SegmentGroupNormFunction(torch.autograd.Function):
                 silu: bool, dropout: float):
         out, mean, rstd, scale, offset, drop_state = norm_forward(rows, weight, bias, segment, row_ptr, groups,
                                                                   center, eps, modulation, silu, dropout)
-        ctx.save_for_backward(rows, weight, bias, modulation, segment, row_ptr, mean, rstd, drop_state,
-                              *((scale, offset) if silu else ()))
+        ctx.save_for_backward(rows, weight, bias, modulation, mean, rstd, *((scale, offset) if silu else ()))
+        # index tensors of the structure and the dropout's seed: never written in place, and kept alive by their
+        # owners anyway, so they skip the saved-tensor hooks (each costs host time under checkpointing)
+        ctx.index = segment, row_ptr, drop_state
         ctx.groups, ctx.center, ctx.silu, ctx.dropout = groups, center, silu, dropout
         ctx.dtypes = [None if t is None else t.dtype for t in (weight, bias, modulation)]
         return out
@@ -34,7 +36,8 @@ class SegmentGroupNormFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
-        rows, weight, bias, modulation, segment, row_ptr, mean, rstd, drop_state, *affine = ctx.saved_tensors
+        rows, weight, bias, modulation, mean, rstd, *affine = ctx.saved_tensors
+        segment, row_ptr, drop_state = ctx.index
         affine = affine or (None, None)
         grads = norm_backward(grad_y, rows, weight, bias, segment, row_ptr, mean, rstd, ctx.groups, ctx.center,
                               modulation, ctx.silu, *affine, ctx.dropout, drop_state)
