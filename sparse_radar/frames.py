@@ -11,7 +11,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .data import formats, point_fields
-from .data.datasets import DATA_FORMATS, FolderDataset, SyntheticDataset, batch_voxels, open_dataset
+from .data import coloradar
+from .data.coloradar import DEFAULT_MAX_DT
+from .data.datasets import (DATA_FORMATS, FolderDataset, PointPairDataset, SyntheticDataset, batch_voxels,
+                            coloradar_radar_columns, open_dataset)
 from .data.grid import GridSpec
 from .data.voxelize import Channel, voxelize
 from .voxels import SparseVoxels
@@ -48,10 +51,11 @@ class Frame:
 
 
 def load_frames(source: str, grid: GridSpec, radar_channels: Sequence[Channel], data_format: str = "points",
-                count: Optional[int] = None, split: str = "test", calibration: str = "auto") -> List[Frame]:
+                count: Optional[int] = None, split: str = "test", calibration: str = "auto",
+                max_dt: float = DEFAULT_MAX_DT) -> List[Frame]:
     """'synthetic' (`count` frames of `split`, default 50 of the test split), a data folder of `data_format` (pairs with
-    ground truth; View-of-Delft's official tree: the split's frames, calibrated unless calibration is 'none'), a
-    folder of radar point files, or one radar point file."""
+    ground truth; View-of-Delft's and ColoRadar's official trees: the split's frames, calibrated unless calibration
+    is 'none', ColoRadar's paired within max_dt seconds), a folder of radar point files, or one radar point file."""
     if count is not None and count < 1:
         raise ValueError(f"--count must be >= 1, got {count}")
     if source == "synthetic":
@@ -64,7 +68,7 @@ def load_frames(source: str, grid: GridSpec, radar_channels: Sequence[Channel], 
     if not os.path.isdir(source):
         raise ValueError(f"input {source!r} is neither 'synthetic', a folder nor a file")
     if _is_paired_folder(source, data_format):
-        data = open_dataset(source, data_format, split, 1, grid, calibration=calibration)
+        data = open_dataset(source, data_format, split, 1, grid, calibration=calibration, max_dt=max_dt)
         if tuple(data.grid_shape) != tuple(grid.shape):
             raise ValueError(f"{source}: the voxel files' grid {tuple(data.grid_shape)} (D, H, W) differs from the "
                              f"model's {tuple(grid.shape)}; use a model trained on voxel files of this shape")
@@ -98,10 +102,14 @@ def _unique_names(frames: List[Frame]) -> List[Frame]:
 def _is_paired_folder(folder: str, data_format: str) -> bool:
     if data_format == "reference":
         return any(os.path.isdir(os.path.join(folder, d, "radar_voxel")) for d in os.listdir(folder))
+    if data_format == "coloradar" and coloradar.is_official_tree(folder):
+        return True
     return os.path.isdir(os.path.join(folder, "radar")) and os.path.isdir(os.path.join(folder, "lidar"))
 
 
 def _frame_name(data: FolderDataset, i: int) -> str:
+    if isinstance(data, PointPairDataset):
+        return data.frame_name(i)
     radar_path = data.pairs[i][0]
     stem = os.path.splitext(os.path.basename(radar_path))[0]
     scene = os.path.basename(os.path.dirname(os.path.dirname(radar_path)))
@@ -116,8 +124,7 @@ def radar_points_of_file(path: str, data_format: str = "points") -> np.ndarray:
     if data_format == "vod":
         return point_fields.radar_columns(path, *formats.read_point_fields(path, "vod_radar"))
     if data_format == "coloradar":
-        raw = formats.read_coloradar(path)
-        return point_fields.radar_columns(path, np.column_stack([raw[:, :3], raw[:, 3] - 20.0, raw[:, 4]]), None)
+        return point_fields.radar_columns(path, coloradar_radar_columns(formats.read_coloradar(path)), None)
     return point_fields.radar_columns(path, *formats.read_point_fields(path))
 
 

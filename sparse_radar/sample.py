@@ -9,6 +9,7 @@ import sys
 from typing import List
 
 from .data.datasets import DATA_FORMATS
+from .data.coloradar import DEFAULT_MAX_DT
 from .frames import Frame, centres, load_frames, target_field
 from .inference import DTYPES, SAMPLERS, Densifier, SamplerSettings, generate_batches
 from .training.config import TRAIN_SUPPORTS
@@ -34,8 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="synthetic split (val: to choose --threshold without looking at the test frames)")
     p.add_argument("--data_format", default="points", choices=DATA_FORMATS, help="layout of --input files")
     p.add_argument("--calibration", default="auto", choices=("auto", "none"),
-                   help="--data_format vod: put the radar into the LiDAR frame with the official tree's calib files "
-                        "(auto), or take the files' points as they are (none: a flat radar/, lidar/ layout)")
+                   help="--data_format vod or coloradar: put the radar into the LiDAR frame with the official tree's "
+                        "calib files (auto), or take the files' points as they are (none: a flat radar/, lidar/ "
+                        "layout)")
+    p.add_argument("--max_dt", type=float, default=DEFAULT_MAX_DT,
+                   help="--data_format coloradar: pair a radar scan with the nearest LiDAR scan only this close, in "
+                        "seconds")
     p.add_argument("--count", type=int, default=None, help="frames to take (synthetic default 50; folders: all)")
     p.add_argument("--out", default=None, help="output folder (default RUN/samples/<sampler>_<steps>)")
     p.add_argument("--overwrite", action="store_true", help="start again in an --out that holds files: removes only "
@@ -101,7 +106,7 @@ def _run(argv) -> int:
         settings.sigmas(densifier.diffusion)  # the range with the checkpoint's defaults filled in
         taus = parse_taus(args.tau, max(densifier.grid.voxel_size))
         frames = load_frames(args.input, densifier.grid, densifier.radar_channels, args.data_format, args.count,
-                             args.split, args.calibration)
+                             args.split, args.calibration, args.max_dt)
         out = args.out or default_out(args.checkpoint, settings, args.support)
         folder = OutputFolder(out, PROG, output_names(frames), signature(args, densifier, settings, frames),
                               args.overwrite, args.resume, protected([args.checkpoint, args.structure], args.input))

@@ -68,6 +68,29 @@ def quaternion_matrix(quaternion: Sequence[float], source: str = "quaternion") -
         [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
 
 
+def matrix_quaternion(rotation: np.ndarray) -> np.ndarray:
+    """The unit quaternion (x, y, z, w), w >= 0, of a 3x3 rotation (Shepperd's method: the largest of w, x, y, z
+    first, for accuracy)."""
+    r = np.asarray(rotation, dtype=np.float64)
+    trace = np.trace(r)
+    diag = [trace, r[0, 0], r[1, 1], r[2, 2]]
+    k = int(np.argmax(diag))
+    if k == 0:
+        w = 0.5 * np.sqrt(1.0 + trace)
+        q = [(r[2, 1] - r[1, 2]) / (4 * w), (r[0, 2] - r[2, 0]) / (4 * w), (r[1, 0] - r[0, 1]) / (4 * w), w]
+    elif k == 1:
+        x = 0.5 * np.sqrt(1.0 + r[0, 0] - r[1, 1] - r[2, 2])
+        q = [x, (r[0, 1] + r[1, 0]) / (4 * x), (r[0, 2] + r[2, 0]) / (4 * x), (r[2, 1] - r[1, 2]) / (4 * x)]
+    elif k == 2:
+        y = 0.5 * np.sqrt(1.0 - r[0, 0] + r[1, 1] - r[2, 2])
+        q = [(r[0, 1] + r[1, 0]) / (4 * y), y, (r[1, 2] + r[2, 1]) / (4 * y), (r[0, 2] - r[2, 0]) / (4 * y)]
+    else:
+        z = 0.5 * np.sqrt(1.0 - r[0, 0] - r[1, 1] + r[2, 2])
+        q = [(r[0, 2] + r[2, 0]) / (4 * z), (r[1, 2] + r[2, 1]) / (4 * z), z, (r[1, 0] - r[0, 1]) / (4 * z)]
+    q = np.asarray(q) / np.linalg.norm(q)
+    return -q if q[3] < 0 else q
+
+
 def slerp(q0: Sequence[float], q1: Sequence[float], s: float) -> np.ndarray:
     """Spherical linear interpolation of unit quaternions (x, y, z, w) at s in [0, 1], along the shorter arc."""
     a = np.asarray(q0, dtype=np.float64) / np.linalg.norm(q0)

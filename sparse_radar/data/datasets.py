@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..voxels import SparseVoxels
-from . import formats, point_fields, vod
+from . import coloradar, formats, point_fields, vod
 from .grid import GridSpec
 from .synthetic import SensorConfig, generate_scan, split_seed
 from .voxelize import RADAR_CHANNELS, TARGET_CHANNELS, Channel, voxelize
@@ -162,7 +162,8 @@ class PointPairDataset(FolderDataset):
     name, see point_fields: radar x, y, z, rcs, doppler; LiDAR x, y, z, intensity)."""
 
     def __init__(self, root: str, fmt: str, grid: GridSpec = GridSpec(), split: str = "train",
-                 calibration: str = "auto", radar_scans: int = 1, split_file: Optional[str] = None):
+                 calibration: str = "auto", radar_scans: int = 1, split_file: Optional[str] = None,
+                 max_dt: float = coloradar.DEFAULT_MAX_DT):
         if fmt not in ("vod", "coloradar", "points"):
             raise ValueError(f"PointPairDataset format must be vod, coloradar or points, got {fmt!r}")
         self.fmt, self.grid, self.grid_shape, self.tree = fmt, grid, grid.shape, None
@@ -170,13 +171,26 @@ class PointPairDataset(FolderDataset):
             self.tree = vod.VodTree(root, radar_scans, split, split_file, calibration)
             self.pairs = self.tree.pairs
             return
+        if fmt == "coloradar" and coloradar.is_official_tree(root):
+            if radar_scans != 1:
+                raise ValueError("--radar_scans reads View-of-Delft's accumulated scans (--data_format vod)")
+            self.tree = coloradar.ColoradarTree(root, max_dt, split, split_file, calibration)
+            self.pairs = self.tree.pairs
+            return
+        if fmt == "coloradar" and calibration != "none":
+            raise ValueError(f"{root}: not ColoRadar's official tree (runs with single_chip/pointclouds/data, "
+                             f"lidar/pointclouds, groundtruth, and calib/transforms beside them), so the scans cannot "
+                             f"be paired in time nor put into one frame. Point --data at the dataset's root or a run, "
+                             f"or pass --calibration none if this flat radar/ and lidar/ layout is already paired and "
+                             f"in the LiDAR frame")
         if fmt == "vod" and calibration != "none":
             raise ValueError(f"{root}: not View-of-Delft's official tree (lidar/training/velodyne, radar/training/"
                              f"velodyne, their calib folders), so no calibration can be read: the radar would stay "
                              f"about 2.5 m off the LiDAR. Point --data at the dataset's root, or pass --calibration "
                              f"none if this flat radar/ and lidar/ layout is already in the LiDAR frame")
         if radar_scans != 1 or split_file:
-            raise ValueError("--radar_scans and --split_file read View-of-Delft's official tree (--data_format vod)")
+            raise ValueError("--radar_scans and --split_file read an official tree (View-of-Delft's, or ColoRadar's "
+                             "for --split_file)")
         lidar = _unique_stems(_folder_files(os.path.join(root, "lidar")), os.path.join(root, "lidar"))
         radar = _unique_stems(_folder_files(os.path.join(root, "radar")), os.path.join(root, "radar"))
         self.pairs = [(path, lidar[stem]) for stem, path in radar.items() if stem in lidar]
@@ -187,7 +201,11 @@ class PointPairDataset(FolderDataset):
     def load(self, i: int) -> Tuple[Sample, int]:
         """(sample, 0) of pair i: point features are clipped to each channel's range by design (voxelize)."""
         radar_path, lidar_path = self.pairs[i]
-        if self.tree is not None:  # the official tree: radar put into the LiDAR frame by the frame's calib files
+        if isinstance(self.tree, coloradar.ColoradarTree):  # paired in time, radar moved into the LiDAR frame
+            raw, lidar_points = self.tree.frame_points(i)
+            radar = point_fields.radar_columns(radar_path, coloradar_radar_columns(raw), None)
+            lidar = point_fields.lidar_columns(lidar_path, lidar_points, None)
+        elif self.tree is not None:  # the official tree: radar put into the LiDAR frame by the frame's calib files
             radar_points, lidar_points = self.tree.frame_points(i)
             radar = point_fields.radar_columns(radar_path, radar_points, formats.VOD_RADAR_FIELDS)
             lidar = point_fields.lidar_columns(lidar_path, lidar_points, None)
@@ -195,9 +213,8 @@ class PointPairDataset(FolderDataset):
             radar = point_fields.radar_columns(radar_path, *formats.read_point_fields(radar_path, "vod_radar"))
             lidar = point_fields.lidar_columns(lidar_path, formats.read_vod_lidar(lidar_path), None)
         elif self.fmt == "coloradar":
-            raw = formats.read_coloradar(radar_path)
-            radar = point_fields.radar_columns(
-                radar_path, np.column_stack([raw[:, :3], raw[:, 3] - 20.0, raw[:, 4]]), None)  # intensity dB -> rcs
+            radar = point_fields.radar_columns(radar_path, coloradar_radar_columns(formats.read_coloradar(radar_path)),
+                                               None)
             lidar = point_fields.lidar_columns(
                 lidar_path, *formats.read_point_fields(lidar_path, "vod_lidar" if lidar_path.endswith(".bin") else None))
         else:
@@ -206,10 +223,23 @@ class PointPairDataset(FolderDataset):
         return voxel_pair(radar, lidar, self.grid), 0
 
 
+    def frame_name(self, i: int) -> str:
+        """The output name of pair i: its radar file's stem (ColoRadar: <run>_<scan number>)."""
+        if isinstance(self.tree, coloradar.ColoradarTree):
+            return self.tree.frame_name(i)
+        return os.path.splitext(os.path.basename(self.pairs[i][0]))[0]
+
+
+def coloradar_radar_columns(raw: np.ndarray) -> np.ndarray:
+    """ColoRadar's x, y, z, intensity (dB), doppler as x, y, z, rcs, doppler (rcs = intensity - 20)."""
+    return np.column_stack([raw[:, :3], raw[:, 3] - 20.0, raw[:, 4]])
+
+
 def open_dataset(data: str, data_format: str = "reference", split: str = "train", size: int = 64,
                  grid: GridSpec = GridSpec(), calibration: str = "auto", radar_scans: int = 1,
-                 split_file: Optional[str] = None) -> Dataset:
-    """'synthetic' or a folder path in one of DATA_FORMATS (View-of-Delft: its official tree, calibrated)."""
+                 split_file: Optional[str] = None, max_dt: float = coloradar.DEFAULT_MAX_DT) -> Dataset:
+    """'synthetic' or a folder path in one of DATA_FORMATS (View-of-Delft and ColoRadar: their official trees,
+    calibrated; ColoRadar paired in time within max_dt seconds)."""
     if data == "synthetic":
         return SyntheticDataset(split, size, grid)
     if not os.path.isdir(data):
@@ -217,7 +247,7 @@ def open_dataset(data: str, data_format: str = "reference", split: str = "train"
     if data_format == "reference":
         return ReferenceVoxelDataset(data)
     if data_format in DATA_FORMATS:
-        return PointPairDataset(data, data_format, grid, split, calibration, radar_scans, split_file)
+        return PointPairDataset(data, data_format, grid, split, calibration, radar_scans, split_file, max_dt)
     raise ValueError(f"unknown data_format {data_format!r}; expected one of {', '.join(DATA_FORMATS)}")
 
 

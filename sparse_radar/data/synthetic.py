@@ -212,9 +212,11 @@ def main(argv=None) -> int:
                                                  "written as a published dataset's tree")
     parser.add_argument("--count", type=int, default=10)
     parser.add_argument("--split", default="train", choices=list(SPLIT_BASE))
-    parser.add_argument("--export", choices=("vod",), default=None,
-                        help="write View-of-Delft's official tree (each sensor in its own frame, calib files, "
-                             "ImageSets) into FOLDER: --count train frames, a quarter as many val and test")
+    parser.add_argument("--export", choices=("vod", "coloradar"), default=None,
+                        help="write a published dataset's tree into FOLDER, each sensor in its own frame: vod "
+                             "(calib files, ImageSets) or coloradar (one run per split, unsynchronised stamps, "
+                             "ground-truth poses, calib/transforms); --count train frames, a quarter as many val "
+                             "and test")
     parser.add_argument("folder", nargs="?", metavar="FOLDER", help="--export: the tree's root (new or empty)")
     args = parser.parse_args(argv)
     if args.export:
@@ -237,8 +239,8 @@ def main(argv=None) -> int:
 
 
 def _export(parser, args) -> int:
-    """--export vod FOLDER."""
-    from .vod import export_synthetic
+    """--export vod|coloradar FOLDER."""
+    from . import coloradar, vod
     if not args.folder:
         parser.error("--export needs the FOLDER to write the tree into")
     if os.path.exists(args.folder) and os.listdir(args.folder):
@@ -246,9 +248,13 @@ def _export(parser, args) -> int:
     if args.count < 1:
         parser.error(f"--count must be >= 1, got {args.count}")
     held_out = max(1, args.count // 4)
-    ids = export_synthetic(args.folder, (("train", args.count), ("val", held_out), ("test", held_out)))
-    print(f"wrote {len(ids)} View-of-Delft frames ({args.count} train, {held_out} val, {held_out} test) to "
-          f"{args.folder}; train on it with: python -m sparse_radar.train --data {args.folder} --data_format vod")
+    counts = (("train", args.count), ("val", held_out), ("test", held_out))
+    if args.export == "vod":
+        written = f"{len(vod.export_synthetic(args.folder, counts))} View-of-Delft frames"
+    else:
+        written = f"{len(coloradar.export_synthetic(args.folder, counts))} ColoRadar runs"
+    print(f"wrote {written} ({args.count} train, {held_out} val, {held_out} test scans) to {args.folder}; train on "
+          f"it with: python -m sparse_radar.train --data {args.folder} --data_format {args.export}")
     return 0
 
 

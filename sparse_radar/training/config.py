@@ -57,6 +57,7 @@ class TrainConfig:
     calibration: str = "auto"
     radar_scans: int = 1
     split_file: Optional[str] = None
+    max_dt: float = 0.05
     grid: str = "default"
     train_size: int = 64
     support: str = "radar_dilated"
@@ -100,6 +101,8 @@ class TrainConfig:
         if self.radar_scans not in (1, 3, 5):
             raise ValueError(f"--radar_scans must be 1, 3 or 5 (View-of-Delft's radar, radar_3_scans, radar_5_scans), "
                              f"got {self.radar_scans}")
+        if not (isinstance(self.max_dt, (int, float)) and 0 < self.max_dt < 10):
+            raise ValueError(f"--max_dt must be a time in seconds in (0, 10), got {self.max_dt!r}")
         for name in ("batch_size", "steps", "grad_accum", "save_every", "train_size", "cm_steps", "preview_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
@@ -222,11 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
         "preset": f"model preset: {', '.join(PRESETS)}", "backend": "sparse (submanifold) or dense (fallback)",
         "attention_resolutions": "downsample factors with attention, e.g. 8,4", "channel_mult": "e.g. 1,2,2,4",
         "data": "'synthetic' or a folder", "data_format": f"folder layout: {', '.join(DATA_FORMATS)}",
-        "calibration": "--data_format vod: auto (the official tree's calib files put the radar into the LiDAR frame) "
+        "calibration": "--data_format vod or coloradar: auto (the official tree's calib files put the radar into the LiDAR frame) "
                        "or none (take the points as they are: a flat radar/, lidar/ layout already in one frame)",
         "radar_scans": "--data_format vod: 1, 3 or 5 accumulated radar scans (the dataset's radar_3_scans, "
                        "radar_5_scans)",
-        "split_file": "--data_format vod: frame ids to train on, one per line (default: lidar/ImageSets/train.txt)",
+        "split_file": "--data_format vod: frame ids to train on, one per line (default: lidar/ImageSets/train.txt); "
+                      "coloradar: run names (default: splits/train.txt, else every run)",
+        "max_dt": "--data_format coloradar: pair a radar scan with the nearest LiDAR scan only this close, in seconds "
+                  "(farther ones are dropped with one warning)",
         "support": f"where diffusion runs: {', '.join(TRAIN_SUPPORTS)} (predicted: by the --structure network)",
         "support_radius": "dilation z,y,x (default 1,2,2; predicted 0,0,0)",
         "structure": "checkpoint or run folder of a --stage structure run (for --support predicted)",

@@ -52,7 +52,8 @@ class Trainer:
         cfg, state = self.plan.cfg, self.plan.state
         self.cfg = cfg
         self.dataset = open_dataset(cfg.data, cfg.data_format, "train", cfg.train_size, cfg.grid_spec(),
-                                    cfg.calibration, cfg.radar_scans, cfg.split_file)
+                                    cfg.calibration, cfg.radar_scans, cfg.split_file,
+                                    cfg.max_dt)
         if isinstance(self.dataset, FolderDataset):  # every file read once now (cached), not mid-run
             validate_dataset(self.dataset, progress=cfg.progress and ctx.main)
         self._perm_cache: Dict[int, List[int]] = {}

@@ -281,3 +281,56 @@ def vod_uncalibrated(request, tmp_path, capsys):
     calib.write_text(skewed)
     with pytest.raises(formats.DataFormatError, match="not a rigid transform"):
         data[0]
+
+
+@row("coloradar-uncalibrated")
+def coloradar_uncalibrated(request, tmp_path, capsys):
+    from sparse_radar.data import coloradar
+    flat = tmp_path / "flat"
+    for sensor, cols in (("radar", 5), ("lidar", 4)):
+        (flat / sensor).mkdir(parents=True)
+        np.ones((3, cols), np.float32).tofile(flat / sensor / "0.bin")
+    with pytest.raises(ValueError, match="cannot be paired in time nor put into one frame.*--calibration none"):
+        open_dataset(str(flat), "coloradar")
+    tree = tmp_path / "tree"
+    coloradar.export_synthetic(str(tree), (("train", 2),))
+    run0 = tree / "synthetic_train_run0"
+    stamps = run0 / "lidar" / "timestamps.txt"
+    stamps.write_text(stamps.read_text() + "9999.0\n")
+    with pytest.raises(formats.DataFormatError, match=re.escape(str(stamps)) + ": 3 timestamps for 2 scan file"):
+        open_dataset(str(tree), "coloradar")
+    stamps.write_text("1000.1\nnot-a-time\n")
+    with pytest.raises(formats.DataFormatError, match=re.escape(str(stamps)) + ": line 2 is not a time"):
+        open_dataset(str(tree), "coloradar")
+    stamps.write_text("1000.2\n1000.1\n")
+    with pytest.raises(formats.DataFormatError, match="times go back at line 2"):
+        open_dataset(str(tree), "coloradar")
+    poses = run0 / "groundtruth" / "groundtruth_poses.txt"
+    stamps.write_text("1100.1\n1100.2\n")
+    poses.write_text("0 0 0 0 0 0\n")
+    with pytest.raises(formats.DataFormatError, match=re.escape(str(poses)) + ": line 1 is not 'x y z qx qy qz qw'"):
+        open_dataset(str(tree), "coloradar")
+    os.remove(poses)
+    with pytest.raises(formats.DataFormatError, match=re.escape(str(poses)) + ": ground-truth poses not found"):
+        open_dataset(str(tree), "coloradar")
+    transform = tree / "calib" / "transforms" / "base_to_single_chip.txt"
+    os.remove(transform)
+    with pytest.raises(formats.DataFormatError, match=re.escape(str(transform)) + ": transform file not found"):
+        open_dataset(str(tree), "coloradar")
+
+
+@row("coloradar-unpaired")
+def coloradar_unpaired(request, tmp_path, capsys):
+    from sparse_radar.data import coloradar
+    coloradar.export_synthetic(str(tmp_path), (("train", 3),))
+    with pytest.warns(UserWarning, match=r"1 radar scan\(s\) dropped \(1 without a LiDAR scan within --max_dt\); "
+                                         r"the largest time gap to a LiDAR scan was 0\.500 s \(--max_dt 0\.05 s\)"):
+        data = open_dataset(str(tmp_path), "coloradar")
+    assert len(data) == 3
+    poses = tmp_path / "synthetic_train_run0" / "groundtruth" / "timestamps.txt"
+    times = poses.read_text().split()
+    poses.write_text("\n".join(str(float(t) + 0.25) for t in times) + "\n")  # the poses start after scan 0
+    with pytest.warns(UserWarning, match="outside the ground-truth poses' times"):
+        assert len(open_dataset(str(tmp_path), "coloradar")) < 3
+    with pytest.raises(ValueError, match="no radar scan has a LiDAR scan within --max_dt 0.0001"):
+        open_dataset(str(tmp_path), "coloradar", max_dt=0.0001)
