@@ -11,7 +11,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .data import formats, point_fields
-from .data import coloradar
+from .data import coloradar, dual_radar
 from .data.coloradar import DEFAULT_MAX_DT
 from .data.datasets import (DATA_FORMATS, FolderDataset, PointPairDataset, SyntheticDataset, batch_voxels,
                             coloradar_radar_columns, open_dataset)
@@ -52,7 +52,7 @@ class Frame:
 
 def load_frames(source: str, grid: GridSpec, radar_channels: Sequence[Channel], data_format: str = "points",
                 count: Optional[int] = None, split: str = "test", calibration: str = "auto",
-                max_dt: float = DEFAULT_MAX_DT) -> List[Frame]:
+                max_dt: float = DEFAULT_MAX_DT, radar: str = "arbe") -> List[Frame]:
     """'synthetic' (`count` frames of `split`, default 50 of the test split), a data folder of `data_format` (pairs with
     ground truth; View-of-Delft's and ColoRadar's official trees: the split's frames, calibrated unless calibration
     is 'none', ColoRadar's paired within max_dt seconds), a folder of radar point files, or one radar point file."""
@@ -68,7 +68,7 @@ def load_frames(source: str, grid: GridSpec, radar_channels: Sequence[Channel], 
     if not os.path.isdir(source):
         raise ValueError(f"input {source!r} is neither 'synthetic', a folder nor a file")
     if _is_paired_folder(source, data_format):
-        data = open_dataset(source, data_format, split, 1, grid, calibration=calibration, max_dt=max_dt)
+        data = open_dataset(source, data_format, split, 1, grid, calibration=calibration, max_dt=max_dt, radar=radar)
         if tuple(data.grid_shape) != tuple(grid.shape):
             raise ValueError(f"{source}: the voxel files' grid {tuple(data.grid_shape)} (D, H, W) differs from the "
                              f"model's {tuple(grid.shape)}; use a model trained on voxel files of this shape")
@@ -104,6 +104,8 @@ def _is_paired_folder(folder: str, data_format: str) -> bool:
         return any(os.path.isdir(os.path.join(folder, d, "radar_voxel")) for d in os.listdir(folder))
     if data_format == "coloradar" and coloradar.is_official_tree(folder):
         return True
+    if data_format == "dual_radar":
+        return dual_radar.is_official_tree(folder)
     return os.path.isdir(os.path.join(folder, "radar")) and os.path.isdir(os.path.join(folder, "lidar"))
 
 
@@ -125,6 +127,8 @@ def radar_points_of_file(path: str, data_format: str = "points") -> np.ndarray:
         return point_fields.radar_columns(path, *formats.read_point_fields(path, "vod_radar"))
     if data_format == "coloradar":
         return point_fields.radar_columns(path, coloradar_radar_columns(formats.read_coloradar(path)), None)
+    if data_format == "dual_radar":  # x, y, z, intensity (taken as rcs), doppler, in the radar's own frame
+        return point_fields.radar_columns(path, formats.read_bin(path, 5), None)
     return point_fields.radar_columns(path, *formats.read_point_fields(path))
 
 

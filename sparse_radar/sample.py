@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--data_format vod or coloradar: put the radar into the LiDAR frame with the official tree's "
                         "calib files (auto), or take the files' points as they are (none: a flat radar/, lidar/ "
                         "layout)")
+    p.add_argument("--radar", default="arbe", choices=("arbe", "ars548"),
+                   help="--data_format dual_radar: which of the dataset's two radars to read")
     p.add_argument("--max_dt", type=float, default=DEFAULT_MAX_DT,
                    help="--data_format coloradar: pair a radar scan with the nearest LiDAR scan only this close, in "
                         "seconds")
@@ -106,7 +108,7 @@ def _run(argv) -> int:
         settings.sigmas(densifier.diffusion)  # the range with the checkpoint's defaults filled in
         taus = parse_taus(args.tau, max(densifier.grid.voxel_size))
         frames = load_frames(args.input, densifier.grid, densifier.radar_channels, args.data_format, args.count,
-                             args.split, args.calibration, args.max_dt)
+                             args.split, args.calibration, args.max_dt, args.radar)
         out = args.out or default_out(args.checkpoint, settings, args.support)
         folder = OutputFolder(out, PROG, output_names(frames), signature(args, densifier, settings, frames),
                               args.overwrite, args.resume, protected([args.checkpoint, args.structure], args.input))

@@ -12,13 +12,13 @@ import torch
 from torch.utils.data import Dataset
 
 from ..voxels import SparseVoxels
-from . import coloradar, formats, point_fields, vod
+from . import coloradar, dual_radar, formats, point_fields, vod
 from .grid import GridSpec
 from .synthetic import SensorConfig, generate_scan, split_seed
 from .voxelize import RADAR_CHANNELS, TARGET_CHANNELS, Channel, voxelize
 
 Sample = Dict[str, np.ndarray]
-DATA_FORMATS = ("reference", "vod", "coloradar", "points")
+DATA_FORMATS = ("reference", "vod", "coloradar", "dual_radar", "points")
 
 
 class SyntheticDataset(Dataset):
@@ -163,10 +163,18 @@ class PointPairDataset(FolderDataset):
 
     def __init__(self, root: str, fmt: str, grid: GridSpec = GridSpec(), split: str = "train",
                  calibration: str = "auto", radar_scans: int = 1, split_file: Optional[str] = None,
-                 max_dt: float = coloradar.DEFAULT_MAX_DT):
-        if fmt not in ("vod", "coloradar", "points"):
-            raise ValueError(f"PointPairDataset format must be vod, coloradar or points, got {fmt!r}")
+                 max_dt: float = coloradar.DEFAULT_MAX_DT, radar: str = "arbe"):
+        if fmt not in ("vod", "coloradar", "dual_radar", "points"):
+            raise ValueError(f"PointPairDataset format must be vod, coloradar, dual_radar or points, got {fmt!r}")
         self.fmt, self.grid, self.grid_shape, self.tree = fmt, grid, grid.shape, None
+        if fmt == "dual_radar":
+            if not dual_radar.is_official_tree(root):
+                raise ValueError(f"{root}: not Dual-Radar's tree ({{training,testing}}/{{arbe,ars548,velodyne,calib}})")
+            if radar_scans != 1:
+                raise ValueError("--radar_scans reads View-of-Delft's accumulated scans (--data_format vod)")
+            self.tree = dual_radar.DualRadarTree(root, radar, split, split_file, calibration)
+            self.pairs = self.tree.pairs
+            return
         if fmt == "vod" and vod.is_official_tree(root):
             self.tree = vod.VodTree(root, radar_scans, split, split_file, calibration)
             self.pairs = self.tree.pairs
@@ -205,6 +213,10 @@ class PointPairDataset(FolderDataset):
             raw, lidar_points = self.tree.frame_points(i)
             radar = point_fields.radar_columns(radar_path, coloradar_radar_columns(raw), None)
             lidar = point_fields.lidar_columns(lidar_path, lidar_points, None)
+        elif isinstance(self.tree, dual_radar.DualRadarTree):  # radar into the LiDAR frame, both turned x forward
+            radar_points, lidar_points = self.tree.frame_points(i)
+            radar = point_fields.radar_columns(radar_path, radar_points, None)  # intensity taken as rcs
+            lidar = point_fields.lidar_columns(lidar_path, lidar_points, None)
         elif self.tree is not None:  # the official tree: radar put into the LiDAR frame by the frame's calib files
             radar_points, lidar_points = self.tree.frame_points(i)
             radar = point_fields.radar_columns(radar_path, radar_points, formats.VOD_RADAR_FIELDS)
@@ -227,6 +239,8 @@ class PointPairDataset(FolderDataset):
         """The output name of pair i: its radar file's stem (ColoRadar: <run>_<scan number>)."""
         if isinstance(self.tree, coloradar.ColoradarTree):
             return self.tree.frame_name(i)
+        if isinstance(self.tree, dual_radar.DualRadarTree):
+            return self.tree.ids[i]
         return os.path.splitext(os.path.basename(self.pairs[i][0]))[0]
 
 
@@ -237,7 +251,8 @@ def coloradar_radar_columns(raw: np.ndarray) -> np.ndarray:
 
 def open_dataset(data: str, data_format: str = "reference", split: str = "train", size: int = 64,
                  grid: GridSpec = GridSpec(), calibration: str = "auto", radar_scans: int = 1,
-                 split_file: Optional[str] = None, max_dt: float = coloradar.DEFAULT_MAX_DT) -> Dataset:
+                 split_file: Optional[str] = None, max_dt: float = coloradar.DEFAULT_MAX_DT,
+                 radar: str = "arbe") -> Dataset:
     """'synthetic' or a folder path in one of DATA_FORMATS (View-of-Delft and ColoRadar: their official trees,
     calibrated; ColoRadar paired in time within max_dt seconds)."""
     if data == "synthetic":
@@ -247,7 +262,7 @@ def open_dataset(data: str, data_format: str = "reference", split: str = "train"
     if data_format == "reference":
         return ReferenceVoxelDataset(data)
     if data_format in DATA_FORMATS:
-        return PointPairDataset(data, data_format, grid, split, calibration, radar_scans, split_file, max_dt)
+        return PointPairDataset(data, data_format, grid, split, calibration, radar_scans, split_file, max_dt, radar)
     raise ValueError(f"unknown data_format {data_format!r}; expected one of {', '.join(DATA_FORMATS)}")
 
 

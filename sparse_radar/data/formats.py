@@ -101,7 +101,7 @@ def read_bin(path, columns: int) -> np.ndarray:
     ext = os.path.splitext(os.fspath(path))[1].lower()
     if ext != ".bin":  # raw floats have no header: any other file would be read as garbage points
         raise DataFormatError(path, f"a {ext or 'suffix-less'} file where a raw float32 .bin point file is expected "
-                                    f"(--data_format vod and coloradar read .bin radar files; for .npy, .npz, .ply "
+                                    f"(--data_format vod, coloradar and dual_radar read .bin radar files; for .npy, .npz, .ply "
                                     f"and .pcd use --data_format points)")
     raw = np.fromfile(path, dtype=np.float32)
     if raw.size % columns:

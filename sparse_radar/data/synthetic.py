@@ -212,10 +212,11 @@ def main(argv=None) -> int:
                                                  "written as a published dataset's tree")
     parser.add_argument("--count", type=int, default=10)
     parser.add_argument("--split", default="train", choices=list(SPLIT_BASE))
-    parser.add_argument("--export", choices=("vod", "coloradar"), default=None,
+    parser.add_argument("--export", choices=("vod", "coloradar", "dual_radar"), default=None,
                         help="write a published dataset's tree into FOLDER, each sensor in its own frame: vod "
                              "(calib files, ImageSets) or coloradar (one run per split, unsynchronised stamps, "
-                             "ground-truth poses, calib/transforms); --count train frames, a quarter as many val "
+                             "ground-truth poses, calib/transforms) or dual_radar (both radars, calib, ImageSets); "
+                             "--count train frames, a quarter as many val "
                              "and test")
     parser.add_argument("folder", nargs="?", metavar="FOLDER", help="--export: the tree's root (new or empty)")
     args = parser.parse_args(argv)
@@ -240,7 +241,7 @@ def main(argv=None) -> int:
 
 def _export(parser, args) -> int:
     """--export vod|coloradar FOLDER."""
-    from . import coloradar, vod
+    from . import coloradar, dual_radar, vod
     if not args.folder:
         parser.error("--export needs the FOLDER to write the tree into")
     if os.path.exists(args.folder) and os.listdir(args.folder):
@@ -251,8 +252,10 @@ def _export(parser, args) -> int:
     counts = (("train", args.count), ("val", held_out), ("test", held_out))
     if args.export == "vod":
         written = f"{len(vod.export_synthetic(args.folder, counts))} View-of-Delft frames"
-    else:
+    elif args.export == "coloradar":
         written = f"{len(coloradar.export_synthetic(args.folder, counts))} ColoRadar runs"
+    else:
+        written = f"{len(dual_radar.export_synthetic(args.folder, counts))} Dual-Radar frames"
     print(f"wrote {written} ({args.count} train, {held_out} val, {held_out} test scans) to {args.folder}; train on "
           f"it with: python -m sparse_radar.train --data {args.folder} --data_format {args.export}")
     return 0

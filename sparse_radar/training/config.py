@@ -58,6 +58,7 @@ class TrainConfig:
     radar_scans: int = 1
     split_file: Optional[str] = None
     max_dt: float = 0.05
+    radar: str = "arbe"
     grid: str = "default"
     train_size: int = 64
     support: str = "radar_dilated"
@@ -91,7 +92,7 @@ class TrainConfig:
 
     def __post_init__(self):
         checks = (("preset", PRESETS), ("backend", BACKENDS), ("mode", MODES), ("support", TRAIN_SUPPORTS),
-                  ("calibration", ("auto", "none")),
+                  ("calibration", ("auto", "none")), ("radar", ("arbe", "ars548")),
                   ("stage", STAGES), ("vae_preset", VAE_PRESET_NAMES), ("vae_kind", VAE_KINDS),
                   ("data_format", DATA_FORMATS), ("attention_type", ATTENTION_TYPES), ("norm_type", NORM_TYPES))
         for name, allowed in checks:
@@ -231,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "radar_5_scans)",
         "split_file": "--data_format vod: frame ids to train on, one per line (default: lidar/ImageSets/train.txt); "
                       "coloradar: run names (default: splits/train.txt, else every run)",
+        "radar": "--data_format dual_radar: arbe (Arbe Phoenix) or ars548 (Continental ARS548), the radar read",
         "max_dt": "--data_format coloradar: pair a radar scan with the nearest LiDAR scan only this close, in seconds "
                   "(farther ones are dropped with one warning)",
         "support": f"where diffusion runs: {', '.join(TRAIN_SUPPORTS)} (predicted: by the --structure network)",

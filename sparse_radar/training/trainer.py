@@ -53,7 +53,7 @@ class Trainer:
         self.cfg = cfg
         self.dataset = open_dataset(cfg.data, cfg.data_format, "train", cfg.train_size, cfg.grid_spec(),
                                     cfg.calibration, cfg.radar_scans, cfg.split_file,
-                                    cfg.max_dt)
+                                    cfg.max_dt, cfg.radar)
         if isinstance(self.dataset, FolderDataset):  # every file read once now (cached), not mid-run
             validate_dataset(self.dataset, progress=cfg.progress and ctx.main)
         self._perm_cache: Dict[int, List[int]] = {}

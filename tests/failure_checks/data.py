@@ -334,3 +334,26 @@ def coloradar_unpaired(request, tmp_path, capsys):
         assert len(open_dataset(str(tmp_path), "coloradar")) < 3
     with pytest.raises(ValueError, match="no radar scan has a LiDAR scan within --max_dt 0.0001"):
         open_dataset(str(tmp_path), "coloradar", max_dt=0.0001)
+
+
+@row("dual-radar-calib")
+def dual_radar_calib(request, tmp_path, capsys):
+    from sparse_radar.data import dual_radar
+    with pytest.raises(ValueError, match="not Dual-Radar's tree"):
+        open_dataset(str(tmp_path), "dual_radar")
+    dual_radar.export_synthetic(str(tmp_path / "tree"), (("train", 1),))
+    calib = tmp_path / "tree" / "training" / "calib" / "000000.txt"
+    data = open_dataset(str(tmp_path / "tree"), "dual_radar")
+    lines = calib.read_text().splitlines()
+    calib.write_text("\n".join(lines[:3]) + "\n")
+    with pytest.raises(formats.DataFormatError, match=re.escape(str(calib)) + ": 3 line"):
+        data[0]
+    calib.write_text("\n".join(lines[:3] + ["Tr_arbe_to_velo: 1 0 0"]) + "\n")
+    with pytest.raises(formats.DataFormatError, match="line 4 .Tr_arbe_to_velo. holds 3 numbers, expected 12"):
+        data[0]
+    calib.write_text("\n".join(lines[:3] + ["Tr_arbe_to_velo: 1 1 0 0 0 1 0 0 0 0 1 0"]) + "\n")
+    with pytest.raises(formats.DataFormatError, match="not a rigid transform"):
+        data[0]
+    os.remove(calib)
+    with pytest.raises(formats.DataFormatError, match=re.escape(str(calib)) + ": calibration file not found"):
+        data[0]
