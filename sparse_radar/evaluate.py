@@ -174,11 +174,15 @@ def _run(argv) -> int:
         grid = models[0][1].grid
         for path, d in models[1:]:
             grid.require_same(d.grid, path)
+            if d.target_fov != models[0][1].target_fov:
+                raise ValueError(f"{path} was trained on targets cropped to {d.target_fov}, {models[0][0]} to "
+                                 f"{models[0][1].target_fov}: the ground truth can be cropped only one way; compare "
+                                 f"models trained with the same --target_fov")
         autoencoders = [(m, load_codec(m, grid).autoencoder) for m in args.models if kinds[m] == "vae"]
         structure = load_structure(args.structure, grid) if args.structure else None
         taus = parse_taus(args.tau, max(grid.voxel_size))
         frames = load_frames(args.input, grid, models[0][1].radar_channels, args.data_format, args.count,
-                             args.split)
+                             args.split, target_fov=models[0][1].target_fov)
         folder = OutputFolder(args.out, PROG, OUTPUTS, {"models": [os.path.abspath(m) for m in args.models]},
                               args.overwrite, protected=protected(list(args.models) + [args.structure], args.input))
     except (ValueError, TypeError) as exc:

@@ -52,14 +52,16 @@ class Frame:
 
 def load_frames(source: str, grid: GridSpec, radar_channels: Sequence[Channel], data_format: str = "points",
                 count: Optional[int] = None, split: str = "test", calibration: str = "auto",
-                max_dt: float = DEFAULT_MAX_DT, radar: str = "arbe") -> List[Frame]:
+                max_dt: float = DEFAULT_MAX_DT, radar: str = "arbe", target_fov=None) -> List[Frame]:
     """'synthetic' (`count` frames of `split`, default 50 of the test split), a data folder of `data_format` (pairs with
     ground truth; View-of-Delft's and ColoRadar's official trees: the split's frames, calibrated unless calibration
-    is 'none', ColoRadar's paired within max_dt seconds), a folder of radar point files, or one radar point file."""
+    is 'none', ColoRadar's paired within max_dt seconds), a folder of radar point files, or one radar point file.
+    target_fov: a data.fov.TargetFov (a model's record): ground truth cropped by its cone, at each frame's radar pose."""
+    cone = None if target_fov is None else (target_fov.azimuth, target_fov.elevation, target_fov.range)
     if count is not None and count < 1:
         raise ValueError(f"--count must be >= 1, got {count}")
     if source == "synthetic":
-        data = SyntheticDataset(split, count or 50, grid)
+        data = SyntheticDataset(split, count or 50, grid, target_fov=cone)
         return [Frame(f"synthetic_{split}_{i:06d}", load=partial(_item, data, i)) for i in range(len(data))]
     if data_format not in DATA_FORMATS:
         raise ValueError(f"unknown data format {data_format!r}; expected one of {', '.join(DATA_FORMATS)}")
@@ -68,7 +70,8 @@ def load_frames(source: str, grid: GridSpec, radar_channels: Sequence[Channel], 
     if not os.path.isdir(source):
         raise ValueError(f"input {source!r} is neither 'synthetic', a folder nor a file")
     if _is_paired_folder(source, data_format):
-        data = open_dataset(source, data_format, split, 1, grid, calibration=calibration, max_dt=max_dt, radar=radar)
+        data = open_dataset(source, data_format, split, 1, grid, calibration=calibration, max_dt=max_dt, radar=radar,
+                            target_fov=None if data_format == "reference" else cone)
         if tuple(data.grid_shape) != tuple(grid.shape):
             raise ValueError(f"{source}: the voxel files' grid {tuple(data.grid_shape)} (D, H, W) differs from the "
                              f"model's {tuple(grid.shape)}; use a model trained on voxel files of this shape")

@@ -27,6 +27,7 @@ from .models.unet import UNet3D
 from .structure import VoxelStructure
 from .training.checkpoint import load_checkpoint
 from .training.config import DEFAULT_RADIUS, LATENT_STAGES, TRAIN_SUPPORTS, TrainConfig
+from .data.fov import TargetFov
 from .training.data_record import data_record_of
 from .training.stages import KIND, checkpoint_kind, load_structure
 from .voxels import DenseVoxels, SparseVoxels
@@ -100,8 +101,10 @@ class Densifier:
     def __init__(self, model: UNet3D, diffusion: DiffusionConfig, grid: GridSpec, radar_channels: Sequence[Channel],
                  target_channels: Sequence[Channel], support: str = "radar_dilated", radius=(1, 2, 2),
                  consistency: bool = False, backend: str = "sparse", device=None, dtype=torch.float32,
-                 structure: Optional[StructureNet] = None, codec: Optional[LatentCodec] = None):
+                 structure: Optional[StructureNet] = None, codec: Optional[LatentCodec] = None,
+                 target_fov: Optional[TargetFov] = None):
         self.device = resolve_device(device)
+        self.target_fov = target_fov  # the radar's field of view the targets were cropped to: outputs are too
         self.model = model.to(self.device).eval()
         self.diffusion, self.grid = diffusion, grid
         self.radar_channels, self.target_channels = tuple(radar_channels), tuple(target_channels)
@@ -156,11 +159,13 @@ class Densifier:
         record = data_record_of(state)
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        fov = TargetFov.from_dict(record.get("target_fov"))
         if kind in LATENT_STAGES:
             return cls._sourced(source, model, DiffusionConfig(**state["diffusion_config"]), GridSpec.from_dict(record["grid"]),
                        [Channel(**c) for c in record["radar_channels"]],
                        [Channel(**c) for c in record["target_channels"]], consistency=train.objective in ("cd", "ct"),
-                       device=device, dtype=DTYPES[dtype], codec=LatentCodec.from_record(state["latent"]))
+                       device=device, dtype=DTYPES[dtype], codec=LatentCodec.from_record(state["latent"]),
+                       target_fov=fov)
         rule, radius = record["support"], record["support_radius"]
         if support is not None and support != rule:
             rule, radius = support, DEFAULT_RADIUS.get(support, (1, 2, 2))
@@ -173,7 +178,7 @@ class Densifier:
         return cls._sourced(source, model, DiffusionConfig(**state["diffusion_config"]), grid,
                    [Channel(**c) for c in record["radar_channels"]], [Channel(**c) for c in record["target_channels"]],
                    rule, radius, consistency=train.mode in ("cd", "ct"), backend=train.backend, device=device,
-                   dtype=DTYPES[dtype], structure=net)
+                   dtype=DTYPES[dtype], structure=net, target_fov=fov)
 
     @classmethod
     def _sourced(cls, source: dict, *args, **kwargs) -> "Densifier":
@@ -239,7 +244,8 @@ class Densifier:
         if self.codec is not None:
             if support is not None:
                 raise ValueError("a latent-diffusion model decodes its own voxels; it takes no support")
-            return self._generate_latent(radar, settings, seed, frame_ids, progress, sigma_min, sigma_max)
+            return self.crop_to_fov(self._generate_latent(radar, settings, seed, frame_ids, progress, sigma_min,
+                                                          sigma_max))
         support = self.support_of(radar) if support is None else support.to(self.device)
         cond = on_support(radar, support)
         noise = self._initial_noise(support, seed, frame_ids).to(self.device)
@@ -249,7 +255,14 @@ class Densifier:
         den = Denoiser(self.model, self.diffusion, self._backend(cond), consistency=self.consistency)
         out = self._sample(den, self._backend(x), settings, seed, progress, sigma_min, sigma_max)
         out = out if isinstance(out, SparseVoxels) else out.to_sparse()
-        return out.replace(out.feats.float())
+        return self.crop_to_fov(out.replace(out.feats.float()))
+
+    def crop_to_fov(self, field: SparseVoxels) -> SparseVoxels:
+        """field without the voxels whose centres lie outside target_fov (unchanged when there is none)."""
+        if self.target_fov is None or field.num_voxels == 0:
+            return field
+        inside = self.target_fov.mask(self.grid.voxel_centers(field.coords[:, 1:].cpu().numpy()))
+        return field.prune(torch.from_numpy(inside).to(field.feats.device))
 
     def _sample(self, den: Denoiser, x, settings: SamplerSettings, seed: int, progress: bool, sigma_min: float,
                 sigma_max: float):

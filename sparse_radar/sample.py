@@ -108,7 +108,7 @@ def _run(argv) -> int:
         settings.sigmas(densifier.diffusion)  # the range with the checkpoint's defaults filled in
         taus = parse_taus(args.tau, max(densifier.grid.voxel_size))
         frames = load_frames(args.input, densifier.grid, densifier.radar_channels, args.data_format, args.count,
-                             args.split, args.calibration, args.max_dt, args.radar)
+                             args.split, args.calibration, args.max_dt, args.radar, densifier.target_fov)
         out = args.out or default_out(args.checkpoint, settings, args.support)
         folder = OutputFolder(out, PROG, output_names(frames), signature(args, densifier, settings, frames),
                               args.overwrite, args.resume, protected([args.checkpoint, args.structure], args.input))

@@ -285,6 +285,10 @@ class ColoradarTree:
         world_from_radar = poses.at(p.t_radar) @ self.base_from_radar
         return calibration.invert(world_from_lidar) @ world_from_radar
 
+    def radar_pose(self, i: int) -> np.ndarray:
+        """The radar's frame (x forward) in the points' frame: T_lidar_radar (identity with calibration 'none')."""
+        return self.radar_to_lidar(i)
+
     def frame_points(self, i: int) -> Tuple[np.ndarray, np.ndarray]:
         """(radar [N, 5] with x, y, z in the LiDAR frame, LiDAR [M, 4]) of pair i."""
         p = self.pair_list[i]

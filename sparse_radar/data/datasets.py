@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 
 from ..voxels import SparseVoxels
 from . import coloradar, dual_radar, formats, point_fields, vod
+from .fov import TargetFov
 from .grid import GridSpec
 from .synthetic import SensorConfig, generate_scan, split_seed
 from .voxelize import RADAR_CHANNELS, TARGET_CHANNELS, Channel, voxelize
@@ -25,9 +26,10 @@ class SyntheticDataset(Dataset):
     """`size` synthetic scans of a split (seeds by split range), voxelized on `grid`; cached in memory."""
 
     def __init__(self, split: str = "train", size: int = 64, grid: GridSpec = GridSpec(),
-                 sensor: SensorConfig = SensorConfig()):
+                 sensor: SensorConfig = SensorConfig(), target_fov: Optional[Tuple[float, float, float]] = None):
         split_seed(split, max(size - 1, 0))  # validates split and size
         self.split, self.size, self.grid, self.sensor = split, size, grid, sensor
+        self.target_fov = None if target_fov is None else TargetFov.at(target_fov)  # the sensors share an origin
         self._cache: Dict[int, Sample] = {}
 
     def __len__(self) -> int:
@@ -38,7 +40,8 @@ class SyntheticDataset(Dataset):
             raise IndexError(f"scan {i} outside [0, {self.size})")
         if i not in self._cache:
             scan = generate_scan(split_seed(self.split, i), self.sensor)
-            self._cache[i] = voxel_pair(scan["radar"], scan["lidar"], self.grid)
+            lidar = scan["lidar"] if self.target_fov is None else scan["lidar"][self.target_fov.mask(scan["lidar"][:, :3])]
+            self._cache[i] = voxel_pair(scan["radar"], lidar, self.grid)
         return self._cache[i]
 
     @property
@@ -163,10 +166,13 @@ class PointPairDataset(FolderDataset):
 
     def __init__(self, root: str, fmt: str, grid: GridSpec = GridSpec(), split: str = "train",
                  calibration: str = "auto", radar_scans: int = 1, split_file: Optional[str] = None,
-                 max_dt: float = coloradar.DEFAULT_MAX_DT, radar: str = "arbe"):
+                 max_dt: float = coloradar.DEFAULT_MAX_DT, radar: str = "arbe",
+                 target_fov: Optional[Tuple[float, float, float]] = None):
         if fmt not in ("vod", "coloradar", "dual_radar", "points"):
             raise ValueError(f"PointPairDataset format must be vod, coloradar, dual_radar or points, got {fmt!r}")
         self.fmt, self.grid, self.grid_shape, self.tree = fmt, grid, grid.shape, None
+        self.cone = target_fov
+        self.cache_ident = [calibration, radar, max_dt, target_fov]  # what changes the voxels of a pair
         if fmt == "dual_radar":
             if not dual_radar.is_official_tree(root):
                 raise ValueError(f"{root}: not Dual-Radar's tree ({{training,testing}}/{{arbe,ars548,velodyne,calib}})")
@@ -206,8 +212,18 @@ class PointPairDataset(FolderDataset):
             raise ValueError(f"{root}: no radar/<frame>.* file with a matching lidar/<frame>.* file")
         _warn_unpaired(root, [p for stem, p in radar.items() if stem not in lidar], "lidar")
 
+    @property
+    def target_fov(self) -> Optional[TargetFov]:
+        """The target's crop at the first pair's radar pose (what a checkpoint records), or None."""
+        return None if self.cone is None else TargetFov.at(self.cone, self.radar_pose(0))
+
+    def radar_pose(self, i: int):
+        """The radar's frame (x forward) in pair i's points' frame: the tree's, else the origin."""
+        return self.tree.radar_pose(i) if self.tree is not None else None
+
     def load(self, i: int) -> Tuple[Sample, int]:
-        """(sample, 0) of pair i: point features are clipped to each channel's range by design (voxelize)."""
+        """(sample, 0) of pair i: point features are clipped to each channel's range by design (voxelize); the
+        target cropped to the radar's field of view when one is set."""
         radar_path, lidar_path = self.pairs[i]
         if isinstance(self.tree, coloradar.ColoradarTree):  # paired in time, radar moved into the LiDAR frame
             raw, lidar_points = self.tree.frame_points(i)
@@ -232,6 +248,8 @@ class PointPairDataset(FolderDataset):
         else:
             radar = point_fields.radar_columns(radar_path, *formats.read_point_fields(radar_path))
             lidar = point_fields.lidar_columns(lidar_path, *formats.read_point_fields(lidar_path))
+        if self.cone is not None:
+            lidar = lidar[TargetFov.at(self.cone, self.radar_pose(i)).mask(lidar[:, :3])]
         return voxel_pair(radar, lidar, self.grid), 0
 
 
@@ -252,17 +270,21 @@ def coloradar_radar_columns(raw: np.ndarray) -> np.ndarray:
 def open_dataset(data: str, data_format: str = "reference", split: str = "train", size: int = 64,
                  grid: GridSpec = GridSpec(), calibration: str = "auto", radar_scans: int = 1,
                  split_file: Optional[str] = None, max_dt: float = coloradar.DEFAULT_MAX_DT,
-                 radar: str = "arbe") -> Dataset:
+                 radar: str = "arbe", target_fov: Optional[Tuple[float, float, float]] = None) -> Dataset:
     """'synthetic' or a folder path in one of DATA_FORMATS (View-of-Delft and ColoRadar: their official trees,
     calibrated; ColoRadar paired in time within max_dt seconds)."""
     if data == "synthetic":
-        return SyntheticDataset(split, size, grid)
+        return SyntheticDataset(split, size, grid, target_fov=target_fov)
     if not os.path.isdir(data):
         raise ValueError(f"--data must be 'synthetic' or an existing folder, got {data!r}")
     if data_format == "reference":
+        if target_fov is not None:
+            raise ValueError("--target_fov crops LiDAR points; the reference format stores voxels (pass --target_fov "
+                             "none)")
         return ReferenceVoxelDataset(data)
     if data_format in DATA_FORMATS:
-        return PointPairDataset(data, data_format, grid, split, calibration, radar_scans, split_file, max_dt, radar)
+        return PointPairDataset(data, data_format, grid, split, calibration, radar_scans, split_file, max_dt, radar,
+                                target_fov)
     raise ValueError(f"unknown data_format {data_format!r}; expected one of {', '.join(DATA_FORMATS)}")
 
 

@@ -100,6 +100,13 @@ class DualRadarTree:
             return np.eye(4)
         return read_extrinsic(os.path.join(self.calib_dir, f"{self.ids[i]}.txt"), self.radar)
 
+    def radar_pose(self, i: int) -> np.ndarray:
+        """A frame with x along the radar's boresight (its y axis, as the LiDAR's) in the points' frame."""
+        boresight_from_x = calibration.invert(LIDAR_TO_FORWARD)  # x forward -> the radar's own y forward
+        if not self.calibrate:
+            return boresight_from_x
+        return LIDAR_TO_FORWARD @ self.radar_to_lidar(i) @ boresight_from_x
+
     def frame_points(self, i: int) -> Tuple[np.ndarray, np.ndarray]:
         """(radar [N, 5] x, y, z, intensity, doppler; LiDAR [M, 4] x, y, z, intensity) of frame i, in the LiDAR
         frame turned to x forward (with calibration 'none': as the files hold them)."""

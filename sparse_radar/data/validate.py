@@ -38,6 +38,7 @@ def _stamp(path: str) -> List[int]:
 
 def _cache_file(dataset: FolderDataset) -> str:
     ident = json.dumps([type(dataset).__name__, getattr(dataset, "fmt", ""), repr(getattr(dataset, "grid", "")),
+                        repr(getattr(dataset, "cache_ident", "")),
                         os.path.abspath(os.path.dirname(dataset.pairs[0][0])) if dataset.pairs else ""])
     return os.path.join(cache_dir(), f"validated-{hashlib.sha1(ident.encode()).hexdigest()[:16]}.json")
 

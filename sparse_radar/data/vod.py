@@ -97,6 +97,10 @@ class VodTree:
         return calibration.vod_radar_to_lidar(os.path.join(self.lidar_calib, f"{frame}.txt"),
                                               os.path.join(self.radar_calib, f"{frame}.txt"))
 
+    def radar_pose(self, i: int) -> np.ndarray:
+        """The radar's frame (x forward) in the points' frame: T_lidar_radar (identity with calibration 'none')."""
+        return self.radar_to_lidar(i)
+
     def frame_points(self, i: int) -> Tuple[np.ndarray, np.ndarray]:
         """(radar [N, 7] with x, y, z in the LiDAR frame, LiDAR [M, 4]) of frame i."""
         radar_path, lidar_path = self.pairs[i]

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Optional, Sequence
 
 from ..data.datasets import DATA_FORMATS
+from ..data.fov import parse_target_fov, resolve_target_fov
 from ..data.grid import NAMED_GRIDS, GridSpec, parse_grid
 from ..data.support import SUPPORT_TYPES
 from ..models.config import PRESETS, UNetConfig, dataclass_from_dict
@@ -59,6 +60,7 @@ class TrainConfig:
     split_file: Optional[str] = None
     max_dt: float = 0.05
     radar: str = "arbe"
+    target_fov: str = "auto"
     grid: str = "default"
     train_size: int = 64
     support: str = "radar_dilated"
@@ -102,6 +104,7 @@ class TrainConfig:
         if self.radar_scans not in (1, 3, 5):
             raise ValueError(f"--radar_scans must be 1, 3 or 5 (View-of-Delft's radar, radar_3_scans, radar_5_scans), "
                              f"got {self.radar_scans}")
+        parse_target_fov(self.target_fov)  # a ValueError saying the form
         if not (isinstance(self.max_dt, (int, float)) and 0 < self.max_dt < 10):
             raise ValueError(f"--max_dt must be a time in seconds in (0, 10), got {self.max_dt!r}")
         for name in ("batch_size", "steps", "grad_accum", "save_every", "train_size", "cm_steps", "preview_steps"):
@@ -159,6 +162,11 @@ class TrainConfig:
             raise ValueError(f"--structure_cap must be >= 0 (0 = no cap), got {self.structure_cap}")
         if not (math.isfinite(self.dice_weight) and self.dice_weight >= 0):
             raise ValueError(f"--dice_weight must be a finite number >= 0, got {self.dice_weight}")
+
+    def target_cone(self):
+        """(azimuth, elevation, range) of the target crop --target_fov asks for on this data, or None."""
+        return resolve_target_fov(self.target_fov, "synthetic" if self.data == "synthetic" else self.data_format,
+                                  self.radar)
 
     def grid_spec(self) -> GridSpec:
         """The metric grid --grid names (for voxel folders, whose files fix the shape, see Trainer)."""
@@ -232,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "radar_5_scans)",
         "split_file": "--data_format vod: frame ids to train on, one per line (default: lidar/ImageSets/train.txt); "
                       "coloradar: run names (default: splits/train.txt, else every run)",
+        "target_fov": "crop the target to the radar's field of view: auto (the dataset's default, see README), none, "
+                      "or AZIMUTH,ELEVATION,RANGE (full angles in degrees, metres); recorded in the checkpoint and "
+                      "applied by the Densifier",
         "radar": "--data_format dual_radar: arbe (Arbe Phoenix) or ars548 (Continental ARS548), the radar read",
         "max_dt": "--data_format coloradar: pair a radar scan with the nearest LiDAR scan only this close, in seconds "
                   "(farther ones are dropped with one warning)",

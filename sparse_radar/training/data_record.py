@@ -23,10 +23,12 @@ def metric_grid(cfg: TrainConfig, grid_shape) -> GridSpec:
     return GridSpec.index_units(grid_shape)
 
 
-def data_record(cfg: TrainConfig, grid: GridSpec) -> dict:
-    """What inference needs to turn points into model input and back: grid and channel scalings."""
+def data_record(cfg: TrainConfig, grid: GridSpec, target_fov=None) -> dict:
+    """What inference needs to turn points into model input and back: grid and channel scalings, and the target's
+    crop to the radar's field of view (a data.fov.TargetFov, or None)."""
     as_dicts = lambda chans: [asdict(c) for c in chans]
     return {"grid": grid.to_dict(), "radar_channels": as_dicts(RADAR_CHANNELS),
+            "target_fov": None if target_fov is None else target_fov.to_dict(),
             "target_channels": as_dicts(TARGET_CHANNELS), "support": cfg.support,
             "support_radius": list(cfg.radius()),
             "radar_features": "reference voxel files in [0, 1]" if cfg.data != "synthetic" and

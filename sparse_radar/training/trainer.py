@@ -53,7 +53,7 @@ class Trainer:
         self.cfg = cfg
         self.dataset = open_dataset(cfg.data, cfg.data_format, "train", cfg.train_size, cfg.grid_spec(),
                                     cfg.calibration, cfg.radar_scans, cfg.split_file,
-                                    cfg.max_dt, cfg.radar)
+                                    cfg.max_dt, cfg.radar, cfg.target_cone())
         if isinstance(self.dataset, FolderDataset):  # every file read once now (cached), not mid-run
             validate_dataset(self.dataset, progress=cfg.progress and ctx.main)
         self._perm_cache: Dict[int, List[int]] = {}
@@ -302,7 +302,7 @@ class Trainer:
             "train_config": self.cfg.to_dict(),
             "model_config": self.model.config.to_dict(),
             "diffusion_config": self.diffusion.to_dict(),
-            "data_config": data_record(self.cfg, self.grid),
+            "data_config": data_record(self.cfg, self.grid, getattr(self.dataset, "target_fov", None)),
             "model_kind": self.cfg.stage,
             "latent": None if self.codec is None else self.codec.record(),
             "structure": None if self.structure is None else structure_record(self.structure, self.grid),
