@@ -23,7 +23,8 @@ from .inference import MAX_STEPS, Densifier, SamplerSettings, generate_batches, 
 from .models.structure_net import StructureNet, predicted_support
 from .training.checkpoint import load_checkpoint
 from .training.stages import checkpoint_kind, load_codec, load_structure
-from .metrics import frame_metrics, parse_taus, summarize
+from .metrics import (bev_histogram, bev_jsd, bev_mmd, best_of_k, frame_metrics, parse_taus, sample_diversity,
+                      summarize)
 from .outputs import OutputFolder, atomic, write_json
 
 PROG = "python -m sparse_radar.evaluate"
@@ -53,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--structure", default=None, help="run of a --stage structure run: adds its predicted support "
                    "to the support table and as a baseline (default: the network a model carries, if any)")
     p.add_argument("--tau", default=None, help="F-score distances in metres, comma-separated (default one voxel)")
+    p.add_argument("--samples", type=int, default=1, help="samples per frame of each EDM model and sampler (k > 1 "
+                   "adds each one's diversity, the mean pairwise Chamfer of the k, and a best-of-k row)")
     p.add_argument("--batch_size", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
@@ -68,25 +71,39 @@ class Table:
         self.radar = radar_field(self.frames, self.grid.shape)
         self.target = target_field(self.frames, self.grid.shape)
         self.truth = [centres(self.target, b, self.grid) for b in range(len(self.frames))]
+        self.truth_bev = [self.bev(xyz) for xyz in self.truth]
         self.methods: Dict[str, dict] = {}
 
+    def bev(self, xyz: np.ndarray) -> np.ndarray:
+        """A cloud's bird's-eye occupancy histogram on the grid's columns."""
+        return bev_histogram(xyz, self.grid.voxel_index, self.grid.counts_xyz[:2])
+
     def score(self, b: int, pred_xyz: np.ndarray) -> dict:
-        """Metrics of one frame's prediction."""
-        return frame_metrics(pred_xyz, self.truth[b], self.grid.voxel_index, self.taus, self.grid.diagonal)
+        """Metrics of one frame's prediction (and its bird's-eye histogram, for the set's JSD and MMD)."""
+        row = frame_metrics(pred_xyz, self.truth[b], self.grid.voxel_index, self.taus, self.grid.diagonal)
+        row["bev"] = self.bev(pred_xyz)
+        return row
 
     def add(self, name: str, rows: List[dict], note: str = "") -> None:
-        """One method's rows (one per frame, in order; none dropped)."""
+        """One method's rows (one per frame, in order; none dropped); its BEV JSD and MMD against the targets."""
         if len(rows) != len(self.frames):
             raise RuntimeError(f"{name}: {len(rows)} rows for {len(self.frames)} frames")
-        self.methods[name] = {"note": note, "summary": summarize(rows), "rows": rows}
+        hists = [r.pop("bev") for r in rows]
+        distribution = {"bev_jsd": bev_jsd(hists, self.truth_bev), "bev_mmd": bev_mmd(hists, self.truth_bev)}
+        self.methods[name] = {"note": note, "summary": summarize(rows), "rows": rows, "distribution": distribution}
 
     def markdown(self) -> str:
-        """The table: means (medians in parentheses) of each method."""
+        """The table: means (medians in parentheses) of each method, then its set's BEV JSD and MMD."""
         keys = list(SHOWN) + [f"{k}@{t:g}" for t in self.taus for k in ("fscore", "precision", "recall")]
-        lines = ["| method | " + " | ".join(keys) + " | s/frame |", "|---" * (len(keys) + 2) + "|"]
+        diverse = any("diversity" in m["summary"] for m in self.methods.values())
+        extra = ["bev_jsd", "bev_mmd"] + (["diversity"] if diverse else [])
+        lines = ["| method | " + " | ".join(keys + extra) + " | s/frame |", "|---" * (len(keys) + len(extra) + 2) + "|"]
         for name, m in self.methods.items():
             s = m["summary"]
             cells = [f"{s[k]['mean']:.3f} ({s[k]['median']:.3f})" for k in keys]
+            cells += [f"{m['distribution']['bev_jsd']:.4f}", f"{m['distribution']['bev_mmd']:.2e}"]
+            if diverse:
+                cells.append(f"{s['diversity']['mean']:.3f}" if "diversity" in s else "-")
             sec = f"{s['seconds']['mean']:.3f}" if "seconds" in s else "-"
             lines.append(f"| {name}{' ' + m['note'] if m['note'] else ''} | " + " | ".join(cells) + f" | {sec} |")
         return "\n".join(lines)
@@ -123,18 +140,32 @@ def baselines(table: Table, densifier: Densifier, structure: Optional[StructureN
 
 def model_rows(table: Table, densifier: Densifier, settings: SamplerSettings, args, oracle: bool = False,
                sweep: Sequence[float] = ()) -> tuple:
-    """Rows of one model and sampler (and F-scores per sweep threshold, from the same samples)."""
+    """Rows of one model and sampler (and F-scores per sweep threshold, from the same samples); with --samples k > 1
+    also the best-of-k rows, and each frame's diversity (the mean pairwise Chamfer of its k samples) in the rows."""
     rows, swept = [], {t: [] for t in sweep}
-    first = 0
-    for batch, _, out, seconds in generate_batches(densifier, table.frames, settings, args.seed, args.batch_size,
-                                                   oracle, args.progress, settings.sampler):
-        for b in range(len(batch)):
-            row = table.score(first + b, densifier.to_points(out, b, settings.threshold)[:, :3])
-            rows.append({**row, "seconds": seconds})
-            for t in sweep:
-                swept[t].append(table.score(first + b, densifier.to_points(out, b, t)[:, :3]))
-        first += len(batch)
-    return rows, {t: summarize(r) for t, r in swept.items()}
+    clouds: List[List[np.ndarray]] = [[] for _ in table.frames]
+    extra: List[List[dict]] = [[] for _ in table.frames]
+    for k in range(max(1, getattr(args, "samples", 1))):
+        first = 0
+        for batch, _, out, seconds in generate_batches(densifier, table.frames, settings, args.seed + k,
+                                                       args.batch_size, oracle, args.progress, settings.sampler):
+            for b in range(len(batch)):
+                xyz = densifier.to_points(out, b, settings.threshold)[:, :3]
+                clouds[first + b].append(xyz)
+                if k == 0:
+                    rows.append({**table.score(first + b, xyz), "seconds": seconds})
+                    for t in sweep:
+                        swept[t].append(table.score(first + b, densifier.to_points(out, b, t)[:, :3]))
+                else:
+                    extra[first + b].append({**table.score(first + b, xyz), "seconds": seconds})
+            first += len(batch)
+    best = None
+    if getattr(args, "samples", 1) > 1:
+        for b, row in enumerate(rows):
+            row["diversity"] = sample_diversity(clouds[b], empty_distance=table.grid.diagonal)
+        best = [best_of_k([rows[b]] + extra[b]) for b in range(len(rows))]
+        best = [{k: v for k, v in r.items() if k != "diversity"} for r in best]
+    return rows, {t: summarize(r) for t, r in swept.items()}, best
 
 
 @torch.no_grad()
@@ -162,6 +193,7 @@ def _run(argv) -> int:
     try:
         check_flags(args)
         whole_number(args.multistep, "--multistep", 1, MAX_STEPS)
+        whole_number(args.samples, "--samples", 1, 64)
         samplers = {"heun": SamplerSettings("heun", args.steps, threshold=args.threshold),
                     "onestep": SamplerSettings("onestep", 1, threshold=args.threshold),
                     "multistep": SamplerSettings("multistep", args.multistep, threshold=args.threshold)}
@@ -220,15 +252,20 @@ def evaluate(args, samplers: Dict[str, SamplerSettings], models, autoencoders, s
         label = os.path.basename(os.path.normpath(path))
         if d.consistency:
             for name, s in (("onestep", samplers["onestep"]), (f"multistep-{args.multistep}", samplers["multistep"])):
-                table.add(f"{label} {name}", model_rows(table, d, s, args)[0])
+                rows, _, best = model_rows(table, d, s, args)
+                table.add(f"{label} {name}", rows)
+                if best:
+                    table.add(f"{label} {name} best of {args.samples}", best, "(needs the answer to choose)")
             continue
         heun, mean = samplers["heun"], samplers["onestep"]
         first = not sweep
         curves = {}
         for name, settings, note in ((f"heun-{args.steps}", heun, ""),
                                      ("onestep", mean, "(D(noise, sigma_max): the posterior mean)")):
-            rows, swept = model_rows(table, d, settings, args, sweep=SWEEP if first else ())
+            rows, swept, best = model_rows(table, d, settings, args, sweep=SWEEP if first else ())
             table.add(f"{label} {name}", rows, note)
+            if best:
+                table.add(f"{label} {name} best of {args.samples}", best, "(needs the answer to choose)")
             curves[name] = {"fscore": {t: v[f"fscore@{taus[0]:g}"]["mean"] for t, v in swept.items()},
                             "chamfer_sum_of_means": {t: v["chamfer_sum_of_means"]["mean"] for t, v in swept.items()}}
         if first:
@@ -269,7 +306,8 @@ def write_report(args, table: Table, cover: List[dict], sweep: dict, seconds: fl
     write_json(os.path.join(args.out, "evaluation.json"), {
         "input": args.input, "frames": [f.name for f in table.frames], "taus": table.taus,
         "supports": cover, "seconds": seconds, "sweep": sweep,
-        "methods": {k: {"note": v["note"], "summary": v["summary"]} for k, v in table.methods.items()}})
+        "methods": {k: {"note": v["note"], "summary": v["summary"], "distribution": v["distribution"]}
+                    for k, v in table.methods.items()}})
     print(text)
     print(f"written: {os.path.join(args.out, 'evaluation.md')}, evaluation.json" +
           (", threshold_sweep.png" if sweep else ""))

@@ -123,3 +123,68 @@ def parse_taus(text: Optional[str], one_voxel: float) -> List[float]:
     if not taus or min(taus) <= 0:
         raise ValueError(f"--tau must be distances > 0, comma-separated, got {text!r}")
     return taus
+
+
+# ---- distribution metrics (a generated set against a reference set, beside the single-reference ones above) ----
+
+def bev_histogram(xyz, voxel_of, shape_xy: Sequence[int], occupancy: bool = True) -> np.ndarray:
+    """Bird's-eye histogram [X, Y] of a cloud on a grid's columns: with occupancy (LiDiff's BEV, Nunes et al.,
+    CVPR 2024, histogram_metrics: 3D counts clipped to 1, summed over z) the occupied voxels per column, else the
+    points per column (LiDARGen's, Zyrianov et al., ECCV 2022). voxel_of maps points [N, 3] to (z, x, y) voxels;
+    points outside shape_xy are left out."""
+    hist = np.zeros(tuple(int(s) for s in shape_xy), dtype=np.float64)
+    v = np.asarray(voxel_of(_points(xyz, "xyz")), dtype=np.int64).reshape(-1, 3)
+    inside = (v[:, 1] >= 0) & (v[:, 1] < hist.shape[0]) & (v[:, 2] >= 0) & (v[:, 2] < hist.shape[1])
+    v = v[inside]
+    if occupancy:
+        v = np.unique(v, axis=0)
+    np.add.at(hist, (v[:, 1], v[:, 2]), 1.0)
+    return hist
+
+
+def bev_jsd(pred_hists: Sequence[np.ndarray], gt_hists: Sequence[np.ndarray]) -> float:
+    """Jensen-Shannon distance between the summed bird's-eye histograms of two sets (LiDARGen's and LiDiff's BEV
+    JSD: each set's histograms summed and normalised, then scipy's jensenshannon, natural log, the square root of
+    the divergence: 0 for equal distributions, sqrt(ln 2) for disjoint ones). An empty set against a non-empty one
+    is sqrt(ln 2); two empty sets are 0."""
+    p, q = (np.sum([np.asarray(h, dtype=np.float64) for h in hs], axis=0).ravel() for hs in (pred_hists, gt_hists))
+    if p.sum() == 0 or q.sum() == 0:
+        return 0.0 if p.sum() == q.sum() else float(np.sqrt(np.log(2)))
+    p, q = p / p.sum(), q / q.sum()
+    m = (p + q) / 2
+    kl = lambda a: float(np.sum(a[a > 0] * np.log(a[a > 0] / m[a > 0])))  # noqa: E731
+    return float(np.sqrt(max(0.5 * kl(p) + 0.5 * kl(q), 0.0)))
+
+
+def bev_mmd(pred_hists: Sequence[np.ndarray], gt_hists: Sequence[np.ndarray], sigma: float = 0.5) -> float:
+    """Maximum mean discrepancy (squared, biased estimate) between two sets of per-frame bird's-eye histograms,
+    each normalised to sum 1 (an empty one stays zero), with the Gaussian kernel exp(-|a - b|^2 / (2 sigma^2)):
+    mean k(p, p') + mean k(q, q') - 2 mean k(p, q) over all pairs, self-pairs included (LiDARGen's BEV MMD, as
+    R2DM and LiDM compute it, sigma 0.5)."""
+    def flat(hs):
+        a = np.stack([np.asarray(h, dtype=np.float64).ravel() for h in hs])
+        total = a.sum(axis=1, keepdims=True)
+        return np.divide(a, total, out=np.zeros_like(a), where=total > 0)
+
+    p, q = flat(pred_hists), flat(gt_hists)
+
+    def kernel(a, b):
+        d2 = (a ** 2).sum(1)[:, None] + (b ** 2).sum(1)[None, :] - 2 * a @ b.T
+        return np.exp(-np.maximum(d2, 0.0) / (2 * sigma ** 2))
+    return float(kernel(p, p).mean() + kernel(q, q).mean() - 2 * kernel(p, q).mean())
+
+
+def sample_diversity(clouds: Sequence, key: str = "chamfer_mean_of_means",
+                     empty_distance: float = float("inf")) -> float:
+    """Mean pairwise Chamfer (key's convention) between k samples [N_i, >=3] of one frame; 0 for fewer than two."""
+    pairs = [(i, j) for i in range(len(clouds)) for j in range(i + 1, len(clouds))]
+    if not pairs:
+        return 0.0
+    return float(np.mean([cloud_metrics(clouds[i], clouds[j], [1.0], empty_distance)[key] for i, j in pairs]))
+
+
+def best_of_k(rows: Sequence[Dict[str, float]], key: str = "chamfer_mean_of_means") -> Dict[str, float]:
+    """Of k samples' metric rows of one frame, the row whose key (a distance: lower is better) is smallest."""
+    if not rows:
+        raise ValueError("best_of_k needs the rows of at least one sample")
+    return dict(min(rows, key=lambda r: r[key]))

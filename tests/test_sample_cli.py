@@ -108,3 +108,27 @@ def test_evaluate_writes_one_table(small_runs, tmp_path):
     assert "| radar input |" in text and "needs the answer" in text
     assert (out / "threshold_sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert evaluate(list(small_runs) + ["--count", "2", "--out", str(out), "--no-progress"]) == 2  # not overwritten
+
+
+def test_evaluate_distribution_metrics_and_best_of_k(small_runs, tmp_path):
+    from sparse_radar.metrics import bev_histogram, bev_jsd, bev_mmd
+    out = tmp_path / "ev"
+    edm = [r for r in small_runs if "edm" in str(r)]
+    assert evaluate(edm + ["--count", "2", "--steps", "2", "--samples", "2", "--no-oracle", "--out", str(out),
+                           "--no-progress"]) == 0
+    report = json.loads((out / "evaluation.json").read_text())
+    assert "edm heun-2 best of 2" in report["methods"] and "edm onestep best of 2" in report["methods"]
+    heun, best = report["methods"]["edm heun-2"], report["methods"]["edm heun-2 best of 2"]
+    key = "chamfer_mean_of_means"
+    assert best["summary"][key]["mean"] <= heun["summary"][key]["mean"] + 1e-9  # the better of two, per frame
+    assert heun["summary"]["diversity"]["mean"] > 0  # two seeds give two different clouds
+    # the radar input's JSD and MMD, recomputed from the frames
+    grid = parse_grid(SMALL_GRID)
+    data = SyntheticDataset("test", 2, grid)
+    hist = lambda c: bev_histogram(grid.voxel_centers(c), grid.voxel_index, grid.counts_xyz[:2])  # noqa: E731
+    radar = [hist(data[i]["radar_coords"]) for i in range(2)]
+    target = [hist(data[i]["target_coords"]) for i in range(2)]
+    got = report["methods"]["radar input"]["distribution"]
+    assert got["bev_jsd"] == pytest.approx(bev_jsd(radar, target)) and got["bev_mmd"] == pytest.approx(
+        bev_mmd(radar, target))
+    assert "bev_jsd" in (out / "evaluation.md").read_text()
