@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=18, help="Heun steps of EDM models")
     p.add_argument("--multistep", type=int, default=4, help="steps of the multistep consistency sampler")
     p.add_argument("--threshold", type=float, default=0.0, help="occupancy threshold of the table's models")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale of every model (1 = "
+                   "off; the models must be trained with --cond_drop > 0)")
     p.add_argument("--oracle", action=argparse.BooleanOptionalAction, default=True,
                    help="add the first EDM model sampled on the oracle support (an upper bound)")
     p.add_argument("--structure", default=None, help="run of a --stage structure run: adds its predicted support "
@@ -194,9 +196,10 @@ def _run(argv) -> int:
         check_flags(args)
         whole_number(args.multistep, "--multistep", 1, MAX_STEPS)
         whole_number(args.samples, "--samples", 1, 64)
-        samplers = {"heun": SamplerSettings("heun", args.steps, threshold=args.threshold),
-                    "onestep": SamplerSettings("onestep", 1, threshold=args.threshold),
-                    "multistep": SamplerSettings("multistep", args.multistep, threshold=args.threshold)}
+        samplers = {"heun": SamplerSettings("heun", args.steps, threshold=args.threshold, guidance=args.guidance),
+                    "onestep": SamplerSettings("onestep", 1, threshold=args.threshold, guidance=args.guidance),
+                    "multistep": SamplerSettings("multistep", args.multistep, threshold=args.threshold,
+                                                 guidance=args.guidance)}
         resolve_device(args.device)
         kinds = {m: checkpoint_kind(load_checkpoint(m)) for m in args.models}
         models = [(m, Densifier.from_checkpoint(m, args.device)) for m in args.models if kinds[m] != "vae"]

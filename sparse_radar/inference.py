@@ -28,8 +28,9 @@ from .structure import VoxelStructure
 from .training.checkpoint import load_checkpoint
 from .training.config import DEFAULT_RADIUS, LATENT_STAGES, TRAIN_SUPPORTS, TrainConfig
 from .data.fov import TargetFov
+from .diffusion.guidance import GuidedDenoiser
 from .training.data_record import data_record_of
-from .training.stages import KIND, checkpoint_kind, load_structure
+from .training.stages import KIND, checkpoint_kind, load_structure, trained_cond_drop
 from .voxels import DenseVoxels, SparseVoxels
 
 SAMPLERS = ("heun", "euler", "onestep", "multistep")
@@ -49,6 +50,7 @@ class SamplerSettings:
     sigma_min: Optional[float] = None
     s_churn: float = 0.0
     threshold: float = 0.0
+    guidance: float = 1.0  # classifier-free guidance scale (1 = off; needs a model trained with --cond_drop > 0)
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
@@ -61,6 +63,7 @@ class SamplerSettings:
         if self.sigma_min is not None and self.sigma_max is not None and not self.sigma_min < self.sigma_max:
             raise ValueError(f"need sigma_min < sigma_max, got {self.sigma_min} and {self.sigma_max}")
         self.s_churn = real_number(self.s_churn, "s_churn", low=0.0)
+        self.guidance = real_number(self.guidance, "guidance", 0.0, 20.0, why=" (1.0 = off)")
         self.threshold = real_number(self.threshold, "threshold", -1.0, 1.0,
                                      why=" (occupancy is scaled to [-1, 1]; a voxel is kept where it is > threshold)")
 
@@ -120,6 +123,7 @@ class Densifier:
         self.structure = None if structure is None else structure.to(self.device).eval()
         self.support, self.radius, self.consistency, self.backend = support, tuple(radius), consistency, backend
         self.dtype = dtype
+        self.cond_drop = 0.0  # the --cond_drop it was trained with: guidance needs > 0
         self._calls = threading.local()  # per thread: the counts of the last call
         self.source: dict = {}
 
@@ -156,6 +160,7 @@ class Densifier:
             weights = next(iter(state["ema"].values()))
         model.load_state_dict(weights)
         source = {"step": int(state.get("step", 0)), "content_sha256": state.get("content_sha256")}
+        cond_drop = trained_cond_drop(state)
         record = data_record_of(state)
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -165,7 +170,7 @@ class Densifier:
                        [Channel(**c) for c in record["radar_channels"]],
                        [Channel(**c) for c in record["target_channels"]], consistency=train.objective in ("cd", "ct"),
                        device=device, dtype=DTYPES[dtype], codec=LatentCodec.from_record(state["latent"]),
-                       target_fov=fov)
+                       target_fov=fov, cond_drop=cond_drop)
         rule, radius = record["support"], record["support_radius"]
         if support is not None and support != rule:
             rule, radius = support, DEFAULT_RADIUS.get(support, (1, 2, 2))
@@ -178,11 +183,12 @@ class Densifier:
         return cls._sourced(source, model, DiffusionConfig(**state["diffusion_config"]), grid,
                    [Channel(**c) for c in record["radar_channels"]], [Channel(**c) for c in record["target_channels"]],
                    rule, radius, consistency=train.mode in ("cd", "ct"), backend=train.backend, device=device,
-                   dtype=DTYPES[dtype], structure=net, target_fov=fov)
+                   dtype=DTYPES[dtype], structure=net, target_fov=fov, cond_drop=cond_drop)
 
     @classmethod
-    def _sourced(cls, source: dict, *args, **kwargs) -> "Densifier":
+    def _sourced(cls, source: dict, *args, cond_drop: float = 0.0, **kwargs) -> "Densifier":
         densifier = cls(*args, **kwargs)
+        densifier.cond_drop = cond_drop
         densifier.source = source  # which checkpoint (step, content hash) the weights came from
         return densifier
 
@@ -252,7 +258,8 @@ class Densifier:
         x = SparseVoxels.wrap(noise * sigma_max, support)
         if support.num_voxels == 0:  # no radar voxel in any cloud: nothing to generate
             return x
-        den = Denoiser(self.model, self.diffusion, self._backend(cond), consistency=self.consistency)
+        den = self._guided(Denoiser(self.model, self.diffusion, self._backend(cond), consistency=self.consistency),
+                           settings)
         out = self._sample(den, self._backend(x), settings, seed, progress, sigma_min, sigma_max)
         out = out if isinstance(out, SparseVoxels) else out.to_sparse()
         return self.crop_to_fov(out.replace(out.feats.float()))
@@ -284,10 +291,21 @@ class Densifier:
         cond = self.codec.condition(radar)  # [B, 5, D', H', W']
         shape = (self.codec.config.latent_channels,) + tuple(cond.shape[2:])
         noise = torch.stack(_frame_noise([shape] * radar.batch_size, seed, frame_ids)).to(self.device)
-        den = Denoiser(self.model, self.diffusion, DenseVoxels(cond), consistency=self.consistency)
+        den = self._guided(Denoiser(self.model, self.diffusion, DenseVoxels(cond), consistency=self.consistency),
+                           settings)
         out = self._sample(den, DenseVoxels(noise * sigma_max), settings, seed, progress, sigma_min, sigma_max)
         decoded = self.codec.decode(out.data.float())
         return decoded.replace(decoded.feats.float())
+
+    def _guided(self, den: Denoiser, settings: SamplerSettings):
+        """den, guided at settings.guidance (classifier-free, Ho & Salimans 2022) unless that is 1."""
+        if settings.guidance == 1.0:
+            return den
+        if not self.cond_drop > 0:
+            raise ValueError(f"guidance {settings.guidance:g} needs a model trained with condition dropout "
+                             f"(--cond_drop > 0); this one was trained with --cond_drop 0, so it has no "
+                             f"unconditional branch: sample with guidance 1")
+        return GuidedDenoiser(den, settings.guidance)
 
     def support_of(self, radar: SparseVoxels) -> VoxelStructure:
         """Where this model generates for a radar batch: its support rule (predicted: the structure network's

@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sigma_min", type=float, default=None, help="default: the checkpoint's (0.002)")
     p.add_argument("--s_churn", type=float, default=0.0, help="Heun stochastic churn (EDM Algorithm 2)")
     p.add_argument("--threshold", type=float, default=0.0, help="a voxel is kept where occupancy (in [-1, 1]) > it")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = off; the model "
+                   "must be trained with --cond_drop > 0)")
     p.add_argument("--model_type", choices=MODEL_TYPES, default=None,
                    help="what the checkpoint must be: voxel (voxel-space diffusion), ldm or cd (latent diffusion, "
                    "decoded by its VAE); default: whatever it is")
@@ -97,14 +99,14 @@ def _run(argv) -> int:
     try:
         check_flags(args)
         settings = SamplerSettings(args.sampler or "heun", args.steps, args.sigma_max, args.sigma_min, args.s_churn,
-                                   args.threshold)
+                                   args.threshold, args.guidance)
         densifier = Densifier.from_checkpoint(args.checkpoint, args.device, args.ema, args.dtype, args.support,
                                               args.structure)
         kind = model_type(densifier)
         if args.model_type and args.model_type != kind:
             raise ValueError(f"--model_type {args.model_type}: {args.checkpoint} is a {kind} model")
         settings = SamplerSettings(args.sampler or densifier.default_sampler, args.steps, args.sigma_max,
-                                   args.sigma_min, args.s_churn, args.threshold)
+                                   args.sigma_min, args.s_churn, args.threshold, args.guidance)
         settings.sigmas(densifier.diffusion)  # the range with the checkpoint's defaults filled in
         taus = parse_taus(args.tau, max(densifier.grid.voxel_size))
         frames = load_frames(args.input, densifier.grid, densifier.radar_channels, args.data_format, args.count,

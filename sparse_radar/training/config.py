@@ -77,6 +77,8 @@ class TrainConfig:
     teacher: Optional[str] = None
     cm_steps: int = 40
     cd_target_ema: float = 0.95
+    cond_drop: float = 0.1
+    cd_guidance: float = 1.0
     steps: int = 400
     lr: float = 2e-3
     weight_decay: float = 0.0
@@ -120,6 +122,13 @@ class TrainConfig:
         for name, meaning in (("grad_clip", " (0 = no clipping)"), ("weight_decay", "")):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ValueError(f"--{name} must be a finite number >= 0{meaning}, got {getattr(self, name)}")
+        if not 0 <= self.cond_drop < 1:
+            raise ValueError(f"--cond_drop must be in [0, 1) (the share of training samples whose radar condition is "
+                             f"dropped, for classifier-free guidance), got {self.cond_drop}")
+        if not 0 <= self.cd_guidance <= 20:
+            raise ValueError(f"--cd_guidance must be in [0, 20] (1 = the unguided teacher), got {self.cd_guidance}")
+        if self.cd_guidance != 1.0 and not (self.mode == "cd" or self.stage == "cd"):
+            raise ValueError("--cd_guidance sets the guidance of a distilled teacher: it needs --mode cd or --stage cd")
         if not 0 <= self.cd_target_ema < 1:
             raise ValueError(f"--cd_target_ema must be in [0, 1) (the target network's EMA decay), "
                              f"got {self.cd_target_ema}")

@@ -62,6 +62,14 @@ def check_teacher(cfg, teacher_state: dict) -> None:
         what = "--stage cd distils a --stage ldm run" if cfg.stage == "cd" else \
             "--mode cd distils a trained voxel-space EDM model (for a latent one use --stage cd)"
         raise ValueError(f"--teacher is a {kind}-stage checkpoint; {what}")
+    if getattr(cfg, "cd_guidance", 1.0) != 1.0 and not trained_cond_drop(teacher_state) > 0:
+        raise ValueError(f"--cd_guidance {cfg.cd_guidance} distils the guided teacher, but --teacher was trained "
+                         f"without condition dropout (--cond_drop 0), so it has no unconditional branch to guide with")
+
+
+def trained_cond_drop(state: dict) -> float:
+    """The --cond_drop a checkpoint was trained with (0 for checkpoints from before guidance)."""
+    return float(state.get("train_config", {}).get("cond_drop", 0.0))
 
 
 def best_weights(state: dict) -> dict:

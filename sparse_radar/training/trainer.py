@@ -20,6 +20,7 @@ from ..data.voxelize import RADAR_CHANNELS, TARGET_CHANNELS
 from ..diffusion.consistency import consistency_loss, ct_schedule, ema_update
 from ..diffusion.edm import DiffusionConfig, Denoiser, edm_loss, karras_sigmas, sample_sigma
 from ..diffusion.fields import has_voxels
+from ..diffusion.guidance import GuidedDenoiser, drop_condition
 from ..diffusion.samplers import sample_consistency, sample_heun
 from ..models.config import UNetConfig
 from ..models.structure_net import occupancy_loss
@@ -163,6 +164,15 @@ class Trainer:
             noises.append(torch.randn(shape, generator=g))
         return torch.cat(sigmas).to(self.device), noises
 
+    def _drop_condition(self, cond, positions: List[int]):
+        """cond with each sample's radar dropped (the null condition) with probability --cond_drop, decided by the
+        sample's stream position (classifier-free guidance's training, Ho & Salimans 2022)."""
+        if self.cfg.cond_drop <= 0:
+            return cond
+        draws = [torch.rand(1, generator=torch.Generator().manual_seed(
+            ((self.cfg.seed * 1_000_003 + pos) * 7919 + 104_729) % 2 ** 62)) for pos in positions]
+        return drop_condition(cond, torch.cat(draws) < self.cfg.cond_drop)
+
     def _noise(self, target: SparseVoxels, positions: List[int], counts: List[int]):
         """Per-sample sigma and noise on the target's voxels, counts per sample (see _draws)."""
         shapes = [(n, target.num_channels) for n in counts]
@@ -182,8 +192,8 @@ class Trainer:
         g = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + self.step) * 131 + micro * 17 + self.ctx.rank)
         student = Denoiser(self.net, self.diffusion, cond, consistency=True)
         target = Denoiser(self.cm_target, self.diffusion, cond, consistency=True)
-        if self.cfg.objective == "cd":
-            teacher = Denoiser(self.teacher, self.diffusion, cond)
+        if self.cfg.objective == "cd":  # the teacher guided at --cd_guidance (1: unguided), recorded in the config
+            teacher = GuidedDenoiser(Denoiser(self.teacher, self.diffusion, cond), self.cfg.cd_guidance)
             return consistency_loss(student, target, tgt, self.cfg.cm_steps, teacher, g)
         n, _ = ct_schedule(self.step, self.cfg.steps)
         return consistency_loss(student, target, tgt, n, None, g)
@@ -239,6 +249,7 @@ class Trainer:
         sigma, noise = self._noise(tgt, positions, counts)
         voxels = tgt.num_voxels
         empty = (~has_voxels(tgt)).sum()  # empty samples: skipped by the loss
+        cond = self._drop_condition(cond, positions)
         tgt, cond, noise = self._as_backend(tgt), self._as_backend(cond), self._as_backend(noise)
         return self._loss(tgt, cond, sigma, noise, micro), voxels, empty, cov.mean()
 
@@ -255,7 +266,7 @@ class Trainer:
         x0 = self.codec.encode(target)  # [B, L, D', H', W']
         sigma, noises = self._draws(positions, [x0.shape[1:]] * len(positions))
         noise = torch.stack(noises).to(self.device, x0.dtype)
-        cond = DenseVoxels(self.codec.condition(radar))
+        cond = self._drop_condition(DenseVoxels(self.codec.condition(radar)), positions)
         loss = self._loss(DenseVoxels(x0), cond, sigma, DenseVoxels(noise), micro)
         return loss, x0[:, 0].numel(), 0, 1.0
 

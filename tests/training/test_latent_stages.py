@@ -8,7 +8,9 @@ import torch
 
 from sparse_radar.data.datasets import SyntheticDataset, collate
 from sparse_radar.data.grid import parse_grid
+from sparse_radar.data.synthetic import generate_scan, split_seed
 from sparse_radar.diffusion.edm import Denoiser
+from sparse_radar.diffusion.guidance import null_condition
 from sparse_radar.evaluate import run as evaluate
 from sparse_radar.inference import Densifier, SamplerSettings
 from sparse_radar.models.latent import LatentCodec, fit_scale, radar_to_latent
@@ -178,3 +180,17 @@ def test_every_new_stage_resumes_bit_for_bit(latent_runs, tmp_path):
         with open(f"{whole}/metrics.csv") as fa, open(f"{split}/metrics.csv") as fb:
             losses = lambda fh: [line.split(",")[1] for line in fh.read().splitlines()[1:]]
             assert losses(fa) == losses(fb)
+
+
+def test_latent_models_sample_with_guidance(latent_runs):
+    _, ldm, cd = latent_runs
+    radar = generate_scan(split_seed("test", 0))["radar"]
+    for run_folder, sampler in ((ldm, "heun"), (cd, "onestep")):
+        d = Densifier.from_checkpoint(run_folder)
+        assert d.cond_drop == pytest.approx(0.1)  # the default --cond_drop
+        latent = d.codec.condition(d.radar_field([radar]))
+        assert torch.equal(null_condition(DenseVoxels(latent)).data, torch.full_like(latent, -1.0))
+        plain = d.generate(d.radar_field([radar]), settings=SamplerSettings(sampler, 2))
+        guided = d.generate(d.radar_field([radar]), settings=SamplerSettings(sampler, 2, guidance=3.0))
+        assert plain.num_channels == guided.num_channels
+        assert plain.num_voxels != guided.num_voxels or not torch.allclose(plain.feats, guided.feats)
