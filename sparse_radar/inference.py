@@ -22,8 +22,9 @@ from .diffusion.edm import DiffusionConfig, Denoiser, karras_sigmas
 from .diffusion.samplers import sample_consistency, sample_euler, sample_heun
 from .models.config import UNetConfig
 from .models.latent import LatentCodec
-from .models.structure_net import StructureNet, predicted_support
+from .models.structure_net import StructureNet, occupancy_probability, predicted_support
 from .models.unet import UNet3D
+from .nn.field_ops import cat_channels
 from .structure import VoxelStructure
 from .training.checkpoint import load_checkpoint
 from .training.config import DEFAULT_RADIUS, LATENT_STAGES, TRAIN_SUPPORTS, TrainConfig
@@ -124,6 +125,12 @@ class Densifier:
         self.support, self.radius, self.consistency, self.backend = support, tuple(radius), consistency, backend
         self.dtype = dtype
         self.cond_drop = 0.0  # the --cond_drop it was trained with: guidance needs > 0
+        # a predicted-support model with one input channel beyond target + radar reads the structure's probability
+        self.structure_channel = codec is None and model.config.in_channels == len(target_channels) + len(
+            radar_channels) + 1
+        if self.structure_channel and self.structure is None:
+            raise ValueError("this model reads the structure network's occupancy probability as an input channel: "
+                             "it needs its structure network (support 'predicted')")
         self._calls = threading.local()  # per thread: the counts of the last call
         self.source: dict = {}
 
@@ -252,8 +259,14 @@ class Densifier:
                 raise ValueError("a latent-diffusion model decodes its own voxels; it takes no support")
             return self.crop_to_fov(self._generate_latent(radar, settings, seed, frame_ids, progress, sigma_min,
                                                           sigma_max))
+        prob = None
+        if support is None and self.structure_channel:
+            support, prob = predicted_support(self.structure, radar, self.radius, probability=True)
         support = self.support_of(radar) if support is None else support.to(self.device)
         cond = on_support(radar, support)
+        if self.structure_channel:  # the structure network's occupancy probability, the model's last input channel
+            prob = occupancy_probability(self.structure, radar, support) if prob is None else prob
+            cond = cat_channels(cond, prob)
         noise = self._initial_noise(support, seed, frame_ids).to(self.device)
         x = SparseVoxels.wrap(noise * sigma_max, support)
         if support.num_voxels == 0:  # no radar voxel in any cloud: nothing to generate

@@ -168,13 +168,14 @@ def occupancy_keys(coords: torch.Tensor, factor: Triple, level_shape: Triple) ->
 @dataclass
 class LevelOutput:
     """One decoder level's candidates in key order: logits [N], labels [N] (float, or None), sample ids [N] of a
-    batch of batch_size, and which of them were kept (bool [N])."""
+    batch of batch_size, which of them were kept (bool [N]), and their linear keys on the level's grid [N]."""
 
     logits: torch.Tensor
     labels: Optional[torch.Tensor]
     samples: torch.Tensor
     keep: torch.Tensor
     batch_size: int
+    keys: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -229,7 +230,7 @@ class GenerativeDecoder(nn.Module):
             keep = cap_per_sample(logits > 0, logits.detach(), samples, cap, forced)
             if target is None and cap > 0:  # generating: counted on the device, read once after the last level
                 dropped.append(((logits > 0) & ~keep).sum())
-            levels.append(LevelOutput(logits, labels, samples, keep, h.batch_size))
+            levels.append(LevelOutput(logits, labels, samples, keep, h.batch_size, keys))
             h = keep_flat(h, keep)
             if i < len(self.ups):
                 h = self.ups[i](h)

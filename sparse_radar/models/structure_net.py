@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels.coords import dilate_coords, keys_to_coords, linear_keys
+from ..kernels.coords import dilate_coords, keys_to_coords, linear_keys, lookup
 from ..nn.norm import NORM_TYPES
 from ..structure import VoxelStructure
 from ..voxels import SparseVoxels
@@ -102,18 +102,43 @@ def occupancy_loss(levels: List[LevelOutput],
     return total, logs
 
 
-def predicted_support(net: StructureNet, radar: SparseVoxels, radius=(0, 0, 0),
-                      cap: Optional[int] = None) -> VoxelStructure:
-    """The predicted voxels with the radar's own voxels, dilated by radius (z, y, x); on the radar's device."""
+def _generate(net: StructureNet, radar: SparseVoxels, cap: Optional[int]):
     was_training = net.training
     net.eval()
     with torch.no_grad():
-        kept = net(radar, cap=cap).field
+        out = net(radar, cap=cap)
     net.train(was_training)
+    return out
+
+
+def _probability_at(generation, support: VoxelStructure) -> SparseVoxels:
+    """The finest level's occupancy probability at the support's voxels as one channel in [-1, 1] (2 p - 1), -1 where
+    the network did not consider a voxel (dilation, radar voxels outside its candidates)."""
+    finest = generation.levels[-1]
+    row = lookup(finest.keys, support.keys)
+    p = torch.sigmoid(finest.logits.float())
+    values = torch.where(row >= 0, 2 * p[row.clamp_min(0)] - 1, torch.full_like(row, -1, dtype=torch.float32))
+    return SparseVoxels.wrap(values[:, None], support)
+
+
+def occupancy_probability(net: StructureNet, radar: SparseVoxels, support: VoxelStructure,
+                          cap: Optional[int] = None) -> SparseVoxels:
+    """What the structure network believes of each support voxel: its occupancy probability as a channel in
+    [-1, 1] (-1 where it did not consider the voxel), for a denoiser's condition on any support."""
+    return _probability_at(_generate(net, radar, cap), support.to(radar.device))
+
+
+def predicted_support(net: StructureNet, radar: SparseVoxels, radius=(0, 0, 0), cap: Optional[int] = None,
+                      probability: bool = False):
+    """The predicted voxels with the radar's own voxels, dilated by radius (z, y, x); on the radar's device. With
+    probability, (that support, occupancy_probability on it) from the same network pass."""
+    generation = _generate(net, radar, cap)
+    kept = generation.field
     coords = torch.cat([kept.coords, radar.coords]).to(torch.int64)
     shape, b = radar.spatial_shape, radar.batch_size
     keys = torch.unique(linear_keys(coords, shape))
     if any(radius):
         coords = dilate_coords(keys_to_coords(keys, shape), shape, tuple(radius))
         keys = linear_keys(coords, shape)
-    return VoxelStructure.from_keys(keys, shape, b)
+    support = VoxelStructure.from_keys(keys, shape, b)
+    return (support, _probability_at(generation, support)) if probability else support

@@ -68,6 +68,7 @@ class TrainConfig:
     structure: Optional[str] = None
     stage: str = "diffusion"
     structure_cap: int = 20000
+    structure_prob: bool = True
     dice_weight: float = 1.0
     vae_preset: str = "lightweight"
     vae_kind: str = "vae"
@@ -208,6 +209,11 @@ class TrainConfig:
         """What the UNet learns: edm, cd (voxel --mode cd, or --stage cd in the latent) or ct."""
         return "cd" if self.stage == "cd" else self.mode
 
+    @property
+    def structure_channel(self) -> bool:
+        """Whether the denoiser reads the structure network's occupancy probability as a condition channel."""
+        return self.support == "predicted" and bool(self.structure_prob)
+
     def model_config(self, grid_shape: Sequence[int], in_channels: int = 8, out_channels: int = 4) -> UNetConfig:
         """The UNetConfig of this run: the preset and the flags given; by default 8 channels in (target + radar),
         4 out."""
@@ -258,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
         "support": f"where diffusion runs: {', '.join(TRAIN_SUPPORTS)} (predicted: by the --structure network)",
         "support_radius": "dilation z,y,x (default 1,2,2; predicted 0,0,0)",
         "structure": "checkpoint or run folder of a --stage structure run (for --support predicted)",
+        "structure_prob": "--support predicted: give the denoiser the structure network's occupancy probability of "
+                          "each support voxel as one more input channel (False: the radar channels only)",
         "structure_cap": "structure network and VAE decoder: most voxels kept per sample and level (0 = no cap; "
                          "generation warns when it drops voxels: raise it for large grids)",
         "dice_weight": "structure network and VAE: weight of the Dice term beside BCE",

@@ -12,6 +12,7 @@ from ..data.support import coverage, on_support
 from ..models.structure_net import StructureConfig, StructureNet, predicted_support
 from ..models.latent import LatentCodec
 from ..models.vae import VAE_PRESETS, VAEConfig, build_autoencoder
+from ..nn.field_ops import cat_channels
 from ..voxels import SparseVoxels
 from .checkpoint import load_checkpoint
 from .data_record import data_record_of
@@ -111,10 +112,13 @@ def load_structure(path_or_state, grid: Optional[GridSpec] = None) -> StructureN
 
 
 def support_fields(net: StructureNet, radar: SparseVoxels, target: Optional[SparseVoxels],
-                   radius) -> Tuple[SparseVoxels, SparseVoxels, torch.Tensor]:
-    """(target on the predicted support, radar on it, coverage [B]) of a batch; without target the first is None."""
-    support = predicted_support(net, radar, radius)
+                   radius, probability: bool = False) -> Tuple[SparseVoxels, SparseVoxels, torch.Tensor]:
+    """(target on the predicted support, radar on it (then, with probability, the network's occupancy probability
+    as one more channel), coverage [B]) of a batch; without target the first is None."""
+    support, prob = predicted_support(net, radar, radius, probability=True)
     cond = on_support(radar, support)
+    if probability:
+        cond = cat_channels(cond, prob)
     if target is None:
         return None, cond, torch.ones(radar.batch_size)
     return on_support(target, support), cond, coverage(support, target)

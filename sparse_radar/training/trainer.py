@@ -95,6 +95,10 @@ class Trainer:
             if state is None:
                 cfg = adopt_teacher(cfg, teacher_state, given_flags(cfg))
             model_cfg = UNetConfig.from_dict(teacher_state["model_config"])
+            if cfg.stage == "diffusion" and model_cfg.in_channels != 8 + int(cfg.structure_channel):
+                raise ValueError(f"--teacher reads {model_cfg.in_channels} input channels but this run gives "
+                                 f"{8 + int(cfg.structure_channel)}: distil with the teacher's --support and "
+                                 f"--structure_prob")
             self.teacher = UNet3D(model_cfg).to(self.device).eval().requires_grad_(False)
             self.teacher.load_state_dict(best_weights(teacher_state))
             if cfg.stage == "cd":
@@ -108,8 +112,8 @@ class Trainer:
             if state is None:  # the latents' scale, from the first 16 training samples (the same on every process)
                 self.codec.scale = fit_scale(self.codec, [self._pair(list(range(i, i + 4)))[1].to(self.device)
                                                           for i in range(0, 16, 4)], self.diffusion.sigma_data)
-        elif cfg.stage == "diffusion":
-            model_cfg = cfg.model_config(self.grid_shape)
+        elif cfg.stage == "diffusion":  # target + radar channels in, and the structure's probability where read
+            model_cfg = cfg.model_config(self.grid_shape, 8 + int(cfg.structure_channel))
         if cfg.stage in (KIND, "vae"):
             unused = sorted(given_flags(cfg) & set(ARCH_FLAGS))
             if unused:
@@ -149,7 +153,7 @@ class Trainer:
         list, taken on the host before the move; a predicted support is made on the device, and read back)."""
         if self.structure is not None:
             tgt, cond, cov = support_fields(self.structure, radar.to(self.device), target.to(self.device),
-                                            self.cfg.radius())
+                                            self.cfg.radius(), self.cfg.structure_channel)
             return tgt, cond, cov, tgt.batch_counts().tolist()
         tgt, cond, cov = training_fields(self.cfg.support, radar, target, self.cfg.radius())
         return tgt.to(self.device), cond.to(self.device), cov, host_counts(tgt)

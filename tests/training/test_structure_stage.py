@@ -100,3 +100,40 @@ def test_structure_checkpoints_are_refused_where_a_diffusion_model_is_needed(str
     assert "holds no structure network" in capsys.readouterr().err
     with pytest.raises(ValueError, match="only with support 'predicted'"):
         Densifier.from_checkpoint(small_runs[0], structure=structure)
+
+
+def test_the_denoiser_reads_the_structure_probability(structure_runs):
+    from sparse_radar.diffusion.edm import Denoiser
+    from sparse_radar.models.structure_net import occupancy_probability
+    from sparse_radar.nn.field_ops import cat_channels
+    from sparse_radar.data.support import on_support
+    from sparse_radar.voxels import DenseVoxels
+    structure, predicted = structure_runs
+    assert load_checkpoint(predicted)["model_config"]["in_channels"] == 9  # target 4 + radar 4 + the probability
+    grid = parse_grid(SMALL_GRID)
+    radar, _ = collate([SyntheticDataset("test", 2, grid)[i] for i in range(2)], grid.shape)
+    net = load_structure(structure)
+    support, prob = predicted_support(net, radar, (0, 1, 1), probability=True)
+    # brute force: the finest level's candidates and logits, looked up voxel by voxel
+    net.eval()
+    with torch.no_grad():
+        finest = net(radar).levels[-1]
+    logit_of = dict(zip(finest.keys.tolist(), finest.logits.tolist()))
+    expected = [2 * torch.sigmoid(torch.tensor(logit_of[k])).item() - 1 if k in logit_of else -1.0
+                for k in support.keys.tolist()]
+    assert prob.feats[:, 0].tolist() == pytest.approx(expected, abs=1e-6)
+    assert (prob.feats > -1).any() and (prob.feats == -1).any()  # dilated voxels the network never saw
+    torch.testing.assert_close(occupancy_probability(net, radar, support).feats, prob.feats)
+    # sparse and dense parity with the new channel
+    densifier = Densifier.from_checkpoint(predicted)
+    assert densifier.structure_channel
+    cond = cat_channels(on_support(radar, support), prob)
+    x = cond.replace(torch.randn(cond.num_voxels, 4, generator=torch.Generator().manual_seed(0)))
+    sigma = torch.tensor([0.7, 2.0])
+    sparse = Denoiser(densifier.model, densifier.diffusion, cond)(x, sigma)
+    dense_x, dense_c = x.to_dense(), cond.to_dense()
+    dense = Denoiser(densifier.model, densifier.diffusion, DenseVoxels(dense_c.data, dense_c.mask))(
+        DenseVoxels(dense_x.data, dense_x.mask), sigma)
+    torch.testing.assert_close(dense.to_sparse().feats, sparse.feats, rtol=1e-4, atol=1e-5)
+    out = densifier.generate(radar)  # sampling reads it too
+    assert torch.equal(out.structure.keys, predicted_support(net, radar, densifier.radius).keys)
