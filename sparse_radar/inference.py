@@ -23,6 +23,7 @@ from .diffusion.samplers import sample_consistency, sample_euler, sample_heun
 from .models.config import UNetConfig
 from .models.latent import LatentCodec
 from .models.structure_net import StructureNet, occupancy_probability, predicted_support
+from .models.radar_encoder import attach_encoder, latent_condition
 from .models.unet import UNet3D
 from .nn.field_ops import cat_channels
 from .structure import VoxelStructure
@@ -159,7 +160,7 @@ class Densifier:
             raise ValueError(f"{path_or_run_folder} is a latent-diffusion model ({kind}): it decodes its own voxels, "
                              f"so support and structure do not apply")
         train = TrainConfig.from_dict(state["train_config"])
-        model = UNet3D(UNetConfig.from_dict(state["model_config"]))
+        model = attach_encoder(UNet3D(UNetConfig.from_dict(state["model_config"])), state.get("radar_encoder"))
         weights = state["model"]
         if ema:
             if not state.get("ema"):
@@ -301,7 +302,7 @@ class Densifier:
     def _generate_latent(self, radar: SparseVoxels, settings: SamplerSettings, seed: int, frame_ids, progress: bool,
                          sigma_min: float, sigma_max: float) -> SparseVoxels:
         """Sample scaled latents conditioned on the pooled radar, then decode them to voxels with features."""
-        cond = self.codec.condition(radar)  # [B, 5, D', H', W']
+        cond = latent_condition(self.model, self.codec, radar)  # [B, 5, D', H', W']: learned or pooled
         shape = (self.codec.config.latent_channels,) + tuple(cond.shape[2:])
         noise = torch.stack(_frame_noise([shape] * radar.batch_size, seed, frame_ids)).to(self.device)
         den = self._guided(Denoiser(self.model, self.diffusion, DenseVoxels(cond), consistency=self.consistency),

@@ -69,6 +69,7 @@ class TrainConfig:
     stage: str = "diffusion"
     structure_cap: int = 20000
     structure_prob: bool = True
+    ldm_condition: str = "learned"
     dice_weight: float = 1.0
     vae_preset: str = "lightweight"
     vae_kind: str = "vae"
@@ -98,6 +99,7 @@ class TrainConfig:
     def __post_init__(self):
         checks = (("preset", PRESETS), ("backend", BACKENDS), ("mode", MODES), ("support", TRAIN_SUPPORTS),
                   ("calibration", ("auto", "none")), ("radar", ("arbe", "ars548")),
+                  ("ldm_condition", ("learned", "pooled")),
                   ("stage", STAGES), ("vae_preset", VAE_PRESET_NAMES), ("vae_kind", VAE_KINDS),
                   ("data_format", DATA_FORMATS), ("attention_type", ATTENTION_TYPES), ("norm_type", NORM_TYPES))
         for name, allowed in checks:
@@ -264,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
         "support": f"where diffusion runs: {', '.join(TRAIN_SUPPORTS)} (predicted: by the --structure network)",
         "support_radius": "dilation z,y,x (default 1,2,2; predicted 0,0,0)",
         "structure": "checkpoint or run folder of a --stage structure run (for --support predicted)",
+        "ldm_condition": "--stage ldm: the radar's condition on the latent grid: learned (a sparse conv encoder trained "
+                         "with the LDM) or pooled (the radar's channels pooled per latent cell)",
         "structure_prob": "--support predicted: give the denoiser the structure network's occupancy probability of "
                           "each support voxel as one more input channel (False: the radar channels only)",
         "structure_cap": "structure network and VAE decoder: most voxels kept per sample and level (0 = no cap; "

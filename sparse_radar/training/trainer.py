@@ -25,6 +25,7 @@ from ..diffusion.samplers import sample_consistency, sample_heun
 from ..models.config import UNetConfig
 from ..models.structure_net import occupancy_loss
 from ..models.latent import LATENT_CONDITION_CHANNELS, LatentCodec, fit_scale
+from ..models.radar_encoder import attach_encoder, latent_condition
 from ..models.vae import autoencoder_loss
 from ..models.unet import UNet3D
 from ..voxels import DenseVoxels, SparseVoxels
@@ -88,7 +89,7 @@ class Trainer:
     def _build_model(self, cfg: TrainConfig, state: Optional[dict]) -> TrainConfig:
         """self.model for the stage (with the teacher and the latent codec where the stage has them); returns the
         config, which a distillation run takes the teacher's architecture into."""
-        model_cfg = None
+        model_cfg, self.encoder_config = None, None
         if cfg.objective == "cd":
             teacher_state = load_checkpoint(cfg.teacher)
             check_teacher(cfg, teacher_state)
@@ -100,6 +101,8 @@ class Trainer:
                                  f"{8 + int(cfg.structure_channel)}: distil with the teacher's --support and "
                                  f"--structure_prob")
             self.teacher = UNet3D(model_cfg).to(self.device).eval().requires_grad_(False)
+            self.encoder_config = teacher_state.get("radar_encoder")  # a latent teacher's learned radar encoder
+            attach_encoder(self.teacher, self.encoder_config).requires_grad_(False)
             self.teacher.load_state_dict(best_weights(teacher_state))
             if cfg.stage == "cd":
                 self.codec = LatentCodec.from_record(teacher_state["latent"]).to(self.device)
@@ -109,6 +112,9 @@ class Trainer:
             latent = self.codec.config.latent_channels
             model_cfg = cfg.model_config(self.codec.latent_shape(self.grid_shape), latent + LATENT_CONDITION_CHANNELS,
                                          latent)
+            if cfg.ldm_condition == "learned":  # a resumed run keeps its checkpoint's encoder configuration
+                self.encoder_config = state.get("radar_encoder") if state is not None else {
+                    "radar_channels": len(RADAR_CHANNELS), "factor": list(self.codec.factor), "width": 32}
             if state is None:  # the latents' scale, from the first 16 training samples (the same on every process)
                 self.codec.scale = fit_scale(self.codec, [self._pair(list(range(i, i + 4)))[1].to(self.device)
                                                           for i in range(0, 16, 4)], self.diffusion.sigma_data)
@@ -126,7 +132,9 @@ class Trainer:
         elif cfg.stage == "vae":
             self.model = build_vae(cfg, len(TARGET_CHANNELS), self.grid_shape).to(self.device)
         else:
-            self.model = UNet3D(model_cfg).to(self.device)
+            self.model = attach_encoder(UNet3D(model_cfg).to(self.device), self.encoder_config)
+            if cfg.stage == "cd" and self.encoder_config:  # the student conditions through the teacher's encoder
+                self.model.radar_encoder.requires_grad_(False)
         return cfg
 
     # ----- data -----------------------------------------------------------------------------------------
@@ -270,7 +278,8 @@ class Trainer:
         x0 = self.codec.encode(target)  # [B, L, D', H', W']
         sigma, noises = self._draws(positions, [x0.shape[1:]] * len(positions))
         noise = torch.stack(noises).to(self.device, x0.dtype)
-        cond = self._drop_condition(DenseVoxels(self.codec.condition(radar)), positions)
+        encoder_owner = self.teacher if self.cfg.objective == "cd" else self.model  # cd: the frozen teacher's
+        cond = self._drop_condition(DenseVoxels(latent_condition(encoder_owner, self.codec, radar)), positions)
         loss = self._loss(DenseVoxels(x0), cond, sigma, DenseVoxels(noise), micro)
         return loss, x0[:, 0].numel(), 0, 1.0
 
@@ -320,6 +329,7 @@ class Trainer:
             "data_config": data_record(self.cfg, self.grid, getattr(self.dataset, "target_fov", None)),
             "model_kind": self.cfg.stage,
             "latent": None if self.codec is None else self.codec.record(),
+            "radar_encoder": self.encoder_config,
             "structure": None if self.structure is None else structure_record(self.structure, self.grid),
         }
 
@@ -361,7 +371,8 @@ class Trainer:
             return
         g = torch.Generator().manual_seed(self.cfg.seed)
         if self.codec is not None:
-            cond = self.codec.condition(radar.to(self.device))
+            with torch.no_grad():
+                cond = latent_condition(model, self.codec, radar.to(self.device))
             shape = (1, self.codec.config.latent_channels) + tuple(cond.shape[2:])
             x = DenseVoxels(torch.randn(shape, generator=g).to(self.device) * self.diffusion.sigma_max)
             cond = DenseVoxels(cond)

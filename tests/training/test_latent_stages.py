@@ -14,6 +14,7 @@ from sparse_radar.diffusion.guidance import null_condition
 from sparse_radar.evaluate import run as evaluate
 from sparse_radar.inference import Densifier, SamplerSettings
 from sparse_radar.models.latent import LatentCodec, fit_scale, radar_to_latent
+from sparse_radar.models.radar_encoder import latent_condition
 from sparse_radar.sample import run as sample
 from sparse_radar.train import run as train
 from sparse_radar.training import distributed
@@ -78,7 +79,7 @@ def test_densifier_samples_latents_and_decodes_them(latent_runs):
     codec = LatentCodec.from_record(load_checkpoint(ldm)["latent"])
     noise = torch.stack([torch.randn(4, 2, 8, 8, generator=torch.Generator().manual_seed(3 * 1_000_003 + i))
                          for i in range(2)])
-    den = Denoiser(d.model, d.diffusion, DenseVoxels(codec.condition(radar)))
+    den = Denoiser(d.model, d.diffusion, DenseVoxels(latent_condition(d.model, codec, radar)))
     expected = codec.decode(den(DenseVoxels(noise * 80.0), 80.0).data)
     assert torch.equal(out.coords, expected.coords) and torch.allclose(out.feats, expected.feats, atol=1e-6)
     alone = d.generate(_batch(1)[0], settings=SamplerSettings("onestep", 1), seed=3)
@@ -194,3 +195,32 @@ def test_latent_models_sample_with_guidance(latent_runs):
         guided = d.generate(d.radar_field([radar]), settings=SamplerSettings(sampler, 2, guidance=3.0))
         assert plain.num_channels == guided.num_channels
         assert plain.num_voxels != guided.num_voxels or not torch.allclose(plain.feats, guided.feats)
+
+
+def test_the_ldm_learns_its_radar_encoder_and_keeps_the_pooled_option(latent_runs, tmp_path):
+    vae, ldm, cd = latent_runs
+    state, cd_state = load_checkpoint(ldm), load_checkpoint(cd)
+    assert state["radar_encoder"] == {"radar_channels": 4, "factor": [4, 4, 4], "width": 32}
+    weights = next(iter(state["ema"].values()))
+    assert "radar_encoder.head.weight" in weights and "radar_encoder.head.weight" in state["model"]
+    # trained with the LDM: its weights moved in the optimizer's steps, so the lagging EMA copy differs from them
+    assert not torch.equal(state["model"]["radar_encoder.head.weight"], weights["radar_encoder.head.weight"])
+    # the latent CD student conditions through the teacher's encoder, unchanged
+    assert torch.equal(cd_state["model"]["radar_encoder.stem.weight"],
+                       next(iter(state["ema"].values()))["radar_encoder.stem.weight"])
+    radar, _ = _batch()
+    d = Densifier.from_checkpoint(ldm)
+    cond = latent_condition(d.model, d.codec, radar)
+    occupied = radar_to_latent(radar, d.codec.factor, cond.shape[2:])[:, 0] > 0
+    for b in range(2):  # cells without radar hold the null condition; cells with radar lie inside (-1, 1)
+        assert bool((cond[b][:, ~occupied[b]] == -1).all())
+        assert bool((cond[b][:, occupied[b]].abs() < 1).all())
+    out = tmp_path / "pooled"
+    assert train(["--stage", "ldm", "--vae", str(vae), "--ldm_condition", "pooled", "--steps", "1", "--grid",
+                  SMALL_GRID, "--train_size", "4", "--model_channels", "8", "--progress", "False",
+                  "--preview_steps", "1", "--out", str(out)]) == 0
+    pooled = load_checkpoint(out)
+    assert pooled["radar_encoder"] is None and not any(k.startswith("radar_encoder") for k in pooled["model"])
+    p = Densifier.from_checkpoint(str(out))
+    torch.testing.assert_close(latent_condition(p.model, p.codec, radar), radar_to_latent(
+        radar, p.codec.factor, p.codec.latent_shape(radar.spatial_shape)))
