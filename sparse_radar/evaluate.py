@@ -25,7 +25,7 @@ from .training.checkpoint import load_checkpoint
 from .training.stages import checkpoint_kind, load_codec, load_structure
 from .metrics import (bev_histogram, bev_jsd, bev_mmd, best_of_k, frame_metrics, parse_taus, sample_diversity,
                       summarize)
-from .outputs import OutputFolder, atomic, write_json
+from .outputs import OutputFolder, PeakMemory, atomic, write_json
 
 PROG = "python -m sparse_radar.evaluate"
 SWEEP = (-0.95, -0.9, -0.8, -0.6, -0.4, -0.2, 0.0, 0.2, 0.4, 0.6, 0.8)
@@ -99,7 +99,8 @@ class Table:
         keys = list(SHOWN) + [f"{k}@{t:g}" for t in self.taus for k in ("fscore", "precision", "recall")]
         diverse = any("diversity" in m["summary"] for m in self.methods.values())
         extra = ["bev_jsd", "bev_mmd"] + (["diversity"] if diverse else [])
-        lines = ["| method | " + " | ".join(keys + extra) + " | s/frame |", "|---" * (len(keys) + len(extra) + 2) + "|"]
+        lines = ["| method | " + " | ".join(keys + extra) + " | s/frame | peak MB |",
+                 "|---" * (len(keys) + len(extra) + 3) + "|"]
         for name, m in self.methods.items():
             s = m["summary"]
             cells = [f"{s[k]['mean']:.3f} ({s[k]['median']:.3f})" for k in keys]
@@ -107,7 +108,9 @@ class Table:
             if diverse:
                 cells.append(f"{s['diversity']['mean']:.3f}" if "diversity" in s else "-")
             sec = f"{s['seconds']['mean']:.3f}" if "seconds" in s else "-"
-            lines.append(f"| {name}{' ' + m['note'] if m['note'] else ''} | " + " | ".join(cells) + f" | {sec} |")
+            mb = f"{s['peak_mb']['mean']:.0f}" if "peak_mb" in s else "-"
+            lines.append(f"| {name}{' ' + m['note'] if m['note'] else ''} | " + " | ".join(cells) +
+                         f" | {sec} | {mb} |")
         return "\n".join(lines)
 
 
@@ -142,25 +145,27 @@ def baselines(table: Table, densifier: Densifier, structure: Optional[StructureN
 
 def model_rows(table: Table, densifier: Densifier, settings: SamplerSettings, args, oracle: bool = False,
                sweep: Sequence[float] = ()) -> tuple:
-    """Rows of one model and sampler (and F-scores per sweep threshold, from the same samples); with --samples k > 1
-    also the best-of-k rows, and each frame's diversity (the mean pairwise Chamfer of its k samples) in the rows."""
+    """Rows of one model and sampler (and F-scores per sweep threshold, from the same samples), each with the
+    memory the sampling added (peak_mb); with --samples k > 1 also the best-of-k rows, and each frame's diversity
+    (the mean pairwise Chamfer of its k samples) in the rows."""
     rows, swept = [], {t: [] for t in sweep}
     clouds: List[List[np.ndarray]] = [[] for _ in table.frames]
     extra: List[List[dict]] = [[] for _ in table.frames]
-    for k in range(max(1, getattr(args, "samples", 1))):
-        first = 0
-        for batch, _, out, seconds in generate_batches(densifier, table.frames, settings, args.seed + k,
-                                                       args.batch_size, oracle, args.progress, settings.sampler):
-            for b in range(len(batch)):
-                xyz = densifier.to_points(out, b, settings.threshold)[:, :3]
-                clouds[first + b].append(xyz)
-                if k == 0:
-                    rows.append({**table.score(first + b, xyz), "seconds": seconds})
-                    for t in sweep:
+    with PeakMemory(densifier.device) as watch:
+        for k in range(max(1, getattr(args, "samples", 1))):
+            first = 0
+            for batch, _, out, seconds in generate_batches(densifier, table.frames, settings, args.seed + k,
+                                                           args.batch_size, oracle, args.progress, settings.sampler):
+                for b in range(len(batch)):
+                    xyz = densifier.to_points(out, b, settings.threshold)[:, :3]
+                    clouds[first + b].append(xyz)
+                    row = {**table.score(first + b, xyz), "seconds": seconds}
+                    (rows if k == 0 else extra[first + b]).append(row)
+                    for t in sweep if k == 0 else ():
                         swept[t].append(table.score(first + b, densifier.to_points(out, b, t)[:, :3]))
-                else:
-                    extra[first + b].append({**table.score(first + b, xyz), "seconds": seconds})
-            first += len(batch)
+                first += len(batch)
+    for row in rows:  # the memory the method's sampling added, the same in each of its rows
+        row["peak_mb"] = watch.mb
     best = None
     if getattr(args, "samples", 1) > 1:
         for b, row in enumerate(rows):

@@ -11,7 +11,8 @@ import math
 import os
 import resource
 import sys
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+import threading
+from typing import Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -266,3 +267,46 @@ def peak_memory(device: torch.device) -> Dict[str, object]:
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     mb = kb / 2**20 if sys.platform == "darwin" else kb / 2**10  # macOS reports bytes, Linux kilobytes
     return {"peak_memory_mb": mb, "kind": "process max resident set"}
+
+
+class PeakMemory:
+    """`with PeakMemory(device) as watch:` then watch.mb: the most memory the block added over what was in use when
+    it began (CUDA: allocated bytes, from the allocator's peak; CPU: the resident set, sampled every 5 ms from
+    /proc/self/statm where there is one, else the process's lifetime maximum), in MB."""
+
+    def __init__(self, device):
+        self.device, self.mb, self.kind = torch.device(device), 0.0, ""
+
+    @staticmethod
+    def _rss_mb() -> float:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device) / 2**20
+            return self
+        self._stop = threading.Event()
+        self._base = self._peak = self._rss_mb() if os.path.exists("/proc/self/statm") else 0.0
+        if os.path.exists("/proc/self/statm"):
+            def sample():
+                while not self._stop.wait(0.005):
+                    self._peak = max(self._peak, self._rss_mb())
+            self._thread = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.mb, self.kind = torch.cuda.max_memory_allocated(self.device) / 2**20 - self._base, "cuda allocated"
+            return
+        if hasattr(self, "_thread"):
+            self._stop.set()
+            self._thread.join()
+            self._peak = max(self._peak, self._rss_mb())
+            self.mb, self.kind = self._peak - self._base, "resident set, sampled"
+        else:
+            self.mb, self.kind = peak_memory(self.device)["peak_memory_mb"], "process max resident set"

@@ -67,3 +67,15 @@ def test_diversity_and_best_of_k():
     assert best_of_k(rows)["chamfer_mean_of_means"] == pytest.approx(0.1)
     with pytest.raises(ValueError, match="at least one sample"):
         best_of_k([])
+
+
+def test_peak_memory_sees_what_a_block_allocates():
+    import torch
+
+    from sparse_radar.outputs import PeakMemory
+    with PeakMemory("cpu") as quiet:
+        pass
+    with PeakMemory("cpu") as watch:
+        block = torch.ones(50 * 2**20 // 4 * 4)  # 200 MB, touched
+        del block
+    assert watch.mb > 150 and quiet.mb < 50 and watch.kind == "resident set, sampled"
