@@ -8,6 +8,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..kernels.coords import INT32_LIMIT
+from . import lzf
 
 
 class DataFormatError(ValueError):
@@ -300,7 +301,8 @@ _PCD_TYPES = {("F", 4): "f4", ("F", 8): "f8", ("I", 1): "i1", ("I", 2): "i2", ("
 
 
 def read_pcd(path) -> Tuple[np.ndarray, List[str]]:
-    """PCD v0.7 (ascii or binary) -> (points [N, F] float32, field names); nuScenes radar files included."""
+    """PCD v0.7 (ascii, binary or binary_compressed: LZF, PCL's and Open3D's compressed files) -> (points [N, F]
+    float32, field names); nuScenes radar files included."""
     with open(path, "rb") as fh:
         header = _read_header(fh, path, b"DATA")
         meta = {line.split()[0].upper(): line.split()[1:] for line in header
@@ -314,11 +316,13 @@ def read_pcd(path) -> Tuple[np.ndarray, List[str]]:
             raise DataFormatError(path, f"incomplete PCD header ({exc})") from None
         if min(sizes + counts, default=0) < 1:
             raise DataFormatError(path, f"PCD SIZE and COUNT must be positive, got {sizes} and {counts}")
-        if mode not in ("ascii", "binary"):
-            raise DataFormatError(path, f"PCD DATA {mode!r} is not supported (ascii or binary)")
-        n = _count(path, n_text, "POINTS", os.path.getsize(path) - fh.tell())
+        if mode not in ("ascii", "binary", "binary_compressed"):
+            raise DataFormatError(path, f"PCD DATA {mode!r} is not supported (ascii, binary or binary_compressed)")
         if not len(names) == len(sizes) == len(kinds) == len(counts):
             raise DataFormatError(path, "FIELDS, SIZE, TYPE and COUNT disagree in length")
+        if mode == "binary_compressed":
+            return _read_compressed_body(fh, path, n_text, names, sizes, kinds, counts)
+        n = _count(path, n_text, "POINTS", os.path.getsize(path) - fh.tell())
         cols = [f"{name}_{i}" if c > 1 else name for name, c in zip(names, counts) for i in range(c)]
         if mode == "ascii":
             return _text_rows(fh, path, n, len(cols), exact=True).astype(np.float32), cols
@@ -335,14 +339,62 @@ def read_pcd(path) -> Tuple[np.ndarray, List[str]]:
         return np.stack([rec[f].astype(np.float32) for f, _ in fields], axis=1), cols
 
 
-def write_pcd(path, points: np.ndarray, names: Sequence[str], binary: bool = True) -> None:
-    """Write points [N, F] as a PCD v0.7 file of float fields."""
+def _pcd_dtypes(path, names, sizes, kinds, counts) -> List[Tuple[str, str, int]]:
+    try:
+        return [(name, "<" + _PCD_TYPES[(kind, size)], c) for name, size, kind, c in zip(names, sizes, kinds, counts)]
+    except KeyError as exc:
+        raise DataFormatError(path, f"unknown PCD field type {exc}") from None
+
+
+def _read_compressed_body(fh, path, n_text, names, sizes, kinds, counts) -> Tuple[np.ndarray, List[str]]:
+    """A binary_compressed body: compressed and raw sizes (uint32), then LZF of the fields one after another, each
+    field's values of every point together (column-major)."""
+    fields = _pcd_dtypes(path, names, sizes, kinds, counts)
+    point_bytes = sum(np.dtype(t).itemsize * c for _, t, c in fields)
+    head = fh.read(8)
+    if len(head) < 8:
+        raise DataFormatError(path, "binary_compressed body ends before its two sizes")
+    packed, raw_size = np.frombuffer(head, dtype="<u4")
+    body = fh.read(int(packed))
+    if len(body) < packed:
+        raise DataFormatError(path, f"binary_compressed body holds {len(body)} bytes, its size field says {packed}")
+    if raw_size > 100 * int(packed) + 1024:  # LZF expands at most ~88x: a bogus size, refused before allocating
+        raise DataFormatError(path, f"binary_compressed raw size {raw_size} cannot come from {packed} bytes")
+    n = _count(path, n_text, "POINTS", 2 ** 40)  # nothing is allocated from it: it must match the raw size
+    if n * point_bytes != raw_size:
+        raise DataFormatError(path, f"binary_compressed data is {raw_size} bytes raw, but {n} points of "
+                                    f"{point_bytes} bytes are {n * point_bytes}")
+    try:
+        raw = lzf.decompress(body, int(raw_size))
+    except ValueError as exc:
+        raise DataFormatError(path, f"binary_compressed data: {exc}") from None
+    cols, out, offset = [], [], 0
+    for name, t, c in fields:
+        width = np.dtype(t).itemsize * c * n
+        block = np.frombuffer(raw, dtype=t, count=n * c, offset=offset).reshape(n, c)
+        offset += width
+        out.append(block.astype(np.float32))
+        cols += [f"{name}_{i}" if c > 1 else name for i in range(c)]
+    return (np.concatenate(out, axis=1) if out else np.zeros((n, 0), np.float32)), cols
+
+
+def write_pcd(path, points: np.ndarray, names: Sequence[str], binary: bool = True, compressed: bool = False) -> None:
+    """Write points [N, F] as a PCD v0.7 file of float fields (compressed: DATA binary_compressed, LZF)."""
     points = np.asarray(points, dtype=np.float32)
     f = len(names)
+    mode = "binary_compressed" if compressed else "binary" if binary else "ascii"
     header = ["# .PCD v0.7", "VERSION 0.7", "FIELDS " + " ".join(names), "SIZE " + " ".join(["4"] * f),
               "TYPE " + " ".join(["F"] * f), "COUNT " + " ".join(["1"] * f), f"WIDTH {len(points)}", "HEIGHT 1",
-              "VIEWPOINT 0 0 0 1 0 0 0", f"POINTS {len(points)}", f"DATA {'binary' if binary else 'ascii'}"]
-    _write_points(path, header, points, binary)
+              "VIEWPOINT 0 0 0 1 0 0 0", f"POINTS {len(points)}", f"DATA {mode}"]
+    if not compressed:
+        _write_points(path, header, points, binary)
+        return
+    raw = np.ascontiguousarray(points.astype("<f4").T).tobytes()  # field after field
+    packed = lzf.compress(raw)
+    with open(path, "wb") as fh:
+        fh.write(("\n".join(header) + "\n").encode("ascii"))
+        fh.write(np.array([len(packed), len(raw)], dtype="<u4").tobytes())
+        fh.write(packed)
 
 
 POINT_READERS = {

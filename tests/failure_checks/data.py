@@ -357,3 +357,20 @@ def dual_radar_calib(request, tmp_path, capsys):
     os.remove(calib)
     with pytest.raises(formats.DataFormatError, match=re.escape(str(calib)) + ": calibration file not found"):
         data[0]
+
+
+@row("pcd-compressed")
+def pcd_compressed(request, tmp_path, capsys):
+    points = np.arange(40, dtype=np.float32).reshape(10, 4)
+    path = tmp_path / "c.pcd"
+    formats.write_pcd(path, points, ["x", "y", "z", "intensity"], compressed=True)
+    head, body = path.read_bytes().split(b"DATA binary_compressed\n")
+    packed, size = struct.unpack("<II", body[:8])
+    for bad, message in ((body[:5], "ends before its two sizes"),
+                         (body[:8 + packed - 3], f"holds {packed - 3} bytes, its size field says {packed}"),
+                         (struct.pack("<II", packed, size - 16) + body[8:], "144 bytes raw, but 10 points of 16 bytes are 160"),
+                         (struct.pack("<II", 4, 2 ** 31) + b"\x00" * 4, "cannot come from 4 bytes"),
+                         (struct.pack("<II", 2, size) + bytes([0x80, 200]), "corrupt LZF data")):
+        path.write_bytes(head + b"DATA binary_compressed\n" + bad)
+        with pytest.raises(formats.DataFormatError, match=re.escape(str(path)) + ": .*" + re.escape(message)):
+            formats.read_pcd(path)
