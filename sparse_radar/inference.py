@@ -30,6 +30,7 @@ from .structure import VoxelStructure
 from .training.checkpoint import load_checkpoint
 from .training.config import DEFAULT_RADIUS, LATENT_STAGES, TRAIN_SUPPORTS, TrainConfig
 from .data.fov import TargetFov
+from .data.point_fields import radar_columns, structured_columns
 from .diffusion.guidance import GuidedDenoiser
 from .training.data_record import data_record_of
 from .training.stages import KIND, checkpoint_kind, load_structure, trained_cond_drop
@@ -404,6 +405,9 @@ def _frame_noise(shapes, seed: int, frame_ids: Optional[Sequence[int]]) -> List[
 
 
 def _as_points(cloud: Cloud, name: str) -> np.ndarray:
+    if isinstance(cloud, np.ndarray) and cloud.dtype.names:  # named fields: taken by name
+        points, names = structured_columns(cloud)
+        return radar_columns(name, points, names).astype(np.float64)
     if isinstance(cloud, torch.Tensor):
         cloud = cloud.detach().cpu()
         cloud = (cloud.double() if cloud.is_floating_point() else cloud).numpy()  # bf16 has no numpy dtype

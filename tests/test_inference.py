@@ -151,3 +151,20 @@ def test_dense_backend_and_half_precision_follow_the_sparse_fp32_output(runs):
     assert half.shape == ref.shape and np.abs(half[:, 3:] - ref[:, 3:]).max() < 0.1  # doppler spans 40 m/s
     with pytest.raises(ValueError, match="dtype"):
         Densifier.from_checkpoint(runs[0], dtype="float64")
+
+
+def test_densifier_takes_structured_arrays_by_field_name(small_runs):
+    from sparse_radar import Densifier
+    from sparse_radar.data.synthetic import generate_scan, split_seed
+    densifier = Densifier.from_checkpoint(small_runs[0])
+    plain = generate_scan(split_seed("test", 1))["radar"][:, :5].astype(np.float32)  # x, y, z, rcs, doppler
+    # as a ROS driver publishes it: other field order, other names, an extra field
+    cloud = np.zeros(len(plain), dtype=[("velocity", "<f4"), ("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
+                                        ("ring", "<u2"), ("power", "<f4")])
+    cloud["x"], cloud["y"], cloud["z"] = plain[:, 0], plain[:, 1], plain[:, 2]
+    cloud["power"], cloud["velocity"], cloud["ring"] = plain[:, 3], plain[:, 4], 3
+    np.testing.assert_array_equal(densifier(cloud, steps=2), densifier(plain, steps=2))
+    with pytest.raises(ValueError, match="radar points need fields x, y, z; the file has velocity, ring"):
+        densifier(np.zeros(3, dtype=[("velocity", "<f4"), ("ring", "<u2")]), steps=2)
+    with pytest.raises(ValueError, match=r"need rcs \(rcs, power, snr, intensity\)"):
+        densifier(np.zeros(3, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("doppler", "<f4")]), steps=2)

@@ -24,6 +24,7 @@ import numpy as np
 from . import calibration
 from .coloradar import DEFAULT_MAX_DT, pair_by_time
 from .formats import DataFormatError
+from .point_fields import DOPPLER_NAMES, RCS_NAMES
 
 PROG = "python -m sparse_radar.data.export"
 RADAR_TOPICS = ("/radar_enhanced_pcl", "/radar_pcl")
@@ -34,8 +35,7 @@ LIVOX_TYPES = {
     "livox_ros_driver/msg/CustomMsg": "std_msgs/Header header\nuint64 timebase\nuint32 point_num\nuint8 lidar_id\n"
                                       "uint8[3] rsvd\nlivox_ros_driver/CustomPoint[] points\n",
 }
-RCS_CHANNELS = ("rcs", "power", "intensity", "snr")  # the radar channel that fills rcs, first found
-DOPPLER_CHANNELS = ("doppler", "velocity", "v_r", "vr")
+RCS_CHANNELS, DOPPLER_CHANNELS = RCS_NAMES, DOPPLER_NAMES  # the radar channels that fill rcs and doppler, first found
 
 
 def _rosbags():

@@ -1,8 +1,8 @@
 """Radar and LiDAR point columns by field name (PLY/PCD/structured arrays) or by position (.bin, plain arrays).
 
 Radar -> [N, 5] x, y, z, rcs, doppler. Names, case-insensitive, first match wins:
-  rcs: rcs (nuScenes, View-of-Delft);
-  doppler: doppler, v_r (View-of-Delft, as its .bin reader), vr, radial_velocity, then the radial projection
+  rcs: rcs (nuScenes, View-of-Delft), then power, snr, intensity (ROS radar drivers, NTU4DRadLM's channels);
+  doppler: doppler, v_r (View-of-Delft, as its .bin reader), vr, radial_velocity, velocity, then the radial projection
   (x vx + y vy) / |(x, y)| of nuScenes' vx_comp / vy_comp, or of vx / vy.
 LiDAR -> [N, 4] x, y, z, intensity; intensity: intensity, reflectance, remission, reflectivity, i.
 Unnamed points are taken by position: radar x, y, z, rcs, doppler; LiDAR x, y, z, intensity.
@@ -15,8 +15,8 @@ import numpy as np
 
 from .formats import DataFormatError
 
-RCS_NAMES = ("rcs",)
-DOPPLER_NAMES = ("doppler", "v_r", "vr", "radial_velocity")
+RCS_NAMES = ("rcs", "power", "snr", "intensity")
+DOPPLER_NAMES = ("doppler", "v_r", "vr", "radial_velocity", "velocity")
 VELOCITY_PAIRS = (("vx_comp", "vy_comp"), ("vx", "vy"))
 INTENSITY_NAMES = ("intensity", "reflectance", "remission", "reflectivity", "i")
 
@@ -59,11 +59,21 @@ def radar_columns(path, points: np.ndarray, names: Optional[List[str]]) -> np.nd
                 r = np.hypot(xyz[:, 0], xyz[:, 1])
                 doppler = np.where(r > 0, (xyz[:, 0] * vx + xyz[:, 1] * vy) / np.maximum(r, 1e-12), 0.0)
                 break
-    missing = [what for what, col in (("rcs (rcs)", rcs), ("doppler (doppler, v_r, vr, radial_velocity, or "
-                                                             "vx_comp/vy_comp)", doppler)) if col is None]
+    missing = [what for what, col in ((f"rcs ({', '.join(RCS_NAMES)})", rcs),
+                                      (f"doppler ({', '.join(DOPPLER_NAMES)}, or vx_comp/vy_comp)", doppler))
+               if col is None]
     if missing:
         raise DataFormatError(path, f"radar points need {' and '.join(missing)}; the file has {', '.join(names)}")
     return _finite(path, np.column_stack([xyz, rcs, doppler]).astype(np.float32), "radar")
+
+
+def structured_columns(cloud: np.ndarray) -> "tuple[np.ndarray, List[str]]":
+    """(points [N, F] float64, field names) of a structured numpy array (a PointCloud2 read as a record array, a
+    PCD/PLY with named fields): its scalar numeric fields, in order."""
+    names = [n for n in cloud.dtype.names if cloud.dtype[n].shape == () and cloud.dtype[n].kind in "iuf"]
+    if not names:
+        raise TypeError(f"a structured array needs numeric fields (x, y, z, ...); it has {', '.join(cloud.dtype.names)}")
+    return np.column_stack([cloud[n].astype(np.float64).reshape(-1) for n in names]), names
 
 
 def lidar_columns(path, points: np.ndarray, names: Optional[List[str]]) -> np.ndarray:

@@ -76,7 +76,7 @@ def test_calibration_forms_and_errors(tmp_path, capsys):
     bag = tmp_path / "b.bag"
     write_bag(bag, [10 ** 9], [10 ** 9], channels=("Range",))
     assert E.main([str(bag), "--out", str(tmp_path / "o"), "--calibration", "none", "--progress", "False"]) == 2
-    assert "no rcs channel (rcs, power, intensity, snr) among the radar's channels range" in capsys.readouterr().err
+    assert "no rcs channel (rcs, power, snr, intensity) among the radar's channels range" in capsys.readouterr().err
     assert E.main([str(bag), "--out", str(tmp_path / "o2"), "--progress", "False"]) == 2
     assert "--calib FILE" in capsys.readouterr().err
     assert E.main([str(bag), "--out", str(tmp_path / "o3"), "--calibration", "none", "--radar_topic", "/x",
