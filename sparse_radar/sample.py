@@ -11,7 +11,7 @@ from typing import List
 from .data.datasets import DATA_FORMATS
 from .data.coloradar import DEFAULT_MAX_DT
 from .frames import Frame, centres, load_frames, target_field
-from .inference import DTYPES, SAMPLERS, Densifier, SamplerSettings, generate_batches
+from .inference import DTYPES, SAMPLERS, Densifier, SamplerSettings, generate_batches, whole_number
 from .training.config import TRAIN_SUPPORTS
 from .metrics import frame_metrics, parse_taus, summarize
 from .cli_checks import check_flags, interruptible, protected
@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--data_format coloradar: pair a radar scan with the nearest LiDAR scan only this close, in "
                         "seconds")
     p.add_argument("--count", type=int, default=None, help="frames to take (synthetic default 50; folders: all)")
+    p.add_argument("--bag", default=None, help="a ROS1 .bag or ROS2 bag folder: densify its --radar_topic into a new "
+                   "bag at --out (sensor_msgs/PointCloud2 or PointCloud in, PointCloud2 out)")
+    p.add_argument("--radar_topic", default=None, help="--bag: the radar topic")
+    p.add_argument("--out_topic", default=None, help="--bag: the output topic (default <radar_topic>/dense)")
+    p.add_argument("--every", type=int, default=1, help="--bag: densify every k-th radar message")
+    p.add_argument("--copy_topics", action="store_true", help="--bag: keep the input's other topics in the output")
     p.add_argument("--out", default=None, help="output folder (default RUN/samples/<sampler>_<steps>)")
     p.add_argument("--overwrite", action="store_true", help="start again in an --out that holds files: removes only "
                    "what sample wrote there (never a run or input folder)")
@@ -96,6 +102,8 @@ def run(argv=None) -> int:
 def _run(argv) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.bag or args.radar_topic or args.out_topic or args.copy_topics or args.every != 1:
+        return _run_bag(args)
     try:
         check_flags(args)
         settings = SamplerSettings(args.sampler or "heun", args.steps, args.sigma_max, args.sigma_min, args.s_churn,
@@ -136,6 +144,49 @@ def _run(argv) -> int:
             return 1
         write_summary(folder, args, densifier, settings, taus, frames, records)
     return 0
+
+
+def _run_bag(args) -> int:
+    """sample --bag: densify a bag's radar topic into a new bag, then write <out>.summary.json."""
+    from .bag_io import check_output, densify_bag
+    ours = False  # whether a file at --out is this run's (a half-written one is removed on a failure)
+    try:
+        if not (args.bag and args.radar_topic and args.out):
+            raise ValueError("--bag needs --radar_topic and --out (the output bag: a .bag file for a ROS1 bag, a "
+                             "folder for a ROS2 one)")
+        if not os.path.exists(args.bag):
+            raise ValueError(f"--bag {args.bag!r} does not exist")
+        whole_number(args.every, "--every", 1, 10**6)
+        densifier = Densifier.from_checkpoint(args.checkpoint, args.device, args.ema, args.dtype, args.support,
+                                              args.structure)
+        settings = SamplerSettings(args.sampler or densifier.default_sampler, args.steps, args.sigma_max,
+                                   args.sigma_min, args.s_churn, args.threshold, args.guidance)
+        check_output(args.out, args.overwrite, [args.bag, args.checkpoint])
+        ours = True
+        summary = densify_bag(densifier, settings, args.bag, args.out, args.radar_topic, args.out_topic, args.every,
+                              args.copy_topics, args.seed, args.progress)
+    except KeyboardInterrupt:
+        _remove(args.out if ours else None)
+        print(f"{PROG}: interrupted; the partial bag {args.out} was removed", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError) as exc:
+        _remove(args.out if ours else None)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    summary.update({"checkpoint": os.path.abspath(args.checkpoint), "settings": vars(settings), "seed": args.seed,
+                    **peak_memory(densifier.device)})
+    write_json(args.out.rstrip("/") + ".summary.json", summary)
+    print(f"{summary['densified']} of {summary['radar_messages']} radar message(s) densified into {args.out} "
+          f"({summary['out_topic']}); {summary['seconds_per_message']['median']:.3f} s per message (median); "
+          f"summary in {args.out.rstrip('/')}.summary.json")
+    return 0
+
+
+def _remove(path) -> None:
+    """Remove a half-written output bag of this run."""
+    import shutil
+    if path and os.path.exists(path):
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
 def output_names(frames: List[Frame]) -> List[str]:

@@ -38,7 +38,8 @@ LIVOX_TYPES = {
 RCS_CHANNELS, DOPPLER_CHANNELS = RCS_NAMES, DOPPLER_NAMES  # the radar channels that fill rcs and doppler, first found
 
 
-def _rosbags():
+def rosbags_api():
+    """(AnyReader, Stores, get_types_from_msg, get_typestore) of rosbags; a ValueError saying how to install it."""
     try:
         from rosbags.highlevel import AnyReader
         from rosbags.typesys import Stores, get_types_from_msg, get_typestore
@@ -49,7 +50,7 @@ def _rosbags():
 
 def typestore():
     """A ROS1 Noetic typestore with livox_ros_driver's CustomMsg registered."""
-    _, stores, get_types_from_msg, get_typestore = _rosbags()
+    _, stores, get_types_from_msg, get_typestore = rosbags_api()
     store = get_typestore(stores.ROS1_NOETIC)
     types = {}
     for name, text in LIVOX_TYPES.items():
@@ -136,7 +137,7 @@ def export_bag(bag: str, out: str, lidar_from_radar: np.ndarray, radar_topic: Op
     """Write bag's paired scans into out/radar and out/lidar; returns {'pairs', 'dropped'}. Two passes: the header
     stamps first (to pair), then the paired messages (nothing but one scan is held in memory)."""
     from tqdm import tqdm
-    any_reader, _, _, _ = _rosbags()
+    any_reader, _, _, _ = rosbags_api()
     store = typestore()
     with any_reader([Path(bag)], default_typestore=store) as reader:
         radar_conns, lidar_conns = _connections(reader, bag, radar_topic, lidar_topic)
