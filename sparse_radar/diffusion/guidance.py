@@ -7,10 +7,13 @@ with no radar point.
 """
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 import torch
 
+from ..voxels import SparseVoxels
 from .edm import Denoiser
-from .fields import State, like, per_row, vals
+from .fields import State, like, vals
 
 NULL = -1.0  # the condition channels' value where there is no radar
 
@@ -20,11 +23,27 @@ def null_condition(condition: State) -> State:
     return like(condition, torch.full_like(vals(condition), NULL))
 
 
-def drop_condition(condition: State, dropped: torch.Tensor) -> State:
-    """condition with the samples where dropped [B] (bool) is True replaced by the null condition."""
-    v = vals(condition)
-    rows = per_row(condition, dropped.to(device=v.device, dtype=v.dtype)) > 0.5
-    return like(condition, torch.where(rows, torch.full_like(v, NULL), v))
+def drop_condition(condition: State, dropped: Sequence[bool], counts: Optional[Sequence[int]] = None) -> State:
+    """condition with the samples whose dropped flag (a host list, one per sample) is True replaced by the null
+    condition; a sparse condition needs its per-sample row counts (host ints: its rows are sorted by sample). No
+    launch when nothing is dropped, one fill per dropped sample otherwise, and no host sync."""
+    if not any(dropped):
+        return condition
+    v = vals(condition).clone()
+    if isinstance(condition, SparseVoxels):
+        if counts is None:
+            raise ValueError("drop_condition needs the per-sample row counts of a sparse condition")
+        starts = [0]
+        for n in counts:
+            starts.append(starts[-1] + int(n))
+        for b, drop in enumerate(dropped):
+            if drop:
+                v[starts[b]:starts[b + 1]].fill_(NULL)
+    else:
+        for b, drop in enumerate(dropped):
+            if drop:
+                v[b].fill_(NULL)
+    return like(condition, v)
 
 
 class GuidedDenoiser:

@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import random
 from typing import Dict, List, Optional
 
 import torch
@@ -176,14 +177,14 @@ class Trainer:
             noises.append(torch.randn(shape, generator=g))
         return torch.cat(sigmas).to(self.device), noises
 
-    def _drop_condition(self, cond, positions: List[int]):
-        """cond with each sample's radar dropped (the null condition) with probability --cond_drop, decided by the
-        sample's stream position (classifier-free guidance's training, Ho & Salimans 2022)."""
+    def _drop_condition(self, cond, positions: List[int], counts: Optional[List[int]] = None):
+        """cond with each sample's radar dropped (the null condition) with probability --cond_drop, decided on the
+        host by the sample's stream position (classifier-free guidance's training, Ho & Salimans 2022)."""
         if self.cfg.cond_drop <= 0:
             return cond
-        draws = [torch.rand(1, generator=torch.Generator().manual_seed(
-            ((self.cfg.seed * 1_000_003 + pos) * 7919 + 104_729) % 2 ** 62)) for pos in positions]
-        return drop_condition(cond, torch.cat(draws) < self.cfg.cond_drop)
+        dropped = [random.Random((self.cfg.seed * 1_000_003 + pos) * 7919 + 104_729).random() < self.cfg.cond_drop
+                   for pos in positions]
+        return drop_condition(cond, dropped, counts)
 
     def _noise(self, target: SparseVoxels, positions: List[int], counts: List[int]):
         """Per-sample sigma and noise on the target's voxels, counts per sample (see _draws)."""
@@ -261,7 +262,7 @@ class Trainer:
         sigma, noise = self._noise(tgt, positions, counts)
         voxels = tgt.num_voxels
         empty = (~has_voxels(tgt)).sum()  # empty samples: skipped by the loss
-        cond = self._drop_condition(cond, positions)
+        cond = self._drop_condition(cond, positions, counts)  # cond lies on the target's support: the same counts
         tgt, cond, noise = self._as_backend(tgt), self._as_backend(cond), self._as_backend(noise)
         return self._loss(tgt, cond, sigma, noise, micro), voxels, empty, cov.mean()
 

@@ -17,12 +17,15 @@ def field(values, batch):
 
 def test_drop_condition_replaces_only_the_dropped_samples():
     cond = field([[0.5, 0.25], [0.125, -0.375], [0.75, 0.875]], [0, 1, 1])
-    out = drop_condition(cond, torch.tensor([False, True]))
+    out = drop_condition(cond, [False, True], counts=[1, 2])
     assert out.feats.tolist() == [[0.5, 0.25], [-1.0, -1.0], [-1.0, -1.0]]
     dense = cond.to_dense()
-    dropped = drop_condition(dense, torch.tensor([True, False]))
+    dropped = drop_condition(dense, [True, False])
     assert torch.equal(dropped.to_sparse().feats, torch.tensor([[-1.0, -1.0], [0.125, -0.375], [0.75, 0.875]]))
     assert torch.equal(null_condition(dense).to_sparse().feats, null_condition(cond).feats)  # parity
+    assert drop_condition(cond, [False, False]) is cond  # nothing dropped: nothing launched
+    with pytest.raises(ValueError, match="per-sample row counts"):
+        drop_condition(cond, [True, False])
 
 
 class LinearNet(torch.nn.Module):
