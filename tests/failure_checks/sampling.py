@@ -109,3 +109,25 @@ def device_unavailable(request, tmp_path, capsys):
         with pytest.raises(ValueError, match=f"device {device!r}"):
             Densifier.from_checkpoint(edm, device=device)
     assert not (tmp_path / "s").exists() and not (tmp_path / "e").exists()
+
+
+@row("bag-input")
+def bag_input(request, tmp_path, capsys):
+    pytest.importorskip("rosbags")
+    from tests.test_bag_io import write_bag
+    edm, _ = request.getfixturevalue("small_runs")
+    bag, out = str(tmp_path / "in.bag"), str(tmp_path / "out.bag")
+    write_bag(bag, False)
+    base = [edm, "--bag", bag, "--out", out, "--steps", "1", "--no-progress"]
+    assert sample(base + ["--radar_topic", "/lidar"]) == 2
+    assert "no topic /lidar; the bag has /note, /radar" in capsys.readouterr().err
+    nox = str(tmp_path / "nox.bag")
+    write_bag(nox, False, fields=("u", "v", "z", "power", "velocity"))
+    assert sample([edm, "--bag", nox, "--radar_topic", "/radar", "--out", out, "--steps", "1", "--no-progress"]) == 2
+    assert "message 0 (stamp 1700000000000000000 ns): no x, y field; the message has u, v, z" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "out.bag").exists()  # the half-written bag is removed
+    (tmp_path / "out.bag").write_text("an earlier result")
+    assert sample(base + ["--radar_topic", "/radar"]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "out.bag").read_text() == "an earlier result"
