@@ -115,6 +115,8 @@ def _probability_at(generation, support: VoxelStructure) -> SparseVoxels:
     """The finest level's occupancy probability at the support's voxels as one channel in [-1, 1] (2 p - 1), -1 where
     the network did not consider a voxel (dilation, radar voxels outside its candidates)."""
     finest = generation.levels[-1]
+    if finest.logits.numel() == 0:  # the network considered no voxel at all
+        return SparseVoxels.wrap(torch.full((support.num_voxels, 1), -1.0, device=support.keys.device), support)
     row = lookup(finest.keys, support.keys)
     p = torch.sigmoid(finest.logits.float())
     values = torch.where(row >= 0, 2 * p[row.clamp_min(0)] - 1, torch.full_like(row, -1, dtype=torch.float32))

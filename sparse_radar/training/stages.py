@@ -115,10 +115,12 @@ def support_fields(net: StructureNet, radar: SparseVoxels, target: Optional[Spar
                    radius, probability: bool = False) -> Tuple[SparseVoxels, SparseVoxels, torch.Tensor]:
     """(target on the predicted support, radar on it (then, with probability, the network's occupancy probability
     as one more channel), coverage [B]) of a batch; without target the first is None."""
-    support, prob = predicted_support(net, radar, radius, probability=True)
-    cond = on_support(radar, support)
     if probability:
-        cond = cat_channels(cond, prob)
+        support, prob = predicted_support(net, radar, radius, probability=True)
+        cond = cat_channels(on_support(radar, support), prob)
+    else:
+        support = predicted_support(net, radar, radius)
+        cond = on_support(radar, support)
     if target is None:
         return None, cond, torch.ones(radar.batch_size)
     return on_support(target, support), cond, coverage(support, target)

@@ -137,3 +137,14 @@ def test_the_denoiser_reads_the_structure_probability(structure_runs):
     torch.testing.assert_close(dense.to_sparse().feats, sparse.feats, rtol=1e-4, atol=1e-5)
     out = densifier.generate(radar)  # sampling reads it too
     assert torch.equal(out.structure.keys, predicted_support(net, radar, densifier.radius).keys)
+
+
+def test_probability_of_a_network_that_considers_nothing(structure_runs):
+    from sparse_radar.models.generative import Generation, LevelOutput
+    from sparse_radar.models.structure_net import _probability_at
+    grid = parse_grid(SMALL_GRID)
+    radar, _ = collate([SyntheticDataset("test", 1, grid)[0]], grid.shape)
+    empty = torch.zeros(0)
+    gen = Generation(radar, [LevelOutput(empty, None, empty.long(), empty.bool(), 1, empty.long())])
+    prob = _probability_at(gen, radar.structure)
+    assert prob.num_voxels == radar.num_voxels and bool((prob.feats == -1).all())
