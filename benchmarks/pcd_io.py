@@ -1,5 +1,6 @@
 """`python -m benchmarks.pcd_io`: reading and writing a 1 M-point PCD (x, y, z, intensity, doppler, float32) with this
-project's reader (the lzf C codec; the pure-Python decoder) beside pypcd4 and Open3D where they are installed; binary
+project's reader (the lzf C codec; the pure-Python decoder) beside pypcd4 and Open3D where they are installed (the
+`compare` extra: pip install 'sparse-radar[compare]'); binary
 and binary_compressed. Medians of --repeats runs, one process, this machine. Writes pcd_io.md (default
 benchmarks/results)."""
 from __future__ import annotations

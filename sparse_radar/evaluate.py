@@ -152,7 +152,7 @@ def model_rows(table: Table, densifier: Densifier, settings: SamplerSettings, ar
     clouds: List[List[np.ndarray]] = [[] for _ in table.frames]
     extra: List[List[dict]] = [[] for _ in table.frames]
     with PeakMemory(densifier.device) as watch:
-        for k in range(max(1, getattr(args, "samples", 1))):
+        for k in range(args.samples):
             first = 0
             for batch, _, out, seconds in generate_batches(densifier, table.frames, settings, args.seed + k,
                                                            args.batch_size, oracle, args.progress, settings.sampler):
@@ -167,7 +167,7 @@ def model_rows(table: Table, densifier: Densifier, settings: SamplerSettings, ar
     for row in rows:  # the memory the method's sampling added, the same in each of its rows
         row["peak_mb"] = watch.mb
     best = None
-    if getattr(args, "samples", 1) > 1:
+    if args.samples > 1:
         for b, row in enumerate(rows):
             row["diversity"] = sample_diversity(clouds[b], empty_distance=table.grid.diagonal)
         best = [best_of_k([rows[b]] + extra[b]) for b in range(len(rows))]

@@ -213,8 +213,7 @@ class ColoradarTree:
         if split_file and not os.path.isfile(split_file):
             raise ValueError(f"--split_file {split_file!r} does not exist")
         if os.path.isfile(path):
-            with open(path, encoding="utf-8") as fh:
-                names = [line.strip() for line in fh if line.strip()]
+            names = formats.read_name_list(path)
             unknown = [n for n in names if n not in runs]
             if unknown:
                 raise formats.DataFormatError(path, f"names run {unknown[0]!r}, which is not a run folder of {root} "

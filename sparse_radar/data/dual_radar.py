@@ -86,8 +86,7 @@ class DualRadarTree:
             raise ValueError(f"--split_file {split_file!r} does not exist")
         if not os.path.isfile(path):
             return None
-        with open(path, encoding="utf-8") as fh:
-            return {line.strip() for line in fh if line.strip()}
+        return set(formats.read_name_list(path))
 
     @property
     def pairs(self) -> List[Tuple[str, str]]:

@@ -35,7 +35,6 @@ LIVOX_TYPES = {
     "livox_ros_driver/msg/CustomMsg": "std_msgs/Header header\nuint64 timebase\nuint32 point_num\nuint8 lidar_id\n"
                                       "uint8[3] rsvd\nlivox_ros_driver/CustomPoint[] points\n",
 }
-RCS_CHANNELS, DOPPLER_CHANNELS = RCS_NAMES, DOPPLER_NAMES  # the radar channels that fill rcs and doppler, first found
 
 
 def rosbags_api():
@@ -98,7 +97,7 @@ def radar_points(msg, source: str) -> np.ndarray:
                 return channels[n]
         raise DataFormatError(source, f"no {what} channel ({', '.join(names)}) among the radar's channels "
                                       f"{', '.join(channels) or '(none)'}")
-    return np.column_stack([xyz, channel(RCS_CHANNELS, "rcs"), channel(DOPPLER_CHANNELS, "doppler")])
+    return np.column_stack([xyz, channel(RCS_NAMES, "rcs"), channel(DOPPLER_NAMES, "doppler")])
 
 
 def lidar_points(msg) -> np.ndarray:

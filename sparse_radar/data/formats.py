@@ -97,6 +97,12 @@ def read_voxel_npy(path) -> Tuple[np.ndarray, np.ndarray, Tuple[int, int, int]]:
     return xyz[:, [2, 0, 1]].astype(np.int32), feats.astype(np.float32), (grid.shape[2], grid.shape[0], grid.shape[1])
 
 
+def read_name_list(path) -> List[str]:
+    """The non-empty lines of a list file (split files: frame ids or run names, one per line), stripped."""
+    with open(path, encoding="utf-8") as fh:
+        return [line.strip() for line in fh if line.strip()]
+
+
 def read_bin(path, columns: int) -> np.ndarray:
     """float32 point file of `columns` values per point: VoD radar 7, VoD LiDAR 4, ColoRadar 5."""
     ext = os.path.splitext(os.fspath(path))[1].lower()

@@ -34,8 +34,7 @@ def _ids(folder: str, ext: str) -> List[str]:
 
 
 def _split_ids(path: str) -> List[str]:
-    with open(path, encoding="utf-8") as fh:
-        ids = [line.strip() for line in fh if line.strip()]
+    ids = formats.read_name_list(path)
     bad = [i for i in ids if not i.isdigit()]
     if bad:
         raise formats.DataFormatError(path, f"a split file lists frame ids (digits), one per line; got {bad[0]!r}")

@@ -7,6 +7,7 @@ with no radar point.
 """
 from __future__ import annotations
 
+import random
 from typing import Optional, Sequence
 
 import torch
@@ -21,6 +22,12 @@ NULL = -1.0  # the condition channels' value where there is no radar
 def null_condition(condition: State) -> State:
     """The condition of a scan with no radar: every value NULL, on the same voxels."""
     return like(condition, torch.full_like(vals(condition), NULL))
+
+
+def dropped_samples(seed: int, positions: Sequence[int], rate: float) -> list:
+    """Per sample, whether its condition is dropped (probability rate), decided on the host from the run's seed and
+    the sample's stream position: the same on any process layout, and no device work."""
+    return [random.Random((seed * 1_000_003 + pos) * 7919 + 104_729).random() < rate for pos in positions]
 
 
 def drop_condition(condition: State, dropped: Sequence[bool], counts: Optional[Sequence[int]] = None) -> State:

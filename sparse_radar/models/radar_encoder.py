@@ -52,6 +52,11 @@ class RadarLatentEncoder(nn.Module):
         return cls(config["radar_channels"], config["factor"], config["width"])
 
 
+def encoder_config(radar_channels: int, codec: LatentCodec, width: int = 32) -> dict:
+    """The configuration of a new encoder onto codec's latent grid (its cell is the strided conv's kernel)."""
+    return {"radar_channels": int(radar_channels), "factor": list(codec.factor), "width": int(width)}
+
+
 def attach_encoder(unet: nn.Module, config: Optional[dict]) -> nn.Module:
     """unet with a RadarLatentEncoder of config as its `radar_encoder` submodule (config None: unchanged)."""
     if config:

@@ -8,7 +8,6 @@ import io
 import json
 import math
 import os
-import random
 from typing import Dict, List, Optional
 
 import torch
@@ -21,12 +20,12 @@ from ..data.voxelize import RADAR_CHANNELS, TARGET_CHANNELS
 from ..diffusion.consistency import consistency_loss, ct_schedule, ema_update
 from ..diffusion.edm import DiffusionConfig, Denoiser, edm_loss, karras_sigmas, sample_sigma
 from ..diffusion.fields import has_voxels
-from ..diffusion.guidance import GuidedDenoiser, drop_condition
+from ..diffusion.guidance import GuidedDenoiser, drop_condition, dropped_samples
 from ..diffusion.samplers import sample_consistency, sample_heun
 from ..models.config import UNetConfig
 from ..models.structure_net import occupancy_loss
 from ..models.latent import LATENT_CONDITION_CHANNELS, LatentCodec, fit_scale
-from ..models.radar_encoder import attach_encoder, latent_condition
+from ..models.radar_encoder import attach_encoder, encoder_config, latent_condition
 from ..models.vae import autoencoder_loss
 from ..models.unet import UNet3D
 from ..voxels import DenseVoxels, SparseVoxels
@@ -114,8 +113,8 @@ class Trainer:
             model_cfg = cfg.model_config(self.codec.latent_shape(self.grid_shape), latent + LATENT_CONDITION_CHANNELS,
                                          latent)
             if cfg.ldm_condition == "learned":  # a resumed run keeps its checkpoint's encoder configuration
-                self.encoder_config = state.get("radar_encoder") if state is not None else {
-                    "radar_channels": len(RADAR_CHANNELS), "factor": list(self.codec.factor), "width": 32}
+                self.encoder_config = state.get("radar_encoder") if state is not None else encoder_config(
+                    len(RADAR_CHANNELS), self.codec)
             if state is None:  # the latents' scale, from the first 16 training samples (the same on every process)
                 self.codec.scale = fit_scale(self.codec, [self._pair(list(range(i, i + 4)))[1].to(self.device)
                                                           for i in range(0, 16, 4)], self.diffusion.sigma_data)
@@ -180,11 +179,7 @@ class Trainer:
     def _drop_condition(self, cond, positions: List[int], counts: Optional[List[int]] = None):
         """cond with each sample's radar dropped (the null condition) with probability --cond_drop, decided on the
         host by the sample's stream position (classifier-free guidance's training, Ho & Salimans 2022)."""
-        if self.cfg.cond_drop <= 0:
-            return cond
-        dropped = [random.Random((self.cfg.seed * 1_000_003 + pos) * 7919 + 104_729).random() < self.cfg.cond_drop
-                   for pos in positions]
-        return drop_condition(cond, dropped, counts)
+        return drop_condition(cond, dropped_samples(self.cfg.seed, positions, self.cfg.cond_drop), counts)
 
     def _noise(self, target: SparseVoxels, positions: List[int], counts: List[int]):
         """Per-sample sigma and noise on the target's voxels, counts per sample (see _draws)."""
