@@ -10,24 +10,19 @@ from .kernel_map import KernelMap
 
 
 def sparse_conv(feats: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], kmap: KernelMap,
-                settings: Optional[backends.KernelSettings] = None,
-                packed: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Sparse convolution of feats [N_in, Cin] with weight [K, Cin, Cout] over kmap -> [N_out, Cout]; packed, if
-    given, is a contiguous copy of weight's values (the kernels read it instead of copying weight per call)."""
+                settings: Optional[backends.KernelSettings] = None) -> torch.Tensor:
+    """Sparse convolution of feats [N_in, Cin] with weight [K, Cin, Cout] over kmap -> [N_out, Cout] (a contiguous
+    weight is read in place; another layout is copied once per call)."""
     if feats.dim() != 2 or feats.shape[0] != kmap.n_in:
         raise ValueError(f"feats must be [{kmap.n_in}, Cin] for this kernel map, got {tuple(feats.shape)}")
     if weight.dim() != 3 or weight.shape[0] != kmap.kernel_volume or weight.shape[1] != feats.shape[1]:
         raise ValueError(f"weight must be [{kmap.kernel_volume}, {feats.shape[1]}, Cout], got {tuple(weight.shape)}")
     if bias is not None and bias.shape != (weight.shape[2],):
         raise ValueError(f"bias must be [{weight.shape[2]}], got {tuple(bias.shape)}")
-    if packed is not None and (packed.shape != weight.shape or packed.dtype != weight.dtype
-                               or not packed.is_contiguous()):
-        raise ValueError(f"packed must be a contiguous {weight.dtype} copy of the weight {tuple(weight.shape)}, got "
-                         f"{packed.dtype} {tuple(packed.shape)}")
     settings = settings or backends.current()
     op = backends.conv_op(backends.resolve_backend(settings.backend, feats), "conv")
     with torch.autocast(feats.device.type, enabled=False):  # the op chooses its own precision (fp32 sums)
-        return op.apply(feats.contiguous(), weight, bias, kmap, settings, packed)
+        return op.apply(feats.contiguous(), weight, bias, kmap, settings)
 
 
 def depthwise_conv(feats: torch.Tensor, weight: torch.Tensor, kmap: KernelMap,

@@ -6,11 +6,10 @@ pytest.importorskip("triton")
 
 from benchmarks.launches import count_step  # noqa: E402
 
-# (fwd+bwd launches, whole step with optimizer and EMA, host syncs of the step): the issue's targets for tiny; for
-# lightweight the counts this code reaches, held as a ratchet (the trainer's step also counts the loss, the batch's
-# maps and one repack of every conv weight after the optimizer step: 1,415 in fp32 against the issue's 1,400; the
-# model's own step on the issue's counter is 1,363; with the preset's autocast 1,550: see the README)
-BUDGET = {"tiny": (1400, 1500, 4), "lightweight-fp32": (1415, 1430, 4), "lightweight": (1550, 1565, 4)}
+# (fwd+bwd launches, whole step with optimizer and EMA, host syncs of the step): the issue's targets for tiny and for
+# the lightweight preset in fp32 (the trainer's step also counts the loss and the batch's maps); with the preset's
+# autocast the step is 1,528, held as a ratchet (autocast casts the attention projections' weights and gradients)
+BUDGET = {"tiny": (1400, 1500, 4), "lightweight-fp32": (1400, 1500, 4), "lightweight": (1530, 1545, 4)}
 
 
 @pytest.mark.parametrize("row", sorted(BUDGET))

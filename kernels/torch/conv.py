@@ -107,8 +107,8 @@ class TorchSparseConv(torch.autograd.Function):
     """Autograd op: out[o] = sum over pairs (i, o, k) of feats[i] @ weight[k], plus bias."""
 
     @staticmethod
-    def forward(ctx, feats, weight, bias, kmap: KernelMap, settings: backends.KernelSettings, packed=None):
-        out = gather_mm_scatter(feats, weight if packed is None else packed, kmap.in_idx, kmap.out_idx, kmap, kmap.n_out, settings)
+    def forward(ctx, feats, weight, bias, kmap: KernelMap, settings: backends.KernelSettings):
+        out = gather_mm_scatter(feats, weight, kmap.in_idx, kmap.out_idx, kmap, kmap.n_out, settings)
         if bias is not None:
             out += bias.to(out.dtype)
         ctx.save_for_backward(feats, weight)
@@ -131,4 +131,4 @@ class TorchSparseConv(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_out.sum(0, dtype=torch.float32 if grad_out.dtype in HALF_DTYPES else None)
             grad_bias = grad_bias.to(weight.dtype)
-        return grad_feats, grad_weight, grad_bias, None, None, None
+        return grad_feats, grad_weight, grad_bias, None, None

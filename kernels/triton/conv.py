@@ -77,23 +77,20 @@ class TritonSparseConv(torch.autograd.Function):
     """Autograd op: out[o] = sum_k feats[table[o, k]] @ weight[k], plus bias; fp32 sums for every dtype."""
 
     @staticmethod
-    def forward(ctx, feats, weight, bias, kmap: KernelMap, settings: backends.KernelSettings, packed=None):
-        # the weight in its own dtype (fp32 under autocast), laid out [K, Cin, Cout] contiguous (a layer's cached
-        # copy, else one copy here), cast in registers; dX reads its transpose in place (coalesced along Cout)
-        cached, packed = packed is not None, weight.contiguous() if packed is None else packed
+    def forward(ctx, feats, weight, bias, kmap: KernelMap, settings: backends.KernelSettings):
+        # the weight in its own dtype (fp32 under autocast), laid out [K, Cin, Cout] contiguous (a layer's weight is
+        # a view of its Parameter's memory; another layout is copied here), cast in registers; dX reads its
+        # transpose in place (coalesced along Cout)
+        packed = weight.contiguous()
         out = implicit_gemm(feats, packed, kmap.table, kmap.n_out, bias)
-        # a layer's cached copy is replaced, never written, when the weight changes: it skips the saved-tensor
-        # hooks (each costs host time under checkpointing), as the kernel map does
-        ctx.save_for_backward(feats, *(() if cached else (packed,)))
-        ctx.packed = packed if cached else None
+        ctx.save_for_backward(feats, packed)
         ctx.kmap, ctx.has_bias, ctx.layout = kmap, bias is not None, weight.stride()
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        feats, *saved = ctx.saved_tensors
-        weight = ctx.packed if ctx.packed is not None else saved[0]
+        feats, weight = ctx.saved_tensors
         kmap = ctx.kmap
         grad_out = grad_out.to(feats.dtype)
         if grad_out.stride(1) != 1:  # rows may be strided (a slice of a concatenation's gradient): columns adjacent
@@ -111,7 +108,7 @@ class TritonSparseConv(torch.autograd.Function):
             grad_bias = grad_out.sum(0, dtype=torch.float32)
         if grad_bias is not None:
             grad_bias = grad_bias.to(weight.dtype)
-        return grad_feats, grad_weight, grad_bias, None, None, None
+        return grad_feats, grad_weight, grad_bias, None, None
 
 
 def depthwise(x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor, n_out: int) -> torch.Tensor:

@@ -5,14 +5,14 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..kernels import coords as kc
 from ..voxels import SparseVoxels
 from .attention_cores import (GlobalAttention, HeightAttention, LinearAttention, SerializedAttention,
                               TopKAttention, WindowAttention)
-from .field_ops import Field, check_field
+from .field_ops import Field, check_field, values
 from .norm import build_norm
+from .recompute import recompute, trainable
 
 ATTENTION_TYPES = ("flash", "window", "linear", "sparse", "height", "serialized", "none")
 
@@ -57,7 +57,8 @@ class AttentionBlock(nn.Module):
         as ADM checkpoints its attention blocks)."""
         check_field(x, "AttentionBlock")
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, use_reentrant=False)
+            run = lambda v: values(self._forward(x.replace(v)))  # noqa: E731
+            return x.replace(recompute(run, (values(x),), trainable(self)))
         return self._forward(x)
 
     def _forward(self, x: Field) -> Field:

@@ -7,12 +7,12 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .conv import SparseConv3d, SparseInverseConv3d, SubMConv3d
 from .depthwise import DepthwiseSubMConv3d
 from .field_ops import Field, values
 from .norm import build_norm, norm_and_modulate, norm_silu
+from .recompute import recompute, trainable
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -57,7 +57,8 @@ class ResBlock(nn.Module):
         """Same voxels, out_ch channels; emb [B, emb_dim] (already through SiLU when activated: a UNet applies it
         once for all its blocks)."""
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, emb, activated, use_reentrant=False)
+            run = lambda v, e: values(self._forward(x.replace(v), e, activated))  # noqa: E731
+            return x.replace(recompute(run, (values(x), emb), trainable(self)))
         return self._forward(x, emb, activated)
 
     def _forward(self, x: Field, emb: torch.Tensor, activated: bool = False) -> Field:

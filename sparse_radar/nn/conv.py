@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import math
-import weakref
 from typing import Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ..kernels import coords as kc
 from ..kernels.conv import sparse_conv, torch_to_kernel_weight
@@ -24,14 +22,24 @@ def _positive_int(value, name: str) -> int:
     return value
 
 
-_OPTIMIZER_STEPS = [0]  # steps taken by any torch optimizer: a fused one updates weights without a version bump
+def kernel_layout(weight: torch.Tensor) -> torch.Tensor:
+    """The values of a [Cout, Cin, kD, kH, kW] weight, same shape, with memory laid out [kD, kH, kW, Cin, Cout]: the
+    kernels' [K, Cin, Cout] is then a contiguous view of it (no copy per step)."""
+    return weight.permute(2, 3, 4, 1, 0).contiguous().permute(4, 3, 0, 1, 2)
 
 
-def _count_optimizer_step(optimizer, args, kwargs) -> None:
-    _OPTIMIZER_STEPS[0] += 1
-
-
-register_optimizer_step_post_hook(_count_optimizer_step)
+def set_weight_layout(module: nn.Module, layout: str) -> nn.Module:
+    """Lay every sparse conv weight of module out for the sparse kernels ("kernel", the default of a new layer) or
+    contiguous for conv3d ("torch", what a model run only on dense fields wants); values and Parameters unchanged.
+    Call it before an optimizer holds state for the weights."""
+    if layout not in ("kernel", "torch"):
+        raise ValueError(f"layout must be 'kernel' or 'torch', got {layout!r}")
+    for layer in module.modules():
+        if isinstance(layer, _SparseConvBase):
+            with torch.no_grad():
+                w = layer.weight
+                w.data = kernel_layout(w.data) if layout == "kernel" else w.data.contiguous()
+    return module
 
 
 def autocast_dtype(device: torch.device):
@@ -48,7 +56,8 @@ def cast_for_compute(values: torch.Tensor, weight: torch.Tensor, bias):
 
 
 class _SparseConvBase(nn.Module):
-    """Weight [Cout, Cin, kD, kH, kW] and bias [Cout], initialised as torch.nn.Conv3d does."""
+    """Weight [Cout, Cin, kD, kH, kW] (memory in the kernels' layout, see kernel_layout) and bias [Cout],
+    initialised as torch.nn.Conv3d does."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  bias: bool = True):
@@ -64,13 +73,16 @@ class _SparseConvBase(nn.Module):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if min(self.padding) < 0:
             raise ValueError(f"padding must be >= 0, got {self.padding}")
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
+        self.weight = nn.Parameter(kernel_layout(torch.empty(out_channels, in_channels, *self.kernel_size)))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Kaiming-uniform weight and uniform bias, as torch.nn.Conv3d."""
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        """Kaiming-uniform weight and uniform bias, as torch.nn.Conv3d (the same values, whatever the layout)."""
+        weight = torch.empty(self.weight.shape, dtype=self.weight.dtype, device=self.weight.device)
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        with torch.no_grad():
+            self.weight.copy_(weight)
         if self.bias is not None:
             fan_in = self.in_channels * math.prod(self.kernel_size)
             bound = 1.0 / math.sqrt(fan_in)
@@ -91,27 +103,11 @@ class _SparseConvBase(nn.Module):
         """(values, weight, bias) in the compute dtype (see cast_for_compute)."""
         return cast_for_compute(values, self.weight, self.bias)
 
-    def kernel_weight(self) -> torch.Tensor:
-        """The weight's values in the kernels' layout [K, Cin, Cout], contiguous and detached: copied once per
-        version of the weight (any torch optimizer's step, an in-place write, load_state_dict, .to()), not once per
-        call (a checkpointed block's recompute reuses it). A write through .data, or by a fused kernel outside a
-        torch optimizer, is not seen: call the layer's forward after such a write only via a new Parameter."""
-        w = self.weight
-        key = (w._version, w.data_ptr(), w.dtype, w.device, _OPTIMIZER_STEPS[0])
-        cached = self.__dict__.get("_kernel_weight")
-        if cached is None or cached[0]() is not w or cached[1] != key:
-            with torch.no_grad():
-                packed = torch_to_kernel_weight(w).contiguous()
-            self.__dict__["_kernel_weight"] = (weakref.ref(w), key, packed)
-            return packed
-        return cached[2]
-
     def _apply_kmap(self, x: SparseVoxels, kmap) -> torch.Tensor:
         feats = x.feats.to(autocast_dtype(x.feats.device) or x.feats.dtype)
         # the fp32 weight and bias: the op casts them inside, so dW and dbias come back in fp32 (an fp16 dW could
-        # overflow under a GradScaler)
-        return sparse_conv(feats, torch_to_kernel_weight(self.weight), self.bias, kmap,
-                           packed=self.kernel_weight())  # [N_out, Cout]
+        # overflow under a GradScaler); in the kernel layout the [K, Cin, Cout] view is contiguous, read in place
+        return sparse_conv(feats, torch_to_kernel_weight(self.weight), self.bias, kmap)  # [N_out, Cout]
 
     def _dense_conv(self, data: torch.Tensor, padding) -> torch.Tensor:
         data, weight, bias = self._cast(data)

@@ -28,6 +28,7 @@ from ..models.latent import LATENT_CONDITION_CHANNELS, LatentCodec, fit_scale
 from ..models.radar_encoder import attach_encoder, encoder_config, latent_condition
 from ..models.vae import autoencoder_loss
 from ..models.unet import UNet3D
+from ..nn.conv import set_weight_layout
 from ..voxels import DenseVoxels, SparseVoxels
 from . import distributed
 from .checkpoint import load_checkpoint, newest_checkpoint, save_checkpoint
@@ -68,6 +69,11 @@ class Trainer:
             self.structure = load_structure(state if state is not None else cfg.structure, self.grid).to(self.device)
             self.structure.check_grid(self.grid_shape)
         cfg = self.cfg = self._build_model(cfg, state)
+        # conv weights laid out for the field each part runs on: the kernels' layout (the default), or conv3d's for
+        # a dense run and a latent denoiser (a learned radar encoder stays sparse on a sparse run)
+        set_weight_layout(self.model, "torch" if cfg.backend == "dense" or self.codec is not None else "kernel")
+        if cfg.backend == "sparse" and hasattr(self.model, "radar_encoder"):
+            set_weight_layout(self.model.radar_encoder, "kernel")
         if self.teacher is not None:  # the student starts as the teacher
             self.model.load_state_dict(self.teacher.state_dict())
         self.ema = {rate: copy.deepcopy(self.model).eval().requires_grad_(False) for rate in cfg.ema_rates()}

@@ -1,0 +1,65 @@
+"""Activation checkpointing of a block whose input and output are values on one field's voxels.
+
+torch's non-reentrant checkpoint wraps every tensor the block saves in a pack and an unpack hook (about 3,000 per
+lightweight step); the reentrant form moves the parameter gradients outside the outer graph. This one is a single
+autograd Function: forward without a graph, backward recomputes the block (same RNG state, same autocast) and hands
+the gradients of its inputs and parameters back to the outer graph, where DDP's hooks see them as usual.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+
+def _rng_state(device: torch.device):
+    if device.type == "cuda":
+        return torch.cuda.get_rng_state(device)
+    return torch.get_rng_state()
+
+
+def _set_rng_state(device: torch.device, state) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
+
+
+class _Recompute(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, run, n_inputs, *tensors):
+        inputs = tensors[:n_inputs]
+        device = inputs[0].device
+        ctx.run, ctx.n_inputs, ctx.n_params, ctx.device = run, n_inputs, len(tensors) - n_inputs, device
+        ctx.params = tensors[n_inputs:]
+        ctx.autocast = (torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type))
+        ctx.rng = _rng_state(device)
+        ctx.save_for_backward(*inputs)
+        return run(*inputs)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        inputs = [t.detach().requires_grad_(t.requires_grad) for t in ctx.saved_tensors]
+        device, (enabled, dtype) = ctx.device, ctx.autocast
+        current = _rng_state(device)
+        _set_rng_state(device, ctx.rng)
+        try:
+            with torch.enable_grad(), torch.autocast(device.type, dtype=dtype, enabled=enabled):
+                out = ctx.run(*inputs)
+        finally:
+            _set_rng_state(device, current)
+        wanted = [t for t in (*inputs, *ctx.params) if t.requires_grad]
+        grads = iter(torch.autograd.grad(out, wanted, grad_out, allow_unused=True) if out.requires_grad else
+                     [None] * len(wanted))
+        return (None, None, *[next(grads) if t.requires_grad else None for t in (*inputs, *ctx.params)])
+
+
+def recompute(run: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor],
+              params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """run(*inputs) whose activations are recomputed in backward; params are the weights run reads (gradients flow)."""
+    return _Recompute.apply(run, len(inputs), *inputs, *params)
+
+
+def trainable(module: torch.nn.Module) -> tuple:
+    """The parameters of module that take gradients (what recompute must hand gradients back to)."""
+    return tuple(p for p in module.parameters() if p.requires_grad)

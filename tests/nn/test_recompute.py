@@ -1,0 +1,100 @@
+"""recompute(): a checkpointed block gives the output and gradients of the same block run without checkpointing,
+under autocast, with frozen weights, on both field types; and it keeps only its inputs."""
+import pytest
+import torch
+
+from sparse_radar import DenseVoxels, SparseVoxels
+from sparse_radar.nn.attention import AttentionBlock
+from sparse_radar.nn.blocks import ResBlock
+from sparse_radar.nn.recompute import recompute, trainable
+
+
+def _block(seed=0):
+    torch.manual_seed(seed)
+    block = ResBlock(8, 16, 12, num_groups=4, dropout=0.3).train()
+    with torch.no_grad():
+        for prm in block.parameters():
+            prm.copy_(torch.randn_like(prm) * 0.3)
+    return block
+
+
+def _field(dense: bool):
+    torch.manual_seed(1)
+    mask = torch.rand(2, 1, 4, 6, 6) < 0.4
+    data = torch.randn(2, 8, 4, 6, 6) * mask
+    return DenseVoxels(data, mask) if dense else SparseVoxels.from_dense(data, mask)
+
+
+def _run(block, x, emb, checkpointing, autocast=False):
+    block.use_checkpoint = checkpointing
+    values = (x.data if isinstance(x, DenseVoxels) else x.feats).clone().requires_grad_(True)
+    torch.manual_seed(7)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = block(x.replace(values), emb)
+    out_values = out.data if isinstance(out, DenseVoxels) else out.feats
+    out_values.float().square().sum().backward()
+    grads = [values.grad] + [None if p.grad is None else p.grad.clone() for p in block.parameters()]
+    block.zero_grad(set_to_none=True)
+    return out_values.detach(), grads
+
+
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_checkpointed_resblock_equals_the_plain_block(dense, autocast):
+    block, x, emb = _block(), _field(dense), torch.randn(2, 12)
+    out0, grads0 = _run(block, x, emb, False, autocast)
+    out1, grads1 = _run(block, x, emb, True, autocast)
+    torch.testing.assert_close(out1, out0)
+    if autocast:
+        assert out1.dtype == torch.bfloat16  # the recompute ran under the same autocast
+    for a, b in zip(grads0, grads1):
+        torch.testing.assert_close(b, a)
+    assert all(g is not None for g in grads1)
+
+
+def test_frozen_weights_get_no_gradient_and_the_rest_match():
+    block, x, emb = _block(), _field(False), torch.randn(2, 12)
+    block.in_conv.weight.requires_grad_(False)
+    _, grads0 = _run(block, x, emb, False)
+    _, grads1 = _run(block, x, emb, True)
+    names = ["input"] + [n for n, _ in block.named_parameters()]
+    for name, a, b in zip(names, grads0, grads1):
+        if name == "in_conv.weight":
+            assert a is None and b is None
+        else:
+            torch.testing.assert_close(b, a)
+    assert all(p is not block.in_conv.weight for p in trainable(block))
+
+
+def test_recompute_redraws_the_same_random_numbers_and_restores_the_generator():
+    weight = torch.randn(5, requires_grad=True)
+    x = torch.randn(5, requires_grad=True)
+    run = lambda v: torch.nn.functional.dropout(v * weight, 0.5)  # noqa: E731
+    torch.manual_seed(3)
+    out = recompute(run, (x,), (weight,))
+    torch.manual_seed(3)
+    ref = run(x)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn(5)
+    torch.manual_seed(99)
+    state = torch.get_rng_state()
+    out.backward(g)
+    assert torch.equal(torch.get_rng_state(), state)  # backward leaves the caller's generator where it was
+    gx, gw = x.grad.clone(), weight.grad.clone()
+    x.grad = weight.grad = None
+    ref.backward(g)
+    torch.testing.assert_close(gx, x.grad)
+    torch.testing.assert_close(gw, weight.grad)
+
+
+def test_checkpointed_attention_keeps_only_its_input():
+    x = _field(False)
+    block = AttentionBlock(8, "window", num_heads=2, num_groups=4, use_checkpoint=True).train()
+    torch.nn.init.normal_(block.proj.weight, std=0.3)
+    feats = x.feats.clone().requires_grad_(True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        out = block(x.replace(feats))
+    out.feats.sum().backward()
+    assert saved == [feats.numel()]
+    assert block.qkv.weight.grad is not None and block.qkv.weight.grad.abs().sum() > 0
