@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import importlib.util
 import os
 import threading
@@ -100,14 +99,59 @@ def index_kernels_on_triton(device: torch.device) -> bool:
     return resolve_backend(None, torch.empty(0, device=device)) == "triton"
 
 
-def backend_module(backend: str, part: str = ""):
-    """The backend's package (or its module `part`), imported on first use."""
-    return importlib.import_module(f"{__package__}.{backend}" + (f".{part}" if part else ""))
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; everything else is summed in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def conv_op(backend: str, kind: str):
-    """The autograd op of `backend` for `kind` ("conv" or "depthwise")."""
-    return getattr(backend_module(backend), {"conv": "SPARSE_CONV", "depthwise": "DEPTHWISE_CONV"}[kind])
+# The op families each backend implements, as lazy loaders (a backend's modules are imported on first use, so the
+# triton package is never imported unless its backend runs). One entry module per family dispatches through it:
+# kernels/conv.py ("conv", "depthwise") and kernels/segment.py ("segment"); no backend imports an entry module.
+def _torch_conv():
+    from .torch.conv import TorchSparseConv
+    return TorchSparseConv
+
+
+def _torch_depthwise():
+    from .torch.depthwise import TorchDepthwiseConv
+    return TorchDepthwiseConv
+
+
+def _torch_segment():
+    from .torch import segment
+    return segment
+
+
+def _triton_conv():
+    from .triton.conv import TritonSparseConv
+    return TritonSparseConv
+
+
+def _triton_depthwise():
+    from .triton.conv import TritonDepthwiseConv
+    return TritonDepthwiseConv
+
+
+def _triton_segment():
+    from .triton import segment
+    return segment
+
+
+OPS = {
+    ("torch", "conv"): _torch_conv, ("torch", "depthwise"): _torch_depthwise, ("torch", "segment"): _torch_segment,
+    ("triton", "conv"): _triton_conv, ("triton", "depthwise"): _triton_depthwise,
+    ("triton", "segment"): _triton_segment,
+}
+
+
+@functools.lru_cache(maxsize=None)
+def op(backend: str, family: str):
+    """What `backend` implements for op `family` (an autograd op, or the module of the segment functions)."""
+    try:
+        loader = OPS[(backend, family)]
+    except KeyError:
+        raise ValueError(f"no {family!r} op in backend {backend!r}; registered: {sorted(OPS)}") from None
+    return loader()
 
 
 @contextlib.contextmanager

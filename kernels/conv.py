@@ -20,7 +20,7 @@ def sparse_conv(feats: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     if bias is not None and bias.shape != (weight.shape[2],):
         raise ValueError(f"bias must be [{weight.shape[2]}], got {tuple(bias.shape)}")
     settings = settings or backends.current()
-    op = backends.conv_op(backends.resolve_backend(settings.backend, feats), "conv")
+    op = backends.op(backends.resolve_backend(settings.backend, feats), "conv")
     with torch.autocast(feats.device.type, enabled=False):  # the op chooses its own precision (fp32 sums)
         return op.apply(feats.contiguous(), weight, bias, kmap, settings)
 
@@ -33,7 +33,7 @@ def depthwise_conv(feats: torch.Tensor, weight: torch.Tensor, kmap: KernelMap,
     if weight.shape != (kmap.kernel_volume, feats.shape[1]):
         raise ValueError(f"weight must be [{kmap.kernel_volume}, {feats.shape[1]}], got {tuple(weight.shape)}")
     settings = settings or backends.current()
-    op = backends.conv_op(backends.resolve_backend(settings.backend, feats), "depthwise")
+    op = backends.op(backends.resolve_backend(settings.backend, feats), "depthwise")
     with torch.autocast(feats.device.type, enabled=False):
         return op.apply(feats.contiguous(), weight, kmap, settings)
 

@@ -53,7 +53,7 @@ def segment_affine(u: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, s
                    out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """Rows u * scale[s] + v * v_scale[s] + offset[s] (per-segment [S, C] factors), in fp32 (fp64 for fp64)."""
     op = _backend_module(u)
-    acc = accumulation_dtype(u.dtype)
+    acc = backends.accumulation_dtype(u.dtype)
     return op.segment_affine(u.contiguous(), scale.to(acc).contiguous(), offset.to(acc).contiguous(), segment,
                              None if v is None else v.contiguous(),
                              None if v_scale is None else v_scale.to(acc).contiguous(), out_dtype or u.dtype)
@@ -87,13 +87,8 @@ def norm_backward(grad_y: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor
                             float(dropout), drop_state)
 
 
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; everything else is summed in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _backend_module(tensor: torch.Tensor):
-    return backends.backend_module(backends.resolve_backend(backends.current().backend, tensor), "segment")
+    return backends.op(backends.resolve_backend(backends.current().backend, tensor), "segment")
 
 
 class _ExpandSegments(torch.autograd.Function):

@@ -4,5 +4,3 @@ from .depthwise import TorchDepthwiseConv
 
 __all__ = ["TorchSparseConv", "TorchDepthwiseConv", "gather_mm_scatter", "plan_chunks", "weight_grad"]
 
-SPARSE_CONV = TorchSparseConv
-DEPTHWISE_CONV = TorchDepthwiseConv

@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 import torch
 
 from .. import backends
-from ..segment import accumulation_dtype
+from ..backends import accumulation_dtype
 
 
 def _acc(t: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,4 @@
 """The triton backend: implicit-GEMM sparse convolution over neighbour tables (imported only when chosen)."""
 from .conv import TritonDepthwiseConv, TritonSparseConv, depthwise, implicit_gemm, weight_grad
 
-SPARSE_CONV = TritonSparseConv
-DEPTHWISE_CONV = TritonDepthwiseConv
-
 __all__ = ["TritonSparseConv", "TritonDepthwiseConv", "implicit_gemm", "weight_grad", "depthwise"]

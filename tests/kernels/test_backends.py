@@ -104,3 +104,37 @@ def test_deterministic_gather_backward_sums_repeated_rows():
     index = torch.tensor([4, 0, 4, 4, 2, 0])  # rows 0 and 4 repeat, rows 1 and 3 unused
     assert torch.autograd.gradcheck(lambda s: _DeterministicGather.apply(s, index), (src,))
     torch.testing.assert_close(_DeterministicGather.apply(src, index), src.index_select(0, index))
+
+
+def test_the_registry_names_each_backends_ops_and_refuses_an_unknown_pair():
+    """backends.op: one explicit lazy loader per (backend, op family); the entry modules dispatch through it."""
+    from sparse_radar.kernels import backends
+    from sparse_radar.kernels.torch.conv import TorchSparseConv
+    from sparse_radar.kernels.torch.depthwise import TorchDepthwiseConv
+    import sparse_radar.kernels.torch.segment as torch_segment
+    assert backends.op("torch", "conv") is TorchSparseConv
+    assert backends.op("torch", "depthwise") is TorchDepthwiseConv
+    assert backends.op("torch", "segment") is torch_segment
+    assert {b for b, _ in backends.OPS} == set(backends.KNOWN_BACKENDS)
+    assert {f for _, f in backends.OPS} == {"conv", "depthwise", "segment"}
+    with pytest.raises(ValueError, match="no 'pool' op in backend 'torch'"):
+        backends.op("torch", "pool")
+
+
+def test_no_backend_imports_an_entry_module():
+    """A backend's modules import kernel_map, backends and their own package, never the entry modules that
+    dispatch to them (kernels/conv.py, kernels/segment.py)."""
+    import ast
+    import os
+    import sparse_radar.kernels as kernels
+    root = os.path.dirname(kernels.__file__)
+    for backend in ("torch", "triton"):
+        for name in os.listdir(os.path.join(root, backend)):
+            if not name.endswith(".py"):
+                continue
+            tree = ast.parse(open(os.path.join(root, backend, name)).read())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.level == 2:
+                    assert node.module in (None, "backends", "kernel_map"), (backend, name, node.module)
+                    if node.module is None:
+                        assert [a.name for a in node.names] == ["backends"], (backend, name)
