@@ -7,7 +7,8 @@ from typing import Optional, Tuple
 import torch
 
 from .edm import DiffusionConfig, Denoiser
-from .fields import State, like, nonempty_mean, per_row, per_sample_mean, randn_like, vals
+from ..nn.field_ops import per_sample, values
+from .fields import State, like, nonempty_mean, per_sample_mean, randn_like
 
 
 def cm_sigmas(n: int, cfg: DiffusionConfig, device=None) -> torch.Tensor:
@@ -26,11 +27,11 @@ def ct_schedule(k: int, total: int, s0: int = 2, s1: int = 150, mu0: float = 0.9
 
 def _heun_step(teacher: Denoiser, x: State, s: torch.Tensor, s_next: torch.Tensor) -> State:
     """One Heun step of the teacher's probability-flow ODE from s to s_next (per-sample sigmas [B])."""
-    v = vals(x)
-    ds, dn = per_row(x, s).to(v.dtype), per_row(x, s_next).to(v.dtype)
-    d = (v - vals(teacher(x, s))) / ds
+    v = values(x)
+    ds, dn = per_sample(x, s).to(v.dtype), per_sample(x, s_next).to(v.dtype)
+    d = (v - values(teacher(x, s))) / ds
     x_euler = like(x, v + (dn - ds) * d)
-    d2 = (vals(x_euler) - vals(teacher(x_euler, s_next))) / dn
+    d2 = (values(x_euler) - values(teacher(x_euler, s_next))) / dn
     return like(x, v + (dn - ds) * 0.5 * (d + d2))
 
 
@@ -53,24 +54,24 @@ def consistency_loss(student: Denoiser, target: Denoiser, x0: State, n_steps: in
     Per sample an index n ~ U{0..N-2}; loss = mean |f_student(x_{n+1}, s_{n+1}) - f_target(x_n, s_n)|^2 (L2,
     uniform weight); student and target passes see the same dropout masks.
     """
-    v0 = vals(x0)
+    v0 = values(x0)
     b = v0.shape[0] if not hasattr(x0, "batch_size") else x0.batch_size
     sig = cm_sigmas(n_steps, student.cfg, device=v0.device)
     idx = torch.randint(0, n_steps - 1, (b,), generator=generator,
                         device=generator.device if generator is not None else None).to(v0.device)
     s_n, s_next = sig[idx], sig[idx + 1]
-    z = vals(randn_like(x0, generator))
-    x_next = like(x0, v0 + per_row(x0, s_next).to(v0.dtype) * z)
+    z = values(randn_like(x0, generator))
+    x_next = like(x0, v0 + per_sample(x0, s_next).to(v0.dtype) * z)
     if teacher is not None:
         with torch.no_grad():
             x_n = _heun_step(teacher, x_next, s_next, s_n)
     else:
-        x_n = like(x0, v0 + per_row(x0, s_n).to(v0.dtype) * z)
+        x_n = like(x0, v0 + per_sample(x0, s_n).to(v0.dtype) * z)
     rng = _fork_dropout_rng()
-    pred = vals(student(x_next, s_next))
+    pred = values(student(x_next, s_next))
     _restore_rng(rng)
     with torch.no_grad():
-        ref = vals(target(x_n, s_n))
+        ref = values(target(x_n, s_n))
     return nonempty_mean(x0, per_sample_mean(x0, (pred.float() - ref.float()).square()))
 
 

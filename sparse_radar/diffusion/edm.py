@@ -7,8 +7,8 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
-from ..nn.field_ops import cat_channels
-from .fields import State, batch_size, like, nonempty_mean, per_row, per_sample_mean, vals
+from ..nn.field_ops import cat_channels, per_sample, values
+from .fields import State, batch_size, like, nonempty_mean, per_sample_mean
 
 
 @dataclass
@@ -78,7 +78,7 @@ class Denoiser:
 
     def __call__(self, x: State, sigma: torch.Tensor) -> State:
         """Denoised estimate of x's clean target at noise level sigma (a scalar or [B])."""
-        v = vals(x)
+        v = values(x)
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=v.device)
         if sigma.dim() == 0:
             sigma = sigma.expand(batch_size(x))
@@ -86,21 +86,21 @@ class Denoiser:
             c_skip, c_out, c_in, c_noise = consistency_scalings(sigma, self.cfg.sigma_data, self.cfg.sigma_min)
         else:
             c_skip, c_out, c_in, c_noise = edm_scalings(sigma, self.cfg.sigma_data)
-        scaled = like(x, v * per_row(x, c_in).to(v.dtype))
+        scaled = like(x, v * per_sample(x, c_in).to(v.dtype))
         net_in = scaled if self.condition is None else cat_channels(scaled, self.condition)
-        out = vals(self.model(net_in, c_noise))
-        return like(x, per_row(x, c_skip).to(v.dtype) * v + per_row(x, c_out).to(v.dtype) * out.to(v.dtype))
+        out = values(self.model(net_in, c_noise))
+        return like(x, per_sample(x, c_skip).to(v.dtype) * v + per_sample(x, c_out).to(v.dtype) * out.to(v.dtype))
 
 
 def edm_loss(denoiser: Callable, target: State, sigma: torch.Tensor, noise: State) -> torch.Tensor:
     """EDM loss (eq. 2 / Table 1): mean over the samples that have voxels of lambda(sigma) * mean over their
     active voxels of |D(y + sigma n) - y|^2."""
-    y, n = vals(target), vals(noise)
-    noisy = like(target, y + per_row(target, sigma).to(y.dtype) * n)
-    denoised = vals(denoiser(noisy, sigma))
+    y, n = values(target), values(noise)
+    noisy = like(target, y + per_sample(target, sigma).to(y.dtype) * n)
+    denoised = values(denoiser(noisy, sigma))
     err = (denoised.float() - y.float()).square()
-    per_sample = per_sample_mean(target, err)  # [B]
-    return nonempty_mean(target, edm_weight(sigma, denoiser.cfg.sigma_data) * per_sample)
+    loss = per_sample_mean(target, err)  # [B]
+    return nonempty_mean(target, edm_weight(sigma, denoiser.cfg.sigma_data) * loss)
 
 
 def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0, device=None) -> torch.Tensor:

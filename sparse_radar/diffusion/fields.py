@@ -6,21 +6,10 @@ from typing import Union
 import torch
 
 from ..kernels.segment import segment_total
-from ..nn.field_ops import per_sample as field_per_sample
+from ..nn.field_ops import values
 from ..voxels import DenseVoxels, SparseVoxels
 
 State = Union[torch.Tensor, SparseVoxels, DenseVoxels]
-
-
-def vals(x: State) -> torch.Tensor:
-    """The tensor behind x: itself, feats [N, C] or data [B, C, D, H, W]."""
-    if isinstance(x, SparseVoxels):
-        return x.feats
-    if isinstance(x, DenseVoxels):
-        return x.data
-    if isinstance(x, torch.Tensor):
-        return x
-    raise TypeError(f"expected a tensor, SparseVoxels or DenseVoxels, got {type(x).__name__}")
 
 
 def like(x: State, values: torch.Tensor) -> State:
@@ -32,13 +21,6 @@ def like(x: State, values: torch.Tensor) -> State:
     return values
 
 
-def per_row(x: State, per_sample: torch.Tensor) -> torch.Tensor:
-    """Broadcast a per-sample vector [B] to x's values: [N, 1] (sparse) or [B, 1, ..., 1]."""
-    if isinstance(x, (SparseVoxels, DenseVoxels)):
-        return field_per_sample(x, per_sample[:, None])
-    return per_sample.view(-1, *([1] * (x.dim() - 1)))
-
-
 def batch_size(x: State) -> int:
     """B of a field, or the first dim of a tensor."""
     return x.batch_size if isinstance(x, (SparseVoxels, DenseVoxels)) else x.shape[0]
@@ -46,7 +28,7 @@ def batch_size(x: State) -> int:
 
 def randn_like(x: State, generator=None) -> State:
     """Standard normal noise on x's voxels (deterministic given the generator)."""
-    v = vals(x)
+    v = values(x)
     noise = torch.randn(v.shape, generator=generator, dtype=v.dtype, device=v.device if generator is None
                         else generator.device)
     return like(x, noise.to(v.device))
@@ -73,7 +55,7 @@ def has_voxels(x: State) -> torch.Tensor:
         return x.batch_counts() > 0
     if isinstance(x, DenseVoxels) and x.mask is not None:
         return x.mask.reshape(b, -1).any(1)
-    return torch.ones(b, dtype=torch.bool, device=vals(x).device)
+    return torch.ones(b, dtype=torch.bool, device=values(x).device)
 
 
 def nonempty_mean(x: State, per_sample: torch.Tensor) -> torch.Tensor:

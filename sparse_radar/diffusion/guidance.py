@@ -14,14 +14,15 @@ import torch
 
 from ..voxels import SparseVoxels
 from .edm import Denoiser
-from .fields import State, like, vals
+from ..nn.field_ops import values
+from .fields import State, like
 
 NULL = -1.0  # the condition channels' value where there is no radar
 
 
 def null_condition(condition: State) -> State:
     """The condition of a scan with no radar: every value NULL, on the same voxels."""
-    return like(condition, torch.full_like(vals(condition), NULL))
+    return like(condition, torch.full_like(values(condition), NULL))
 
 
 def dropped_samples(seed: int, positions: Sequence[int], rate: float) -> list:
@@ -36,7 +37,7 @@ def drop_condition(condition: State, dropped: Sequence[bool], counts: Optional[S
     launch when nothing is dropped, one fill per dropped sample otherwise, and no host sync."""
     if not any(dropped):
         return condition
-    v = vals(condition).clone()
+    v = values(condition).clone()
     if isinstance(condition, SparseVoxels):
         if counts is None:
             raise ValueError("drop_condition needs the per-sample row counts of a sparse condition")
@@ -78,5 +79,5 @@ class GuidedDenoiser:
         conditional = self.denoiser(x, sigma)
         if self.scale == 1.0:
             return conditional
-        unconditional = vals(self.denoiser.with_condition(null_condition(self.denoiser.condition))(x, sigma))
-        return like(x, unconditional + self.scale * (vals(conditional) - unconditional))
+        unconditional = values(self.denoiser.with_condition(null_condition(self.denoiser.condition))(x, sigma))
+        return like(x, unconditional + self.scale * (values(conditional) - unconditional))

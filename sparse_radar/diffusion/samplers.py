@@ -7,7 +7,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .fields import State, like, randn_like, vals
+from ..nn.field_ops import values
+from .fields import State, like, randn_like
 
 Denoise = Callable[[State, torch.Tensor], State]
 
@@ -21,14 +22,14 @@ def _progress(iterable, show: bool, desc: str):
 
 def _d(denoise: Denoise, x: State, sigma: torch.Tensor) -> torch.Tensor:
     """ODE derivative dx/dsigma = (x - D(x, sigma)) / sigma (EDM eq. 3 with sigma(t) = t)."""
-    return (vals(x) - vals(denoise(x, sigma))) / sigma
+    return (values(x) - values(denoise(x, sigma))) / sigma
 
 
 def sample_euler(denoise: Denoise, x: State, sigmas: torch.Tensor, progress: bool = False) -> State:
     """First-order Euler steps of the probability-flow ODE along sigmas (descending, ending at 0)."""
     for i in _progress(range(len(sigmas) - 1), progress, "euler"):
         s, s_next = sigmas[i], sigmas[i + 1]
-        x = like(x, vals(x) + (s_next - s) * _d(denoise, x, s))
+        x = like(x, values(x) + (s_next - s) * _d(denoise, x, s))
     return x
 
 
@@ -42,13 +43,13 @@ def sample_heun(denoise: Denoise, x: State, sigmas: torch.Tensor, s_churn: float
         gamma = min(s_churn / n, math.sqrt(2) - 1) if s_tmin <= float(s) <= s_tmax else 0.0
         s_hat = s * (1 + gamma)
         if gamma > 0:
-            eps = vals(randn_like(x, generator)) * s_noise
-            x = like(x, vals(x) + (s_hat**2 - s**2).sqrt() * eps)
+            eps = values(randn_like(x, generator)) * s_noise
+            x = like(x, values(x) + (s_hat**2 - s**2).sqrt() * eps)
         d = _d(denoise, x, s_hat)
-        x_next = like(x, vals(x) + (s_next - s_hat) * d)
+        x_next = like(x, values(x) + (s_next - s_hat) * d)
         if float(s_next) > 0:
             d2 = _d(denoise, x_next, s_next)
-            x_next = like(x, vals(x) + (s_next - s_hat) * 0.5 * (d + d2))
+            x_next = like(x, values(x) + (s_next - s_hat) * 0.5 * (d + d2))
         x = x_next
     return x
 
@@ -58,7 +59,7 @@ def sample_consistency(denoise: Denoise, x: State, sigmas: Sequence[float], sigm
     """Multistep consistency sampling (CM Algorithm 1): x starts at noise level sigmas[0]; one entry = one step."""
     x = denoise(x, torch.tensor(float(sigmas[0])))
     for s in _progress(list(sigmas[1:]), progress, "consistency"):
-        noise = vals(randn_like(x, generator))
-        x_t = like(x, vals(x) + math.sqrt(max(float(s) ** 2 - sigma_min**2, 0.0)) * noise)
+        noise = values(randn_like(x, generator))
+        x_t = like(x, values(x) + math.sqrt(max(float(s) ** 2 - sigma_min**2, 0.0)) * noise)
         x = denoise(x_t, torch.tensor(float(s)))
     return x

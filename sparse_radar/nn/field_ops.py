@@ -17,9 +17,15 @@ def check_field(x, owner: str) -> None:
         raise TypeError(f"{owner} takes a SparseVoxels or DenseVoxels, got {type(x).__name__}")
 
 
-def values(x: Field) -> torch.Tensor:
-    """feats [N, C] of a sparse field, data [B, C, D, H, W] of a dense one."""
-    return x.feats if isinstance(x, SparseVoxels) else x.data
+def values(x: Union[Field, torch.Tensor]) -> torch.Tensor:
+    """The tensor behind x: feats [N, C] of a sparse field, data [B, C, D, H, W] of a dense one, a tensor itself."""
+    if isinstance(x, SparseVoxels):
+        return x.feats
+    if isinstance(x, DenseVoxels):
+        return x.data
+    if isinstance(x, torch.Tensor):
+        return x
+    raise TypeError(f"expected a tensor, SparseVoxels or DenseVoxels, got {type(x).__name__}")
 
 
 def map_values(x: Field, fn: Callable[[torch.Tensor], torch.Tensor]) -> Field:
@@ -32,11 +38,13 @@ def map_values(x: Field, fn: Callable[[torch.Tensor], torch.Tensor]) -> Field:
     return x.replace(out)
 
 
-def per_sample(x: Field, rows: torch.Tensor) -> torch.Tensor:
-    """Broadcast per-sample rows [B, C] to the field's layout ([N, C] or [B, C, 1, 1, 1])."""
+def per_sample(x: Union[Field, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+    """Broadcast per-sample rows [B, C] (or a per-sample vector [B], as one channel) to x's layout: [N, C] for a
+    sparse field, [B, C, 1, ..., 1] for a dense field or a tensor."""
+    rows = rows[:, None] if rows.dim() == 1 else rows
     if isinstance(x, SparseVoxels):
         return expand_segments(rows, x.structure.sample_ids(), x.structure.row_ptr())
-    return rows[:, :, None, None, None]
+    return rows.reshape(*rows.shape, *([1] * (values(x).dim() - 2)))
 
 
 def cat_channels(a: Field, b: Field) -> Field:

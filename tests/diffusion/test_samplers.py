@@ -6,7 +6,7 @@ import torch
 
 from sparse_radar.diffusion import (DiffusionConfig, Denoiser, cm_sigmas, consistency_loss, ct_schedule,
                                     ema_update, karras_sigmas, sample_consistency, sample_euler, sample_heun)
-from sparse_radar.diffusion.fields import per_row, vals
+from sparse_radar.nn.field_ops import per_sample, values
 from tests.factory import random_fields
 
 S = 0.5
@@ -17,9 +17,9 @@ def ideal(x, sigma):
     sigma = torch.as_tensor(sigma, dtype=torch.float32)
     if sigma.dim() == 0:
         return x * (S**2 / (S**2 + sigma**2)) if isinstance(x, torch.Tensor) else x.replace(
-            vals(x) * (S**2 / (S**2 + sigma**2)))
-    factor = per_row(x, S**2 / (S**2 + sigma**2))
-    return vals(x) * factor if isinstance(x, torch.Tensor) else x.replace(vals(x) * factor)
+            values(x) * (S**2 / (S**2 + sigma**2)))
+    factor = per_sample(x, S**2 / (S**2 + sigma**2))
+    return values(x) * factor if isinstance(x, torch.Tensor) else x.replace(values(x) * factor)
 
 
 def test_heun_recovers_the_data_std():
