@@ -61,7 +61,7 @@ def build_trainer(flags: List[str], folder: str, backend: str):
                     assert train(common + ["--stage", stage, "--steps", "1", "--out", run]) == 0
             flags += [flag, run]
     out = os.path.join(folder, f"run-{len(os.listdir(folder))}")
-    cfg = parse_args(common + flags + ["--model_channels", "16", "--backend", backend, "--steps", "100",
+    cfg = parse_args(common + flags + ["--model_channels", "16", "--field", backend, "--steps", "100",
                                        "--out", out])
     return Trainer(cfg, DistContext(device=torch.device("cuda" if torch.cuda.is_available() else "cpu")))
 

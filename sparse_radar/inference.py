@@ -28,7 +28,7 @@ from .models.unet import UNet3D
 from .nn.field_ops import cat_channels
 from .structure import VoxelStructure
 from .training.checkpoint import load_checkpoint
-from .training.config import DEFAULT_RADIUS, LATENT_STAGES, TRAIN_SUPPORTS, TrainConfig
+from .training.config import DEFAULT_RADIUS, FIELDS, LATENT_STAGES, TRAIN_SUPPORTS, TrainConfig
 from .data.fov import TargetFov
 from .data.point_fields import radar_columns, structured_columns
 from .diffusion.guidance import GuidedDenoiser
@@ -106,9 +106,9 @@ class Densifier:
 
     def __init__(self, model: UNet3D, diffusion: DiffusionConfig, grid: GridSpec, radar_channels: Sequence[Channel],
                  target_channels: Sequence[Channel], support: str = "radar_dilated", radius=(1, 2, 2),
-                 consistency: bool = False, backend: str = "sparse", device=None, dtype=torch.float32,
+                 consistency: bool = False, backend: Optional[str] = None, device=None, dtype=torch.float32,
                  structure: Optional[StructureNet] = None, codec: Optional[LatentCodec] = None,
-                 target_fov: Optional[TargetFov] = None):
+                 target_fov: Optional[TargetFov] = None, field: str = "sparse"):
         self.device = resolve_device(device)
         self.target_fov = target_fov  # the radar's field of view the targets were cropped to: outputs are too
         self.model = model.to(self.device).eval()
@@ -124,7 +124,12 @@ class Densifier:
         if support == "predicted" and structure is None:
             raise ValueError("support 'predicted' needs a structure network (a --stage structure run)")
         self.structure = None if structure is None else structure.to(self.device).eval()
-        self.support, self.radius, self.consistency, self.backend = support, tuple(radius), consistency, backend
+        if backend is not None:  # the field's name before it was called field
+            warnings.warn("Densifier(backend=...) is deprecated: use field=", DeprecationWarning, stacklevel=2)
+            field = backend
+        if field not in FIELDS:
+            raise ValueError(f"field must be one of {', '.join(FIELDS)}, got {field!r}")
+        self.support, self.radius, self.consistency, self.field = support, tuple(radius), consistency, field
         self.dtype = dtype
         self.cond_drop = 0.0  # the --cond_drop it was trained with: guidance needs > 0
         # a predicted-support model with one input channel beyond target + radar reads the structure's probability
@@ -191,7 +196,7 @@ class Densifier:
             net.check_grid(grid.shape)
         return cls._sourced(source, model, DiffusionConfig(**state["diffusion_config"]), grid,
                    [Channel(**c) for c in record["radar_channels"]], [Channel(**c) for c in record["target_channels"]],
-                   rule, radius, consistency=train.mode in ("cd", "ct"), backend=train.backend, device=device,
+                   rule, radius, consistency=train.mode in ("cd", "ct"), field=train.field, device=device,
                    dtype=DTYPES[dtype], structure=net, target_fov=fov, cond_drop=cond_drop)
 
     @classmethod
@@ -360,7 +365,7 @@ class Densifier:
         return torch.cat(parts) if parts else torch.zeros(0, channels)
 
     def _backend(self, field: SparseVoxels):
-        if self.backend == "sparse":
+        if self.field == "sparse":
             return field
         dense = field.to_dense()
         return DenseVoxels(dense.data) if self.support == "full" else dense

@@ -84,10 +84,10 @@ def _loop(trainer: Trainer, cfg, ctx) -> int:
         metrics, writer = open_metrics(os.path.join(cfg.out, "metrics.csv"), trainer.step, trainer.plan.history)
         params = sum(p.numel() for p in trainer.model.parameters())
         latent = f"dense {cfg.preset} UNet on the latent grid {tuple(getattr(trainer.model.config, 'input_size', ()))}"
-        what = {"structure": f"{cfg.backend} structure network",
-                "vae": f"{cfg.backend} {cfg.vae_preset} {cfg.vae_kind}", "ldm": f"ldm (EDM), {latent}",
+        what = {"structure": f"{cfg.field} structure network",
+                "vae": f"{cfg.field} {cfg.vae_preset} {cfg.vae_kind}", "ldm": f"ldm (EDM), {latent}",
                 "cd": f"cd (consistency distillation), {latent}"}.get(cfg.stage,
-                                                                     f"{cfg.mode}, {cfg.backend} {cfg.preset} UNet")
+                                                                     f"{cfg.mode}, {cfg.field} {cfg.preset} UNet")
         where = f", support {cfg.support}" if cfg.stage == "diffusion" else ""
         print(f"run folder {cfg.out}: {what} ({params / 1e6:.2f} M parameters) on {cfg.data} ({len(trainer.dataset)} "
               f"scans, grid {trainer.grid_shape}){where}, {ctx.world_size} process(es)" +

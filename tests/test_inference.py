@@ -145,12 +145,18 @@ def test_dense_backend_and_half_precision_follow_the_sparse_fp32_output(runs):
     pts = radar_points()
     d = Densifier.from_checkpoint(runs[0], device="cpu")
     ref = d(pts, steps=2, threshold=-1.0)
-    d.backend = "dense"  # the same weights on the dense fallback: the same function on the support
+    d.field = "dense"  # the same weights on the dense fallback: the same function on the support
     np.testing.assert_allclose(d(pts, steps=2, threshold=-1.0), ref, atol=1e-4)
     half = Densifier.from_checkpoint(runs[0], device="cpu", dtype="bfloat16")(pts, steps=2, threshold=-1.0)
     assert half.shape == ref.shape and np.abs(half[:, 3:] - ref[:, 3:]).max() < 0.1  # doppler spans 40 m/s
     with pytest.raises(ValueError, match="dtype"):
         Densifier.from_checkpoint(runs[0], dtype="float64")
+    old_name = dict(model=d.model, diffusion=d.diffusion, grid=d.grid, radar_channels=d.radar_channels,
+                    target_channels=d.target_channels, device="cpu")
+    with pytest.warns(DeprecationWarning, match="field="):
+        assert Densifier(**old_name, backend="dense").field == "dense"  # the keyword's former name still works
+    with pytest.raises(ValueError, match="field must be one of sparse, dense"):
+        Densifier(**old_name, field="triton")
 
 
 def test_densifier_takes_structured_arrays_by_field_name(small_runs):

@@ -28,7 +28,7 @@ DEFAULT_OUT = "runs/latest"
 RESUMABLE_FLAGS = ("steps", "lr", "save_every", "preview_every", "preview_steps", "progress")
 # Flags that say where and how to resume, not what the run is.
 CONTROL_FLAGS = ("resume", "out", "overwrite")
-BACKENDS = ("sparse", "dense")
+FIELDS = ("sparse", "dense")  # what --field chooses: the field type the model runs on
 MODEL_FLAGS = ("attention_type", "attention_resolutions", "downsample_type", "downsample_stride",
                "model_channels", "channel_mult", "num_res_blocks", "norm_type", "use_fp16", "use_checkpoint",
                "use_depthwise", "dropout")
@@ -39,7 +39,7 @@ class TrainConfig:
     """Everything a run needs; saved as config.json in the run folder and inside every checkpoint."""
 
     preset: str = "tiny"
-    backend: str = "sparse"
+    field: str = "sparse"
     attention_type: Optional[str] = None
     attention_resolutions: Optional[str] = None
     downsample_type: Optional[str] = None
@@ -97,7 +97,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        checks = (("preset", PRESETS), ("backend", BACKENDS), ("mode", MODES), ("support", TRAIN_SUPPORTS),
+        checks = (("preset", PRESETS), ("field", FIELDS), ("mode", MODES), ("support", TRAIN_SUPPORTS),
                   ("calibration", ("auto", "none")), ("radar", ("arbe", "ars548")),
                   ("ldm_condition", ("learned", "pooled")),
                   ("stage", STAGES), ("vae_preset", VAE_PRESET_NAMES), ("vae_kind", VAE_KINDS),
@@ -229,7 +229,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
-        """From a dict; unknown keys are an error."""
+        """From a dict; unknown keys are an error (a run saved before --field was named --backend is read)."""
+        if "backend" in values and "field" not in values:
+            values = {("field" if k == "backend" else k): v for k, v in values.items()}
         return dataclass_from_dict(cls, values, "unknown training option(s):")
 
 
@@ -248,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "a dense LiDAR-like scene. With no flags: a small sparse model on the "
                                             "built-in synthetic street scenes.")
     helps = {
-        "preset": f"model preset: {', '.join(PRESETS)}", "backend": "sparse (submanifold) or dense (fallback)",
+        "preset": f"model preset: {', '.join(PRESETS)}", "field": "the field the model runs on: sparse (submanifold convs) or dense (the dense fallback on the same "
+                 "voxels); the kernels' backend is $SPARSE_RADAR_BACKEND",
         "attention_resolutions": "downsample factors with attention, e.g. 8,4", "channel_mult": "e.g. 1,2,2,4",
         "data": "'synthetic' or a folder", "data_format": f"folder layout: {', '.join(DATA_FORMATS)}",
         "calibration": "--data_format vod or coloradar: auto (the official tree's calib files put the radar into the LiDAR frame) "
@@ -298,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help=helps.get(f.name, "True/False"))
         else:
             p.add_argument(f"--{f.name}", type=kind, default=f.default, help=helps.get(f.name))
+    p.add_argument("--backend", dest="deprecated_backend", default=None, help="deprecated: --field")
     return p
 
 
@@ -307,7 +311,15 @@ def parse_args(argv=None) -> TrainConfig:
     The result's `given_flags` holds the names of the flags on the command line (what --resume checks)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    deprecated = vars(args).pop("deprecated_backend")
     given = {name for name in vars(args) if _on_command_line(name, argv)}
+    if deprecated is not None:  # --backend sparse|dense, the flag's name before --field
+        print(f"{PROG}: --backend is deprecated, use --field {deprecated} (the field the model runs on; the "
+              "kernels' backend is chosen by $SPARSE_RADAR_BACKEND)", file=sys.stderr)
+        if "field" in given and args.field != deprecated:
+            parser.error(f"--backend {deprecated} contradicts --field {args.field}")
+        args.field = deprecated
+        given.add("field")
     try:
         cfg = TrainConfig(**vars(args))
         # model flags are checked now, on a grid every preset divides (the data's grid is checked at start-up)

@@ -71,8 +71,8 @@ class Trainer:
         cfg = self.cfg = self._build_model(cfg, state)
         # conv weights laid out for the field each part runs on: the kernels' layout (the default), or conv3d's for
         # a dense run and a latent denoiser (a learned radar encoder stays sparse on a sparse run)
-        set_weight_layout(self.model, "torch" if cfg.backend == "dense" or self.codec is not None else "kernel")
-        if cfg.backend == "sparse" and hasattr(self.model, "radar_encoder"):
+        set_weight_layout(self.model, "torch" if cfg.field == "dense" or self.codec is not None else "kernel")
+        if cfg.field == "sparse" and hasattr(self.model, "radar_encoder"):
             set_weight_layout(self.model.radar_encoder, "kernel")
         if self.teacher is not None:  # the student starts as the teacher
             self.model.load_state_dict(self.teacher.state_dict())
@@ -194,7 +194,7 @@ class Trainer:
         return sigma, target.replace(torch.cat(noises).to(self.device))
 
     def _as_backend(self, field: SparseVoxels):
-        if self.cfg.backend == "sparse":
+        if self.cfg.field == "sparse":
             return field
         dense = field.to_dense()
         return DenseVoxels(dense.data) if self.cfg.support == "full" else dense

@@ -26,15 +26,15 @@ def losses(folder):
 @pytest.mark.parametrize("backend,support,fp16", [("sparse", "radar_dilated", "False"),
                                                   ("dense", "radar_dilated", "False"), ("dense", "full", "False"),
                                                   ("sparse", "radar_dilated", "True")])
-def test_run_folder_on_both_backends(tmp_path, backend, support, fp16):
+def test_run_folder_on_both_fields(tmp_path, backend, support, fp16):
     out = tmp_path / "run"
-    assert run(SMALL + ["--steps", "2", "--save_every", "1", "--backend", backend, "--support", support,
+    assert run(SMALL + ["--steps", "2", "--save_every", "1", "--field", backend, "--support", support,
                         "--use_fp16", fp16, "--out", str(out)]) == 0
     names = set(os.listdir(out))
     assert {"config.json", "metrics.csv", "preview.png", "checkpoints"} <= names
     assert sorted(os.listdir(out / "checkpoints")) == ["latest.pt", "step_000001.pt", "step_000002.pt"]
     config = json.loads((out / "config.json").read_text())
-    assert config["train"]["backend"] == backend and config["model"]["model_channels"] == 8
+    assert config["train"]["field"] == backend and config["model"]["model_channels"] == 8
     assert config["model"]["use_fp16"] == (fp16 == "True")
     assert config["model"]["input_size"] == [8, 64, 64] and config["diffusion"]["sigma_data"] == 0.5
     rows = losses(out)
@@ -130,3 +130,19 @@ def test_metrics_history_is_replaced_atomically(tmp_path, monkeypatch):
     fh, _ = trainer_module.open_metrics(str(path), 2)
     fh.close()
     assert calls == [str(path)] and path.read_text().splitlines()[1:] == ["1,0.5,,,,,,", "2,0.4,,,,,,"]
+
+
+def test_backend_is_the_deprecated_name_of_field(capsys):
+    """--backend sparse|dense still chooses the field, with a line saying it is deprecated; a run's config saved
+    under the old key is read; a contradiction with --field is refused."""
+    from sparse_radar.training.config import TrainConfig, parse_args
+    cfg = parse_args(["--backend", "dense"])
+    assert cfg.field == "dense" and "field" in cfg.given_flags
+    assert "--backend is deprecated, use --field dense" in capsys.readouterr().err
+    old = {k: v for k, v in TrainConfig().to_dict().items() if k != "field"}
+    assert TrainConfig.from_dict({**old, "backend": "dense"}).field == "dense"
+    with pytest.raises(SystemExit):
+        parse_args(["--backend", "dense", "--field", "sparse"])
+    assert "contradicts --field sparse" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--field", "cuda"])
