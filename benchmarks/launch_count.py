@@ -38,7 +38,7 @@ EXECUTED_KERNELS = frozenset({"site_scatter_kernel", "submanifold_table_kernel",
 # innermost project file -> component (first match wins)
 COMPONENTS = (
     ("data", ("sparse_radar/data/", "sparse_radar/frames.py", "training/trainer.py:_pair")),
-    ("maps", ("kernels/kmap.py", "kernels/triton/kmap.py", "kernels/coords.py", "kernels/kernel_map.py",
+    ("maps", ("kernels/kmap_builders.py", "kernels/triton/kmap_builders.py", "kernels/coords.py", "kernels/kernel_map.py",
               "sparse_radar/structure.py")),
     ("convs", ("kernels/conv.py", "kernels/torch/conv.py", "kernels/torch/depthwise.py", "kernels/triton/conv.py",
                "sparse_radar/nn/conv.py", "sparse_radar/nn/depthwise.py", "sparse_radar/nn/generative.py")),

@@ -7,7 +7,7 @@ from .conv import depthwise_conv, from_spconv_weight, sparse_conv, to_spconv_wei
 from .coords import (check_key_range, conv_output_shape, dilate_coords, kernel_offsets, keys_to_coords,
                      linear_keys, lookup)
 from .kernel_map import KernelMap
-from .kmap import children_kmap, inverse_kmap, prune, strided_kmap, submanifold_kmap
+from .kmap_builders import children_kmap, inverse_kmap, prune, strided_kmap, submanifold_kmap
 
 __all__ = [
     "KernelSettings", "current", "kernel_settings", "resolve_backend",

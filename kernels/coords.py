@@ -63,7 +63,7 @@ def offset_keys(batch: torch.Tensor, cells: torch.Tensor, spatial_shape: Sequenc
 def keys_to_coords(keys: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
     """Inverse of linear_keys: int64 keys [N] -> int32 coords [N, 4] (one launch where index kernels run on triton)."""
     if backends.index_kernels_on_triton(keys.device):
-        from .triton.kmap import keys_to_coords as triton_keys_to_coords
+        from .triton.kmap_builders import keys_to_coords as triton_keys_to_coords
         return triton_keys_to_coords(keys, spatial_shape)
     d, h, w = (int(s) for s in spatial_shape)
     x = keys % w
@@ -128,6 +128,22 @@ def conv_output_shape(spatial_shape: Sequence[int], kernel_size: Triple, stride:
         for n, k, s, p, d in zip(spatial_shape, kernel_size, stride, padding, dilation)
     )
     return out  # type: ignore[return-value]
+
+
+NO_FINER_GRID = ("an inverse conv needs a field produced by a strided SparseConv3d (directly or after submanifold "
+                 "layers); this field has no finer grid to return to")
+
+
+def check_inverse_geometry(fine_shape: Sequence[int], coarse_shape: Sequence[int], kernel_size: Triple,
+                           stride: Triple, padding: Triple, dilation: Triple) -> None:
+    """Raise ValueError unless a strided conv of this geometry maps fine_shape to coarse_shape (the grid an inverse
+    conv of the same geometry takes back to fine_shape)."""
+    expected = tuple(conv_output_shape(fine_shape, kernel_size, stride, padding, dilation))
+    if expected != tuple(coarse_shape):
+        raise ValueError(
+            f"an inverse conv with kernel {tuple(kernel_size)}, stride {tuple(stride)}, padding {tuple(padding)}, "
+            f"dilation {tuple(dilation)} maps grid {tuple(fine_shape)} to {expected}, not to the input's grid "
+            f"{tuple(coarse_shape)}: pass the kernel_size/stride/padding/dilation of the strided conv being inverted")
 
 
 def dilate_coords(coords: torch.Tensor, spatial_shape: Sequence[int], radius: Triple) -> torch.Tensor:

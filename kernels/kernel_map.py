@@ -16,7 +16,7 @@ from . import backends
 def invert_table(table: torch.Tensor, n_rows: int) -> torch.Tensor:
     """Given t[i, k] = j (or -1), the table [n_rows, K] of u[j, k] = i; no host sync (two launches on triton)."""
     if backends.index_kernels_on_triton(table.device):
-        from .triton.kmap import invert_table as triton_invert_table
+        from .triton.kmap_builders import invert_table as triton_invert_table
         return triton_invert_table(table, n_rows)
     n, k = table.shape
     rows = torch.arange(n, dtype=torch.int32, device=table.device).unsqueeze(1).expand(n, k)

@@ -6,9 +6,9 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from .kernels import coords as kc
-from .kernels import kmap as km
+from .kernels import kmap_builders as km
 from .kernels.segment import row_pointers
-from .kernels.kmap import KernelMap
+from .kernels.kernel_map import KernelMap
 
 Shape3 = Tuple[int, int, int]
 
@@ -137,8 +137,7 @@ class VoxelStructure:
                     dilation: Shape3) -> Tuple[KernelMap, "VoxelStructure"]:
         """Kernel map (in = these sites, out = parent's sites) of an inverse conv back to the parent."""
         if self.parent is None:
-            raise ValueError("an inverse conv needs a field produced by a strided SparseConv3d (directly or after "
-                             "submanifold layers); this field has no finer grid to return to")
+            raise ValueError(kc.NO_FINER_GRID)
         key = ("inv", kernel_size, stride, padding, dilation)
         if key not in self.cache:
             parent = self.parent

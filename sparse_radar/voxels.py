@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from .kernels import coords as kc
-from .kernels import kmap as km
+from .kernels import kmap_builders as km
 from .structure import VoxelStructure
 
 Shape3 = Tuple[int, int, int]

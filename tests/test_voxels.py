@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sparse_radar import DenseVoxels, SparseVoxels
-from sparse_radar.kernels import kmap as km
+from sparse_radar.kernels import kmap_builders as km
 from sparse_radar.nn import SparseConv3d, SubMConv3d
 from sparse_radar.structure import VoxelStructure
 from tests.factory import random_fields

@@ -173,15 +173,10 @@ class SparseInverseConv3d(_SparseConvBase):
 
     def _dense(self, x: DenseVoxels) -> DenseVoxels:
         if not x.lineage:
-            raise ValueError("an inverse conv needs a field produced by a strided SparseConv3d (directly or after "
-                             "submanifold layers); this field has no finer grid to return to")
+            raise ValueError(kc.NO_FINER_GRID)
         fine_mask, fine_shape = x.lineage[-1]
-        expected = kc.conv_output_shape(fine_shape, self.kernel_size, self.stride, self.padding, self.dilation)
-        if tuple(expected) != x.spatial_shape:
-            raise ValueError(
-                f"an inverse conv with kernel {self.kernel_size}, stride {self.stride}, padding {self.padding}, "
-                f"dilation {self.dilation} maps grid {tuple(fine_shape)} to {tuple(expected)}, not to the input's "
-                f"grid {x.spatial_shape}: pass the kernel_size/stride/padding/dilation of the strided conv being inverted")
+        kc.check_inverse_geometry(fine_shape, x.spatial_shape, self.kernel_size, self.stride, self.padding,
+                                  self.dilation)
         data, weight, bias = self._cast(x.masked_data())
         size = [(n - 1) * s - 2 * p + d * (k - 1) + 1 for n, s, p, d, k in
                 zip(x.spatial_shape, self.stride, self.padding, self.dilation, self.kernel_size)]

@@ -270,9 +270,9 @@ def empty_batch(request, tmp_path, capsys):
         empty = SparseVoxels(torch.zeros(0, 8), torch.zeros(0, 4, dtype=torch.int32), (8, 16, 16), 2)
         out = model(empty, torch.zeros(2))
         assert out.num_voxels == 0 and out.num_channels == 4, attention
-    for backend in ("sparse", "dense"):
+    for field in ("sparse", "dense"):
         _empty_samples_train(Trainer(TrainConfig(train_size=2, model_channels=8, steps=2, progress=False,
-                                                 backend=backend, out=str(tmp_path / backend)), DistContext()))
+                                                 field=field, out=str(tmp_path / field)), DistContext()))
 
 
 def _empty_samples_train(trainer):

@@ -4,7 +4,7 @@ import torch
 
 from sparse_radar.kernels import conv as kconv
 from sparse_radar.kernels import torch as ktorch
-from sparse_radar.kernels import kmap as km
+from sparse_radar.kernels import kmap_builders as km
 from sparse_radar.kernels.backends import kernel_settings
 from tests.factory import random_fields
 

@@ -2,7 +2,7 @@
 import torch
 
 from sparse_radar.kernels import coords as kc
-from sparse_radar.kernels import kmap as km
+from sparse_radar.kernels import kmap_builders as km
 from tests.factory import random_fields
 
 GEOMETRY = ((3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1))

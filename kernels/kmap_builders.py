@@ -9,7 +9,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from .coords import (Triple, check_key_range, constant, conv_output_shape, kernel_offsets, keys_to_coords,
+from .coords import (Triple, check_inverse_geometry, check_key_range, constant, conv_output_shape, kernel_offsets, keys_to_coords,
                      linear_keys, lookup, offset_keys, row_blocks)
 from . import backends
 from .kernel_map import KernelMap
@@ -41,7 +41,7 @@ def submanifold_kmap(coords: torch.Tensor, spatial_shape: Sequence[int], batch_s
     identity = centre_offset(kernel_size)
     cells = batch_size * padded[0] * padded[1] * padded[2]
     if cells <= TABLE_MAX_CELLS and backends.index_kernels_on_triton(coords.device):
-        from .triton.kmap import submanifold_table
+        from .triton.kmap_builders import submanifold_table
         table = submanifold_table(coords, padded, batch_size, margin, kernel_size, dilation)
         return KernelMap(n, n, table.shape[1], identity, table=table, trusted=True, mirrored=True)
     keys = _padded_keys(coords, padded, margin)  # [N], ascending when coords are key-sorted
@@ -81,7 +81,7 @@ def _strided_candidates(coords: torch.Tensor, spatial_shape: Sequence[int], kern
         batch_size = int(coords[:, 0].max()) + 1 if coords.shape[0] else 1
     check_key_range(out_shape, batch_size)  # padding can make the output grid larger than the input's
     if backends.index_kernels_on_triton(device):
-        from .triton.kmap import strided_candidates
+        from .triton.kmap_builders import strided_candidates
         return strided_candidates(coords, kernel_size, stride, padding, dilation, out_shape), out_shape
     c64 = coords.to(torch.int64)
     pad, dil, st, limit = (constant(list(v), device) for v in (padding, dilation, stride, out_shape))
@@ -99,7 +99,7 @@ def _strided_candidates(coords: torch.Tensor, spatial_shape: Sequence[int], kern
 def _rows_of_keys(sorted_keys: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """int32 row of each key in sorted_keys, -1 for a key < 0 or absent."""
     if backends.index_kernels_on_triton(keys.device):
-        from .triton.kmap import rows_of_keys
+        from .triton.kmap_builders import rows_of_keys
         return rows_of_keys(sorted_keys, keys)
     rows = lookup(sorted_keys, keys)
     return torch.where(keys >= 0, rows, -1).to(torch.int32)
@@ -171,14 +171,9 @@ def inverse_kmap(fine_coords: torch.Tensor, fine_shape: Sequence[int], coarse_ke
                  coarse_shape: Sequence[int], kernel_size: Triple, stride: Triple, padding: Triple,
                  dilation: Triple, batch_size: Optional[int] = None) -> KernelMap:
     """Transposed conv from a coarse site set back onto a given fine site set (in = coarse, out = fine)."""
+    check_inverse_geometry(fine_shape, coarse_shape, kernel_size, stride, padding, dilation)
     keys, out_shape = _strided_candidates(fine_coords, fine_shape, kernel_size, stride, padding, dilation,
                                           batch_size)
-    if tuple(out_shape) != tuple(coarse_shape):
-        raise ValueError(
-            f"an inverse conv with kernel {kernel_size}, stride {stride}, padding {padding}, dilation {dilation} "
-            f"maps grid {tuple(fine_shape)} to {tuple(out_shape)}, not to the input's grid {tuple(coarse_shape)}: "
-            "pass the kernel_size/stride/padding/dilation of the strided conv being inverted"
-        )
     table = _rows_of_keys(coarse_keys, keys)  # [N_fine, K]: the coarse row feeding each fine site
     return KernelMap(coarse_keys.numel(), fine_coords.shape[0], keys.shape[1], table=table, trusted=True)
 

@@ -6,7 +6,7 @@ from typing import Sequence
 import torch
 import triton
 
-from .kmap_kernels import (invert_table_kernel, keys_to_coords_kernel, rows_of_keys_kernel, site_scatter_kernel,
+from .kmap_builder_kernels import (invert_table_kernel, keys_to_coords_kernel, rows_of_keys_kernel, site_scatter_kernel,
                            strided_candidates_kernel, submanifold_table_kernel)
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sparse_radar.kernels import coords as kc
-from sparse_radar.kernels import kmap as km
+from sparse_radar.kernels import kmap_builders as km
 
 
 def index_volume(mask: np.ndarray) -> np.ndarray:
@@ -120,7 +120,7 @@ def test_strided_kmap_any_geometry(kernel, stride, padding, dilation, occupancy,
 @pytest.mark.parametrize("m", [0, 1, 2, 7, 8, 9, 64])
 def test_triton_binary_search_rows_against_searchsorted(m):
     pytest.importorskip("triton")
-    from sparse_radar.kernels.triton.kmap import rows_of_keys
+    from sparse_radar.kernels.triton.kmap_builders import rows_of_keys
     g = torch.Generator().manual_seed(m)
     sorted_keys = torch.unique(torch.randint(0, 4 * m + 1, (m,), generator=g)) if m else torch.zeros(0, dtype=torch.int64)
     queries = torch.cat([sorted_keys, torch.arange(-2, 4 * m + 3), sorted_keys.flip(0)]).view(-1, 1).repeat(1, 3)
