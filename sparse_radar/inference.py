@@ -33,7 +33,7 @@ from .data.fov import TargetFov
 from .data.point_fields import radar_columns, structured_columns
 from .diffusion.guidance import GuidedDenoiser
 from .training.data_record import data_record_of
-from .training.stages import KIND, checkpoint_kind, load_structure, trained_cond_drop
+from .training.stages import STRUCTURE_STAGE, checkpoint_kind, load_structure, trained_cond_drop
 from .voxels import DenseVoxels, SparseVoxels
 
 SAMPLERS = ("heun", "euler", "onestep", "multistep")
@@ -154,7 +154,7 @@ class Densifier:
         structure network for 'predicted' (default: the one the checkpoint carries)."""
         resolve_device(device)  # an unavailable device is refused before the checkpoint is read
         state = load_checkpoint(path_or_run_folder)
-        if checkpoint_kind(state) == KIND:
+        if checkpoint_kind(state) == STRUCTURE_STAGE:
             raise ValueError(f"{path_or_run_folder} is a structure-network checkpoint (--stage structure): it predicts "
                              f"where the scene is, not the scene; sample a diffusion checkpoint with --support "
                              f"predicted --structure {path_or_run_folder}")

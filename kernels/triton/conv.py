@@ -12,7 +12,7 @@ from .conv_kernels import depthwise_kernel, depthwise_weight_grad_kernel, implic
 from .launch import interpreted_bf16, out_buffer, pow2_block, row_splits
 
 
-def _precision(dtype: torch.dtype) -> str:
+def _dot_precision(dtype: torch.dtype) -> str:
     """fp32 GEMMs use TF32 exactly when torch's matmul flag allows it; halves are exact products anyway."""
     if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 and not backends.triton_interpreting():
         return "tf32"
@@ -34,7 +34,7 @@ def implicit_gemm(x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor, n_
     implicit_gemm_kernel[grid](
         x, weight, table, bias if bias is not None else x, out, n_out, c_in, c_out, table.shape[1], x.stride(0),
         weight.stride(0), weight.stride(1), weight.stride(2), REVERSE=reverse,
-        HAS_BIAS=bias is not None, PRECISION=_precision(x.dtype), UPCAST=interpreted_bf16(x.dtype),
+        HAS_BIAS=bias is not None, PRECISION=_dot_precision(x.dtype), UPCAST=interpreted_bf16(x.dtype),
         BLOCK_CI=block_ci, BLOCK_CO=block_co)
     return out.to(x.dtype)
 
@@ -67,7 +67,7 @@ def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, table: torch.Tensor, wi
     grid = (k, triton.cdiv(c_in, block_ci) * triton.cdiv(c_out, block_co), n_split)
     weight_grad_kernel[grid](x, grad_out, table, partial, table.shape[0], c_in, c_out, k, per, grad_out.stride(0),
                              *layout,
-                             PRECISION=_precision(x.dtype), UPCAST=interpreted_bf16(x.dtype), HAS_BIAS=with_bias,
+                             PRECISION=_dot_precision(x.dtype), UPCAST=interpreted_bf16(x.dtype), HAS_BIAS=with_bias,
                              BLOCK_N=block_n, BLOCK_CI=block_ci, BLOCK_CO=block_co)
     total = partial.sum(0) if n_split > 1 else partial[0]
     return total[:weights].as_strided((k, c_in, c_out), tuple(layout)), (total[weights:] if with_bias else None)

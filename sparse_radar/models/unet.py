@@ -81,7 +81,7 @@ class UNet3D(nn.Module):
                               topk=c.topk, patch_size=c.patch_size, use_checkpoint=c.use_checkpoint,
                               shifted=shifted)
 
-    def _precision(self, device: torch.device):
+    def _autocast(self, device: torch.device):
         if not self.config.use_fp16:
             return contextlib.nullcontext()
         dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
@@ -102,7 +102,7 @@ class UNet3D(nn.Module):
                 f"UNet3D: the input field is {x.dtype} but the model's weights are {weight.dtype}; cast one to the "
                 f"other (x.to({weight.dtype}) or model.to({x.dtype})). For mixed precision keep fp32 inputs and "
                 f"set UNetConfig.use_fp16=True (autocast)")
-        with self._precision(x.device):
+        with self._autocast(x.device):
             out = self._run(x, noise_labels)
         return out.replace((out.feats if isinstance(out, SparseVoxels) else out.data).to(x.dtype))
 

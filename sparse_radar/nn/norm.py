@@ -51,7 +51,7 @@ def _dense_norm(x: DenseVoxels, groups: int, center: bool, eps: float, weight, b
     return (y if x.mask is None else y * x.mask.to(y.dtype)).to(x.dtype)
 
 
-class MaskedNorm(nn.Module):
+class VoxelGroupNorm(nn.Module):
     """Normalise over (channel group, active voxels) of each sample, then a per-channel affine."""
 
     def __init__(self, channels: int, groups: int, center: bool = True, eps: float = 1e-5, bias: bool = True):
@@ -89,9 +89,9 @@ class MaskedNorm(nn.Module):
 def norm_and_modulate(norm: nn.Module, x: Field, modulation: torch.Tensor, silu: bool = False,
                       dropout: Optional[nn.Dropout] = None) -> Field:
     """norm(x) * (1 + scale) + shift per (sample, channel) ([scale | shift] = modulation [B, 2C]), then SiLU if
-    silu, then the dropout module if given: on the sparse path of a MaskedNorm one op (the modulation folded into
+    silu, then the dropout module if given: on the sparse path of a VoxelGroupNorm one op (the modulation folded into
     the norm's affine, SiLU and dropout into its output), else one op after another."""
-    if isinstance(norm, MaskedNorm) and isinstance(x, SparseVoxels):
+    if isinstance(norm, VoxelGroupNorm) and isinstance(x, SparseVoxels):
         rate = dropout.p if dropout is not None and dropout.training else 0.0
         return norm.sparse(x, modulation, silu, rate)
     scale, shift = modulation.chunk(2, dim=1)
@@ -103,8 +103,8 @@ def norm_and_modulate(norm: nn.Module, x: Field, modulation: torch.Tensor, silu:
 
 
 def norm_silu(norm: nn.Module, x: Field) -> Field:
-    """silu(norm(x)): one op on the sparse path of a MaskedNorm, else the norm and then SiLU."""
-    if isinstance(norm, MaskedNorm) and isinstance(x, SparseVoxels):
+    """silu(norm(x)): one op on the sparse path of a VoxelGroupNorm, else the norm and then SiLU."""
+    if isinstance(norm, VoxelGroupNorm) and isinstance(x, SparseVoxels):
         return norm.sparse(x, silu=True)
     return map_values(norm(x), F.silu)
 
@@ -128,8 +128,8 @@ class AdaptiveNorm(nn.Module):
     def __init__(self, channels: int, num_groups: int, threshold: float = 0.7, eps: float = 1e-5):
         super().__init__()
         self.threshold = threshold
-        self.instance = MaskedNorm(channels, channels, eps=eps)
-        self.group = MaskedNorm(channels, group_count(channels, num_groups), eps=eps)
+        self.instance = VoxelGroupNorm(channels, channels, eps=eps)
+        self.group = VoxelGroupNorm(channels, group_count(channels, num_groups), eps=eps)
 
     def forward(self, x: Field) -> Field:
         """Instance- or group-normalised per sample."""
@@ -144,13 +144,13 @@ class AdaptiveNorm(nn.Module):
 def build_norm(norm_type: str, channels: int, num_groups: int = 32) -> nn.Module:
     """The norm module for a norm_type of NORM_TYPES."""
     if norm_type == "group":
-        return MaskedNorm(channels, group_count(channels, num_groups))
+        return VoxelGroupNorm(channels, group_count(channels, num_groups))
     if norm_type == "layer":
-        return MaskedNorm(channels, 1)
+        return VoxelGroupNorm(channels, 1)
     if norm_type == "instance":
-        return MaskedNorm(channels, channels)
+        return VoxelGroupNorm(channels, channels)
     if norm_type == "rms":
-        return MaskedNorm(channels, 1, center=False, eps=1e-6, bias=False)
+        return VoxelGroupNorm(channels, 1, center=False, eps=1e-6, bias=False)
     if norm_type == "adaptive":
         return AdaptiveNorm(channels, num_groups)
     raise ValueError(f"unknown norm_type {norm_type!r}; expected one of {', '.join(NORM_TYPES)}")

@@ -17,7 +17,7 @@ from ..voxels import SparseVoxels
 from .checkpoint import load_checkpoint
 from .data_record import data_record_of
 
-KIND = "structure"
+STRUCTURE_STAGE = "structure"
 
 
 def checkpoint_kind(state: dict) -> str:
@@ -99,7 +99,7 @@ def load_structure(path_or_state, grid: Optional[GridSpec] = None) -> StructureN
     name = f"the structure network of {path_or_state}" if isinstance(path_or_state, str) else \
         "the checkpoint's structure network"
     record = state.get("structure")
-    if not record and checkpoint_kind(state) != KIND:
+    if not record and checkpoint_kind(state) != STRUCTURE_STAGE:
         raise ValueError(f"{path_or_state if isinstance(path_or_state, str) else 'the checkpoint'} holds no structure "
                          f"network: pass a run of `--stage structure` (or a checkpoint trained with --support "
                          f"predicted)")

@@ -35,7 +35,7 @@ from .checkpoint import load_checkpoint, newest_checkpoint, save_checkpoint
 from .data_record import data_record, metric_grid
 from .config import TrainConfig, given_flags
 from .run_folder import ARCH_FLAGS, RunPlan, adopt_teacher, plan_run
-from .stages import (KIND, best_weights, build_structure, build_vae, check_teacher, load_codec, load_structure,
+from .stages import (STRUCTURE_STAGE, best_weights, build_structure, build_vae, check_teacher, load_codec, load_structure,
                      structure_record, support_fields)
 from .preview import save_preview
 
@@ -126,13 +126,13 @@ class Trainer:
                                                           for i in range(0, 16, 4)], self.diffusion.sigma_data)
         elif cfg.stage == "diffusion":  # target + radar channels in, and the structure's probability where read
             model_cfg = cfg.model_config(self.grid_shape, 8 + int(cfg.structure_channel))
-        if cfg.stage in (KIND, "vae"):
+        if cfg.stage in (STRUCTURE_STAGE, "vae"):
             unused = sorted(given_flags(cfg) & set(ARCH_FLAGS))
             if unused:
                 raise ValueError(f"--stage {cfg.stage} trains a network of its own; the UNet flags "
                                  f"{', '.join('--' + n for n in unused)} do not apply to it")
         torch.manual_seed(cfg.seed)
-        if cfg.stage == KIND:
+        if cfg.stage == STRUCTURE_STAGE:
             self.model = build_structure(len(RADAR_CHANNELS), cfg.structure_cap, cfg.dice_weight).to(self.device)
             self.model.check_grid(self.grid_shape)
         elif cfg.stage == "vae":
@@ -218,7 +218,7 @@ class Trainer:
         torch.manual_seed(cfg.seed * 104729 + self.step * 31 + self.ctx.rank)  # dropout: a function of the step
         self.model.train()
         self.opt.zero_grad(set_to_none=True)
-        micro_step = {KIND: self._structure_micro, "vae": self._vae_micro, "ldm": self._latent_micro,
+        micro_step = {STRUCTURE_STAGE: self._structure_micro, "vae": self._vae_micro, "ldm": self._latent_micro,
                       "cd": self._latent_micro}.get(cfg.stage, self._diffusion_micro)
         logged = []  # per micro-batch: loss, support voxels, empty samples, coverage (tensors or numbers)
         for micro in range(cfg.grad_accum):
@@ -364,10 +364,10 @@ class Trainer:
         radar, target = collate([data[0]], self.grid_shape)
         model = next(iter(self.ema.values())) if self.ema else self.model
         model.eval()
-        if self.cfg.stage in (KIND, "vae"):
-            source = radar if self.cfg.stage == KIND else target
+        if self.cfg.stage in (STRUCTURE_STAGE, "vae"):
+            source = radar if self.cfg.stage == STRUCTURE_STAGE else target
             out = model(self._as_backend(source.to(self.device)))
-            kept = out.field if self.cfg.stage == KIND else out.generation.field
+            kept = out.field if self.cfg.stage == STRUCTURE_STAGE else out.generation.field
             kept = kept if isinstance(kept, SparseVoxels) else kept.to_sparse()
             save_preview(path, radar, target, kept.replace(kept.feats.new_ones(kept.num_voxels, 1)).to("cpu"))
             return
