@@ -37,7 +37,7 @@ EXECUTED_KERNELS = frozenset({"site_scatter_kernel", "submanifold_table_kernel",
 
 # innermost project file -> component (first match wins)
 COMPONENTS = (
-    ("data", ("sparse_radar/data/", "sparse_radar/frames.py", "training/trainer.py:_pair")),
+    ("data", ("sparse_radar/data/", "sparse_radar/frames.py", "training/batches.py:pair")),
     ("maps", ("kernels/kmap_builders.py", "kernels/triton/kmap_builders.py", "kernels/coords.py", "kernels/kernel_map.py",
               "sparse_radar/structure.py")),
     ("convs", ("kernels/conv.py", "kernels/torch/conv.py", "kernels/torch/depthwise.py", "kernels/triton/conv.py",
@@ -53,12 +53,13 @@ COMPONENTS = (
     ("EMA", ("diffusion/consistency.py:ema_update",)),
     ("loss", ("sparse_radar/diffusion/",)),
     ("optimizer", ("torch/optim/", "torch/nn/utils/clip_grad")),
-    ("trainer", ("training/trainer.py",)),
+    ("trainer", ("training/trainer.py", "training/stage_base.py", "training/diffusion_stage.py",
+                 "training/latent_stage.py", "training/occupancy_stages.py", "training/batches.py")),
 )
 
 
-DATA_FRAMES = ("training/trainer.py:_pair", "data/support.py:training_fields", "training/trainer.py:_draws",
-               "training/trainer.py:_stream", "training/trainer.py:host_counts")
+DATA_FRAMES = ("training/batches.py:pair", "data/support.py:training_fields", "training/batches.py:draws",
+               "training/batches.py:index", "training/batches.py:host_counts")
 
 
 def component_of(stack) -> str:

@@ -15,7 +15,7 @@ from .training import distributed, pipeline
 from .training.checkpoint import CheckpointWriteError
 from .training.config import PROG, parse_args
 from .training.run_folder import plan_run, prepare_folder
-from .training.trainer import Trainer, TrainingStopped, open_metrics, write_config
+from .training.trainer import Trainer, TrainingStopped, metrics_columns, open_metrics, write_config
 
 
 def run(argv=None) -> int:
@@ -81,7 +81,8 @@ def _loop(trainer: Trainer, cfg, ctx) -> int:
         for line in prepare_folder(trainer.plan):
             print(line, flush=True)
         write_config(cfg, trainer.model, trainer.diffusion)
-        metrics, writer = open_metrics(os.path.join(cfg.out, "metrics.csv"), trainer.step, trainer.plan.history)
+        metrics, writer = open_metrics(os.path.join(cfg.out, "metrics.csv"), trainer.step, trainer.plan.history,
+                                       metrics_columns(trainer.stage))
         params = sum(p.numel() for p in trainer.model.parameters())
         latent = f"dense {cfg.preset} UNet on the latent grid {tuple(getattr(trainer.model.config, 'input_size', ()))}"
         what = {"structure": f"{cfg.field} structure network",
@@ -100,13 +101,14 @@ def _loop(trainer: Trainer, cfg, ctx) -> int:
             row = trainer.train_step()
             row["seconds"] = round(time.perf_counter() - start, 3)
             bar.update(1)
-            if row["skipped_samples"] and ctx.main:
+            if row.get("skipped_samples") and ctx.main:
                 skipped += row["skipped_samples"]
                 bar.write(f"step {row['step']}: {row['skipped_samples']} sample(s) with an empty support skipped "
                           f"({skipped} so far)"
                           f"{'; no update' if row['skipped_samples'] == trainer.samples_per_step else ''}",
                           file=sys.stderr)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", cover=f"{row['coverage']:.2f}", refresh=False)
+            shares = {c: f"{row[c]:.2f}" for c in trainer.stage.mean_columns}  # coverage, or recall
+            bar.set_postfix(loss=f"{row['loss']:.4f}", **shares, refresh=False)
             if ctx.main:
                 writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
                 metrics.flush()

@@ -17,7 +17,7 @@ from sparse_radar.train import run
 from sparse_radar.training import checkpoint as checkpoint_module
 from sparse_radar.training import load_checkpoint
 from sparse_radar.training.checkpoint import save_checkpoint
-from sparse_radar.training import trainer as trainer_module
+from sparse_radar.training import diffusion_stage
 from sparse_radar.training.config import TrainConfig, parse_args
 from sparse_radar.training.distributed import DistContext
 from sparse_radar.training.trainer import Trainer
@@ -254,7 +254,7 @@ def nonfinite_loss(request, tmp_path, capsys):
     monkeypatch = request.getfixturevalue("monkeypatch")
     out = tmp_path / "nan"
     assert run(SMALL + ["--steps", "2", "--save_every", "1", "--out", str(out)]) == 0
-    monkeypatch.setattr(trainer_module, "edm_loss", lambda *a, **k: torch.tensor(float("inf"), requires_grad=True))
+    monkeypatch.setattr(diffusion_stage, "edm_loss", lambda *a, **k: torch.tensor(float("inf"), requires_grad=True))
     before = snapshot(out / "checkpoints")
     assert run(["--resume", str(out), "--steps", "4", "--progress", "False"]) == 1
     err = capsys.readouterr().err

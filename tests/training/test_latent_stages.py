@@ -64,7 +64,7 @@ def test_ldm_checkpoint_carries_the_vae_and_the_fitted_scale(latent_runs):
         assert torch.equal(state["latent"]["weights"][name], value)
     trainer = Trainer(TrainConfig(stage="ldm", vae=vae, train_size=2, grid=SMALL_GRID, out=str(ldm) + "-probe"),
                       distributed.setup())
-    targets = [trainer._pair(list(range(i, i + 4)))[1] for i in range(0, 16, 4)]
+    targets = [trainer.stream.pair(list(range(i, i + 4)))[1] for i in range(0, 16, 4)]
     assert state["latent"]["scale"] == pytest.approx(fit_scale(codec, targets, 0.5))
     cd_state = load_checkpoint(cd)
     assert cd_state["model_kind"] == "cd" and cd_state["latent"]["scale"] == state["latent"]["scale"]

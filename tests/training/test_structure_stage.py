@@ -24,9 +24,13 @@ def test_structure_run_records_its_kind_and_logs_recall(structure_runs):
     assert state["model_kind"] == "structure" and state["step"] == 2
     assert [list(s) for s in state["model_config"]["strides"]] == [[2, 2, 2]] * 3
     with open(f"{structure}/metrics.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+    # the columns say what a structure run logs: its finest level's kept voxels and their recall of the target
+    assert reader.fieldnames == ["step", "loss", "grad_norm", "lr", "predicted_voxels", "recall", "seconds"]
     assert [int(r["step"]) for r in rows] == [1, 2]
-    assert all(0 <= float(r["coverage"]) <= 1 and float(r["loss"]) > 0 for r in rows)
+    assert all(0 <= float(r["recall"]) <= 1 and float(r["loss"]) > 0 and int(r["predicted_voxels"]) > 0
+               for r in rows)
     emb = load_checkpoint(predicted)["structure"]
     net = load_structure(structure)
     for name, value in net.state_dict().items():  # the diffusion checkpoint carries the structure run's EMA net

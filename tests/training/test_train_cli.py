@@ -9,6 +9,7 @@ import torch
 
 from sparse_radar.train import run
 from sparse_radar.training import load_checkpoint, save_checkpoint
+from sparse_radar.training import diffusion_stage
 from sparse_radar.training import trainer as trainer_module
 from sparse_radar.training.config import TrainConfig, parse_args
 from sparse_radar.training.distributed import DistContext
@@ -71,13 +72,13 @@ def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
     for pa, pb in zip(a.model.parameters(), b.model.parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
     # every sample once: positions of consecutive steps and micro-batches never repeat
-    seen = [p for step in range(3) for micro in range(2) for p in b.batch_positions(step, micro)]
+    seen = [p for step in range(3) for micro in range(2) for p in b.stream.positions(step, micro)]
     assert seen == list(range(6))
-    assert sorted(b._stream(p) for p in range(4)) == [0, 1, 2, 3]  # each epoch is a permutation
+    assert sorted(b.stream.index(p) for p in range(4)) == [0, 1, 2, 3]  # each epoch is a permutation
 
 
 def test_non_finite_loss_stops_with_a_message(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(trainer_module, "edm_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    monkeypatch.setattr(diffusion_stage, "edm_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
     assert run(SMALL + ["--steps", "3", "--out", str(tmp_path / "nan")]) == 1
     err = capsys.readouterr().err
     assert "loss became nan at step 1" in err and "--lr" in err and "No checkpoint was written yet" in err
