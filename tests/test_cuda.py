@@ -89,3 +89,43 @@ def test_step_worker_measures_on_cuda():
     assert done.returncode == 0, done.stderr[-3000:]
     row = json.loads(done.stdout)
     assert row["device"] == "cuda" and row["step_ms"] > 0 and row["peak_bytes"] > 0
+
+
+@pytest.mark.parametrize("optimizer", ["fused", "foreach"])
+def test_adamw_on_cuda_updates_kernel_layout_weights_as_contiguous_ones(optimizer):
+    """Conv weights keep their memory in the kernels' layout: CUDA's fused and foreach AdamW (which read params,
+    grads and states as flat memory) update them exactly as the same weights laid out contiguously."""
+    from sparse_radar.nn.conv import set_weight_layout
+    from sparse_radar.models import UNet3D, create_tiny_unet_config
+    sv, _ = random_fields(2, 8, (8, 16, 16), [0.1, 0.2], seed=11)
+    results = []
+    for layout in ("kernel", "torch"):
+        torch.manual_seed(0)
+        model = set_weight_layout(UNet3D(create_tiny_unet_config(use_checkpoint=True)), layout).cuda()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2, **{optimizer: True})
+        for _ in range(3):
+            model(sv.to("cuda"), torch.tensor([0.1, 0.5], device="cuda")).feats.square().mean().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        results.append([p.detach().cpu() for p in model.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_checkpointed_block_with_dropout_recomputes_the_same_mask_on_cuda():
+    """recompute() restores the CUDA generator for the backward's second run: with dropout the gradients equal
+    those of the block run without checkpointing."""
+    from sparse_radar.nn.blocks import ResBlock
+    torch.manual_seed(0)
+    block = ResBlock(8, 16, 12, num_groups=4, dropout=0.4).cuda().train()
+    sv, _ = random_fields(2, 8, (4, 8, 8), [0.3, 0.5], seed=12)
+    x, emb = sv.to("cuda"), torch.randn(2, 12, device="cuda")
+    grads = []
+    for checkpointing in (False, True):
+        block.use_checkpoint = checkpointing
+        torch.manual_seed(5)
+        block(x, emb).feats.square().sum().backward()
+        grads.append([p.grad.clone() for p in block.parameters()])
+        block.zero_grad(set_to_none=True)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
