@@ -52,11 +52,11 @@ def load_densifier(cls, path_or_run_folder, device=None, ema: bool = True, dtype
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     fov = TargetFov.from_dict(record.get("target_fov"))
     if kind in LATENT_STAGES:
-        return _sourced(cls, source, model, DiffusionConfig(**state["diffusion_config"]), GridSpec.from_dict(record["grid"]),
-                   [Channel(**c) for c in record["radar_channels"]],
-                   [Channel(**c) for c in record["target_channels"]], consistency=train.objective in ("cd", "ct"),
-                   device=device, dtype=DTYPES[dtype], codec=LatentCodec.from_record(state["latent"]),
-                   target_fov=fov, cond_drop=cond_drop)
+        return _sourced(cls, source, model, DiffusionConfig(**state["diffusion_config"]),
+                        GridSpec.from_dict(record["grid"]), [Channel(**c) for c in record["radar_channels"]],
+                        [Channel(**c) for c in record["target_channels"]],
+                        consistency=train.objective in ("cd", "ct"), device=device, dtype=DTYPES[dtype],
+                        codec=LatentCodec.from_record(state["latent"]), target_fov=fov, cond_drop=cond_drop)
     rule, radius = record["support"], record["support_radius"]
     if support is not None and support != rule:
         rule, radius = support, DEFAULT_RADIUS.get(support, (1, 2, 2))
@@ -67,9 +67,10 @@ def load_densifier(cls, path_or_run_folder, device=None, ema: bool = True, dtype
     if net is not None:
         net.check_grid(grid.shape)
     return _sourced(cls, source, model, DiffusionConfig(**state["diffusion_config"]), grid,
-               [Channel(**c) for c in record["radar_channels"]], [Channel(**c) for c in record["target_channels"]],
-               rule, radius, consistency=train.mode in ("cd", "ct"), field=train.field, device=device,
-               dtype=DTYPES[dtype], structure=net, target_fov=fov, cond_drop=cond_drop)
+                    [Channel(**c) for c in record["radar_channels"]],
+                    [Channel(**c) for c in record["target_channels"]], rule, radius,
+                    consistency=train.mode in ("cd", "ct"), field=train.field, device=device, dtype=DTYPES[dtype],
+                    structure=net, target_fov=fov, cond_drop=cond_drop)
 
 
 def _sourced(cls, source: dict, *args, cond_drop: float = 0.0, **kwargs):

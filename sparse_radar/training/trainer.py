@@ -235,9 +235,9 @@ def _replace_text(path: str, text: str) -> None:
 
 
 def open_metrics(path: str, resume_step: int, history: Optional[str] = None, columns: Sequence[str] = ()):
-    """metrics.csv (columns: metrics_columns of the run's stage) opened for appending, starting with the rows of `history` (default: path itself) up to
-    resume_step; rows after it (written after the last checkpoint, or a later branch) are dropped. The file is
-    replaced atomically, so an interruption never leaves it cut short."""
+    """metrics.csv (columns: metrics_columns of the run's stage) opened for appending, starting with the rows of
+    `history` (default: path itself) up to resume_step; rows after it (written after the last checkpoint, or a
+    later branch) are dropped. The file is replaced atomically, so an interruption never leaves it cut short."""
     history = path if history is None else history
     rows = []
     if resume_step > 0 and os.path.exists(history):
