@@ -164,8 +164,8 @@ def model_rows(table: Table, densifier: Densifier, settings: SamplerSettings, ar
                     for t in sweep if k == 0 else ():
                         swept[t].append(table.score(first + b, densifier.to_points(out, b, t)[:, :3]))
                 first += len(batch)
-    for row in rows:  # the memory the method's sampling added, the same in each of its rows
-        row["peak_mb"] = watch.mb
+    for row in rows + [r for more in extra for r in more]:  # the memory the method's sampling added, the same in
+        row["peak_mb"] = watch.mb  # each of its rows (a best-of-k row may be any sample's)
     best = None
     if args.samples > 1:
         for b, row in enumerate(rows):

@@ -132,3 +132,16 @@ def test_evaluate_distribution_metrics_and_best_of_k(small_runs, tmp_path):
     assert got["bev_jsd"] == pytest.approx(bev_jsd(radar, target)) and got["bev_mmd"] == pytest.approx(
         bev_mmd(radar, target))
     assert "bev_jsd" in (out / "evaluation.md").read_text()
+
+
+def test_best_of_k_rows_may_come_from_any_sample(small_runs, tmp_path, monkeypatch):
+    """A best-of-k row taken from a later sample carries every column of the first sample's row (peak MB too):
+    forced here by a chooser that always picks the last sample."""
+    import sparse_radar.evaluate as evaluate_module
+    monkeypatch.setattr(evaluate_module, "best_of_k", lambda candidates: candidates[-1])
+    out = tmp_path / "ev"
+    edm = [r for r in small_runs if "edm" in str(r)]
+    assert evaluate(edm + ["--count", "2", "--steps", "2", "--samples", "2", "--no-oracle", "--out", str(out),
+                           "--no-progress"]) == 0
+    best = json.loads((out / "evaluation.json").read_text())["methods"]["edm heun-2 best of 2"]
+    assert "peak_mb" in best["summary"] and "diversity" not in best["summary"]
