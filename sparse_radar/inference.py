@@ -13,7 +13,7 @@ from tqdm import tqdm
 from .cloud_io import Cloud, field_points, voxelize_radar
 from .data.fov import TargetFov
 from .data.grid import GridSpec
-from .data.support import on_support, support_structure
+from .data.support import on_field_path, on_support, support_structure
 from .data.voxelize import Channel
 from .densifier_loading import load_densifier, resolve_device
 from .densifier_sampling import generate_latent, guided, run_sampler, support_noise
@@ -26,7 +26,7 @@ from .nn.field_ops import cat_channels
 from .sampling_settings import DTYPES, MAX_SEED, MAX_STEPS, SAMPLERS, SamplerSettings, whole_number
 from .structure import VoxelStructure
 from .training.config import FIELDS, TRAIN_SUPPORTS
-from .voxels import DenseVoxels, SparseVoxels
+from .voxels import SparseVoxels
 
 # the sampling settings and their checks live in sampling_settings; sample and evaluate import them from here
 __all__ = ["Densifier", "SamplerSettings", "generate_batches", "resolve_device", "whole_number", "DTYPES",
@@ -180,11 +180,7 @@ class Densifier:
         return results[0] if single else results
 
     def _on_field(self, field: SparseVoxels):
-        """field on the path the model runs: itself, or dense (unmasked for the full support)."""
-        if self.field == "sparse":
-            return field
-        dense = field.to_dense()
-        return DenseVoxels(dense.data) if self.support == "full" else dense
+        return on_field_path(field, self.field, self.support)
 
     def _autocast(self):
         if self.dtype == torch.float32:

@@ -8,7 +8,7 @@ import torch
 from ..kernels.segment import segment_total
 from ..kernels.coords import dilate_coords, linear_keys, lookup
 from ..structure import VoxelStructure
-from ..voxels import SparseVoxels
+from ..voxels import DenseVoxels, SparseVoxels
 from .voxelize import EMPTY
 
 SUPPORT_TYPES = ("full", "radar_dilated", "oracle")
@@ -49,3 +49,12 @@ def training_fields(kind: str, radar: SparseVoxels, target: SparseVoxels,
     """(target on the support, radar condition on the support, coverage [B]) for one batch."""
     support = support_structure(kind, radar, target, radius)
     return on_support(target, support), on_support(radar, support), coverage(support, target)
+
+
+def on_field_path(field, path: str, support: str):
+    """field on the path a model runs (--field): itself on "sparse"; on "dense" the dense field, masked by its
+    voxels, or unmasked for the full support (every cell active). A dense field passes through."""
+    if path == "sparse" or not isinstance(field, SparseVoxels):
+        return field
+    dense = field.to_dense()
+    return DenseVoxels(dense.data) if support == "full" else dense

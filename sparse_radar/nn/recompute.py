@@ -30,7 +30,7 @@ class _Recompute(torch.autograd.Function):
     def forward(ctx, run, n_inputs, *tensors):
         inputs = tensors[:n_inputs]
         device = inputs[0].device
-        ctx.run, ctx.n_inputs, ctx.n_params, ctx.device = run, n_inputs, len(tensors) - n_inputs, device
+        ctx.run, ctx.device = run, device
         ctx.params = tensors[n_inputs:]
         ctx.autocast = (torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type))
         ctx.rng = _rng_state(device)

@@ -13,7 +13,8 @@ from ..diffusion.samplers import sample_consistency, sample_heun
 from ..models.config import UNetConfig
 from ..models.radar_encoder import attach_encoder
 from ..models.unet import UNet3D
-from ..voxels import DenseVoxels, SparseVoxels
+from ..data.support import on_field_path
+from ..voxels import SparseVoxels
 from .checkpoint import load_checkpoint
 from .config import TrainConfig, given_flags
 from .run_folder import adopt_teacher
@@ -64,11 +65,8 @@ class Stage:
 
     # ----- shared by the stages -------------------------------------------------------------------------
     def on_field(self, field):
-        """field on the path the model trains on (--field): itself, or dense (unmasked for the full support)."""
-        if self.cfg.field == "sparse":
-            return field
-        dense = field.to_dense()
-        return DenseVoxels(dense.data) if self.cfg.support == "full" else dense
+        """field on the path the model trains on (--field; see on_field_path)."""
+        return on_field_path(field, self.cfg.field, self.cfg.support)
 
     def load_teacher(self, cfg: TrainConfig, state) -> tuple:
         """(config, the teacher's UNetConfig, the teacher's checkpoint) of a distillation run, with self.teacher

@@ -63,9 +63,7 @@ class Trainer:
         self.stream = BatchStream(self.dataset, self.grid_shape, cfg.seed, cfg.batch_size, cfg.grad_accum, ctx.rank,
                                   ctx.world_size)
         self.stage = STAGE_OBJECTS[cfg.stage](self)
-        cfg = self.cfg = self.stage.build(cfg, state)
-        self.stream = BatchStream(self.dataset, self.grid_shape, cfg.seed, cfg.batch_size, cfg.grad_accum, ctx.rank,
-                                  ctx.world_size)  # a distillation run may have taken the teacher's settings
+        cfg = self.cfg = self.stage.build(cfg, state)  # (a distillation run takes the teacher's model flags only)
         self.model, self.teacher = self.stage.model, self.stage.teacher
         # conv weights laid out for the field each part runs on: the kernels' layout (the default), or conv3d's for
         # a dense run and a latent denoiser (a learned radar encoder stays sparse on a sparse run)

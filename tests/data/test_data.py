@@ -128,3 +128,20 @@ def test_point_pair_folders(tmp_path):
     (tmp_path / "radar" / "a.bin").write_bytes(b"\x00" * 10)
     with pytest.raises(formats.DataFormatError, match="a.bin"):
         ds[0]
+
+
+def test_on_field_path_gives_the_field_each_path_runs_on():
+    """sparse: the field itself; dense: the dense grid masked by the field's voxels, or unmasked (every cell
+    active) for the full support; a dense field passes through."""
+    from sparse_radar import DenseVoxels, SparseVoxels
+    from sparse_radar.data.support import on_field_path
+    mask = torch.rand(2, 1, 3, 4, 5) < 0.4
+    data = torch.randn(2, 3, 3, 4, 5) * mask
+    sv = SparseVoxels.from_dense(data, mask)
+    assert on_field_path(sv, "sparse", "radar_dilated") is sv
+    dense = on_field_path(sv, "dense", "radar_dilated")
+    assert torch.equal(dense.data, data) and torch.equal(dense.mask, mask)
+    full = on_field_path(sv, "dense", "full")
+    assert torch.equal(full.data, data) and full.mask is None
+    dv = DenseVoxels(data)
+    assert on_field_path(dv, "dense", "full") is dv
