@@ -3,11 +3,13 @@ would wait, counted on the CPU (see benchmarks/launch_count.py for what counts),
 
 The step is the trainer's own `train_step()`: a batch from the data, the support, the loss, backward, gradient
 clipping, the optimizer and the EMA. Rows: each preset in voxel space, a `--support predicted` step and an ldm
-step, each beside the dense path of the same model (model_channels 16, which changes no count; grid 8x32x32,
-batch 2). Sparse rows use the triton kernel backend under TRITON_INTERPRET=1, its launches counted and stubbed.
-Host time: median of 5 steps, Triton stubbed (the kernel-map builders run, interpreted, and their run time is
-left out), no counter, one thread. On a GPU the kernels run compiled (the aten
-count then leaves Triton out) and it also reports the profiler's `cudaLaunchKernel` count and the step time. Writes launches.json and launches.md (default benchmarks/results).
+step (fp32 and with the preset's autocast; their frozen network's per-frame outputs read back from the frame cache,
+as in every step after the first epoch, and once with --frame_cache_mb 0), each beside the dense path of the same
+model (model_channels 16, which changes no count; grid 8x32x32, batch 2). Sparse rows use the triton kernel backend
+under TRITON_INTERPRET=1, its launches counted and stubbed. Host time: median of 5 steps, Triton stubbed (the
+kernel-map builders run, interpreted, and their run time is left out), no counter, one thread. On a GPU the kernels
+run compiled (the aten count then leaves Triton out) and it also reports the profiler's `cudaLaunchKernel` count and
+the step time. Writes launches.json and launches.md (default benchmarks/results).
 """
 from __future__ import annotations
 
@@ -41,7 +43,14 @@ ROWS = {  # name: extra train flags
     "lightweight-fp32": ["--preset", "lightweight", "--use_fp16", "False"],  # the issue's counter's setting
     "balanced": ["--preset", "balanced"],
     "lightweight-predicted": ["--preset", "lightweight", "--support", "predicted"],  # --support predicted
+    "lightweight-predicted-fp32": ["--preset", "lightweight", "--support", "predicted", "--use_fp16", "False"],
+    # what a step pays without the frame cache (every step predicts its batch's support): the first epoch's cost
+    "lightweight-predicted-fp32-uncached": ["--preset", "lightweight", "--support", "predicted", "--use_fp16", "False",
+                                            "--frame_cache_mb", "0"],
     "lightweight-ldm": ["--preset", "lightweight", "--stage", "ldm"],  # --stage ldm on a VAE's latent grid
+    "lightweight-ldm-fp32": ["--preset", "lightweight", "--stage", "ldm", "--use_fp16", "False"],
+    "lightweight-ldm-fp32-uncached": ["--preset", "lightweight", "--stage", "ldm", "--use_fp16", "False",
+                                      "--frame_cache_mb", "0"],
 }
 
 
@@ -82,13 +91,17 @@ def _count(trainer, kernels: str, timed_steps: int) -> Dict[str, object]:
     """count_step's work, on a built trainer."""
     from sparse_radar.kernels.backends import kernel_settings
     with kernel_settings(backend=kernels):
+        weights = _trained_state(trainer)
         with counting():  # warm: the optimizer's state, cached constants
             trainer.train_step()
+        state = weights + _trained_state(trainer, optimizer=True)
+        _restore(state)
         with counting() as tally:
             trainer.train_step()
         times = []
         with counting(dispatch=False) as stub:
             for _ in range(timed_steps):
+                _restore(state)
                 start, interpreted = time.perf_counter(), stub.executed_seconds
                 trainer.train_step()  # less the interpreter's run of the kernel-map builders (a GPU runs them)
                 times.append(time.perf_counter() - start - (stub.executed_seconds - interpreted))
@@ -106,6 +119,24 @@ def _count(trainer, kernels: str, timed_steps: int) -> Dict[str, object]:
         "sync_sites": dict(tally.sync_sites.most_common()), "top_ops": tally.ops.most_common(15),
         **(gpu_step(trainer) if torch.cuda.is_available() else {}),
     }
+
+
+def _trained_state(trainer, optimizer: bool = False) -> List[tuple]:
+    """Finite copies of the weights and EMA (or of the optimizer's moments), to restore between stubbed steps:
+    stubbed kernels return zeros, which can make a gradient NaN (a real run's are finite) and the next loss NaN."""
+    if optimizer:
+        tensors = [v for s in trainer.opt.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+    else:
+        tensors = list(trainer.model.state_dict().values())
+        tensors += [t for ema in trainer.ema.values() for t in ema.state_dict().values()]
+    return [(t, torch.nan_to_num(t.detach(), 0.0, 0.0, 0.0)) for t in tensors if t.is_floating_point()]
+
+
+def _restore(state: List[tuple]) -> None:
+    """Write back what _trained_state copied (in place, so the optimizer and the model keep their tensors)."""
+    with torch.no_grad():
+        for tensor, saved in state:
+            tensor.copy_(saved)
 
 
 def gpu_step(trainer) -> Dict[str, object]:

@@ -25,6 +25,18 @@ def sparse_conv(feats: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
         return op.apply(feats.contiguous(), weight, bias, kmap, settings)
 
 
+def sparse_conv_vjp(feats: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], kmap: KernelMap,
+                    grad_out: torch.Tensor, settings: Optional[backends.KernelSettings] = None):
+    """(dfeats, dweight, dbias or None) of sparse_conv(feats, weight, bias, kmap) for the output gradient grad_out,
+    without running the conv: what its backward computes (activation checkpointing uses it to skip recomputing a
+    block's last conv)."""
+    settings = settings or backends.current()
+    op = backends.op(backends.resolve_backend(settings.backend, feats), "conv")
+    with torch.autocast(feats.device.type, enabled=False):  # as sparse_conv: the op's own precision
+        return op.backward_of(feats.contiguous(), weight.contiguous(), bias is not None, kmap, settings, grad_out,
+                      layout=weight.stride())
+
+
 def depthwise_conv(feats: torch.Tensor, weight: torch.Tensor, kmap: KernelMap,
                    settings: Optional[backends.KernelSettings] = None) -> torch.Tensor:
     """Depthwise sparse conv of feats [N_in, C] with weight [K, C] over kmap -> [N_out, C]."""

@@ -74,7 +74,7 @@ class VoxelStructure:
         """bool [B, 1, D, H, W], True at the sites."""
         d, h, w = self.spatial_shape
         flat = torch.zeros(self.batch_size * d * h * w, dtype=torch.bool, device=self.keys.device)
-        flat[self.keys] = True
+        flat.index_fill_(0, self.keys, True)  # (an index_put of True would move a host scalar)
         return flat.view(self.batch_size, 1, d, h, w)
 
     def dense_lineage(self) -> tuple:

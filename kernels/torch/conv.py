@@ -119,16 +119,24 @@ class TorchSparseConv(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         feats, weight = ctx.saved_tensors
-        kmap, settings = ctx.kmap, ctx.settings
+        grads = TorchSparseConv.backward_of(feats, weight, ctx.has_bias, ctx.kmap, ctx.settings, grad_out,
+                                    ctx.needs_input_grad[:3])
+        return (*grads, None, None)
+
+    @staticmethod
+    def backward_of(feats, weight, has_bias: bool, kmap: KernelMap, settings: backends.KernelSettings, grad_out,
+                    needs=(True, True, True), layout=None):
+        """(dfeats, dweight, dbias) of the op's output gradient (each None where not needed; layout: unused, as
+        TritonSparseConv.backward_of takes it)."""
         grad_out = grad_out.contiguous()
         grad_feats = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
+        if needs[0]:
             w_t = weight.transpose(1, 2)  # [K, Cout, Cin]
             grad_feats = gather_mm_scatter(grad_out, w_t, kmap.out_idx, kmap.in_idx, kmap, kmap.n_in, settings)
             grad_feats = grad_feats.to(feats.dtype)
-        if ctx.needs_input_grad[1]:
+        if needs[1]:
             grad_weight = weight_grad(feats, grad_out, kmap, weight.shape[0], settings).to(weight.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if has_bias and needs[2]:
             grad_bias = grad_out.sum(0, dtype=torch.float32 if grad_out.dtype in HALF_DTYPES else None)
             grad_bias = grad_bias.to(weight.dtype)
-        return grad_feats, grad_weight, grad_bias, None, None
+        return grad_feats, grad_weight, grad_bias

@@ -90,25 +90,35 @@ class TritonSparseConv(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        feats, weight = ctx.saved_tensors
-        kmap = ctx.kmap
+        feats, packed = ctx.saved_tensors
+        grads = TritonSparseConv.backward_of(feats, packed, ctx.has_bias, ctx.kmap, None, grad_out,
+                                             ctx.needs_input_grad[:3], ctx.layout)
+        return (*grads, None, None)
+
+    @staticmethod
+    def backward_of(feats, packed, has_bias: bool, kmap: KernelMap, settings, grad_out,
+                    needs=(True, True, True), layout=None):
+        """(dfeats, dweight, dbias) of the op's output gradient (each None where not needed); packed: the weight
+        [K, Cin, Cout] contiguous, layout: the strides of the weight the op was given (dweight comes back in them;
+        default packed's)."""
+        layout = packed.stride() if layout is None else layout
         grad_out = grad_out.to(feats.dtype)
         if grad_out.stride(1) != 1:  # rows may be strided (a slice of a concatenation's gradient): columns adjacent
             grad_out = grad_out.contiguous()
         grad_feats = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
+        if needs[0]:
             # [K, Cout, Cin]; a mirrored (submanifold) map's transposed table is its table read last offset first
             table_t = kmap.table if kmap.mirrored else kmap.table_t
-            grad_feats = implicit_gemm(grad_out, weight.transpose(1, 2), table_t, kmap.n_in, reverse=kmap.mirrored)
-        want_bias = ctx.has_bias and ctx.needs_input_grad[2]
-        if ctx.needs_input_grad[1]:  # dW (in the weight's own layout) and db in one launch
-            grad_weight, grad_bias = weight_grad(feats, grad_out, kmap.table, want_bias, ctx.layout)
-            grad_weight = grad_weight.to(weight.dtype)
+            grad_feats = implicit_gemm(grad_out, packed.transpose(1, 2), table_t, kmap.n_in, reverse=kmap.mirrored)
+        want_bias = has_bias and needs[2]
+        if needs[1]:  # dW (in the weight's own layout) and db in one launch
+            grad_weight, grad_bias = weight_grad(feats, grad_out, kmap.table, want_bias, layout)
+            grad_weight = grad_weight.to(packed.dtype)
         elif want_bias:
             grad_bias = grad_out.sum(0, dtype=torch.float32)
         if grad_bias is not None:
-            grad_bias = grad_bias.to(weight.dtype)
-        return grad_feats, grad_weight, grad_bias, None, None
+            grad_bias = grad_bias.to(packed.dtype)
+        return grad_feats, grad_weight, grad_bias
 
 
 def depthwise(x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor, n_out: int) -> torch.Tensor:

@@ -58,18 +58,36 @@ class ResBlock(nn.Module):
         once for all its blocks)."""
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
             run = lambda v, e: values(self._forward(x.replace(v), e, activated))  # noqa: E731
-            return x.replace(recompute(run, (values(x), emb), trainable(self)))
+            vjp = None
+            if all(isinstance(m, (SubMConv3d, nn.Identity)) for m in (self.out_conv, self.skip)):
+                vjp = lambda v, e, g: self._tail_vjp(x.replace(v), e, activated, g)  # noqa: E731
+            return x.replace(recompute(run, (values(x), emb), trainable(self), vjp))
         return self._forward(x, emb, activated)
 
     def _forward(self, x: Field, emb: torch.Tensor, activated: bool = False) -> Field:
+        h = self.out_conv(self._body(x, emb, activated))
+        skip = self.skip(x)
+        return h.replace(values(skip).to(values(h).dtype) + values(h))
+
+    def _body(self, x: Field, emb: torch.Tensor, activated: bool) -> Field:
+        """Everything before the last conv: its input."""
         h = self.in_conv(norm_silu(self.in_norm, x))
         with torch.autocast(emb.device.type, enabled=False):  # [B, 2C]: scale, then shift, in emb's dtype
             modulation = self.emb(emb if activated else F.silu(emb))
         # dropout(silu(out_norm(h) * (1 + scale) + shift)): one op on the sparse path
-        h = norm_and_modulate(self.out_norm, h, modulation, silu=True, dropout=self.dropout)
-        h = self.out_conv(h)
-        skip = self.skip(x)
-        return h.replace(values(skip).to(values(h).dtype) + values(h))
+        return norm_and_modulate(self.out_norm, h, modulation, silu=True, dropout=self.dropout)
+
+    def _tail_vjp(self, x: Field, emb: torch.Tensor, activated: bool, grad_out: torch.Tensor):
+        """For recompute: the body recomputed, and the output's gradient taken through the last conv and the skip by
+        their backward alone (their forward, and the sum's, are not re-run): (tensors, their gradients)."""
+        h = self._body(x, emb, activated)
+        operands = list(self.out_conv.conv_operands(h))
+        grads = list(self.out_conv.operand_grads(h, operands, grad_out))
+        if isinstance(self.skip, nn.Identity):
+            return operands + [values(x)], grads + [grad_out.to(values(x).dtype)]
+        skip_operands = list(self.skip.conv_operands(x))
+        skip_grads = self.skip.operand_grads(x, skip_operands, grad_out.to(skip_operands[0].dtype))
+        return operands + skip_operands, grads + list(skip_grads)
 
 
 class Downsample(nn.Module):

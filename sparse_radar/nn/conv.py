@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernels import coords as kc
-from ..kernels.conv import sparse_conv, torch_to_kernel_weight
+from ..kernels.conv import sparse_conv, sparse_conv_vjp, torch_to_kernel_weight
 from ..voxels import DenseVoxels, SparseVoxels
 from .field_ops import check_field
 
@@ -144,6 +144,29 @@ class SubMConv3d(_SparseConvBase):
         if x.mask is not None:
             out = out * x.mask.to(out.dtype)
         return DenseVoxels.wrap(out, x.mask, x.lineage)
+
+    def conv_operands(self, x: Field) -> tuple:
+        """(values, weight, bias) as forward(x) hands them to its op, through casts and views autograd records: with
+        operand_grads, a backward that never runs the conv (recompute's vjp)."""
+        if isinstance(x, SparseVoxels):
+            return x.feats.to(autocast_dtype(x.feats.device) or x.feats.dtype), torch_to_kernel_weight(self.weight), \
+                self.bias
+        return self._cast(x.masked_data())
+
+    def operand_grads(self, x: Field, operands: tuple, grad_out: torch.Tensor) -> tuple:
+        """The gradients of conv_operands(x) (None for an absent bias) given grad_out, that of forward(x)'s values:
+        what the op's backward computes."""
+        values, weight, bias = (None if t is None else t.detach() for t in operands)
+        if isinstance(x, SparseVoxels):
+            kmap = x.structure.submanifold_map(self.kernel_size, self.dilation)
+            return sparse_conv_vjp(values, weight, bias, kmap, grad_out.to(values.dtype))
+        if x.mask is not None:
+            grad_out = grad_out * x.mask.to(grad_out.dtype)
+        with torch.autocast(values.device.type, enabled=False):
+            return torch.ops.aten.convolution_backward(
+                grad_out.to(values.dtype).contiguous(), values, weight, None if bias is None else [bias.shape[0]],
+                list(self.stride), list(self.padding), list(self.dilation), False, [0, 0, 0], 1,
+                [True, True, bias is not None])
 
 
 class SparseConv3d(_SparseConvBase):

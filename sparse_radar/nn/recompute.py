@@ -7,7 +7,7 @@ the gradients of its inputs and parameters back to the outer graph, where DDP's 
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -27,10 +27,10 @@ def _set_rng_state(device: torch.device, state) -> None:
 
 class _Recompute(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, run, n_inputs, *tensors):
+    def forward(ctx, run, vjp, n_inputs, *tensors):
         inputs = tensors[:n_inputs]
         device = inputs[0].device
-        ctx.run, ctx.device = run, device
+        ctx.run, ctx.vjp, ctx.device = run, vjp, device
         ctx.params = tensors[n_inputs:]
         ctx.autocast = (torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type))
         ctx.rng = _rng_state(device)
@@ -45,19 +45,26 @@ class _Recompute(torch.autograd.Function):
         _set_rng_state(device, ctx.rng)
         try:
             with torch.enable_grad(), torch.autocast(device.type, dtype=dtype, enabled=enabled):
-                out = ctx.run(*inputs)
+                if ctx.vjp is None:
+                    outs, out_grads = [ctx.run(*inputs)], [grad_out]
+                else:  # the block's last ops by hand: tensors of the recomputed graph and their gradients
+                    outs, out_grads = ctx.vjp(*inputs, grad_out)
         finally:
             _set_rng_state(device, current)
+        pairs = [(o, g) for o, g in zip(outs, out_grads) if g is not None and o.requires_grad]
         wanted = [t for t in (*inputs, *ctx.params) if t.requires_grad]
-        grads = iter(torch.autograd.grad(out, wanted, grad_out, allow_unused=True) if out.requires_grad else
-                     [None] * len(wanted))
-        return (None, None, *[next(grads) if t.requires_grad else None for t in (*inputs, *ctx.params)])
+        grads = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True)
+                     if pairs else [None] * len(wanted))
+        return (None, None, None, *[next(grads) if t.requires_grad else None for t in (*inputs, *ctx.params)])
 
 
-def recompute(run: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor],
-              params: Sequence[torch.Tensor]) -> torch.Tensor:
-    """run(*inputs) whose activations are recomputed in backward; params are the weights run reads (gradients flow)."""
-    return _Recompute.apply(run, len(inputs), *inputs, *params)
+def recompute(run: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
+              vjp: Optional[Callable] = None) -> torch.Tensor:
+    """run(*inputs) whose activations are recomputed in backward; params are the weights run reads (gradients flow).
+    vjp(*inputs, grad_out) -> (tensors, their gradients), if given, replaces re-running the whole block: it recomputes
+    the block up to its last ops and gives those ops' input gradients by hand (torch's checkpoint stops early
+    in the same way: a last conv's forward is not needed for its backward)."""
+    return _Recompute.apply(run, vjp, len(inputs), *inputs, *params)
 
 
 def trainable(module: torch.nn.Module) -> tuple:

@@ -25,7 +25,7 @@ TRAIN_SUPPORTS = SUPPORT_TYPES + ("predicted",)
 DEFAULT_RADIUS = {"predicted": (0, 0, 0)}  # every other support: (1, 2, 2)
 DEFAULT_OUT = "runs/latest"
 # Flags a resumed run may change; their meaning is documented in the README and logged when they change.
-RESUMABLE_FLAGS = ("steps", "lr", "save_every", "preview_every", "preview_steps", "progress")
+RESUMABLE_FLAGS = ("steps", "lr", "save_every", "preview_every", "preview_steps", "progress", "frame_cache_mb")
 # Flags that say where and how to resume, not what the run is.
 CONTROL_FLAGS = ("resume", "out", "overwrite")
 FIELDS = ("sparse", "dense")  # what --field chooses: the field type the model runs on
@@ -69,6 +69,7 @@ class TrainConfig:
     stage: str = "diffusion"
     structure_cap: int = 20000
     structure_prob: bool = True
+    frame_cache_mb: float = 1024.0
     ldm_condition: str = "learned"
     dice_weight: float = 1.0
     vae_preset: str = "lightweight"
@@ -125,6 +126,9 @@ class TrainConfig:
         for name, meaning in (("grad_clip", " (0 = no clipping)"), ("weight_decay", "")):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ValueError(f"--{name} must be a finite number >= 0{meaning}, got {getattr(self, name)}")
+        if not (math.isfinite(self.frame_cache_mb) and self.frame_cache_mb >= 0):
+            raise ValueError(f"--frame_cache_mb must be a number of megabytes >= 0 (0 = recompute every step), "
+                             f"got {self.frame_cache_mb}")
         if not 0 <= self.cond_drop < 1:
             raise ValueError(f"--cond_drop must be in [0, 1) (the share of training samples whose radar condition is "
                              f"dropped, for classifier-free guidance), got {self.cond_drop}")
@@ -273,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "with the LDM) or pooled (the radar's channels pooled per latent cell)",
         "structure_prob": "--support predicted: give the denoiser the structure network's occupancy probability of "
                           "each support voxel as one more input channel (False: the radar channels only)",
+        "frame_cache_mb": "device memory for a frozen network's per-frame outputs (--support predicted: the "
+                          "structure network's support and fields; ldm and latent cd: the VAE's latents), computed "
+                          "once per frame and read back in later epochs (0 = recompute every step)",
         "structure_cap": "structure network and VAE decoder: most voxels kept per sample and level (0 = no cap; "
                          "generation warns when it drops voxels: raise it for large grids)",
         "dice_weight": "structure network and VAE: weight of the Dice term beside BCE",

@@ -11,6 +11,7 @@ from ..models.radar_encoder import attach_encoder, encoder_config, latent_condit
 from ..models.unet import UNet3D
 from ..voxels import DenseVoxels
 from .diffusion_stage import denoising_loss
+from .frame_cache import FrameCache, frames_of
 from .stage_base import Stage
 from .stages import load_codec
 
@@ -45,15 +46,35 @@ class LatentStage(Stage):
 
     def micro_step(self, positions, micro):
         t = self.trainer
-        radar, target = (f.to(self.device) for f in t.stream.pair(positions))
-        x0 = self.codec.encode(target)  # [B, L, D', H', W']
+        radar, target = t.stream.pair(positions)
+        radar = radar.to(self.device)
+        x0 = self.latents(positions, target)  # [B, L, D', H', W']
         sigma, noises = t.stream.draws(positions, [x0.shape[1:]] * len(positions), t.diffusion, self.device)
         noise = torch.stack(noises).to(self.device, x0.dtype)
         encoder_owner = self.teacher if self.cfg.objective == "cd" else self.model  # cd: the frozen teacher's
-        cond = DenseVoxels(latent_condition(encoder_owner, self.codec, radar))
+        cond = DenseVoxels.wrap(latent_condition(encoder_owner, self.codec, radar), None)
         cond = t.stream.drop_condition(cond, positions, self.cfg.cond_drop)
-        loss = denoising_loss(self, DenseVoxels(x0), cond, sigma, DenseVoxels(noise), micro)
+        # made here (finite by construction): no validation read of the device
+        loss = denoising_loss(self, DenseVoxels.wrap(x0, None), cond, sigma, DenseVoxels.wrap(noise, None), micro)
         return loss, {"latent_cells": x0[:, 0].numel()}
+
+    def latents(self, positions, target) -> torch.Tensor:
+        """The frozen codec's scaled latents of the targets (host batch), encoded once per frame, each alone, while
+        --frame_cache_mb has room, and read back after (see frame_cache.py); with no budget, as one batch."""
+        if self.frame_cache is None:
+            self.frame_cache = FrameCache(self.cfg.frame_cache_mb)
+        if not self.frame_cache.budget:
+            return self.codec.encode(target.to(self.device))
+        indices = [self.trainer.stream.index(p) for p in positions]
+        entries = self.frame_cache.get(indices)
+        if entries is None:
+            entries = []
+            for index, frame in zip(indices, frames_of(target)):
+                kept = self.frame_cache.get([index])
+                entry = kept[0] if kept else (self.codec.encode(frame.to(self.device))[0],)
+                self.frame_cache.put(index, entry)
+                entries.append(entry)
+        return torch.stack([e[0] for e in entries])
 
     def preview_sample(self, model, radar, target):
         g = torch.Generator().manual_seed(self.cfg.seed)

@@ -32,6 +32,7 @@ class Stage:
         self.trainer = trainer
         self.model = self.teacher = self.codec = self.structure = None
         self.encoder_config = None  # a learned radar encoder's configuration (latent stages)
+        self.frame_cache = None  # a frozen network's per-frame outputs (frame_cache.py), made at the first step
 
     @property
     def cfg(self) -> TrainConfig:

@@ -9,9 +9,9 @@ from sparse_radar.nn.blocks import ResBlock
 from sparse_radar.nn.recompute import recompute, trainable
 
 
-def _block(seed=0):
+def _block(seed=0, out_ch=16, use_depthwise=False):
     torch.manual_seed(seed)
-    block = ResBlock(8, 16, 12, num_groups=4, dropout=0.3).train()
+    block = ResBlock(8, out_ch, 12, num_groups=4, dropout=0.3, use_depthwise=use_depthwise).train()
     with torch.no_grad():
         for prm in block.parameters():
             prm.copy_(torch.randn_like(prm) * 0.3)
@@ -50,6 +50,30 @@ def test_checkpointed_resblock_equals_the_plain_block(dense, autocast):
     for a, b in zip(grads0, grads1):
         torch.testing.assert_close(b, a)
     assert all(g is not None for g in grads1)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("out_ch,use_depthwise", [(8, False), (16, False), (16, True)])
+def test_last_conv_is_not_rerun_and_gradients_match(backend, dense, out_ch, use_depthwise, monkeypatch):
+    """The backward recomputes the body and takes the last conv and the skip by their backward alone (identity and
+    1x1 skips); a depthwise last conv falls back to re-running the whole block. Both give the plain block's
+    gradients, on either kernel backend."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+    from sparse_radar.kernels.backends import kernel_settings
+    block, x, emb = _block(out_ch=out_ch, use_depthwise=use_depthwise), _field(dense), torch.randn(2, 12)
+    with kernel_settings(backend=backend):
+        out0, grads0 = _run(block, x, emb, False)
+        calls = []
+        last = block.out_conv if not use_depthwise else block.out_conv[1]
+        original = last.forward
+        monkeypatch.setattr(last, "forward", lambda v: calls.append(torch.is_grad_enabled()) or original(v))
+        out1, grads1 = _run(block, x, emb, True)
+    torch.testing.assert_close(out1, out0)
+    for a, b in zip(grads0, grads1):
+        torch.testing.assert_close(b, a)
+    assert calls == ([False, True] if use_depthwise else [False])  # the forward pass only (no graph: checkpointed)
 
 
 def test_frozen_weights_get_no_gradient_and_the_rest_match():
