@@ -73,5 +73,5 @@ def generate_latent(densifier, radar: SparseVoxels, settings: SamplerSettings, s
                  settings, densifier.cond_drop)
     out = run_sampler(den, DenseVoxels(noise * sigma_max), settings, densifier.diffusion, seed, progress, sigma_min,
                       sigma_max, densifier.device, densifier._autocast)
-    decoded = codec.decode(out.data.float())
+    decoded = codec.decode(out.data.float(), threshold=settings.threshold)  # the decoder keeps 2p - 1 > threshold
     return decoded.replace(decoded.feats.float())

@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=18, help="Heun steps of EDM models")
     p.add_argument("--sigma_max", type=float, default=None, help="Heun's starting noise level (default: each "
                    "checkpoint's, 80)")
+    p.add_argument("--sigma_min", type=float, default=None, help="Heun's last noise level, from which its final "
+                   "Euler step lands on the denoiser's estimate (default: each checkpoint's, 0.002)")
     p.add_argument("--s_churn", type=float, default=0.0, help="Heun's stochastic churn (EDM's S_churn; 0 = the "
                    "deterministic sampler)")
     p.add_argument("--multistep", type=int, default=4, help="steps of the multistep consistency sampler")
@@ -205,7 +207,7 @@ def _run(argv) -> int:
         check_flags(args)
         whole_number(args.multistep, "--multistep", 1, MAX_STEPS)
         whole_number(args.samples, "--samples", 1, 64)
-        samplers = {"heun": SamplerSettings("heun", args.steps, args.sigma_max, s_churn=args.s_churn,
+        samplers = {"heun": SamplerSettings("heun", args.steps, args.sigma_max, args.sigma_min, args.s_churn,
                                             threshold=args.threshold, guidance=args.guidance),
                     "onestep": SamplerSettings("onestep", 1, threshold=args.threshold, guidance=args.guidance),
                     "multistep": SamplerSettings("multistep", args.multistep, threshold=args.threshold,
@@ -273,8 +275,8 @@ def evaluate(args, samplers: Dict[str, SamplerSettings], models, autoencoders, s
         heun, mean = samplers["heun"], samplers["onestep"]
         first = not sweep
         curves = {}
-        heun_note = " ".join(f"{flag} {value:g}" for flag, value in (("sigma_max", args.sigma_max),
-                                                                      ("churn", args.s_churn)) if value)
+        heun_note = " ".join(f"{flag} {value:g}" for flag, value in (
+            ("sigma_max", args.sigma_max), ("sigma_min", args.sigma_min), ("churn", args.s_churn)) if value)
         for name, settings, note in ((f"heun-{args.steps}", heun, f"({heun_note})" if heun_note else ""),
                                      ("onestep", mean, "(D(noise, sigma_max): the posterior mean)")):
             rows, swept, best = model_rows(table, d, settings, args, sweep=SWEEP if first else ())

@@ -204,10 +204,11 @@ class GenerativeDecoder(nn.Module):
         self.out = SubMConv3d(channels[-1], out_channels, 1) if out_channels else None
 
     def forward(self, coarse: Field, conditions: Optional[Sequence[Optional[Field]]] = None,
-                target: Optional[SparseVoxels] = None, cap: int = 0) -> Generation:
+                target: Optional[SparseVoxels] = None, cap: int = 0, keep_logit: float = 0.0) -> Generation:
         """Decode coarse (its active cells are the first candidates). conditions: per level (coarse first) a field
         added at the candidates; target: full-resolution voxels kept at every level (teacher forcing) and the
-        labels of the logits; cap: most voxels kept per sample and level (0: no cap)."""
+        labels of the logits; cap: most voxels kept per sample and level (0: no cap); keep_logit: a candidate is
+        kept where its occupancy logit exceeds it (0: probability 1/2)."""
         n_levels = len(self.blocks)
         conditions = list(conditions) if conditions is not None else [None] * n_levels
         if len(conditions) != n_levels:
@@ -227,9 +228,10 @@ class GenerativeDecoder(nn.Module):
                 gt = occupancy_keys(target.coords, factors[i], h.spatial_shape)
                 forced = lookup(gt, keys) >= 0
                 labels = forced.to(logits.dtype)
-            keep = cap_per_sample(logits > 0, logits.detach(), samples, cap, forced)
+            above = logits > keep_logit
+            keep = cap_per_sample(above, logits.detach(), samples, cap, forced)
             if target is None and cap > 0:  # generating: counted on the device, read once after the last level
-                dropped.append(((logits > 0) & ~keep).sum())
+                dropped.append((above & ~keep).sum())
             levels.append(LevelOutput(logits, labels, samples, keep, h.batch_size, keys))
             h = keep_flat(h, keep)
             if i < len(self.ups):

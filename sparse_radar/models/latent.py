@@ -34,6 +34,14 @@ def radar_to_latent(radar: SparseVoxels, factor: Sequence[int], latent_shape: Se
     return out.reshape(b, *shape, LATENT_CONDITION_CHANNELS).movedim(-1, 1)
 
 
+def occupancy_logit(threshold: float) -> float:
+    """The logit of the occupancy probability (1 + threshold) / 2, threshold in [-1, 1) (2p - 1, the voxel
+    models' occupancy scale; -1: -inf, every candidate)."""
+    if not -1.0 <= float(threshold) < 1.0:
+        raise ValueError(f"threshold must be in [-1, 1) (occupancy 2p - 1), got {threshold!r}")
+    return -math.inf if threshold == -1.0 else math.log((1.0 + threshold) / (1.0 - threshold))
+
+
 class LatentCodec:
     """A frozen VAE3D / VQVAE3D and its latent scale: encode target voxels to scaled latents, decode them back."""
 
@@ -64,9 +72,11 @@ class LatentCodec:
         return z * self.scale
 
     @torch.no_grad()
-    def decode(self, x: torch.Tensor, cap: Optional[int] = None) -> SparseVoxels:
-        """The voxels and features decoded from scaled latents (sparse path, no teacher forcing)."""
-        return self.autoencoder.decode(x / self.scale, cap=cap).field
+    def decode(self, x: torch.Tensor, cap: Optional[int] = None, threshold: float = 0.0) -> SparseVoxels:
+        """The voxels and features decoded from scaled latents (sparse path, no teacher forcing). threshold: on
+        the occupancy scale of the voxel models, 2p - 1 in (-1, 1): the decoder keeps a voxel (at every level)
+        where its occupancy probability p exceeds (1 + threshold) / 2; 0 keeps p > 1/2."""
+        return self.autoencoder.decode(x / self.scale, cap=cap, keep_logit=occupancy_logit(threshold)).field
 
     def condition(self, radar: SparseVoxels) -> torch.Tensor:
         """The radar pooled onto the latent grid [B, 5, D', H', W']."""

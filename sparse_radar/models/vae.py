@@ -147,12 +147,13 @@ class _Autoencoder(nn.Module):
         return as_grid_tensor(self.to_latent(self.encoder_attention(fill_grid(coarse))))
 
     def decode(self, z: torch.Tensor, target: Optional[SparseVoxels] = None, cap: Optional[int] = None,
-               sparse: bool = True) -> Generation:
-        """Voxels and features decoded from a latent [B, latent_channels, D', H', W'] (target: teacher forcing)."""
+               sparse: bool = True, keep_logit: float = 0.0) -> Generation:
+        """Voxels and features decoded from a latent [B, latent_channels, D', H', W'] (target: teacher forcing;
+        keep_logit: each level keeps the candidates whose occupancy logit exceeds it)."""
         if z.dim() != 5 or z.shape[1] != self.config.latent_channels:
             raise ValueError(f"expected a latent [B, {self.config.latent_channels}, D, H, W], got {tuple(z.shape)}")
         cap = self.config.cap if cap is None else cap
-        return self.decoder(latent_field(z, sparse), None, target, cap)
+        return self.decoder(latent_field(z, sparse), None, target, cap, keep_logit)
 
     def forward(self, x: Field, target: Optional[SparseVoxels] = None) -> AutoencoderOutput:
         """Encode x, decode on the same field type (teacher-forced on target when given)."""

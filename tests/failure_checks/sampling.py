@@ -77,7 +77,7 @@ def sampler_settings(request, tmp_path, capsys):
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, flags
     for flags in (["--steps", "-1"], ["--threshold", "1"], ["--multistep", "0"], ["--batch_size", "0"],
-                  ["--seed", str(2**63)]):
+                  ["--seed", str(2**63)], ["--s_churn", "-1"], ["--sigma_max", "0"]):
         assert evaluate([edm, "--out", str(out), "--no-progress"] + flags) == 2, flags
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and flags[0].lstrip("-") in err, flags

@@ -94,6 +94,29 @@ def test_decoding_without_forcing_keeps_positive_logits_and_the_loss_needs_forci
         model.decode(torch.zeros(2, 3, 1, 2, 2, dtype=torch.float64))
 
 
+def test_the_occupancy_threshold_sets_the_decoders_keep_logit():
+    """LatentCodec.decode(threshold t) keeps, at every level, the candidates whose probability exceeds (1 + t) / 2
+    (the voxel models' occupancy scale); t = 0 is the decoder's own p > 1/2."""
+    import math
+
+    from sparse_radar.models.latent import LatentCodec, occupancy_logit
+    torch.manual_seed(0)
+    model = VAE3D(VAEConfig(**SMALL)).double().eval()
+    z = model.encode(_target()[0], sample=False)[0]
+    assert occupancy_logit(0.0) == 0.0 and occupancy_logit(-1.0) == -math.inf
+    assert occupancy_logit(-0.6) == pytest.approx(math.log(0.2 / 0.8))
+    for t in (-0.6, 0.0, 0.5):
+        generation = model.decode(z, keep_logit=occupancy_logit(t))
+        for lv in generation.levels:
+            assert torch.equal(lv.keep, lv.logits > occupancy_logit(t))
+    codec = LatentCodec(model)
+    sizes = [codec.decode(z * codec.scale, threshold=t).num_voxels for t in (-0.9, -0.6, 0.0, 0.6)]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] > sizes[-1]  # a lower threshold keeps more
+    assert torch.equal(codec.decode(z * codec.scale).coords, model.decode(z).field.coords)  # the default: p > 1/2
+    with pytest.raises(ValueError, match="threshold must be in"):
+        occupancy_logit(1.0)
+
+
 def test_training_steps_lower_the_loss():
     torch.manual_seed(0)
     model = VAE3D(VAEConfig(**SMALL))

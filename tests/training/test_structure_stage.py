@@ -76,6 +76,19 @@ def test_sample_and_evaluate_on_the_predicted_support(structure_runs, small_runs
     assert names[1] == "predicted (structure network)" and names[-1].startswith("oracle")
     assert "predicted (structure network)" in report["methods"]
     assert report["supports"][-1]["recall"] == pytest.approx(1.0)
+    # Heun's churn and starting noise level reach the sampler: another cloud, and the row says which
+    churned = tmp_path / "churned"
+    assert evaluate([predicted, "--count", "2", "--steps", "2", "--s_churn", "10", "--sigma_max", "20", "--no-oracle",
+                     "--out", str(churned), "--no-progress"]) == 0
+    plain = tmp_path / "plain"
+    assert evaluate([predicted, "--count", "2", "--steps", "2", "--no-oracle", "--out", str(plain),
+                     "--no-progress"]) == 0
+    rows = json.loads((churned / "evaluation.json").read_text())["methods"]
+    heun = next(name for name in rows if "heun-2" in name)
+    assert "(sigma_max 20 churn 10)" in (churned / "evaluation.md").read_text()
+    plain_rows = json.loads((plain / "evaluation.json").read_text())["methods"]
+    chamfer = lambda r: r[heun]["summary"]["chamfer_sum_of_means"]["mean"]  # noqa: E731
+    assert chamfer(rows) != chamfer(plain_rows)
 
 
 @pytest.mark.parametrize("flags,message", [
