@@ -58,17 +58,14 @@ class AttentionBlock(nn.Module):
         check_field(x, "AttentionBlock")
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
             run = lambda v: values(self._forward(x.replace(v)))  # noqa: E731
-            return x.replace(recompute(run, (values(x),), trainable(self)))
+            vjp = (lambda v, g: self._tail_vjp(x.replace(v), g)) if isinstance(x, SparseVoxels) else None  # noqa: E731
+            return x.replace(recompute(run, (values(x),), trainable(self), vjp))
         return self._forward(x)
 
     def _forward(self, x: Field) -> Field:
-        h = self.norm(x)
         if isinstance(x, SparseVoxels):
-            n = h.num_voxels
-            head_dim = self.channels // self.num_heads
-            q, k, v = self.qkv(h.feats).view(n, 3, self.num_heads, head_dim).unbind(1)  # each [N, heads, d]
-            out = self.core.sparse(q, k, v, h)  # [N, heads, d]
-            return x.replace(x.feats + self.proj(out.reshape(n, self.channels)))
+            return x.replace(x.feats + self.proj(self._sparse_body(x)))
+        h = self.norm(x)
         b, spatial = h.batch_size, h.spatial_shape
         qkv = self.qkv(h.data.movedim(1, -1)).movedim(-1, 1)  # [B, 3C, D, H, W]
         q, k, v = qkv.reshape(b, 3, self.num_heads, -1, *spatial).unbind(1)  # each [B, heads, d, D, H, W]
@@ -76,3 +73,23 @@ class AttentionBlock(nn.Module):
         out = self.proj(out.movedim(1, -1)).movedim(-1, 1)
         data = x.data + out
         return x.replace(data if x.mask is None else data * x.mask.to(data.dtype))
+
+    def _sparse_body(self, x: SparseVoxels) -> torch.Tensor:
+        """The attention's output [N, C] on the sparse path, before the output projection."""
+        h = self.norm(x)
+        n = h.num_voxels
+        head_dim = self.channels // self.num_heads
+        q, k, v = self.qkv(h.feats).view(n, 3, self.num_heads, head_dim).unbind(1)  # each [N, heads, d]
+        return self.core.sparse(q, k, v, h).reshape(n, self.channels)  # [N, heads, d] -> [N, C]
+
+    def _tail_vjp(self, x: SparseVoxels, grad_out: torch.Tensor):
+        """For recompute: the body recomputed, and the output's gradient taken through the projection and the
+        residual sum by hand (neither forward re-runs): (tensors, their gradients). The projection's operands are
+        cast as autocast casts a linear layer's."""
+        out = self._sparse_body(x)
+        dtype = torch.get_autocast_dtype(out.device.type) if torch.is_autocast_enabled(out.device.type) else out.dtype
+        operands = [out.to(dtype), self.proj.weight.to(dtype), self.proj.bias.to(dtype)]
+        g = grad_out.to(dtype)
+        inputs, weight = operands[0].detach(), operands[1].detach()
+        grads = [g @ weight, g.t() @ inputs, g.sum(0)]
+        return operands + [x.feats], grads + [grad_out.to(x.feats.dtype)]
