@@ -10,6 +10,7 @@ from ..kernels import coords as kc
 from ..voxels import SparseVoxels
 from .attention_cores import (GlobalAttention, HeightAttention, LinearAttention, SerializedAttention,
                               TopKAttention, WindowAttention)
+from .conv import autocast_dtype
 from .field_ops import Field, check_field, values
 from .norm import build_norm
 from .recompute import recompute, trainable
@@ -87,7 +88,7 @@ class AttentionBlock(nn.Module):
         residual sum by hand (neither forward re-runs): (tensors, their gradients). The projection's operands are
         cast as autocast casts a linear layer's."""
         out = self._sparse_body(x)
-        dtype = torch.get_autocast_dtype(out.device.type) if torch.is_autocast_enabled(out.device.type) else out.dtype
+        dtype = autocast_dtype(out.device) or out.dtype
         operands = [out.to(dtype), self.proj.weight.to(dtype), self.proj.bias.to(dtype)]
         g = grad_out.to(dtype)
         inputs, weight = operands[0].detach(), operands[1].detach()

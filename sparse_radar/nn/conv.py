@@ -103,11 +103,15 @@ class _SparseConvBase(nn.Module):
         """(values, weight, bias) in the compute dtype (see cast_for_compute)."""
         return cast_for_compute(values, self.weight, self.bias)
 
+    def _sparse_operands(self, x: SparseVoxels) -> tuple:
+        """(feats in the compute dtype, weight [K, Cin, Cout], bias) as the sparse op takes them: the fp32 weight
+        and bias, which the op casts inside, so dW and dbias come back in fp32 (an fp16 dW could overflow under a
+        GradScaler); in the kernel layout the [K, Cin, Cout] view is contiguous, read in place."""
+        return x.feats.to(autocast_dtype(x.feats.device) or x.feats.dtype), torch_to_kernel_weight(self.weight), \
+            self.bias
+
     def _apply_kmap(self, x: SparseVoxels, kmap) -> torch.Tensor:
-        feats = x.feats.to(autocast_dtype(x.feats.device) or x.feats.dtype)
-        # the fp32 weight and bias: the op casts them inside, so dW and dbias come back in fp32 (an fp16 dW could
-        # overflow under a GradScaler); in the kernel layout the [K, Cin, Cout] view is contiguous, read in place
-        return sparse_conv(feats, torch_to_kernel_weight(self.weight), self.bias, kmap)  # [N_out, Cout]
+        return sparse_conv(*self._sparse_operands(x), kmap)  # [N_out, Cout]
 
     def _dense_conv(self, data: torch.Tensor, padding) -> torch.Tensor:
         data, weight, bias = self._cast(data)
@@ -148,10 +152,7 @@ class SubMConv3d(_SparseConvBase):
     def conv_operands(self, x: Field) -> tuple:
         """(values, weight, bias) as forward(x) hands them to its op, through casts and views autograd records: with
         operand_grads, a backward that never runs the conv (recompute's vjp)."""
-        if isinstance(x, SparseVoxels):
-            return x.feats.to(autocast_dtype(x.feats.device) or x.feats.dtype), torch_to_kernel_weight(self.weight), \
-                self.bias
-        return self._cast(x.masked_data())
+        return self._sparse_operands(x) if isinstance(x, SparseVoxels) else self._cast(x.masked_data())
 
     def operand_grads(self, x: Field, operands: tuple, grad_out: torch.Tensor) -> tuple:
         """The gradients of conv_operands(x) (None for an absent bias) given grad_out, that of forward(x)'s values:

@@ -14,7 +14,7 @@ from ..models.radar_encoder import attach_encoder
 from ..models.unet import UNet3D
 from ..voxels import SparseVoxels
 from .batches import host_counts
-from .frame_cache import FrameCache, frames_of, join_support_fields, split_support_fields
+from .frame_cache import frames_of, join_support_fields, split_support_fields
 from .stage_base import Stage
 from .stages import load_structure, support_fields
 
@@ -56,22 +56,16 @@ class DiffusionStage(Stage):
 
     def cached_support_fields(self, positions):
         """support_fields of the frames at these stream positions; a predicted support's are computed once per frame,
-        each alone, while --frame_cache_mb has room, and read back after without loading the frame (frame_cache.py)."""
+        each alone, and read back after without loading the frame (frame_cache.py; --frame_cache_mb 0: per batch)."""
         t = self.trainer
-        if self.frame_cache is None:
-            self.frame_cache = FrameCache(self.cfg.frame_cache_mb)
-        if self.structure is None or not self.frame_cache.budget:
+        if self.structure is None or not self.cfg.frame_cache_mb:
             return self.support_fields(*t.stream.pair(positions))
-        indices = [t.stream.index(p) for p in positions]
-        entries = self.frame_cache.get(indices)
-        if entries is None:
+
+        def frames():
             radar, target = t.stream.pair(positions)
-            entries = []
-            for index, radar_frame, target_frame in zip(indices, frames_of(radar), frames_of(target)):
-                kept = self.frame_cache.get([index])
-                entry = kept[0] if kept else split_support_fields(*self.support_fields(radar_frame, target_frame))[0]
-                self.frame_cache.put(index, entry)
-                entries.append(entry)
+            return list(zip(frames_of(radar), frames_of(target)))
+        entries = self.frame_entries(positions, frames,
+                                     lambda frame: split_support_fields(*self.support_fields(*frame))[0])
         return join_support_fields(entries, t.grid_shape, self.device)
 
     def micro_step(self, positions, micro):

@@ -10,7 +10,7 @@ that network: its launches and its host reads (for the predicted support, the fr
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -47,6 +47,20 @@ class FrameCache:
             return
         self.frames[index] = tuple(t.detach().clone() if isinstance(t, torch.Tensor) else t for t in entry)
         self.used += size
+
+    def entries(self, indices: Sequence[int], frames: Callable[[], Sequence[object]],
+                compute: Callable[[object], Entry]) -> List[Entry]:
+        """The entries of these frames: the kept ones read back, the others computed each alone by compute(frame)
+        on frames() (the batch's frames in the same order, asked for only when one is missing) and kept."""
+        kept = self.get(indices)
+        if kept is not None:
+            return kept
+        out = []
+        for index, frame in zip(indices, frames()):
+            entry = self.frames[index] if index in self.frames else compute(frame)
+            self.put(index, entry)
+            out.append(entry)
+        return out
 
 
 def frames_of(field: SparseVoxels) -> List[SparseVoxels]:

@@ -11,7 +11,7 @@ from ..models.radar_encoder import attach_encoder, encoder_config, latent_condit
 from ..models.unet import UNet3D
 from ..voxels import DenseVoxels
 from .diffusion_stage import denoising_loss
-from .frame_cache import FrameCache, frames_of
+from .frame_cache import frames_of
 from .stage_base import Stage
 from .stages import load_codec
 
@@ -59,21 +59,12 @@ class LatentStage(Stage):
         return loss, {"latent_cells": x0[:, 0].numel()}
 
     def latents(self, positions, target) -> torch.Tensor:
-        """The frozen codec's scaled latents of the targets (host batch), encoded once per frame, each alone, while
-        --frame_cache_mb has room, and read back after (see frame_cache.py); with no budget, as one batch."""
-        if self.frame_cache is None:
-            self.frame_cache = FrameCache(self.cfg.frame_cache_mb)
-        if not self.frame_cache.budget:
+        """The frozen codec's scaled latents of the targets (host batch), encoded once per frame, each alone, and read
+        back after (frame_cache.py); with --frame_cache_mb 0, as one batch every step."""
+        if not self.cfg.frame_cache_mb:
             return self.codec.encode(target.to(self.device))
-        indices = [self.trainer.stream.index(p) for p in positions]
-        entries = self.frame_cache.get(indices)
-        if entries is None:
-            entries = []
-            for index, frame in zip(indices, frames_of(target)):
-                kept = self.frame_cache.get([index])
-                entry = kept[0] if kept else (self.codec.encode(frame.to(self.device))[0],)
-                self.frame_cache.put(index, entry)
-                entries.append(entry)
+        entries = self.frame_entries(positions, lambda: frames_of(target),
+                                     lambda frame: (self.codec.encode(frame.to(self.device))[0],))
         return torch.stack([e[0] for e in entries])
 
     def preview_sample(self, model, radar, target):

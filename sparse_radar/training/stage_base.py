@@ -17,6 +17,7 @@ from ..data.support import on_field_path
 from ..voxels import SparseVoxels
 from .checkpoint import load_checkpoint
 from .config import TrainConfig, given_flags
+from .frame_cache import FrameCache
 from .run_folder import adopt_teacher
 from .stages import best_weights, check_teacher, structure_record
 
@@ -65,6 +66,13 @@ class Stage:
                 "structure": None if self.structure is None else structure_record(self.structure, self.trainer.grid)}
 
     # ----- shared by the stages -------------------------------------------------------------------------
+    def frame_entries(self, positions, frames, compute) -> list:
+        """A frozen network's output per frame at these stream positions, from the frame cache (--frame_cache_mb,
+        frame_cache.py): frames() gives the batch's frames when one is missing, compute(frame) its entry."""
+        if self.frame_cache is None:
+            self.frame_cache = FrameCache(self.cfg.frame_cache_mb)
+        return self.frame_cache.entries([self.trainer.stream.index(p) for p in positions], frames, compute)
+
     def on_field(self, field):
         """field on the path the model trains on (--field; see on_field_path)."""
         return on_field_path(field, self.cfg.field, self.cfg.support)

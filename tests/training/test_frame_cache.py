@@ -101,12 +101,28 @@ def test_the_budget_bounds_what_is_kept():
     assert cache.get([0]) is not None and cache.get([0, 1]) is None and cache.get([2]) is None
     assert cache.used == 256
     view = torch.arange(8.0)
-    FrameCache(1).put(5, (view[:2],))
     kept = FrameCache(1)
     kept.put(0, (view[:2],))
     view.zero_()  # a kept entry owns its memory: later writes to the batch it came from do not reach it
     assert torch.equal(kept.get([0])[0][0], torch.tensor([0.0, 1.0]))
     assert FrameCache(0).get([0]) is None
+
+
+def test_entries_compute_only_the_missing_frames():
+    cache, loads, computed = FrameCache(1), [], []
+
+    def frames():
+        loads.append(1)
+        return ["a", "b", "c"]
+
+    def compute(frame):
+        computed.append(frame)
+        return (torch.tensor([ord(frame)]),)
+    cache.put(1, (torch.tensor([0]),))
+    first = cache.entries([0, 1, 2], frames, compute)
+    assert computed == ["a", "c"] and [int(e[0]) for e in first] == [97, 0, 99]  # frame 1 read back, not computed
+    again = cache.entries([2, 0], frames, compute)
+    assert loads == [1] and [int(e[0]) for e in again] == [99, 97]  # all kept: no loading, no computing
 
 
 @pytest.mark.parametrize("value", ["-1", "nan"])
