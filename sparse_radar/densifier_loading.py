@@ -12,7 +12,7 @@ from .data.voxelize import Channel
 from .diffusion.edm import DiffusionConfig
 from .models.config import UNetConfig
 from .models.latent import LatentCodec
-from .models.radar_encoder import attach_encoder
+from .models.radar_encoder import attach_encoder, structure_radius
 from .models.unet import UNet3D
 from .sampling_settings import DTYPES
 from .training.checkpoint import load_checkpoint
@@ -34,9 +34,11 @@ def load_densifier(cls, path_or_run_folder, device=None, ema: bool = True, dtype
     if kind not in ("diffusion",) + LATENT_STAGES:
         raise ValueError(f"{path_or_run_folder} is a {kind}-stage checkpoint; sampling needs a diffusion "
                          f"checkpoint (voxel-space, --stage ldm or --stage cd)")
-    if kind in LATENT_STAGES and (support or structure):
+    reads_structure = structure_radius(state.get("radar_encoder")) is not None
+    if kind in LATENT_STAGES and (support or (structure and not reads_structure)):
         raise ValueError(f"{path_or_run_folder} is a latent-diffusion model ({kind}): it decodes its own voxels, "
-                         f"so support and structure do not apply")
+                         f"so support and structure do not apply" + ("" if reads_structure else
+                                                                     " (its radar encoder reads no structure network)"))
     train = TrainConfig.from_dict(state["train_config"])
     model = attach_encoder(UNet3D(UNetConfig.from_dict(state["model_config"])), state.get("radar_encoder"))
     weights = state["model"]
@@ -51,12 +53,15 @@ def load_densifier(cls, path_or_run_folder, device=None, ema: bool = True, dtype
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     fov = TargetFov.from_dict(record.get("target_fov"))
-    if kind in LATENT_STAGES:
+    if kind in LATENT_STAGES:  # its encoder may read the structure network it carries (--ldm_condition structure)
+        grid = GridSpec.from_dict(record["grid"])
+        net = load_structure(structure or state, grid) if reads_structure else None
         return _sourced(cls, source, model, DiffusionConfig(**state["diffusion_config"]),
                         GridSpec.from_dict(record["grid"]), [Channel(**c) for c in record["radar_channels"]],
                         [Channel(**c) for c in record["target_channels"]],
                         consistency=train.objective in ("cd", "ct"), device=device, dtype=DTYPES[dtype],
-                        codec=LatentCodec.from_record(state["latent"]), target_fov=fov, cond_drop=cond_drop)
+                        codec=LatentCodec.from_record(state["latent"]), target_fov=fov, cond_drop=cond_drop,
+                        structure=net)
     rule, radius = record["support"], record["support_radius"]
     if support is not None and support != rule:
         rule, radius = support, DEFAULT_RADIUS.get(support, (1, 2, 2))

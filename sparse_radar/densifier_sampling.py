@@ -10,7 +10,7 @@ from .diffusion.edm import DiffusionConfig, Denoiser, karras_sigmas
 from .diffusion.guidance import GuidedDenoiser
 from .diffusion.samplers import sample_consistency, sample_euler, sample_heun
 from .models.latent import LatentCodec
-from .models.radar_encoder import latent_condition
+from .models.radar_encoder import latent_condition, structure_condition
 from .sampling_settings import SamplerSettings
 from .structure import VoxelStructure
 from .voxels import DenseVoxels, SparseVoxels
@@ -66,6 +66,8 @@ def generate_latent(densifier, radar: SparseVoxels, settings: SamplerSettings, s
     """A latent Densifier's sample: scaled latents conditioned on the radar (its learned encoder, else the pooled
     radar), decoded to voxels with features."""
     codec: LatentCodec = densifier.codec
+    if densifier.structure is not None:  # an encoder that reads the structure network's prediction too
+        radar = structure_condition(densifier.structure, radar, densifier.model.radar_encoder.structure_radius)
     cond = latent_condition(densifier.model, codec, radar)  # [B, 5, D', H', W']
     shape = (codec.config.latent_channels,) + tuple(cond.shape[2:])
     noise = torch.stack(frame_noise([shape] * radar.batch_size, seed, frame_ids)).to(densifier.device)

@@ -18,6 +18,7 @@ from ..nn.norm import NORM_TYPES
 PROG = "python -m sparse_radar.train"
 MODES = ("edm", "cd", "ct")
 STAGES = ("diffusion", "structure", "vae", "ldm", "cd", "all")
+LDM_CONDITIONS = ("learned", "structure", "pooled")  # --stage ldm: how the radar conditions the latent denoiser
 LATENT_STAGES = ("ldm", "cd")
 VAE_PRESET_NAMES = ("lightweight", "standard")
 VAE_KINDS = ("vae", "vqvae")
@@ -100,7 +101,7 @@ class TrainConfig:
     def __post_init__(self):
         checks = (("preset", PRESETS), ("field", FIELDS), ("mode", MODES), ("support", TRAIN_SUPPORTS),
                   ("calibration", ("auto", "none")), ("radar", ("arbe", "ars548")),
-                  ("ldm_condition", ("learned", "pooled")),
+                  ("ldm_condition", LDM_CONDITIONS),
                   ("stage", STAGES), ("vae_preset", VAE_PRESET_NAMES), ("vae_kind", VAE_KINDS),
                   ("data_format", DATA_FORMATS), ("attention_type", ATTENTION_TYPES), ("norm_type", NORM_TYPES))
         for name, allowed in checks:
@@ -171,9 +172,12 @@ class TrainConfig:
         if self.support == "predicted" and not self.structure:
             raise ValueError("--support predicted needs --structure RUN_OR_CHECKPOINT: a run trained with "
                              "--stage structure")
-        if self.structure and self.support != "predicted":
-            raise ValueError(f"--structure gives the network of --support predicted; with --support {self.support} "
-                             f"it would be unused")
+        if self.structure_conditioned_ldm and not self.structure:
+            raise ValueError("--ldm_condition structure needs --structure RUN_OR_CHECKPOINT: a run trained with "
+                             "--stage structure")
+        if self.structure and self.support != "predicted" and not self.structure_conditioned_ldm:
+            raise ValueError(f"--structure gives the network of --support predicted (or of --stage ldm "
+                             f"--ldm_condition structure); with --support {self.support} it would be unused")
         if self.structure_cap < 0:
             raise ValueError(f"--structure_cap must be >= 0 (0 = no cap), got {self.structure_cap}")
         if not (math.isfinite(self.dice_weight) and self.dice_weight >= 0):
@@ -214,6 +218,16 @@ class TrainConfig:
     def objective(self) -> str:
         """What the UNet learns: edm, cd (voxel --mode cd, or --stage cd in the latent) or ct."""
         return "cd" if self.stage == "cd" else self.mode
+
+    @property
+    def structure_conditioned_ldm(self) -> bool:
+        """Whether this is an ldm run whose radar encoder also reads the --structure network's prediction."""
+        return self.stage in ("ldm", "all") and self.ldm_condition == "structure"
+
+    def condition_radius(self):
+        """--ldm_condition structure: the dilation of the structure network's support the encoder reads (z, y, x):
+        --support_radius, else 0,0,0."""
+        return (0, 0, 0) if self.support_radius is None else self.radius()
 
     @property
     def structure_channel(self) -> bool:
@@ -272,9 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
                   "(farther ones are dropped with one warning)",
         "support": f"where diffusion runs: {', '.join(TRAIN_SUPPORTS)} (predicted: by the --structure network)",
         "support_radius": "dilation z,y,x (default 1,2,2; predicted 0,0,0)",
-        "structure": "checkpoint or run folder of a --stage structure run (for --support predicted)",
+        "structure": "checkpoint or run folder of a --stage structure run (for --support predicted, or --stage ldm "
+                     "--ldm_condition structure)",
         "ldm_condition": "--stage ldm: the radar's condition on the latent grid: learned (a sparse conv encoder trained "
-                         "with the LDM) or pooled (the radar's channels pooled per latent cell)",
+                         "with the LDM), structure (that encoder reading the radar on the --structure network's "
+                         "predicted support with its occupancy probability; --support_radius dilates it, default "
+                         "0,0,0) or pooled (the radar's channels pooled per latent cell)",
         "structure_prob": "--support predicted: give the denoiser the structure network's occupancy probability of "
                           "each support voxel as one more input channel (False: the radar channels only)",
         "frame_cache_mb": "device memory for a frozen network's per-frame outputs (--support predicted: the "

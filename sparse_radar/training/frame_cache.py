@@ -87,13 +87,27 @@ def split_support_fields(tgt: SparseVoxels, cond: SparseVoxels, cov: torch.Tenso
     return entries
 
 
+def joined_structure(keys: Sequence[torch.Tensor], counts: Sequence[int], spatial_shape: Sequence[int],
+                     device: torch.device) -> VoxelStructure:
+    """One batch's structure of per-frame keys (each within its frame's grid; counts: their lengths, host ints),
+    without host reads."""
+    cells = int(spatial_shape[0]) * int(spatial_shape[1]) * int(spatial_shape[2])
+    joined = torch.cat([k if b == 0 else k + b * cells for b, k in enumerate(keys)])
+    structure = VoxelStructure.from_keys(joined.to(device), tuple(spatial_shape), len(keys))
+    structure.cache["host_counts"] = tuple(int(n) for n in counts)
+    return structure
+
+
+def join_fields(entries: Sequence[Entry], spatial_shape: Sequence[int], device: torch.device) -> SparseVoxels:
+    """Per-frame (keys within the frame's grid, feats, count) as one batch's field, without host reads."""
+    structure = joined_structure([e[0] for e in entries], [e[2] for e in entries], spatial_shape, device)
+    return SparseVoxels.wrap(torch.cat([e[1] for e in entries]).to(device), structure)
+
+
 def join_support_fields(entries: Sequence[Entry], spatial_shape: Sequence[int], device: torch.device):
     """split_support_fields' entries as one batch: (target, condition, coverage [B], counts), without host reads."""
-    cells = int(spatial_shape[0]) * int(spatial_shape[1]) * int(spatial_shape[2])
-    keys = torch.cat([e[0] if b == 0 else e[0] + b * cells for b, e in enumerate(entries)])
-    structure = VoxelStructure.from_keys(keys.to(device), tuple(spatial_shape), len(entries))
     counts = [int(e[4]) for e in entries]
-    structure.cache["host_counts"] = tuple(counts)
+    structure = joined_structure([e[0] for e in entries], counts, spatial_shape, device)
     tgt = SparseVoxels.wrap(torch.cat([e[1] for e in entries]).to(device), structure)
     cond = SparseVoxels.wrap(torch.cat([e[2] for e in entries]).to(device), structure)
     return tgt, cond, torch.stack([e[3] for e in entries]), counts

@@ -41,11 +41,13 @@ def next_stage(cfg: TrainConfig, stage: str, given: frozenset) -> Tuple[TrainCon
     values = dict(stage=stage, out=folder, steps=steps, stage_steps=None, resume=folder if done_step else None,
                   overwrite=cfg.overwrite or restart,
                   vae=os.path.join(root, "vae") if stage == "ldm" else None,
-                  teacher=os.path.join(root, "ldm") if stage == "cd" else None)
+                  teacher=os.path.join(root, "ldm") if stage == "cd" else None,
+                  structure=cfg.structure if stage == "ldm" else None)  # --ldm_condition structure's network
     dropped = VAE_ONLY if stage != "vae" else UNET_ONLY
     values.update({name: getattr(TrainConfig(), name) for name in dropped})
     stage_cfg = dataclasses.replace(cfg, **values)
-    stage_given = frozenset(given - set(dropped) - {"stage", "stage_steps", "out"}) | {"steps"}
+    unused = {"stage", "stage_steps", "out"} | ({"structure"} if stage != "ldm" else set())
+    stage_given = frozenset(given - set(dropped) - unused) | {"steps"}
     stage_cfg.given_flags = stage_given
     return stage_cfg, stage_given, done_step >= steps
 

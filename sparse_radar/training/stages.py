@@ -12,7 +12,7 @@ from ..data.support import coverage, on_support
 from ..models.structure_net import StructureConfig, StructureNet, predicted_support
 from ..models.latent import LatentCodec
 from ..models.vae import VAE_PRESETS, VAEConfig, build_autoencoder
-from ..nn.field_ops import cat_channels
+from ..models.radar_encoder import structure_condition
 from ..voxels import SparseVoxels
 from .checkpoint import load_checkpoint
 from .data_record import data_record_of
@@ -116,8 +116,8 @@ def support_fields(net: StructureNet, radar: SparseVoxels, target: Optional[Spar
     """(target on the predicted support, radar on it (then, with probability, the network's occupancy probability
     as one more channel), coverage [B]) of a batch; without target the first is None."""
     if probability:
-        support, prob = predicted_support(net, radar, radius, probability=True)
-        cond = cat_channels(on_support(radar, support), prob)
+        cond = structure_condition(net, radar, radius)
+        support = cond.structure
     else:
         support = predicted_support(net, radar, radius)
         cond = on_support(radar, support)

@@ -131,3 +131,23 @@ def test_frame_cache_flag_is_checked(value, tmp_path, capsys):
         train(["--frame_cache_mb", value, "--out", str(tmp_path / "run"), "--progress", "False"])
     assert exc.value.code == 2
     assert "--frame_cache_mb must be a number of megabytes >= 0" in capsys.readouterr().err
+
+
+def test_a_structure_reading_ldm_predicts_each_frame_once(structure_runs, latent_runs, tmp_path, monkeypatch):
+    import sparse_radar.training.latent_stage as latent_stage
+    structure, _ = structure_runs
+    vae, _, _ = latent_runs
+    flags = COMMON + ["--stage", "ldm", "--vae", vae, "--ldm_condition", "structure", "--structure", structure]
+    calls = _counting_calls(monkeypatch, latent_stage, "structure_condition")
+    cached, fresh = str(tmp_path / "cached"), str(tmp_path / "fresh")
+    assert train(flags + ["--out", cached]) == 0
+    assert len(calls) == 2 + 1  # each frame alone once, then the final preview's frame
+    calls.clear()
+    assert train(flags + ["--frame_cache_mb", "0", "--out", fresh]) == 0
+    assert len(calls) == 3 + 1
+    losses = _metrics(cached)
+    torch.testing.assert_close([float(v) for v, _ in losses], [float(v) for v, _ in _metrics(fresh)], rtol=1e-5, atol=0)
+    split = str(tmp_path / "split")  # resumed: its frames computed again, the same bits
+    assert train(flags + ["--steps", "1", "--save_every", "1", "--out", split]) == 0
+    assert train(["--resume", split, "--steps", "3", "--progress", "False", "--preview_steps", "1"]) == 0
+    assert _metrics(split) == losses and _same_weights(split, cached)

@@ -224,3 +224,71 @@ def test_the_ldm_learns_its_radar_encoder_and_keeps_the_pooled_option(latent_run
     p = Densifier.from_checkpoint(str(out))
     torch.testing.assert_close(latent_condition(p.model, p.codec, radar), radar_to_latent(
         radar, p.codec.factor, p.codec.latent_shape(radar.spatial_shape)))
+
+
+def test_the_ldm_encoder_can_read_the_structure_network(structure_runs, latent_runs, tmp_path, capsys):
+    from sparse_radar.models.structure_net import occupancy_probability, predicted_support
+    from sparse_radar.training.stages import load_structure
+    structure, _ = structure_runs
+    vae, _, _ = latent_runs
+    ldm, cd = str(tmp_path / "ldm"), str(tmp_path / "cd")
+    common = ["--train_size", "2", "--progress", "False", "--preview_steps", "1", "--grid", SMALL_GRID]
+    assert train(common + ["--stage", "ldm", "--vae", vae, "--ldm_condition", "structure", "--structure", structure,
+                           "--support_radius", "0,1,1", "--model_channels", "8", "--steps", "2", "--out", ldm]) == 0
+    assert train(common + ["--stage", "cd", "--teacher", ldm, "--steps", "1", "--cm_steps", "4", "--out", cd]) == 0
+    state = load_checkpoint(ldm)
+    # the radar's 4 channels and the probability; the dilation of the support it reads
+    assert state["radar_encoder"] == {"radar_channels": 5, "factor": [4, 4, 4], "width": 32,
+                                      "structure_radius": [0, 1, 1]}
+    net = load_structure(structure)
+    for run_folder in (ldm, cd):  # each carries the network it read
+        carried = load_checkpoint(run_folder)["structure"]["weights"]
+        assert all(torch.equal(carried[k], v) for k, v in net.state_dict().items())
+    radar, _ = _batch()
+    d = Densifier.from_checkpoint(ldm)
+    assert d.structure is not None and d.model.radar_encoder.structure_radius == (0, 1, 1)
+    # what the encoder reads, built here from the network's support and probability by hand
+    support = predicted_support(net, radar, (0, 1, 1))
+    assert torch.equal(support.keys, predicted_support(d.structure, radar, (0, 1, 1)).keys)
+    prob = occupancy_probability(net, radar, support)
+    rows = {tuple(c): i for i, c in enumerate(radar.coords.tolist())}
+    expected = torch.full((support.num_voxels, 5), -1.0)  # EMPTY on the radar's channels off the radar
+    for i, c in enumerate(support.coords.tolist()):
+        if tuple(c) in rows:
+            expected[i, :4] = radar.feats[rows[tuple(c)]]
+    expected[:, 4] = prob.feats[:, 0]
+    assert set(rows) <= set(map(tuple, support.coords.tolist()))  # the radar's own voxels stay in the support
+    field = SparseVoxels(expected, support.coords, radar.spatial_shape, radar.batch_size)
+    out = d.generate(radar, settings=SamplerSettings("onestep", 1), seed=3)
+    codec = d.codec
+    noise = torch.stack([torch.randn(4, 2, 8, 8, generator=torch.Generator().manual_seed(3 * 1_000_003 + i))
+                         for i in range(2)])
+    den = Denoiser(d.model, d.diffusion, DenseVoxels(latent_condition(d.model, codec, field)))
+    wanted = codec.decode(den(DenseVoxels(noise * 80.0), 80.0).data)
+    assert torch.equal(out.coords, wanted.coords) and torch.allclose(out.feats, wanted.feats, atol=1e-6)
+    assert Densifier.from_checkpoint(cd).structure is not None
+    assert sample([ldm, "--count", "1", "--steps", "1", "--no-progress", "--out", str(tmp_path / "s")]) == 0
+    assert sample([ldm, "--support", "radar_dilated", "--out", str(tmp_path / "y")]) == 2
+    assert "decodes its own voxels" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--stage", "ldm", "--vae", "x", "--ldm_condition", "structure"], "--ldm_condition structure needs --structure"),
+    (["--stage", "ldm", "--vae", "x", "--structure", "x"], "it would be unused"),
+    (["--stage", "ldm", "--vae", "x", "--ldm_condition", "other"], "--ldm_condition: unknown value"),
+])
+def test_the_structure_condition_flags_are_checked(flags, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        train(flags + ["--out", str(tmp_path / "r"), "--steps", "1"])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_stage_all_hands_the_structure_network_to_the_ldm_alone(tmp_path):
+    from sparse_radar.training import pipeline
+    from sparse_radar.training.config import parse_args
+    cfg = parse_args(["--stage", "all", "--ldm_condition", "structure", "--structure", "runs/structure", "--out",
+                      str(tmp_path / "all")])
+    stages = {stage: pipeline.next_stage(cfg, stage, cfg.given_flags) for stage in pipeline.PIPELINE}
+    assert stages["ldm"][0].structure == "runs/structure" and "structure" in stages["ldm"][1]
+    for stage in ("vae", "cd"):
+        assert stages[stage][0].structure is None and "structure" not in stages[stage][1]
