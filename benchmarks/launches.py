@@ -3,8 +3,9 @@ would wait, counted on the CPU (see benchmarks/launch_count.py for what counts),
 
 The step is the trainer's own `train_step()`: a batch from the data, the support, the loss, backward, gradient
 clipping, the optimizer and the EMA. Rows: each preset in voxel space, a `--support predicted` step and an ldm
-step (fp32 and with the preset's autocast; their frozen network's per-frame outputs read back from the frame cache,
-as in every step after the first epoch, and once with --frame_cache_mb 0), each beside the dense path of the same
+step (fp32 and with the preset's autocast, which an ldm run takes only when --use_fp16 True is given; their frozen
+network's per-frame outputs read back from the frame cache, as in every step after the first epoch, and once with
+--frame_cache_mb 0), each beside the dense path of the same
 model (model_channels 16, which changes no count; grid 8x32x32, batch 2). Sparse rows use the triton kernel backend
 under TRITON_INTERPRET=1, its launches counted and stubbed. Host time: median of 5 steps, Triton stubbed (the
 kernel-map builders run, interpreted, and their run time is left out), no counter, one thread. On a GPU the kernels
@@ -47,10 +48,9 @@ ROWS = {  # name: extra train flags
     # what a step pays without the frame cache (every step predicts its batch's support): the first epoch's cost
     "lightweight-predicted-fp32-uncached": ["--preset", "lightweight", "--support", "predicted", "--use_fp16", "False",
                                             "--frame_cache_mb", "0"],
-    "lightweight-ldm": ["--preset", "lightweight", "--stage", "ldm"],  # --stage ldm on a VAE's latent grid
-    "lightweight-ldm-fp32": ["--preset", "lightweight", "--stage", "ldm", "--use_fp16", "False"],
-    "lightweight-ldm-fp32-uncached": ["--preset", "lightweight", "--stage", "ldm", "--use_fp16", "False",
-                                      "--frame_cache_mb", "0"],
+    "lightweight-ldm": ["--preset", "lightweight", "--stage", "ldm"],  # --stage ldm on a VAE's latent grid (fp32)
+    "lightweight-ldm-fp16": ["--preset", "lightweight", "--stage", "ldm", "--use_fp16", "True"],  # autocast asked
+    "lightweight-ldm-uncached": ["--preset", "lightweight", "--stage", "ldm", "--frame_cache_mb", "0"],
 }
 
 

@@ -238,6 +238,10 @@ class TrainConfig:
         """The UNetConfig of this run: the preset and the flags given; by default 8 channels in (target + radar),
         4 out."""
         overrides = {k: getattr(self, k) for k in MODEL_FLAGS if getattr(self, k) is not None}
+        if self.stage == "ldm" and self.use_fp16 is None:
+            # the latent grid is small (a VAE's cell of 4x4x4 voxels): the step is bound by launches, not math, and
+            # autocast adds about 1,000 casts (issue 20's ldm row: 2,356 launches against 1,374): fp32 unless asked
+            overrides["use_fp16"] = False
         return PRESETS[self.preset](in_channels=in_channels, out_channels=out_channels, input_size=tuple(grid_shape),
                                     **overrides)
 

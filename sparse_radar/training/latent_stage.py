@@ -4,6 +4,8 @@ sparse encoder (which may read a frozen structure network's prediction too) or t
 (--ldm_condition)."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ..data.voxelize import RADAR_CHANNELS
@@ -34,6 +36,8 @@ class LatentStage(Stage):
             latent = self.codec.config.latent_channels
             model_cfg = cfg.model_config(self.codec.latent_shape(t.grid_shape), latent + LATENT_CONDITION_CHANNELS,
                                          latent)
+            if state is not None:  # a run resumed keeps its precision (checkpoints before the latent fp32 default)
+                model_cfg = dataclasses.replace(model_cfg, use_fp16=state["model_config"]["use_fp16"])
             if cfg.ldm_condition != "pooled":  # a resumed run keeps its checkpoint's encoder configuration
                 self.encoder_config = state.get("radar_encoder") if state is not None else encoder_config(
                     len(RADAR_CHANNELS), self.codec, structure_radius=cfg.condition_radius()

@@ -292,3 +292,10 @@ def test_stage_all_hands_the_structure_network_to_the_ldm_alone(tmp_path):
     assert stages["ldm"][0].structure == "runs/structure" and "structure" in stages["ldm"][1]
     for stage in ("vae", "cd"):
         assert stages[stage][0].structure is None and "structure" not in stages[stage][1]
+
+
+def test_an_ldm_run_is_fp32_unless_autocast_is_asked_for():
+    latent = ((2, 8, 8), 9, 4)
+    assert not TrainConfig(stage="ldm", vae="v", preset="lightweight").model_config(*latent).use_fp16
+    assert TrainConfig(stage="ldm", vae="v", preset="lightweight", use_fp16=True).model_config(*latent).use_fp16
+    assert TrainConfig(preset="lightweight").model_config((8, 32, 32)).use_fp16  # voxel space keeps the preset's
