@@ -4,12 +4,11 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import triton
 
 from .. import backends
 from ..kernel_map import KernelMap
 from .conv_kernels import depthwise_kernel, depthwise_weight_grad_kernel, implicit_gemm_kernel, weight_grad_kernel
-from .launch import interpreted_bf16, out_buffer, pow2_block, row_splits
+from .launch import cdiv, interpreted_bf16, out_buffer, pow2_block, row_splits
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -30,7 +29,7 @@ def implicit_gemm(x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor, n_
         return out.to(x.dtype)
     block_ci = pow2_block(c_in, 16, 64)
     block_co = pow2_block(c_out, 16, 64)
-    grid = lambda meta: (triton.cdiv(n_out, meta["BLOCK_N"]), triton.cdiv(c_out, block_co))  # BLOCK_N autotuned
+    grid = lambda meta: (cdiv(n_out, meta["BLOCK_N"]), cdiv(c_out, block_co))  # BLOCK_N autotuned
     implicit_gemm_kernel[grid](
         x, weight, table, bias if bias is not None else x, out, n_out, c_in, c_out, table.shape[1], x.stride(0),
         weight.stride(0), weight.stride(1), weight.stride(2), REVERSE=reverse,
@@ -60,11 +59,11 @@ def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, table: torch.Tensor, wi
     block_ci = pow2_block(c_in, 16, 64)
     block_co = pow2_block(c_out, 16, 64)
     block_n = 32
-    tiles = k * triton.cdiv(c_in, block_ci) * triton.cdiv(c_out, block_co)
+    tiles = k * cdiv(c_in, block_ci) * cdiv(c_out, block_co)
     per, n_split = row_splits(table.shape[0], block_n, tiles)
     weights = k * c_in * c_out
     partial = torch.empty(n_split, weights + (c_out if with_bias else 0), dtype=torch.float32, device=x.device)
-    grid = (k, triton.cdiv(c_in, block_ci) * triton.cdiv(c_out, block_co), n_split)
+    grid = (k, cdiv(c_in, block_ci) * cdiv(c_out, block_co), n_split)
     weight_grad_kernel[grid](x, grad_out, table, partial, table.shape[0], c_in, c_out, k, per, grad_out.stride(0),
                              *layout,
                              PRECISION=_dot_precision(x.dtype), UPCAST=interpreted_bf16(x.dtype), HAS_BIAS=with_bias,
@@ -128,7 +127,7 @@ def depthwise(x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor, n_out:
     if n_out == 0:
         return out.to(x.dtype)
     block_c = pow2_block(channels, 16, 128)
-    grid = (triton.cdiv(n_out, 64), triton.cdiv(channels, block_c))
+    grid = (cdiv(n_out, 64), cdiv(channels, block_c))
     depthwise_kernel[grid](x, weight.contiguous(), table, out, n_out, channels, table.shape[1],
                            BLOCK_N=64, BLOCK_C=block_c)
     return out.to(x.dtype)
@@ -138,10 +137,10 @@ def depthwise_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, table: torch.
     """dW[k, c] = sum_o x[table[o, k], c] * grad_out[o, c], fp32 [K, C]; deterministic."""
     k, channels = table.shape[1], x.shape[1]
     block_c = pow2_block(channels, 16, 128)
-    tiles = k * triton.cdiv(channels, block_c)
+    tiles = k * cdiv(channels, block_c)
     per, n_split = row_splits(table.shape[0], 32, tiles)
     partial = torch.empty(n_split, k, channels, dtype=torch.float32, device=x.device)
-    depthwise_weight_grad_kernel[(k, triton.cdiv(channels, block_c), n_split)](
+    depthwise_weight_grad_kernel[(k, cdiv(channels, block_c), n_split)](
         x, grad_out, table, partial, table.shape[0], channels, k, per, BLOCK_N=32, BLOCK_C=block_c)
     return partial.sum(0) if n_split > 1 else partial[0]
 

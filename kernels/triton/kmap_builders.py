@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import triton
+from .launch import cdiv, next_pow2
 
 from .kmap_builder_kernels import (invert_table_kernel, keys_to_coords_kernel, rows_of_keys_kernel, site_scatter_kernel,
                            strided_candidates_kernel, submanifold_table_kernel)
@@ -21,14 +21,14 @@ def submanifold_table(coords: torch.Tensor, padded: Sequence[int], batch_size: i
         return table
     site = torch.full((batch_size * padded[0] * padded[1] * padded[2],), -1, dtype=torch.int32, device=coords.device)
     grid_args = (*padded, *margin)
-    site_scatter_kernel[(triton.cdiv(n, 256),)](coords, site, n, *grid_args, BLOCK=256)
-    submanifold_table_kernel[(triton.cdiv(n, 64),)](coords, site, table, n, *grid_args, *kernel_size, *dilation, k,
-                                                    BLOCK_N=64, BLOCK_K=triton.next_power_of_2(k))
+    site_scatter_kernel[(cdiv(n, 256),)](coords, site, n, *grid_args, BLOCK=256)
+    submanifold_table_kernel[(cdiv(n, 64),)](coords, site, table, n, *grid_args, *kernel_size, *dilation, k,
+                                                    BLOCK_N=64, BLOCK_K=next_pow2(k))
     return table
 
 
 def _block_k(k: int) -> int:
-    return triton.next_power_of_2(k)
+    return next_pow2(k)
 
 
 def strided_candidates(coords: torch.Tensor, kernel_size, stride, padding, dilation, out_shape) -> torch.Tensor:
@@ -37,7 +37,7 @@ def strided_candidates(coords: torch.Tensor, kernel_size, stride, padding, dilat
     n, k = coords.shape[0], kernel_size[0] * kernel_size[1] * kernel_size[2]
     keys = torch.empty(n, k, dtype=torch.int64, device=coords.device)
     if n:
-        strided_candidates_kernel[(triton.cdiv(n, 64),)](coords, keys, n, *kernel_size, *stride, *padding, *dilation,
+        strided_candidates_kernel[(cdiv(n, 64),)](coords, keys, n, *kernel_size, *stride, *padding, *dilation,
                                                          *out_shape, k, BLOCK_N=64, BLOCK_K=_block_k(k))
     return keys
 
@@ -48,7 +48,7 @@ def rows_of_keys(sorted_keys: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     out = torch.empty(keys.shape, dtype=torch.int32, device=keys.device)
     total, m = keys.numel(), sorted_keys.numel()
     if total:
-        rows_of_keys_kernel[(triton.cdiv(total, 256),)](sorted_keys.contiguous(), m, keys, out, total,
+        rows_of_keys_kernel[(cdiv(total, 256),)](sorted_keys.contiguous(), m, keys, out, total,
                                                         max(1, m).bit_length(), BLOCK=256)
     return out
 
@@ -57,7 +57,7 @@ def keys_to_coords(keys: torch.Tensor, spatial_shape) -> torch.Tensor:
     """int32 coords [M, 4] (b, z, y, x) of int64 keys [M] of the grid spatial_shape."""
     out = torch.empty(keys.numel(), 4, dtype=torch.int32, device=keys.device)
     if keys.numel():
-        keys_to_coords_kernel[(triton.cdiv(keys.numel(), 256),)](keys.contiguous(), out, keys.numel(),
+        keys_to_coords_kernel[(cdiv(keys.numel(), 256),)](keys.contiguous(), out, keys.numel(),
                                                                  *spatial_shape, BLOCK=256)
     return out
 
@@ -67,5 +67,5 @@ def invert_table(table: torch.Tensor, n_rows: int) -> torch.Tensor:
     n, k = table.shape
     out = torch.full((n_rows, k), -1, dtype=torch.int32, device=table.device)
     if n and n_rows:
-        invert_table_kernel[(triton.cdiv(n, 64),)](table.contiguous(), out, n, k, BLOCK_N=64, BLOCK_K=_block_k(k))
+        invert_table_kernel[(cdiv(n, 64),)](table.contiguous(), out, n, k, BLOCK_N=64, BLOCK_K=_block_k(k))
     return out

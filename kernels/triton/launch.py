@@ -4,23 +4,32 @@ from __future__ import annotations
 from typing import Tuple
 
 import torch
-import triton
 
 from .. import backends
 
 TARGET_PROGRAMS = 1024  # split the rows of a reduction so that about this many programs run at once
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) of ints, in plain Python (triton's host helpers are constexpr functions: slower on every launch)."""
+    return -(-int(a) // int(b))
+
+
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1)."""
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
 def pow2_block(size: int, low: int, high: int) -> int:
     """The power of two >= size, clamped to [low, high] (tl.dot needs tiles of at least 16)."""
-    return max(low, min(high, triton.next_power_of_2(max(int(size), 1))))
+    return max(low, min(high, next_pow2(size)))
 
 
 def row_splits(n_rows: int, block_n: int, tiles: int) -> Tuple[int, int]:
     """(rows per split, a multiple of block_n; number of splits) so that tiles * splits ~ TARGET_PROGRAMS."""
     want = max(1, TARGET_PROGRAMS // max(tiles, 1))
-    per = triton.cdiv(triton.cdiv(max(n_rows, 1), want), block_n) * block_n
-    return per, max(1, triton.cdiv(n_rows, per))
+    per = cdiv(cdiv(max(n_rows, 1), want), block_n) * block_n
+    return per, max(1, cdiv(n_rows, per))
 
 
 def interpreted_bf16(dtype: torch.dtype) -> bool:

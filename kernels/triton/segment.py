@@ -4,9 +4,8 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
-import triton
 
-from .launch import out_buffer, pow2_block, row_splits
+from .launch import cdiv, next_pow2, out_buffer, pow2_block, row_splits
 from .norm_kernels import (norm_apply_kernel, norm_grad_statistics_kernel, norm_input_grad_kernel,
                            norm_statistics_kernel)
 from .segment_kernels import segment_affine_kernel, sorted_segment_sums_kernel
@@ -17,7 +16,7 @@ def _partials(u, row_ptr, v, shift, shift_u) -> Tuple[torch.Tensor, Optional[tor
     n, channels = u.shape
     n_seg = row_ptr.numel() - 1
     block_c = pow2_block(channels, 16, 128)
-    col_tiles = triton.cdiv(channels, block_c)
+    col_tiles = cdiv(channels, block_c)
     per, n_split = row_splits(n, 32, n_seg * col_tiles)
     sum_a = torch.empty(n_split, n_seg, channels, dtype=torch.float32, device=u.device)
     sum_ab = torch.empty_like(sum_a) if v is not None else sum_a
@@ -48,12 +47,12 @@ def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool
         norm_statistics_kernel[(n_seg, groups)](
             rows, row_ptr, weight, bias if bias is not None else weight,
             modulation if modulation is not None else mean, mean, rstd, scale, offset, channels, size, float(eps),
-            CENTER=center, HAS_BIAS=bias is not None, MOD=modulation is not None, BLOCK_G=triton.next_power_of_2(size))
+            CENTER=center, HAS_BIAS=bias is not None, MOD=modulation is not None, BLOCK_G=next_pow2(size))
     out = out_buffer(n, channels, rows.dtype, rows.device)
     seed = torch.randint(0, 2 ** 31 - 1, (1,), device=rows.device) if dropout else None
     if n:
         block_c = pow2_block(channels, 16, 128)
-        norm_apply_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(channels, block_c))](
+        norm_apply_kernel[lambda meta: (cdiv(n, meta["BLOCK_N"]), cdiv(channels, block_c))](
             rows, scale, offset, segment, out, seed if dropout else mean, float(dropout), n, channels, SILU=silu,
             DROP=bool(dropout), BLOCK_C=block_c)
     return out.to(rows.dtype), mean, rstd, scale, offset, seed
@@ -75,13 +74,13 @@ def norm_backward(grad_y, rows, weight, bias, segment, row_ptr, mean, rstd, grou
             modulation if modulation is not None else mean, fwd_scale if silu else mean,
             fwd_offset if silu else mean, dy_scale, x_scale, offset, part_w, part_b, grad_mod,
             drop_state if dropout else mean, float(dropout), channels, size, CENTER=center, HAS_BIAS=bias is not None,
-            MOD=modulation is not None, SILU=silu, DROP=bool(dropout), BLOCK_G=triton.next_power_of_2(size))
+            MOD=modulation is not None, SILU=silu, DROP=bool(dropout), BLOCK_G=next_pow2(size))
     grad_w, grad_b = (torch.empty if n else torch.zeros)(2, channels, dtype=torch.float32,
                                                          device=rows.device).unbind(0)
     grad_rows = out_buffer(n, channels, rows.dtype, rows.device)
     if n:
         block_c = pow2_block(channels, 16, 128)
-        norm_input_grad_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(channels, block_c))](
+        norm_input_grad_kernel[lambda meta: (cdiv(n, meta["BLOCK_N"]), cdiv(channels, block_c))](
             grad_y, rows, segment, fwd_scale if silu else mean, fwd_offset if silu else mean, dy_scale, x_scale,
             offset, part_w, part_b, grad_w, grad_b, grad_rows, drop_state if dropout else mean, float(dropout), n,
             n_seg, channels, SILU=silu, DROP=bool(dropout), BLOCK_C=block_c)
@@ -94,7 +93,7 @@ def segment_affine(u, scale, offset, segment, v, v_scale, out_dtype) -> torch.Te
     out = out_buffer(n, channels, out_dtype, u.device)
     if n:
         block_c = pow2_block(channels, 16, 128)
-        segment_affine_kernel[(triton.cdiv(n, 32), triton.cdiv(channels, block_c))](
+        segment_affine_kernel[(cdiv(n, 32), cdiv(channels, block_c))](
             u, scale, offset, segment, v if v is not None else u, v_scale if v_scale is not None else scale, out,
             n, channels, HAS_V=v is not None, BLOCK_N=32, BLOCK_C=block_c)
     return out.to(out_dtype)

@@ -60,7 +60,7 @@ class AttentionBlock(nn.Module):
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
             run = lambda v: values(self._forward(x.replace(v)))  # noqa: E731
             vjp = (lambda v, g: self._tail_vjp(x.replace(v), g)) if isinstance(x, SparseVoxels) else None  # noqa: E731
-            return x.replace(recompute(run, (values(x),), trainable(self), vjp))
+            return x.replace(recompute(run, (values(x),), trainable(self), vjp, random=False))
         return self._forward(x)
 
     def _forward(self, x: Field) -> Field:

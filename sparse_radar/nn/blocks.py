@@ -61,7 +61,7 @@ class ResBlock(nn.Module):
             vjp = None
             if all(isinstance(m, (SubMConv3d, nn.Identity)) for m in (self.out_conv, self.skip)):
                 vjp = lambda v, e, g: self._tail_vjp(x.replace(v), e, activated, g)  # noqa: E731
-            return x.replace(recompute(run, (values(x), emb), trainable(self), vjp))
+            return x.replace(recompute(run, (values(x), emb), trainable(self), vjp, random=self.dropout.p > 0))
         return self._forward(x, emb, activated)
 
     def _forward(self, x: Field, emb: torch.Tensor, activated: bool = False) -> Field:

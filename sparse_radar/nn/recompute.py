@@ -27,13 +27,13 @@ def _set_rng_state(device: torch.device, state) -> None:
 
 class _Recompute(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, run, vjp, n_inputs, *tensors):
+    def forward(ctx, run, vjp, random, n_inputs, *tensors):
         inputs = tensors[:n_inputs]
         device = inputs[0].device
         ctx.run, ctx.vjp, ctx.device = run, vjp, device
         ctx.params = tensors[n_inputs:]
         ctx.autocast = (torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type))
-        ctx.rng = _rng_state(device)
+        ctx.rng = _rng_state(device) if random else None  # a block that draws (dropout) draws the same again
         ctx.save_for_backward(*inputs)
         return run(*inputs)
 
@@ -41,8 +41,9 @@ class _Recompute(torch.autograd.Function):
     def backward(ctx, grad_out):
         inputs = [t.detach().requires_grad_(t.requires_grad) for t in ctx.saved_tensors]
         device, (enabled, dtype) = ctx.device, ctx.autocast
-        current = _rng_state(device)
-        _set_rng_state(device, ctx.rng)
+        current = None if ctx.rng is None else _rng_state(device)
+        if ctx.rng is not None:
+            _set_rng_state(device, ctx.rng)
         try:
             with torch.enable_grad(), torch.autocast(device.type, dtype=dtype, enabled=enabled):
                 if ctx.vjp is None:
@@ -50,21 +51,23 @@ class _Recompute(torch.autograd.Function):
                 else:  # the block's last ops by hand: tensors of the recomputed graph and their gradients
                     outs, out_grads = ctx.vjp(*inputs, grad_out)
         finally:
-            _set_rng_state(device, current)
+            if current is not None:
+                _set_rng_state(device, current)
         pairs = [(o, g) for o, g in zip(outs, out_grads) if g is not None and o.requires_grad]
         wanted = [t for t in (*inputs, *ctx.params) if t.requires_grad]
         grads = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True)
                      if pairs else [None] * len(wanted))
-        return (None, None, None, *[next(grads) if t.requires_grad else None for t in (*inputs, *ctx.params)])
+        return (None, None, None, None, *[next(grads) if t.requires_grad else None for t in (*inputs, *ctx.params)])
 
 
 def recompute(run: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
-              vjp: Optional[Callable] = None) -> torch.Tensor:
+              vjp: Optional[Callable] = None, random: bool = True) -> torch.Tensor:
     """run(*inputs) whose activations are recomputed in backward; params are the weights run reads (gradients flow).
     vjp(*inputs, grad_out) -> (tensors, their gradients), if given, replaces re-running the whole block: it recomputes
     the block up to its last ops and gives those ops' input gradients by hand (torch's checkpoint stops early
-    in the same way: a last conv's forward is not needed for its backward)."""
-    return _Recompute.apply(run, vjp, len(inputs), *inputs, *params)
+    in the same way: a last conv's forward is not needed for its backward). random=False: run draws no random
+    numbers, so the RNG state is neither saved nor restored (a host copy of it each way on the CPU)."""
+    return _Recompute.apply(run, vjp, bool(random), len(inputs), *inputs, *params)
 
 
 def trainable(module: torch.nn.Module) -> tuple:

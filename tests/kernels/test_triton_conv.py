@@ -183,3 +183,14 @@ def test_kernels_are_autotuned_on_a_gpu_and_take_the_first_config_interpreted(mo
                         (norm_kernels.norm_statistics_kernel, ["channels", "group_size"])):
         assert isinstance(kernel, triton.runtime.Autotuner) and kernel.keys == key
         assert len(kernel.configs) == 1  # interpreted here
+
+
+def test_the_host_launch_helpers_match_tritons():
+    """cdiv and next_pow2 (plain Python on every launch) against triton's own helpers."""
+    import triton
+    from sparse_radar.kernels.triton.launch import cdiv, next_pow2, pow2_block
+    for n in range(1, 2100):
+        assert next_pow2(n) == triton.next_power_of_2(n)
+        for b in (1, 16, 64, 256):
+            assert cdiv(n, b) == triton.cdiv(n, b)
+    assert (next_pow2(0), cdiv(0, 64), pow2_block(3, 16, 64), pow2_block(100, 16, 64)) == (1, 0, 16, 64)

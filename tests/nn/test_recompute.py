@@ -111,6 +111,20 @@ def test_recompute_redraws_the_same_random_numbers_and_restores_the_generator():
     torch.testing.assert_close(gw, weight.grad)
 
 
+def test_a_block_without_random_numbers_leaves_the_generator_alone(monkeypatch):
+    import sparse_radar.nn.recompute as rc
+    weight = torch.randn(5, requires_grad=True)
+    x = torch.randn(5, requires_grad=True)
+    reads = []
+    monkeypatch.setattr(rc, "_rng_state", lambda device: reads.append(device) or torch.get_rng_state())
+    out = recompute(lambda v: (v * weight).sin(), (x,), (weight,), random=False)
+    out.backward(torch.ones(5))
+    assert reads == []  # neither saved in forward nor swapped in backward
+    torch.testing.assert_close(x.grad, weight.detach() * (x.detach() * weight.detach()).cos())
+    recompute(lambda v: (v * weight).sin(), (x,), (weight,)).sum().backward()
+    assert len(reads) == 2  # the default saves it, and backward reads the caller's to restore it
+
+
 def test_checkpointed_attention_keeps_only_its_input():
     x = _field(False)
     block = AttentionBlock(8, "window", num_heads=2, num_groups=4, use_checkpoint=True).train()
