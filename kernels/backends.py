@@ -174,3 +174,11 @@ def kernel_settings(backend: Optional[str] = None, gather_elements: Optional[int
         yield new
     finally:
         _state.settings = old
+
+
+def autocast_off(device_type: str):
+    """A context with autocast off on device_type: torch.autocast(enabled=False) where autocast is on, else none
+    (entering and leaving an autocast context costs host time on every op that would otherwise skip it)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()

@@ -21,7 +21,7 @@ def sparse_conv(feats: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
         raise ValueError(f"bias must be [{weight.shape[2]}], got {tuple(bias.shape)}")
     settings = settings or backends.current()
     op = backends.op(backends.resolve_backend(settings.backend, feats), "conv")
-    with torch.autocast(feats.device.type, enabled=False):  # the op chooses its own precision (fp32 sums)
+    with backends.autocast_off(feats.device.type):  # the op chooses its own precision (fp32 sums)
         return op.apply(feats.contiguous(), weight, bias, kmap, settings)
 
 
@@ -32,7 +32,7 @@ def sparse_conv_vjp(feats: torch.Tensor, weight: torch.Tensor, bias: Optional[to
     block's last conv)."""
     settings = settings or backends.current()
     op = backends.op(backends.resolve_backend(settings.backend, feats), "conv")
-    with torch.autocast(feats.device.type, enabled=False):  # as sparse_conv: the op's own precision
+    with backends.autocast_off(feats.device.type):  # as sparse_conv: the op's own precision
         return op.backward_of(feats.contiguous(), weight.contiguous(), bias is not None, kmap, settings, grad_out,
                       layout=weight.stride())
 
@@ -46,7 +46,7 @@ def depthwise_conv(feats: torch.Tensor, weight: torch.Tensor, kmap: KernelMap,
         raise ValueError(f"weight must be [{kmap.kernel_volume}, {feats.shape[1]}], got {tuple(weight.shape)}")
     settings = settings or backends.current()
     op = backends.op(backends.resolve_backend(settings.backend, feats), "depthwise")
-    with torch.autocast(feats.device.type, enabled=False):
+    with backends.autocast_off(feats.device.type):
         return op.apply(feats.contiguous(), weight, kmap, settings)
 
 

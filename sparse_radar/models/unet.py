@@ -7,6 +7,7 @@ from typing import List, Union
 import torch
 from torch import nn
 
+from ..kernels.backends import autocast_off
 from ..nn.attention import AttentionBlock
 from ..nn.blocks import Downsample, ResBlock, Upsample, timestep_embedding, zero_module
 from ..nn.conv import SubMConv3d
@@ -109,7 +110,7 @@ class UNet3D(nn.Module):
     def _run(self, x: Field, noise_labels: torch.Tensor) -> Field:
         # the embedding and every block's scale-shift from it stay in the model's dtype under autocast: tiny [B, C]
         # matmuls, and the norm kernels read the modulation in fp32 anyway (no cast per block)
-        with torch.autocast(noise_labels.device.type, enabled=False):
+        with autocast_off(noise_labels.device.type):
             emb = self.time_embed(timestep_embedding(noise_labels, self.config.model_channels).to(x.dtype))
             emb = torch.nn.functional.silu(emb)  # what every ResBlock's projection reads: once here, not per block
         h = self.input_conv(x)

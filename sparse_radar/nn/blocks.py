@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels.backends import autocast_off
 from .conv import SparseConv3d, SparseInverseConv3d, SubMConv3d
 from .depthwise import DepthwiseSubMConv3d
 from .field_ops import Field, values
@@ -72,7 +73,7 @@ class ResBlock(nn.Module):
     def _body(self, x: Field, emb: torch.Tensor, activated: bool) -> Field:
         """Everything before the last conv: its input."""
         h = self.in_conv(norm_silu(self.in_norm, x))
-        with torch.autocast(emb.device.type, enabled=False):  # [B, 2C]: scale, then shift, in emb's dtype
+        with autocast_off(emb.device.type):  # [B, 2C]: scale, then shift, in emb's dtype
             modulation = self.emb(emb if activated else F.silu(emb))
         # dropout(silu(out_norm(h) * (1 + scale) + shift)): one op on the sparse path
         return norm_and_modulate(self.out_norm, h, modulation, silu=True, dropout=self.dropout)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernels import coords as kc
+from ..kernels.backends import autocast_off
 from ..kernels.conv import sparse_conv, sparse_conv_vjp, torch_to_kernel_weight
 from ..voxels import DenseVoxels, SparseVoxels
 from .field_ops import check_field
@@ -115,7 +116,7 @@ class _SparseConvBase(nn.Module):
 
     def _dense_conv(self, data: torch.Tensor, padding) -> torch.Tensor:
         data, weight, bias = self._cast(data)
-        with torch.autocast(data.device.type, enabled=False):
+        with autocast_off(data.device.type):
             return F.conv3d(data, weight, bias, self.stride, padding, self.dilation)
 
 
@@ -163,7 +164,7 @@ class SubMConv3d(_SparseConvBase):
             return sparse_conv_vjp(values, weight, bias, kmap, grad_out.to(values.dtype))
         if x.mask is not None:
             grad_out = grad_out * x.mask.to(grad_out.dtype)
-        with torch.autocast(values.device.type, enabled=False):
+        with autocast_off(values.device.type):
             return torch.ops.aten.convolution_backward(
                 grad_out.to(values.dtype).contiguous(), values, weight, None if bias is None else [bias.shape[0]],
                 list(self.stride), list(self.padding), list(self.dilation), False, [0, 0, 0], 1,
@@ -205,7 +206,7 @@ class SparseInverseConv3d(_SparseConvBase):
         size = [(n - 1) * s - 2 * p + d * (k - 1) + 1 for n, s, p, d, k in
                 zip(x.spatial_shape, self.stride, self.padding, self.dilation, self.kernel_size)]
         extra = tuple(f - s for f, s in zip(fine_shape, size))
-        with torch.autocast(data.device.type, enabled=False):
+        with autocast_off(data.device.type):
             out = F.conv_transpose3d(data, weight.transpose(0, 1), bias, self.stride, self.padding, extra, 1,
                                      self.dilation)
         if fine_mask is not None:

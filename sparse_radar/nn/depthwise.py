@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernels import coords as kc
+from ..kernels.backends import autocast_off
 from ..kernels.conv import depthwise_conv
 from ..voxels import DenseVoxels, SparseVoxels
 from .conv import cast_for_compute
@@ -39,7 +40,7 @@ class DepthwiseSubMConv3d(nn.Module):
         values, weight, bias = cast_for_compute(values, self.weight, self.bias)
         if isinstance(x, DenseVoxels):
             pad = tuple(k // 2 for k in self.kernel_size)
-            with torch.autocast(values.device.type, enabled=False):
+            with autocast_off(values.device.type):
                 out = F.conv3d(values, weight, bias, 1, pad, 1, self.channels)
             return x.replace(out if x.mask is None else out * x.mask.to(out.dtype))
         kmap = x.structure.submanifold_map(self.kernel_size, (1, 1, 1))

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels import coords as kc
+from ..kernels.backends import autocast_off
 from ..voxels import DenseVoxels, SparseVoxels
 from .conv import Field, _SparseConvBase
 
@@ -30,7 +31,7 @@ class GenerativeUpsample(_SparseConvBase):
 
     def _dense(self, x: DenseVoxels) -> DenseVoxels:
         data, weight, bias = self._cast(x.masked_data())
-        with torch.autocast(data.device.type, enabled=False):
+        with autocast_off(data.device.type):
             out = F.conv_transpose3d(data, weight.transpose(0, 1), bias, self.stride)
         d, h, w = self._fine_shape(x.spatial_shape)
         out = out[:, :, :d, :h, :w]

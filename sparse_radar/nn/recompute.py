@@ -11,6 +11,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from ..kernels.backends import autocast_off
+
 
 def _rng_state(device: torch.device):
     if device.type == "cuda":
@@ -45,7 +47,9 @@ class _Recompute(torch.autograd.Function):
         if ctx.rng is not None:
             _set_rng_state(device, ctx.rng)
         try:
-            with torch.enable_grad(), torch.autocast(device.type, dtype=dtype, enabled=enabled):
+            # as the forward ran: autocast on with its dtype, or off (no context where it is off already)
+            cast = torch.autocast(device.type, dtype=dtype) if enabled else autocast_off(device.type)
+            with torch.enable_grad(), cast:
                 if ctx.vjp is None:
                     outs, out_grads = [ctx.run(*inputs)], [grad_out]
                 else:  # the block's last ops by hand: tensors of the recomputed graph and their gradients

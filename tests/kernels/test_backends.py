@@ -138,3 +138,15 @@ def test_no_backend_imports_an_entry_module():
                     assert node.module in (None, "backends", "kernel_map"), (backend, name, node.module)
                     if node.module is None:
                         assert [a.name for a in node.names] == ["backends"], (backend, name)
+
+
+def test_autocast_off_turns_autocast_off_only_where_it_is_on():
+    import contextlib
+    from sparse_radar.kernels.backends import autocast_off
+    a, b = torch.randn(4, 4), torch.randn(4, 4)
+    assert isinstance(autocast_off("cpu"), contextlib.nullcontext)  # nothing to turn off: no context entered
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (a @ b).dtype == torch.bfloat16
+        with autocast_off("cpu"):
+            assert not torch.is_autocast_enabled("cpu") and (a @ b).dtype == torch.float32
+        assert torch.is_autocast_enabled("cpu")  # restored on leaving
