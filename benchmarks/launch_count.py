@@ -16,7 +16,7 @@ import contextlib
 import os
 import time
 import traceback
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -80,6 +80,36 @@ def component_of(stack) -> str:
     return "other"
 
 
+class BuilderTape:
+    """The kernel-map builders' results of one step, recorded as they run and written back in later steps of the
+    same batch in place of running them (timed steps then pay what a GPU's host pays for a launch, not the
+    interpreter's run)."""
+
+    def __init__(self):
+        self.calls: List[List[torch.Tensor]] = []
+        self.replaying, self.position = False, 0
+
+    def record(self, tensors: List[torch.Tensor]) -> None:
+        """Keep a copy of a builder's tensor arguments after it ran."""
+        self.calls.append([t.detach().clone() for t in tensors])
+
+    def replay(self, tensors: List[torch.Tensor]) -> bool:
+        """Write the next recorded call's tensors into these arguments; False if the step's builders differ."""
+        if self.position >= len(self.calls):
+            return False
+        saved = self.calls[self.position]
+        if [t.shape for t in saved] != [t.shape for t in tensors]:
+            return False
+        for target, value in zip(tensors, saved):
+            target.copy_(value)
+        self.position += 1
+        return True
+
+    def rewind(self) -> None:
+        """Replay from the first recorded call (at the start of each timed step)."""
+        self.replaying, self.position = True, 0
+
+
 class Tally:
     """Launches and syncs by (component, pass) and by op."""
 
@@ -92,6 +122,7 @@ class Tally:
         self.component_ops: Dict[str, int] = collections.Counter()
         self.triton = 0
         self.executed_seconds = 0.0  # spent running EXECUTED_KERNELS in the interpreter (not a GPU's host cost)
+        self.replay_misses = 0  # builders a replaying tape could not answer (run instead)
 
     def total(self, what: str = "launches", components=None, phase=None) -> int:
         """Sum over components (default all) and pass (default both)."""
@@ -152,9 +183,10 @@ class _Dispatch(TorchDispatchMode):
 
 
 @contextlib.contextmanager
-def counting(run_triton: bool = False, dispatch: bool = True) -> Iterator[Tally]:
+def counting(run_triton: bool = False, dispatch: bool = True, tape: Optional[BuilderTape] = None) -> Iterator[Tally]:
     """Count inside the block; Triton launches are counted and (unless run_triton) not executed. dispatch=False
-    only stubs the Triton launches (to time the host's work without the counter's own cost)."""
+    only stubs the Triton launches (to time the host's work without the counter's own cost). tape: the map builders'
+    results are recorded into it, or, once rewound, written back from it instead of running the builders."""
     tally, inside = Tally(), [0]
     patches = []
     try:
@@ -170,11 +202,18 @@ def counting(run_triton: bool = False, dispatch: bool = True) -> Iterator[Tally]
                 if run_triton:
                     return original(fn, *args, **kwargs)
                 if fn.__name__ in EXECUTED_KERNELS:
+                    tensors = [v for v in list(args) + list(kwargs.values()) if isinstance(v, torch.Tensor)]
+                    if tape is not None and tape.replaying:
+                        if tape.replay(tensors):
+                            return None
+                        tally.replay_misses += 1
                     start = time.perf_counter()
                     try:
                         return original(fn, *args, **kwargs)
                     finally:
                         tally.executed_seconds += time.perf_counter() - start
+                        if tape is not None and not tape.replaying:
+                            tape.record(tensors)
                 for name, value in list(zip(fn.arg_names, args)) + list(kwargs.items()):
                     if name in TRITON_OUTPUTS and isinstance(value, torch.Tensor):
                         value.zero_()

@@ -32,7 +32,7 @@ if not torch.cuda.is_available():  # before triton is imported: kernels are inte
 import sparse_radar.nn.attention_cores as attention_cores  # noqa: E402
 
 from benchmarks.common import machine, markdown_table  # noqa: E402
-from benchmarks.launch_count import counting  # noqa: E402
+from benchmarks.launch_count import BuilderTape, counting  # noqa: E402
 
 GRID = "0,-12.8,-2,25.6,12.8,4.4@0.8"  # 8 x 32 x 32
 STEP_COMPONENTS = ("maps", "convs", "norms", "attention", "embeddings", "blocks", "loss", "support", "latent",
@@ -98,13 +98,33 @@ def _count(trainer, kernels: str, timed_steps: int) -> Dict[str, object]:
         _restore(state)
         with counting() as tally:
             trainer.train_step()
-        times = []
-        with counting(dispatch=False) as stub:
-            for _ in range(timed_steps):
+        times, updates, misses = [], [], None
+        if timed_steps:
+            tape = BuilderTape()
+            with counting(dispatch=False, tape=tape) as stub:
                 _restore(state)
-                start, interpreted = time.perf_counter(), stub.executed_seconds
-                trainer.train_step()  # less the interpreter's run of the kernel-map builders (a GPU runs them)
-                times.append(time.perf_counter() - start - (stub.executed_seconds - interpreted))
+                first = trainer.step  # every timed step takes this step's batch: the maps recorded are its own
+                trainer.train_step()  # records the map builders' results: the timed steps write them back
+                apply_update = trainer._apply_update
+                try:
+                    for _ in range(timed_steps):
+                        _restore(state)
+                        trainer.step = first
+                        tape.rewind()
+                        spent = []
+
+                        def timed_update():
+                            start = time.perf_counter()
+                            apply_update()
+                            spent.append(time.perf_counter() - start)
+                        trainer._apply_update = timed_update
+                        start = time.perf_counter()
+                        trainer.train_step()
+                        times.append(time.perf_counter() - start)
+                        updates.append(sum(spent))
+                finally:
+                    trainer._apply_update = apply_update
+                misses = stub.replay_misses
     step = tally.total("launches", STEP_COMPONENTS)
     return {
         "launches_fwd_bwd": step, "launches_update": tally.total("launches", UPDATE_COMPONENTS),
@@ -114,6 +134,9 @@ def _count(trainer, kernels: str, timed_steps: int) -> Dict[str, object]:
         "syncs_step": tally.total("syncs", STEP_COMPONENTS + UPDATE_COMPONENTS + ("trainer",)),
         "syncs_data": tally.total("syncs", ("data",)),
         "host_ms": round(1e3 * statistics.median(times), 1) if times else None,
+        # of it, the optimizer and EMA: on this CPU their arithmetic over every weight (a few fused launches on CUDA)
+        "update_ms": round(1e3 * statistics.median(updates), 1) if updates else None,
+        "builder_replay_misses": misses,
         "by_component": {f"{c} {p}": n for (c, p), n in sorted(tally.launches.items())},
         "syncs_by_component": {f"{c} {p}": n for (c, p), n in sorted(tally.syncs.items())},
         "sync_sites": dict(tally.sync_sites.most_common()), "top_ops": tally.ops.most_common(15),
@@ -180,9 +203,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         json.dump({"machine": machine(), "rows": results}, fh, indent=2)
     table = markdown_table(
         ["step", "path", "launches fwd+bwd", "of them Triton", "optimizer + EMA", "host syncs", "data syncs (host)",
-         "host ms"] + (["cudaLaunchKernel", "GPU ms"] if torch.cuda.is_available() else []),
+         "host ms", "of it update ms"] + (["cudaLaunchKernel", "GPU ms"] if torch.cuda.is_available() else []),
         [[key.split(" | ")[0], key.split(" | ")[1], r["launches_fwd_bwd"], r["triton"], r["launches_update"],
-          r["syncs_step"], r["syncs_data"], r["host_ms"]] +
+          r["syncs_step"], r["syncs_data"], r["host_ms"], r["update_ms"]] +
          ([r["cuda_launch_kernel"], r["gpu_step_ms"]] if "gpu_step_ms" in r else []) for key, r in results.items()])
     with open(os.path.join(args.out, "launches.md"), "w", encoding="utf-8") as fh:
         fh.write(table + "\n")
