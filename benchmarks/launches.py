@@ -51,6 +51,8 @@ ROWS = {  # name: extra train flags
     "lightweight-ldm": ["--preset", "lightweight", "--stage", "ldm"],  # --stage ldm on a VAE's latent grid (fp32)
     "lightweight-ldm-fp16": ["--preset", "lightweight", "--stage", "ldm", "--use_fp16", "True"],  # autocast asked
     "lightweight-ldm-uncached": ["--preset", "lightweight", "--stage", "ldm", "--frame_cache_mb", "0"],
+    # the LDM whose radar encoder reads the structure network's prediction (kept with the latent in the frame cache)
+    "lightweight-ldm-structure": ["--preset", "lightweight", "--stage", "ldm", "--ldm_condition", "structure"],
 }
 
 
@@ -62,8 +64,10 @@ def build_trainer(flags: List[str], folder: str, backend: str):
     from sparse_radar.training.trainer import Trainer
     common = ["--train_size", "2", "--batch_size", "2", "--grid", GRID, "--progress", "False", "--seed", "0"]
     flags = list(flags)
-    for needs, stage, flag in (("predicted", "structure", "--structure"), ("ldm", "vae", "--vae")):
-        if needs in flags:  # the earlier stage this row's run reads, trained for one step (once per folder)
+    # the earlier stages a row's run reads (a structure network: --support predicted or --ldm_condition structure),
+    # each trained for one step, once per folder
+    for needs, stage, flag in (({"predicted", "structure"}, "structure", "--structure"), ({"ldm"}, "vae", "--vae")):
+        if needs & set(flags):
             run = os.path.join(folder, stage)
             if not os.path.isdir(run):
                 with counting(dispatch=False), contextlib.redirect_stdout(sys.stderr):

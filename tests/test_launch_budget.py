@@ -13,7 +13,8 @@ from benchmarks.launches import count_step  # noqa: E402
 # counts are ratchets: autocast casts weights and activations (the ldm's dense latent UNet most: about 980 casts a
 # step, which is why that stage leaves it off by default).
 BUDGET = {"tiny": (1400, 1500, 4), "lightweight-fp32": (1400, 1500, 4), "lightweight-predicted-fp32": (1400, 1500, 4),
-          "lightweight-ldm": (1400, 1500, 4), "lightweight": (1450, 1500, 4),
+          "lightweight-ldm": (1400, 1500, 4), "lightweight-ldm-structure": (1400, 1500, 4),
+          "lightweight": (1450, 1500, 4),
           "lightweight-predicted": (1460, 1500, 4), "lightweight-ldm-fp16": (2360, 2375, 4)}
 
 
