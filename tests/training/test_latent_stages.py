@@ -267,6 +267,11 @@ def test_the_ldm_encoder_can_read_the_structure_network(structure_runs, latent_r
     wanted = codec.decode(den(DenseVoxels(noise * 80.0), 80.0).data)
     assert torch.equal(out.coords, wanted.coords) and torch.allclose(out.feats, wanted.feats, atol=1e-6)
     assert Densifier.from_checkpoint(cd).structure is not None
+    # another structure network may replace the carried one; a radar-only LDM refuses one
+    other = Densifier.from_checkpoint(ldm, structure=structure)
+    assert all(torch.equal(v, other.structure.state_dict()[k]) for k, v in net.state_dict().items())
+    with pytest.raises(ValueError, match="reads no structure network"):
+        Densifier.from_checkpoint(latent_runs[1], structure=structure)
     assert sample([ldm, "--count", "1", "--steps", "1", "--no-progress", "--out", str(tmp_path / "s")]) == 0
     assert sample([ldm, "--support", "radar_dilated", "--out", str(tmp_path / "y")]) == 2
     assert "decodes its own voxels" in capsys.readouterr().err
