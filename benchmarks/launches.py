@@ -102,33 +102,7 @@ def _count(trainer, kernels: str, timed_steps: int) -> Dict[str, object]:
         _restore(state)
         with counting() as tally:
             trainer.train_step()
-        times, updates, misses = [], [], None
-        if timed_steps:
-            tape = BuilderTape()
-            with counting(dispatch=False, tape=tape) as stub:
-                _restore(state)
-                first = trainer.step  # every timed step takes this step's batch: the maps recorded are its own
-                trainer.train_step()  # records the map builders' results: the timed steps write them back
-                apply_update = trainer._apply_update
-                try:
-                    for _ in range(timed_steps):
-                        _restore(state)
-                        trainer.step = first
-                        tape.rewind()
-                        spent = []
-
-                        def timed_update():
-                            start = time.perf_counter()
-                            apply_update()
-                            spent.append(time.perf_counter() - start)
-                        trainer._apply_update = timed_update
-                        start = time.perf_counter()
-                        trainer.train_step()
-                        times.append(time.perf_counter() - start)
-                        updates.append(sum(spent))
-                finally:
-                    trainer._apply_update = apply_update
-                misses = stub.replay_misses
+        times, updates, misses = _host_times(trainer, state, timed_steps) if timed_steps else ([], [], None)
     step = tally.total("launches", STEP_COMPONENTS)
     return {
         "launches_fwd_bwd": step, "launches_update": tally.total("launches", UPDATE_COMPONENTS),
@@ -146,6 +120,34 @@ def _count(trainer, kernels: str, timed_steps: int) -> Dict[str, object]:
         "sync_sites": dict(tally.sync_sites.most_common()), "top_ops": tally.ops.most_common(15),
         **(gpu_step(trainer) if torch.cuda.is_available() else {}),
     }
+
+
+def _host_times(trainer, state: List[tuple], steps: int):
+    """(seconds per step, of them the optimizer's and EMA's, map builders the tape could not answer) of `steps`
+    steps of one batch, Triton stubbed and the map builders' results replayed from a step recorded before."""
+    tape, times, updates = BuilderTape(), [], []
+    apply_update = trainer._apply_update
+
+    def timed_update():
+        start = time.perf_counter()
+        apply_update()
+        updates.append(time.perf_counter() - start)
+    with counting(dispatch=False, tape=tape) as stub:
+        _restore(state)
+        first = trainer.step  # every timed step takes this step's batch: the maps recorded are its own
+        trainer.train_step()  # records the map builders' results
+        trainer._apply_update = timed_update
+        try:
+            for _ in range(steps):
+                _restore(state)
+                trainer.step = first
+                tape.rewind()
+                start = time.perf_counter()
+                trainer.train_step()
+                times.append(time.perf_counter() - start)
+        finally:
+            trainer._apply_update = apply_update
+    return times, updates, stub.replay_misses
 
 
 def _trained_state(trainer, optimizer: bool = False) -> List[tuple]:

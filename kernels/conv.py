@@ -34,7 +34,7 @@ def sparse_conv_vjp(feats: torch.Tensor, weight: torch.Tensor, bias: Optional[to
     op = backends.op(backends.resolve_backend(settings.backend, feats), "conv")
     with backends.autocast_off(feats.device.type):  # as sparse_conv: the op's own precision
         return op.backward_of(feats.contiguous(), weight.contiguous(), bias is not None, kmap, settings, grad_out,
-                      layout=weight.stride())
+                              layout=weight.stride())
 
 
 def depthwise_conv(feats: torch.Tensor, weight: torch.Tensor, kmap: KernelMap,

@@ -34,11 +34,13 @@ def load_densifier(cls, path_or_run_folder, device=None, ema: bool = True, dtype
     if kind not in ("diffusion",) + LATENT_STAGES:
         raise ValueError(f"{path_or_run_folder} is a {kind}-stage checkpoint; sampling needs a diffusion "
                          f"checkpoint (voxel-space, --stage ldm or --stage cd)")
-    reads_structure = structure_radius(state.get("radar_encoder")) is not None
-    if kind in LATENT_STAGES and (support or (structure and not reads_structure)):
+    reads_structure = structure_radius(state.get("radar_encoder")) is not None  # --ldm_condition structure
+    if kind in LATENT_STAGES and support:
         raise ValueError(f"{path_or_run_folder} is a latent-diffusion model ({kind}): it decodes its own voxels, "
-                         f"so support and structure do not apply" + ("" if reads_structure else
-                                                                     " (its radar encoder reads no structure network)"))
+                         f"so a support does not apply")
+    if kind in LATENT_STAGES and structure and not reads_structure:
+        raise ValueError(f"{path_or_run_folder} is a latent-diffusion model ({kind}) whose radar encoder reads no "
+                         f"structure network, so a structure network does not apply")
     train = TrainConfig.from_dict(state["train_config"])
     model = attach_encoder(UNet3D(UNetConfig.from_dict(state["model_config"])), state.get("radar_encoder"))
     weights = state["model"]
@@ -53,11 +55,11 @@ def load_densifier(cls, path_or_run_folder, device=None, ema: bool = True, dtype
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     fov = TargetFov.from_dict(record.get("target_fov"))
+    grid = GridSpec.from_dict(record["grid"])
     if kind in LATENT_STAGES:  # its encoder may read the structure network it carries (--ldm_condition structure)
-        grid = GridSpec.from_dict(record["grid"])
-        net = load_structure(structure or state, grid) if reads_structure else None
+        net = _checked_structure(structure or state, grid) if reads_structure else None
         return _sourced(cls, source, model, DiffusionConfig(**state["diffusion_config"]),
-                        GridSpec.from_dict(record["grid"]), [Channel(**c) for c in record["radar_channels"]],
+                        grid, [Channel(**c) for c in record["radar_channels"]],
                         [Channel(**c) for c in record["target_channels"]],
                         consistency=train.objective in ("cd", "ct"), device=device, dtype=DTYPES[dtype],
                         codec=LatentCodec.from_record(state["latent"]), target_fov=fov, cond_drop=cond_drop,
@@ -67,15 +69,19 @@ def load_densifier(cls, path_or_run_folder, device=None, ema: bool = True, dtype
         rule, radius = support, DEFAULT_RADIUS.get(support, (1, 2, 2))
     if structure is not None and rule != "predicted":
         raise ValueError(f"a structure network is used only with support 'predicted', not {rule!r}")
-    grid = GridSpec.from_dict(record["grid"])
-    net = load_structure(structure or state, grid) if rule == "predicted" else None
-    if net is not None:
-        net.check_grid(grid.shape)
+    net = _checked_structure(structure or state, grid) if rule == "predicted" else None
     return _sourced(cls, source, model, DiffusionConfig(**state["diffusion_config"]), grid,
                     [Channel(**c) for c in record["radar_channels"]],
                     [Channel(**c) for c in record["target_channels"]], rule, radius,
                     consistency=train.mode in ("cd", "ct"), field=train.field, device=device, dtype=DTYPES[dtype],
                     structure=net, target_fov=fov, cond_drop=cond_drop)
+
+
+def _checked_structure(path_or_state, grid: GridSpec):
+    """The structure network of a run, checkpoint or checkpoint state, refused unless trained on grid."""
+    net = load_structure(path_or_state, grid)
+    net.check_grid(grid.shape)
+    return net
 
 
 def _sourced(cls, source: dict, *args, cond_drop: float = 0.0, **kwargs):

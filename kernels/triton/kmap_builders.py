@@ -4,10 +4,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from .launch import cdiv, next_pow2
 
 from .kmap_builder_kernels import (invert_table_kernel, keys_to_coords_kernel, rows_of_keys_kernel, site_scatter_kernel,
-                           strided_candidates_kernel, submanifold_table_kernel)
+                                   strided_candidates_kernel, submanifold_table_kernel)
+from .launch import cdiv, next_pow2
 
 
 def submanifold_table(coords: torch.Tensor, padded: Sequence[int], batch_size: int, margin: Sequence[int],
@@ -23,12 +23,8 @@ def submanifold_table(coords: torch.Tensor, padded: Sequence[int], batch_size: i
     grid_args = (*padded, *margin)
     site_scatter_kernel[(cdiv(n, 256),)](coords, site, n, *grid_args, BLOCK=256)
     submanifold_table_kernel[(cdiv(n, 64),)](coords, site, table, n, *grid_args, *kernel_size, *dilation, k,
-                                                    BLOCK_N=64, BLOCK_K=next_pow2(k))
+                                             BLOCK_N=64, BLOCK_K=next_pow2(k))
     return table
-
-
-def _block_k(k: int) -> int:
-    return next_pow2(k)
 
 
 def strided_candidates(coords: torch.Tensor, kernel_size, stride, padding, dilation, out_shape) -> torch.Tensor:
@@ -38,7 +34,7 @@ def strided_candidates(coords: torch.Tensor, kernel_size, stride, padding, dilat
     keys = torch.empty(n, k, dtype=torch.int64, device=coords.device)
     if n:
         strided_candidates_kernel[(cdiv(n, 64),)](coords, keys, n, *kernel_size, *stride, *padding, *dilation,
-                                                         *out_shape, k, BLOCK_N=64, BLOCK_K=_block_k(k))
+                                                  *out_shape, k, BLOCK_N=64, BLOCK_K=next_pow2(k))
     return keys
 
 
@@ -49,7 +45,7 @@ def rows_of_keys(sorted_keys: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     total, m = keys.numel(), sorted_keys.numel()
     if total:
         rows_of_keys_kernel[(cdiv(total, 256),)](sorted_keys.contiguous(), m, keys, out, total,
-                                                        max(1, m).bit_length(), BLOCK=256)
+                                                 max(1, m).bit_length(), BLOCK=256)
     return out
 
 
@@ -58,7 +54,7 @@ def keys_to_coords(keys: torch.Tensor, spatial_shape) -> torch.Tensor:
     out = torch.empty(keys.numel(), 4, dtype=torch.int32, device=keys.device)
     if keys.numel():
         keys_to_coords_kernel[(cdiv(keys.numel(), 256),)](keys.contiguous(), out, keys.numel(),
-                                                                 *spatial_shape, BLOCK=256)
+                                                          *spatial_shape, BLOCK=256)
     return out
 
 
@@ -67,5 +63,5 @@ def invert_table(table: torch.Tensor, n_rows: int) -> torch.Tensor:
     n, k = table.shape
     out = torch.full((n_rows, k), -1, dtype=torch.int32, device=table.device)
     if n and n_rows:
-        invert_table_kernel[(cdiv(n, 64),)](table.contiguous(), out, n, k, BLOCK_N=64, BLOCK_K=_block_k(k))
+        invert_table_kernel[(cdiv(n, 64),)](table.contiguous(), out, n, k, BLOCK_N=64, BLOCK_K=next_pow2(k))
     return out

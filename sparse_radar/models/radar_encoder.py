@@ -68,9 +68,10 @@ def encoder_config(radar_channels: int, codec: LatentCodec, width: int = 32,
                    structure_radius: Optional[Sequence[int]] = None) -> dict:
     """The configuration of a new encoder onto codec's latent grid (its cell is the strided conv's kernel); with
     structure_radius (z, y, x) it reads a structure network's prediction (structure_condition) too."""
-    config = {"radar_channels": int(radar_channels) + (structure_radius is not None), "factor": list(codec.factor),
-              "width": int(width)}
-    if structure_radius is not None:
+    reads_structure = structure_radius is not None
+    config = {"radar_channels": int(radar_channels) + (1 if reads_structure else 0),  # + the probability channel
+              "factor": list(codec.factor), "width": int(width)}
+    if reads_structure:
         config["structure_radius"] = [int(r) for r in structure_radius]
     return config
 

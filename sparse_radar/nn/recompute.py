@@ -43,8 +43,9 @@ class _Recompute(torch.autograd.Function):
     def backward(ctx, grad_out):
         inputs = [t.detach().requires_grad_(t.requires_grad) for t in ctx.saved_tensors]
         device, (enabled, dtype) = ctx.device, ctx.autocast
-        current = None if ctx.rng is None else _rng_state(device)
-        if ctx.rng is not None:
+        current = None
+        if ctx.rng is not None:  # the block draws: the forward's state in, the caller's back after
+            current = _rng_state(device)
             _set_rng_state(device, ctx.rng)
         try:
             # as the forward ran: autocast on with its dtype, or off (no context where it is off already)
