@@ -8,7 +8,7 @@ import torch
 from .. import backends
 from ..kernel_map import KernelMap
 from .conv_kernels import depthwise_kernel, depthwise_weight_grad_kernel, implicit_gemm_kernel, weight_grad_kernel
-from .launch import cdiv, interpreted_bf16, out_buffer, pow2_block, row_splits
+from .launch import cdiv, interpreted_bf16, launch_tuned, out_buffer, pow2_block, row_splits
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -30,7 +30,8 @@ def implicit_gemm(x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor, n_
     block_ci = pow2_block(c_in, 16, 64)
     block_co = pow2_block(c_out, 16, 64)
     grid = lambda meta: (cdiv(n_out, meta["BLOCK_N"]), cdiv(c_out, block_co))  # BLOCK_N autotuned
-    implicit_gemm_kernel[grid](
+    launch_tuned(
+        implicit_gemm_kernel, grid, (c_in, c_out, table.shape[1], x.dtype, weight.dtype, bias is not None),
         x, weight, table, bias if bias is not None else x, out, n_out, c_in, c_out, table.shape[1], x.stride(0),
         weight.stride(0), weight.stride(1), weight.stride(2), REVERSE=reverse,
         HAS_BIAS=bias is not None, PRECISION=_dot_precision(x.dtype), UPCAST=interpreted_bf16(x.dtype),
@@ -64,10 +65,10 @@ def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, table: torch.Tensor, wi
     weights = k * c_in * c_out
     partial = torch.empty(n_split, weights + (c_out if with_bias else 0), dtype=torch.float32, device=x.device)
     grid = (k, cdiv(c_in, block_ci) * cdiv(c_out, block_co), n_split)
-    weight_grad_kernel[grid](x, grad_out, table, partial, table.shape[0], c_in, c_out, k, per, grad_out.stride(0),
-                             *layout,
-                             PRECISION=_dot_precision(x.dtype), UPCAST=interpreted_bf16(x.dtype), HAS_BIAS=with_bias,
-                             BLOCK_N=block_n, BLOCK_CI=block_ci, BLOCK_CO=block_co)
+    launch_tuned(weight_grad_kernel, grid, (c_in, c_out, k, x.dtype, grad_out.dtype),
+                 x, grad_out, table, partial, table.shape[0], c_in, c_out, k, per, grad_out.stride(0), *layout,
+                 PRECISION=_dot_precision(x.dtype), UPCAST=interpreted_bf16(x.dtype), HAS_BIAS=with_bias,
+                 BLOCK_N=block_n, BLOCK_CI=block_ci, BLOCK_CO=block_co)
     total = partial.sum(0) if n_split > 1 else partial[0]
     return total[:weights].as_strided((k, c_in, c_out), tuple(layout)), (total[weights:] if with_bias else None)
 

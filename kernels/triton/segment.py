@@ -5,7 +5,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .launch import cdiv, next_pow2, out_buffer, pow2_block, row_splits
+from .launch import cdiv, launch_tuned, next_pow2, out_buffer, pow2_block, row_splits
 from .norm_kernels import (norm_apply_kernel, norm_grad_statistics_kernel, norm_input_grad_kernel,
                            norm_statistics_kernel)
 from .segment_kernels import segment_affine_kernel, sorted_segment_sums_kernel
@@ -44,7 +44,8 @@ def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool
     n_seg, size = row_ptr.numel() - 1, channels // groups
     mean, rstd, scale, offset = torch.empty(4, n_seg, channels, dtype=torch.float32, device=rows.device).unbind(0)
     if n_seg:
-        norm_statistics_kernel[(n_seg, groups)](
+        launch_tuned(
+            norm_statistics_kernel, (n_seg, groups), (channels, size, rows.dtype, weight.dtype),
             rows, row_ptr, weight, bias if bias is not None else weight,
             modulation if modulation is not None else mean, mean, rstd, scale, offset, channels, size, float(eps),
             CENTER=center, HAS_BIAS=bias is not None, MOD=modulation is not None, BLOCK_G=next_pow2(size))
@@ -52,9 +53,10 @@ def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool
     seed = torch.randint(0, 2 ** 31 - 1, (1,), device=rows.device) if dropout else None
     if n:
         block_c = pow2_block(channels, 16, 128)
-        norm_apply_kernel[lambda meta: (cdiv(n, meta["BLOCK_N"]), cdiv(channels, block_c))](
-            rows, scale, offset, segment, out, seed if dropout else mean, float(dropout), n, channels, SILU=silu,
-            DROP=bool(dropout), BLOCK_C=block_c)
+        launch_tuned(
+            norm_apply_kernel, lambda meta: (cdiv(n, meta["BLOCK_N"]), cdiv(channels, block_c)),
+            (channels, rows.dtype), rows, scale, offset, segment, out, seed if dropout else mean, float(dropout), n,
+            channels, SILU=silu, DROP=bool(dropout), BLOCK_C=block_c)
     return out.to(rows.dtype), mean, rstd, scale, offset, seed
 
 
@@ -69,7 +71,8 @@ def norm_backward(grad_y, rows, weight, bias, segment, row_ptr, mean, rstd, grou
                                                             device=rows.device).unbind(0)
     grad_mod = torch.empty(n_seg, 2 * channels, dtype=torch.float32, device=rows.device)
     if n_seg:
-        norm_grad_statistics_kernel[(n_seg, groups)](
+        launch_tuned(
+            norm_grad_statistics_kernel, (n_seg, groups), (channels, size, grad_y.dtype, rows.dtype, weight.dtype),
             grad_y, rows, row_ptr, mean, rstd, weight, bias if bias is not None else weight,
             modulation if modulation is not None else mean, fwd_scale if silu else mean,
             fwd_offset if silu else mean, dy_scale, x_scale, offset, part_w, part_b, grad_mod,
@@ -80,10 +83,11 @@ def norm_backward(grad_y, rows, weight, bias, segment, row_ptr, mean, rstd, grou
     grad_rows = out_buffer(n, channels, rows.dtype, rows.device)
     if n:
         block_c = pow2_block(channels, 16, 128)
-        norm_input_grad_kernel[lambda meta: (cdiv(n, meta["BLOCK_N"]), cdiv(channels, block_c))](
-            grad_y, rows, segment, fwd_scale if silu else mean, fwd_offset if silu else mean, dy_scale, x_scale,
-            offset, part_w, part_b, grad_w, grad_b, grad_rows, drop_state if dropout else mean, float(dropout), n,
-            n_seg, channels, SILU=silu, DROP=bool(dropout), BLOCK_C=block_c)
+        launch_tuned(
+            norm_input_grad_kernel, lambda meta: (cdiv(n, meta["BLOCK_N"]), cdiv(channels, block_c)),
+            (channels, grad_y.dtype, rows.dtype), grad_y, rows, segment, fwd_scale if silu else mean,
+            fwd_offset if silu else mean, dy_scale, x_scale, offset, part_w, part_b, grad_w, grad_b, grad_rows,
+            drop_state if dropout else mean, float(dropout), n, n_seg, channels, SILU=silu, DROP=bool(dropout), BLOCK_C=block_c)
     return grad_rows.to(rows.dtype), grad_w, grad_b, (grad_mod if modulation is not None else None)
 
 

@@ -110,16 +110,22 @@ def test_float64_is_refused_by_name_and_left_to_torch_by_auto():
 def spy_on_implicit_gemm(monkeypatch, pick):
     """A list that receives pick(positional args) of every implicit GEMM launch (which still runs)."""
     from sparse_radar.kernels.triton import conv as tconv
-    seen, real = [], tconv.implicit_gemm_kernel
+    seen = []
 
-    class Spy:
+    class Spy:  # the autotuned kernel, and (fn) the kernel its chosen config is launched with directly
+        def __init__(self, real):
+            self.real = real
+
         def __getitem__(self, grid):
             def launch(*args, **kwargs):
                 seen.append(pick(args))
-                return real[grid](*args, **kwargs)
+                return self.real[grid](*args, **kwargs)
             return launch
 
-    monkeypatch.setattr(tconv, "implicit_gemm_kernel", Spy())
+        fn = property(lambda self: Spy(self.real.fn))
+        best_config = property(lambda self: self.real.best_config)
+
+    monkeypatch.setattr(tconv, "implicit_gemm_kernel", Spy(tconv.implicit_gemm_kernel))
     return seen
 
 
@@ -194,3 +200,31 @@ def test_the_host_launch_helpers_match_tritons():
         for b in (1, 16, 64, 256):
             assert cdiv(n, b) == triton.cdiv(n, b)
     assert (next_pow2(0), cdiv(0, 64), pow2_block(3, 16, 64), pow2_block(100, 16, 64)) == (1, 0, 16, 64)
+
+
+def test_a_tuned_launch_takes_the_autotuners_choice_once_per_key(monkeypatch):
+    """launch_tuned: the first launch for a key goes through the autotuner; later ones launch the config it chose
+    straight on its kernel (no autotuner call) and compute the same; a new key asks the autotuner again."""
+    import triton
+    import triton.language as tl
+    from sparse_radar.kernels.triton import launch
+
+    @triton.autotune(configs=[triton.Config({"BLOCK": 4}), triton.Config({"BLOCK": 8})], key=["n"],
+                     prune_configs_by={"early_config_prune": lambda configs, nargs, **kw: configs[1:]})
+    @triton.jit
+    def twice(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(out_ptr + offs, 2 * tl.load(x_ptr + offs, mask=offs < n), mask=offs < n)
+
+    tuner_calls, seen_blocks = [], []
+    real_run, real_direct = type(twice).run, type(twice.fn).run
+    monkeypatch.setattr(type(twice), "run", lambda self, *a, **k: tuner_calls.append(1) or real_run(self, *a, **k))
+    monkeypatch.setattr(type(twice.fn), "run", lambda self, *a, **k: seen_blocks.append(k["BLOCK"])
+                        or real_direct(self, *a, **k))
+    x = torch.arange(11, dtype=torch.float32, device=DEVICE)
+    for n in (11, 11, 11, 5):
+        out = torch.zeros(11, device=DEVICE)
+        launch.launch_tuned(twice, lambda meta: (triton.cdiv(n, meta["BLOCK"]),), (n, x.dtype), x, out, n)
+        assert torch.equal(out[:n], 2 * x[:n]) and not out[n:].any()
+    assert len(tuner_calls) == 2  # the first launch of each key
+    assert set(seen_blocks) == {8} and len(seen_blocks) >= 4  # the pruner's choice (a GPU times it too)
