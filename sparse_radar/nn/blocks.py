@@ -14,6 +14,7 @@ from .depthwise import DepthwiseSubMConv3d
 from .field_ops import Field, values
 from .norm import build_norm, norm_and_modulate, norm_silu
 from .recompute import recompute, trainable
+from .resblock_backward import by_hand, resblock_grads
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -59,11 +60,18 @@ class ResBlock(nn.Module):
         once for all its blocks)."""
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
             run = lambda v, e: values(self._forward(x.replace(v), e, activated))  # noqa: E731
-            vjp = None
-            if all(isinstance(m, (SubMConv3d, nn.Identity)) for m in (self.out_conv, self.skip)):
+            params, vjp, grads = trainable(self), None, None
+            if by_hand(self, x):
+                grads = lambda v, e, g: self._grads_by_hand(x.replace(v), e, activated, g, params)  # noqa: E731
+            elif all(isinstance(m, (SubMConv3d, nn.Identity)) for m in (self.out_conv, self.skip)):
                 vjp = lambda v, e, g: self._tail_vjp(x.replace(v), e, activated, g)  # noqa: E731
-            return x.replace(recompute(run, (values(x), emb), trainable(self), vjp, random=self.dropout.p > 0))
+            return x.replace(recompute(run, (values(x), emb), params, vjp, self.dropout.p > 0, grads))
         return self._forward(x, emb, activated)
+
+    def _grads_by_hand(self, x: Field, emb: torch.Tensor, activated: bool, grad_out: torch.Tensor, params) -> tuple:
+        """For recompute: the gradients of (x's values, emb, *params) by resblock_grads (no autograd graph)."""
+        d_x, d_emb, grads = resblock_grads(self, x, emb, activated, grad_out)
+        return (d_x, d_emb, *(grads[p] for p in params))
 
     def _forward(self, x: Field, emb: torch.Tensor, activated: bool = False) -> Field:
         h = self.out_conv(self._body(x, emb, activated))

@@ -29,10 +29,10 @@ def _set_rng_state(device: torch.device, state) -> None:
 
 class _Recompute(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, run, vjp, random, n_inputs, *tensors):
+    def forward(ctx, run, vjp, by_hand, random, n_inputs, *tensors):
         inputs = tensors[:n_inputs]
         device = inputs[0].device
-        ctx.run, ctx.vjp, ctx.device = run, vjp, device
+        ctx.run, ctx.vjp, ctx.by_hand, ctx.device = run, vjp, by_hand, device
         ctx.params = tensors[n_inputs:]
         ctx.autocast = (torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type))
         ctx.rng = _rng_state(device) if random else None  # a block that draws (dropout) draws the same again
@@ -41,7 +41,7 @@ class _Recompute(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        inputs = [t.detach().requires_grad_(t.requires_grad) for t in ctx.saved_tensors]
+        saved = ctx.saved_tensors
         device, (enabled, dtype) = ctx.device, ctx.autocast
         current = None
         if ctx.rng is not None:  # the block draws: the forward's state in, the caller's back after
@@ -50,6 +50,12 @@ class _Recompute(torch.autograd.Function):
         try:
             # as the forward ran: autocast on with its dtype, or off (no context where it is off already)
             cast = torch.autocast(device.type, dtype=dtype) if enabled else autocast_off(device.type)
+            if ctx.by_hand is not None:
+                with cast:
+                    grads = ctx.by_hand(*saved, grad_out)
+                needs = ctx.needs_input_grad[5:]
+                return (None,) * 5 + tuple(g if need else None for g, need in zip(grads, needs))
+            inputs = [t.detach().requires_grad_(t.requires_grad) for t in saved]
             with torch.enable_grad(), cast:
                 if ctx.vjp is None:
                     outs, out_grads = [ctx.run(*inputs)], [grad_out]
@@ -62,17 +68,19 @@ class _Recompute(torch.autograd.Function):
         wanted = [t for t in (*inputs, *ctx.params) if t.requires_grad]
         grads = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True)
                      if pairs else [None] * len(wanted))
-        return (None, None, None, None, *[next(grads) if t.requires_grad else None for t in (*inputs, *ctx.params)])
+        return (None,) * 5 + tuple(next(grads) if t.requires_grad else None for t in (*inputs, *ctx.params))
 
 
 def recompute(run: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
-              vjp: Optional[Callable] = None, random: bool = True) -> torch.Tensor:
+              vjp: Optional[Callable] = None, random: bool = True, by_hand: Optional[Callable] = None) -> torch.Tensor:
     """run(*inputs) whose activations are recomputed in backward; params are the weights run reads (gradients flow).
     vjp(*inputs, grad_out) -> (tensors, their gradients), if given, replaces re-running the whole block: it recomputes
     the block up to its last ops and gives those ops' input gradients by hand (torch's checkpoint stops early
     in the same way: a last conv's forward is not needed for its backward). random=False: run draws no random
-    numbers, so the RNG state is neither saved nor restored (a host copy of it each way on the CPU)."""
-    return _Recompute.apply(run, vjp, bool(random), len(inputs), *inputs, *params)
+    numbers, so the RNG state is neither saved nor restored (a host copy of it each way on the CPU).
+    by_hand(*inputs, grad_out) -> the gradients of (*inputs, *params), if given, is the whole backward: it recomputes
+    and differentiates the block itself, with no autograd graph (then vjp is not used)."""
+    return _Recompute.apply(run, vjp, by_hand, bool(random), len(inputs), *inputs, *params)
 
 
 def trainable(module: torch.nn.Module) -> tuple:

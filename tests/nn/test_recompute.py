@@ -25,12 +25,12 @@ def _field(dense: bool):
     return DenseVoxels(data, mask) if dense else SparseVoxels.from_dense(data, mask)
 
 
-def _run(block, x, emb, checkpointing, autocast=False):
+def _run(block, x, emb, checkpointing, autocast=False, activated=False):
     block.use_checkpoint = checkpointing
     values = (x.data if isinstance(x, DenseVoxels) else x.feats).clone().requires_grad_(True)
     torch.manual_seed(7)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        out = block(x.replace(values), emb)
+        out = block(x.replace(values), emb, activated)
     out_values = out.data if isinstance(out, DenseVoxels) else out.feats
     out_values.float().square().sum().backward()
     grads = [values.grad] + [None if p.grad is None else p.grad.clone() for p in block.parameters()]
@@ -136,3 +136,53 @@ def test_checkpointed_attention_keeps_only_its_input():
     out.feats.sum().backward()
     assert saved == [feats.numel()]
     assert block.qkv.weight.grad is not None and block.qkv.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("norm_type,out_ch,activated,autocast", [
+    ("group", 16, False, False), ("layer", 8, True, False), ("instance", 16, True, True), ("rms", 8, False, True)])
+def test_a_sparse_resblock_is_differentiated_by_hand(backend, norm_type, out_ch, activated, autocast, monkeypatch):
+    """A checkpointed sparse ResBlock with group-type norms and full convs recomputes and differentiates itself with
+    no autograd graph (resblock_grads; torch.autograd.grad is never called) and gives the plain block's output and
+    gradients: every norm type that is a VoxelGroupNorm, identity and 1x1 skips, an activated embedding or not,
+    dropout, autocast, either kernel backend. An adaptive norm recomputes under autograd."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+    import sparse_radar.nn.blocks as blocks
+    import sparse_radar.nn.recompute as rc
+    from sparse_radar.kernels.backends import kernel_settings
+    torch.manual_seed(0)
+    block = ResBlock(8, out_ch, 12, norm_type=norm_type, num_groups=4, dropout=0.3).train()
+    with torch.no_grad():
+        for prm in block.parameters():
+            prm.copy_(torch.randn_like(prm) * 0.3)
+    x, emb = _field(False), torch.randn(2, 12, requires_grad=True)
+    by_hand, graphs = [], []
+    real_grads, real_grad = blocks.resblock_grads, rc.torch.autograd.grad
+    monkeypatch.setattr(blocks, "resblock_grads", lambda *a: by_hand.append(1) or real_grads(*a))
+    monkeypatch.setattr(rc.torch.autograd, "grad", lambda *a, **k: graphs.append(1) or real_grad(*a, **k))
+    results = []
+    for checkpointing in (False, True):
+        with kernel_settings(backend=backend):
+            out, grads = _run(block, x, emb if not activated else torch.nn.functional.silu(emb), checkpointing,
+                              autocast, activated)
+        results.append((out, grads + [emb.grad.clone()]))
+        emb.grad = None
+    (out0, grads0), (out1, grads1) = results
+    assert by_hand == [1] and graphs == []
+    torch.testing.assert_close(out1, out0)
+    for a, b in zip(grads0, grads1):
+        assert a is not None and b is not None and a.dtype == b.dtype and a.shape == b.shape
+        torch.testing.assert_close(b, a)
+
+
+def test_an_adaptive_norm_block_recomputes_under_autograd(monkeypatch):
+    import sparse_radar.nn.blocks as blocks
+    torch.manual_seed(0)
+    block = ResBlock(8, 8, 12, norm_type="adaptive", num_groups=4).train()
+    x, emb = _field(False), torch.randn(2, 12)
+    monkeypatch.setattr(blocks, "resblock_grads", lambda *a: pytest.fail("an adaptive norm is not covered"))
+    out0, grads0 = _run(block, x, emb, False)
+    out1, grads1 = _run(block, x, emb, True)
+    for a, b in zip(grads0, grads1):
+        torch.testing.assert_close(b, a)

@@ -1,0 +1,103 @@
+"""A checkpointed sparse ResBlock's backward by hand: the block recomputed without an autograd graph, then each op's
+backward called in reverse, the kernels autograd would call in the same order on the same operands.
+
+Recomputing under autograd records the block's ops (two norms, two convs, the embedding's linear) as graph nodes and
+then walks them with a nested engine call: about a third of a lightweight step's host time went to that bookkeeping.
+It covers the common block, a sparse field with group-type norms (group, layer, instance, rms) and full submanifold
+convs; any other block (dense field, adaptive norm, depthwise convs) recomputes under autograd.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..kernels.backends import autocast_off
+from ..kernels.conv import sparse_conv, sparse_conv_vjp
+from ..kernels.segment import norm_backward, norm_forward
+from ..voxels import SparseVoxels
+from .conv import SubMConv3d
+from .norm import VoxelGroupNorm
+
+
+def by_hand(block: nn.Module, x) -> bool:
+    """Whether resblock_grads covers this ResBlock on this field."""
+    return (isinstance(x, SparseVoxels) and isinstance(block.in_norm, VoxelGroupNorm)
+            and isinstance(block.out_norm, VoxelGroupNorm) and isinstance(block.in_conv, SubMConv3d)
+            and isinstance(block.out_conv, SubMConv3d) and isinstance(block.skip, (SubMConv3d, nn.Identity)))
+
+
+def _norm(norm: VoxelGroupNorm, x: SparseVoxels, rows: torch.Tensor, modulation=None, dropout: float = 0.0):
+    """norm.sparse(x.replace(rows), modulation, silu=True, dropout)'s values, and what its backward needs."""
+    s = x.structure
+    out, mean, rstd, scale, offset, seed = norm_forward(rows, norm.weight, norm.bias, s.sample_ids(), s.row_ptr(),
+                                                        norm.groups, norm.center, norm.eps, modulation, True, dropout)
+    return out, (rows, modulation, mean, rstd, scale, offset, dropout, seed)
+
+
+def _norm_grads(norm: VoxelGroupNorm, x: SparseVoxels, saved, grad_y: torch.Tensor, grads: Dict) -> tuple:
+    """(d rows, d modulation) of _norm; the weight's and bias's gradients go into grads."""
+    rows, modulation, mean, rstd, scale, offset, dropout, seed = saved
+    s = x.structure
+    d_rows, d_w, d_b, d_mod = norm_backward(grad_y, rows, norm.weight, norm.bias, s.sample_ids(), s.row_ptr(), mean,
+                                            rstd, norm.groups, norm.center, modulation, True, scale, offset, dropout,
+                                            seed)
+    grads[norm.weight] = d_w.to(norm.weight.dtype)
+    if norm.bias is not None:
+        grads[norm.bias] = d_b.to(norm.bias.dtype)
+    return d_rows, d_mod
+
+
+def _conv(conv: SubMConv3d, x: SparseVoxels, rows: torch.Tensor) -> tuple:
+    """conv's operands on x.replace(rows) (values cast as forward casts them, weight view, bias), and its output."""
+    operands = conv.conv_operands(x.replace(rows))
+    return operands, sparse_conv(*operands, x.structure.submanifold_map(conv.kernel_size, conv.dilation))
+
+
+def _conv_grads(conv: SubMConv3d, x: SparseVoxels, operands, rows_dtype, grad_out: torch.Tensor,
+                grads: Dict) -> torch.Tensor:
+    """d rows (in rows_dtype) of _conv; the weight's and bias's gradients, in their Parameters' shapes, into grads."""
+    values, weight, bias = operands
+    kmap = x.structure.submanifold_map(conv.kernel_size, conv.dilation)
+    d_values, d_weight, d_bias = sparse_conv_vjp(values, weight, bias, kmap, grad_out.to(values.dtype))
+    # [K, Cin, Cout] back to [Cout, Cin, kD, kH, kW]: the inverse of the view the forward reads
+    grads[conv.weight] = d_weight.permute(2, 1, 0).reshape(conv.weight.shape).to(conv.weight.dtype)
+    if conv.bias is not None:
+        grads[conv.bias] = d_bias.to(conv.bias.dtype)
+    return d_values.to(rows_dtype)
+
+
+def resblock_grads(block: nn.Module, x: SparseVoxels, emb: torch.Tensor, activated: bool,
+                   grad_out: torch.Tensor) -> tuple:
+    """(d x values, d emb, {parameter: gradient}) of block._forward(x, emb, activated)'s values for grad_out,
+    without autograd (call under the forward's RNG state and autocast, as recompute does)."""
+    grads: Dict[torch.Tensor, torch.Tensor] = {}
+    rows = x.feats
+    # the forward, keeping what each backward reads
+    h1, in_saved = _norm(block.in_norm, x, rows)
+    in_ops, h2 = _conv(block.in_conv, x, h1)
+    with autocast_off(emb.device.type):
+        act = emb if activated else F.silu(emb)
+        modulation = F.linear(act, block.emb.weight, block.emb.bias)
+    rate = block.dropout.p if block.dropout.training else 0.0
+    h3, out_saved = _norm(block.out_norm, x, h2, modulation.contiguous(), rate)
+    out_ops = block.out_conv.conv_operands(x.replace(h3))
+    # the backward, last op first
+    d_h3 = _conv_grads(block.out_conv, x, out_ops, h3.dtype, grad_out, grads)
+    d_h2, d_mod = _norm_grads(block.out_norm, x, out_saved, d_h3, grads)
+    d_mod = d_mod.to(modulation.dtype)
+    with autocast_off(emb.device.type):
+        grads[block.emb.weight] = (d_mod.t() @ act).to(block.emb.weight.dtype)
+        grads[block.emb.bias] = d_mod.sum(0).to(block.emb.bias.dtype)
+        d_act = d_mod @ block.emb.weight.to(d_mod.dtype)
+        d_emb = d_act if activated else torch.ops.aten.silu_backward(d_act, emb)
+    d_h1 = _conv_grads(block.in_conv, x, in_ops, h1.dtype, d_h2, grads)
+    d_rows, _ = _norm_grads(block.in_norm, x, in_saved, d_h1, grads)
+    if isinstance(block.skip, nn.Identity):
+        d_rows = d_rows + grad_out.to(d_rows.dtype)
+    else:
+        skip_ops = block.skip.conv_operands(x)
+        d_rows = d_rows + _conv_grads(block.skip, x, skip_ops, rows.dtype, grad_out, grads)
+    return d_rows, d_emb.to(emb.dtype), grads
