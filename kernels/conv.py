@@ -22,6 +22,8 @@ def sparse_conv(feats: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     settings = settings or backends.current()
     op = backends.op(backends.resolve_backend(settings.backend, feats), "conv")
     with backends.autocast_off(feats.device.type):  # the op chooses its own precision (fp32 sums)
+        if not backends.records_graph(feats, weight, bias):  # no autograd node to build (a no-grad forward)
+            return op.forward_of(feats.contiguous(), weight, bias, kmap, settings)
         return op.apply(feats.contiguous(), weight, bias, kmap, settings)
 
 

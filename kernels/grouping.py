@@ -5,7 +5,7 @@ from typing import NamedTuple, Sequence, Tuple
 
 import torch
 
-from .backends import current
+from .backends import current, records_graph
 from .coords import constant
 
 
@@ -191,10 +191,14 @@ def gather_buckets(src: torch.Tensor, buckets: Buckets) -> torch.Tensor:
     """Rows of src [N, ...] laid out as buckets [G, L, ...] (padding holds row 0; its gradient is dropped, so
     attend with padding masked); the backward is one gather, deterministic on every device."""
     g, length = buckets.index.shape
+    if not records_graph(src):
+        return src.index_select(0, buckets.gather_index).view(g, length, *src.shape[1:])
     return _BucketGather.apply(src, buckets.gather_index, buckets.slot).view(g, length, *src.shape[1:])
 
 
 def scatter_buckets(bucketed: torch.Tensor, buckets: Buckets) -> torch.Tensor:
     """The inverse of gather_buckets: bucketed [G, L, ...] back to rows [N, ...] (a gather by slot)."""
+    if not records_graph(bucketed):
+        return bucketed.reshape(-1, *bucketed.shape[2:]).index_select(0, buckets.slot)
     return _BucketScatter.apply(bucketed.reshape(-1, *bucketed.shape[2:]), buckets.gather_index, buckets.slot,
                                 buckets.keep(bucketed.dtype))

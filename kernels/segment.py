@@ -29,6 +29,8 @@ class _SegmentTotal(torch.autograd.Function):
 def segment_total(values: torch.Tensor, row_ptr: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
     """Per-segment column sums [S, C] of rows [N, C] sorted by segment (CSR row_ptr), in the accumulation dtype;
     differentiable, with no host sync and (on the triton backend, or deterministic settings) repeatable bits."""
+    if not backends.records_graph(values):
+        return sorted_segment_sums(values, row_ptr, segment)[0]
     return _SegmentTotal.apply(values, row_ptr, segment)
 
 
@@ -109,4 +111,6 @@ class _ExpandSegments(torch.autograd.Function):
 
 def expand_segments(rows: torch.Tensor, segment: torch.Tensor, row_ptr: torch.Tensor) -> torch.Tensor:
     """Per-segment rows [S, C] repeated for each row of sorted segments -> [N, C] (deterministic backward)."""
+    if not backends.records_graph(rows):
+        return rows.index_select(0, segment)
     return _ExpandSegments.apply(rows, segment, row_ptr)

@@ -108,11 +108,16 @@ class TorchSparseConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, feats, weight, bias, kmap: KernelMap, settings: backends.KernelSettings):
+        ctx.save_for_backward(feats, weight)
+        ctx.kmap, ctx.settings, ctx.has_bias = kmap, settings, bias is not None
+        return TorchSparseConv.forward_of(feats, weight, bias, kmap, settings)
+
+    @staticmethod
+    def forward_of(feats, weight, bias, kmap: KernelMap, settings: backends.KernelSettings):
+        """The op's output, without autograd."""
         out = gather_mm_scatter(feats, weight, kmap.in_idx, kmap.out_idx, kmap, kmap.n_out, settings)
         if bias is not None:
             out += bias.to(out.dtype)
-        ctx.save_for_backward(feats, weight)
-        ctx.kmap, ctx.settings, ctx.has_bias = kmap, settings, bias is not None
         return out.to(feats.dtype)
 
     @staticmethod

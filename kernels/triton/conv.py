@@ -88,6 +88,11 @@ class TritonSparseConv(torch.autograd.Function):
         return out
 
     @staticmethod
+    def forward_of(feats, weight, bias, kmap: KernelMap, settings: backends.KernelSettings):
+        """The op's output, without autograd."""
+        return implicit_gemm(feats, weight.contiguous(), kmap.table, kmap.n_out, bias)
+
+    @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         feats, packed = ctx.saved_tensors

@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from ..kernels.backends import records_graph
 from ..kernels.segment import norm_backward, norm_forward
 
 
@@ -58,5 +59,8 @@ def segment_group_norm(rows: torch.Tensor, weight: torch.Tensor, bias: Optional[
     if modulation is not None and modulation.shape != (row_ptr.numel() - 1, 2 * rows.shape[1]):
         raise ValueError(f"modulation must be [{row_ptr.numel() - 1}, {2 * rows.shape[1]}] (scale then shift per "
                          f"sample), got {tuple(modulation.shape)}")
+    if not records_graph(rows, weight, bias, modulation):  # a no-grad forward: the kernels alone
+        return norm_forward(rows, weight, bias, segment, row_ptr, groups, center, eps, modulation, silu,
+                            float(dropout))[0]
     return SegmentGroupNormFunction.apply(rows, weight, bias, modulation, segment, row_ptr, groups, center, eps,
                                           silu, float(dropout))

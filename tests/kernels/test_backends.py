@@ -150,3 +150,47 @@ def test_autocast_off_turns_autocast_off_only_where_it_is_on():
         with autocast_off("cpu"):
             assert not torch.is_autocast_enabled("cpu") and (a @ b).dtype == torch.float32
         assert torch.is_autocast_enabled("cpu")  # restored on leaving
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_an_op_that_autograd_would_not_record_skips_its_function_and_computes_the_same(backend, monkeypatch):
+    """With grad off (a checkpointed block's forward, sampling) the conv, the fused norm, the attention buckets
+    and the segment sums and copies skip their autograd Functions (records_graph) and give the same bits as them."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+    from sparse_radar import SparseVoxels
+    from sparse_radar.kernels import conv as kconv
+    from sparse_radar.kernels import grouping, segment
+    from sparse_radar.nn.fused_norm import segment_group_norm
+    from tests.kernels.triton_cases import DEVICE
+    applied = []
+    real_apply = torch.autograd.Function.apply.__func__
+    monkeypatch.setattr(torch.autograd.Function, "apply",
+                        classmethod(lambda cls, *a, **k: applied.append(cls.__name__) or real_apply(cls, *a, **k)))
+    torch.manual_seed(0)
+    mask = torch.rand(2, 1, 4, 6, 6) < 0.4
+    x = SparseVoxels.from_dense(torch.randn(2, 8, 4, 6, 6) * mask, mask).to(DEVICE)
+    s = x.structure
+    kmap = s.submanifold_map((3, 3, 3), (1, 1, 1))
+    weight, bias = torch.randn(27, 8, 4, device=DEVICE), torch.randn(4, device=DEVICE)
+    norm_w, norm_b = torch.randn(8, device=DEVICE), torch.randn(8, device=DEVICE)
+    mod = torch.randn(2, 16, device=DEVICE)
+    buckets = grouping.bucketize(torch.arange(x.num_voxels, device=DEVICE) % 5)
+    ops = {
+        "conv": lambda f: kconv.sparse_conv(f, weight, bias, kmap),
+        "norm": lambda f: segment_group_norm(f, norm_w, norm_b, s.sample_ids(), s.row_ptr(), 4, modulation=mod,
+                                             silu=True),
+        "total": lambda f: segment.segment_total(f, s.row_ptr(), s.sample_ids()),
+        "expand": lambda f: segment.expand_segments(f[:2], s.sample_ids(), s.row_ptr()),
+        "gather": lambda f: grouping.gather_buckets(f, buckets),
+        "scatter": lambda f: grouping.scatter_buckets(grouping.gather_buckets(f, buckets) * 2, buckets),
+    }
+    with kernel_settings(backend=backend):
+        for name, op in ops.items():
+            applied.clear()
+            with torch.no_grad():
+                plain = op(x.feats)
+            assert applied == [], name
+            recorded = op(x.feats.clone().requires_grad_(True))
+            assert len(applied) == (2 if name == "scatter" else 1) and recorded.grad_fn is not None, name
+            assert torch.equal(plain, recorded.detach()), name
