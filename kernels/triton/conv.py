@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 
 from .. import backends
+from ..backends import as_dtype
 from ..kernel_map import KernelMap
 from .conv_kernels import depthwise_kernel, depthwise_weight_grad_kernel, implicit_gemm_kernel, weight_grad_kernel
 from .launch import cdiv, interpreted_bf16, launch_tuned, out_buffer, pow2_block, row_splits
@@ -26,7 +27,7 @@ def implicit_gemm(x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor, n_
     x = x if x.stride(1) == 1 else x.contiguous()  # rows may be strided, columns must be adjacent
     out = out_buffer(n_out, c_out, x.dtype, x.device)
     if n_out == 0:
-        return out.to(x.dtype)
+        return as_dtype(out, x.dtype)
     block_ci = pow2_block(c_in, 16, 64)
     block_co = pow2_block(c_out, 16, 64)
     grid = lambda meta: (cdiv(n_out, meta["BLOCK_N"]), cdiv(c_out, block_co))  # BLOCK_N autotuned
@@ -36,7 +37,7 @@ def implicit_gemm(x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor, n_
         weight.stride(0), weight.stride(1), weight.stride(2), REVERSE=reverse,
         HAS_BIAS=bias is not None, PRECISION=_dot_precision(x.dtype), UPCAST=interpreted_bf16(x.dtype),
         BLOCK_CI=block_ci, BLOCK_CO=block_co)
-    return out.to(x.dtype)
+    return as_dtype(out, x.dtype)
 
 
 def dense_strides(shape, stride) -> bool:
@@ -107,7 +108,7 @@ class TritonSparseConv(torch.autograd.Function):
         [K, Cin, Cout] contiguous, layout: the strides of the weight the op was given (dweight comes back in them;
         default packed's)."""
         layout = packed.stride() if layout is None else layout
-        grad_out = grad_out.to(feats.dtype)
+        grad_out = as_dtype(grad_out, feats.dtype)
         if grad_out.stride(1) != 1:  # rows may be strided (a slice of a concatenation's gradient): columns adjacent
             grad_out = grad_out.contiguous()
         grad_feats = grad_weight = grad_bias = None
@@ -118,11 +119,11 @@ class TritonSparseConv(torch.autograd.Function):
         want_bias = has_bias and needs[2]
         if needs[1]:  # dW (in the weight's own layout) and db in one launch
             grad_weight, grad_bias = weight_grad(feats, grad_out, kmap.table, want_bias, layout)
-            grad_weight = grad_weight.to(packed.dtype)
+            grad_weight = as_dtype(grad_weight, packed.dtype)
         elif want_bias:
             grad_bias = grad_out.sum(0, dtype=torch.float32)
         if grad_bias is not None:
-            grad_bias = grad_bias.to(packed.dtype)
+            grad_bias = as_dtype(grad_bias, packed.dtype)
         return grad_feats, grad_weight, grad_bias
 
 

@@ -5,6 +5,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from ..backends import as_dtype
 from .launch import cdiv, launch_tuned, next_pow2, out_buffer, pow2_block, row_splits
 from .norm_kernels import (norm_apply_kernel, norm_grad_statistics_kernel, norm_input_grad_kernel,
                            norm_statistics_kernel)
@@ -57,7 +58,7 @@ def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool
             norm_apply_kernel, lambda meta: (cdiv(n, meta["BLOCK_N"]), cdiv(channels, block_c)),
             (channels, rows.dtype), rows, scale, offset, segment, out, seed if dropout else mean, float(dropout), n,
             channels, SILU=silu, DROP=bool(dropout), BLOCK_C=block_c)
-    return out.to(rows.dtype), mean, rstd, scale, offset, seed
+    return as_dtype(out, rows.dtype), mean, rstd, scale, offset, seed
 
 
 def norm_backward(grad_y, rows, weight, bias, segment, row_ptr, mean, rstd, groups: int, center: bool,
@@ -87,8 +88,9 @@ def norm_backward(grad_y, rows, weight, bias, segment, row_ptr, mean, rstd, grou
             norm_input_grad_kernel, lambda meta: (cdiv(n, meta["BLOCK_N"]), cdiv(channels, block_c)),
             (channels, grad_y.dtype, rows.dtype), grad_y, rows, segment, fwd_scale if silu else mean,
             fwd_offset if silu else mean, dy_scale, x_scale, offset, part_w, part_b, grad_w, grad_b, grad_rows,
-            drop_state if dropout else mean, float(dropout), n, n_seg, channels, SILU=silu, DROP=bool(dropout), BLOCK_C=block_c)
-    return grad_rows.to(rows.dtype), grad_w, grad_b, (grad_mod if modulation is not None else None)
+            drop_state if dropout else mean, float(dropout), n, n_seg, channels, SILU=silu, DROP=bool(dropout),
+            BLOCK_C=block_c)
+    return as_dtype(grad_rows, rows.dtype), grad_w, grad_b, grad_mod if modulation is not None else None
 
 
 def segment_affine(u, scale, offset, segment, v, v_scale, out_dtype) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernels import coords as kc
-from ..kernels.backends import autocast_off
+from ..kernels.backends import as_dtype, autocast_off
 from ..kernels.conv import sparse_conv, sparse_conv_vjp, torch_to_kernel_weight
 from ..voxels import DenseVoxels, SparseVoxels
 from .field_ops import check_field
@@ -108,8 +108,8 @@ class _SparseConvBase(nn.Module):
         """(feats in the compute dtype, weight [K, Cin, Cout], bias) as the sparse op takes them: the fp32 weight
         and bias, which the op casts inside, so dW and dbias come back in fp32 (an fp16 dW could overflow under a
         GradScaler); in the kernel layout the [K, Cin, Cout] view is contiguous, read in place."""
-        return x.feats.to(autocast_dtype(x.feats.device) or x.feats.dtype), torch_to_kernel_weight(self.weight), \
-            self.bias
+        feats = as_dtype(x.feats, autocast_dtype(x.feats.device) or x.feats.dtype)
+        return feats, torch_to_kernel_weight(self.weight), self.bias
 
     def _apply_kmap(self, x: SparseVoxels, kmap) -> torch.Tensor:
         return sparse_conv(*self._sparse_operands(x), kmap)  # [N_out, Cout]
@@ -161,7 +161,7 @@ class SubMConv3d(_SparseConvBase):
         values, weight, bias = (None if t is None else t.detach() for t in operands)
         if isinstance(x, SparseVoxels):
             kmap = x.structure.submanifold_map(self.kernel_size, self.dilation)
-            return sparse_conv_vjp(values, weight, bias, kmap, grad_out.to(values.dtype))
+            return sparse_conv_vjp(values, weight, bias, kmap, as_dtype(grad_out, values.dtype))
         if x.mask is not None:
             grad_out = grad_out * x.mask.to(grad_out.dtype)
         with autocast_off(values.device.type):

@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from ..kernels.backends import records_graph
+from ..kernels.backends import as_dtype, records_graph
 from ..kernels.segment import norm_backward, norm_forward
 
 
@@ -42,7 +42,7 @@ class SegmentGroupNormFunction(torch.autograd.Function):
         affine = affine or (None, None)
         grads = norm_backward(grad_y, rows, weight, bias, segment, row_ptr, mean, rstd, ctx.groups, ctx.center,
                               modulation, ctx.silu, *affine, ctx.dropout, drop_state)
-        rest = [g.to(dtype) if dtype is not None and need else None
+        rest = [as_dtype(g, dtype) if dtype is not None and need else None
                 for g, dtype, need in zip(grads[1:], ctx.dtypes, ctx.needs_input_grad[1:4])]
         return (grads[0] if ctx.needs_input_grad[0] else None, *rest, None, None, None, None, None, None, None)
 

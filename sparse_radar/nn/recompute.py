@@ -84,5 +84,18 @@ def recompute(run: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], 
 
 
 def trainable(module: torch.nn.Module) -> tuple:
-    """The parameters of module that take gradients (what recompute must hand gradients back to)."""
-    return tuple(p for p in module.parameters() if p.requires_grad)
+    """The parameters of module that take gradients (what recompute must hand gradients back to), in the order of
+    module.parameters(): a walk of the module dicts (parameters()' generators cost ~10 us a block, every step)."""
+    found, seen = [], set()
+    _collect(module, found, seen)
+    return tuple(found)
+
+
+def _collect(module: torch.nn.Module, found: list, seen: set) -> None:
+    for param in module._parameters.values():
+        if param is not None and param.requires_grad and id(param) not in seen:
+            seen.add(id(param))
+            found.append(param)
+    for child in module._modules.values():
+        if child is not None:
+            _collect(child, found, seen)

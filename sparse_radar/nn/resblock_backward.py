@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels.backends import autocast_off
+from ..kernels.backends import as_dtype, autocast_off
 from ..kernels.conv import sparse_conv, sparse_conv_vjp
 from ..kernels.segment import norm_backward, norm_forward
 from ..voxels import SparseVoxels
@@ -44,9 +44,9 @@ def _norm_grads(norm: VoxelGroupNorm, x: SparseVoxels, saved, grad_y: torch.Tens
     d_rows, d_w, d_b, d_mod = norm_backward(grad_y, rows, norm.weight, norm.bias, s.sample_ids(), s.row_ptr(), mean,
                                             rstd, norm.groups, norm.center, modulation, True, scale, offset, dropout,
                                             seed)
-    grads[norm.weight] = d_w.to(norm.weight.dtype)
+    grads[norm.weight] = as_dtype(d_w, norm.weight.dtype)
     if norm.bias is not None:
-        grads[norm.bias] = d_b.to(norm.bias.dtype)
+        grads[norm.bias] = as_dtype(d_b, norm.bias.dtype)
     return d_rows, d_mod
 
 
@@ -61,12 +61,12 @@ def _conv_grads(conv: SubMConv3d, x: SparseVoxels, operands, rows_dtype, grad_ou
     """d rows (in rows_dtype) of _conv; the weight's and bias's gradients, in their Parameters' shapes, into grads."""
     values, weight, bias = operands
     kmap = x.structure.submanifold_map(conv.kernel_size, conv.dilation)
-    d_values, d_weight, d_bias = sparse_conv_vjp(values, weight, bias, kmap, grad_out.to(values.dtype))
+    d_values, d_weight, d_bias = sparse_conv_vjp(values, weight, bias, kmap, as_dtype(grad_out, values.dtype))
     # [K, Cin, Cout] back to [Cout, Cin, kD, kH, kW]: the inverse of the view the forward reads
-    grads[conv.weight] = d_weight.permute(2, 1, 0).reshape(conv.weight.shape).to(conv.weight.dtype)
+    grads[conv.weight] = as_dtype(d_weight.permute(2, 1, 0).reshape(conv.weight.shape), conv.weight.dtype)
     if conv.bias is not None:
-        grads[conv.bias] = d_bias.to(conv.bias.dtype)
-    return d_values.to(rows_dtype)
+        grads[conv.bias] = as_dtype(d_bias, conv.bias.dtype)
+    return as_dtype(d_values, rows_dtype)
 
 
 def resblock_grads(block: nn.Module, x: SparseVoxels, emb: torch.Tensor, activated: bool,
@@ -87,17 +87,17 @@ def resblock_grads(block: nn.Module, x: SparseVoxels, emb: torch.Tensor, activat
     # the backward, last op first
     d_h3 = _conv_grads(block.out_conv, x, out_ops, h3.dtype, grad_out, grads)
     d_h2, d_mod = _norm_grads(block.out_norm, x, out_saved, d_h3, grads)
-    d_mod = d_mod.to(modulation.dtype)
+    d_mod = as_dtype(d_mod, modulation.dtype)
     with autocast_off(emb.device.type):
-        grads[block.emb.weight] = (d_mod.t() @ act).to(block.emb.weight.dtype)
-        grads[block.emb.bias] = d_mod.sum(0).to(block.emb.bias.dtype)
-        d_act = d_mod @ block.emb.weight.to(d_mod.dtype)
+        grads[block.emb.weight] = as_dtype(d_mod.t() @ act, block.emb.weight.dtype)
+        grads[block.emb.bias] = as_dtype(d_mod.sum(0), block.emb.bias.dtype)
+        d_act = d_mod @ as_dtype(block.emb.weight, d_mod.dtype)
         d_emb = d_act if activated else torch.ops.aten.silu_backward(d_act, emb)
     d_h1 = _conv_grads(block.in_conv, x, in_ops, h1.dtype, d_h2, grads)
     d_rows, _ = _norm_grads(block.in_norm, x, in_saved, d_h1, grads)
     if isinstance(block.skip, nn.Identity):
-        d_rows = d_rows + grad_out.to(d_rows.dtype)
+        d_rows = d_rows + as_dtype(grad_out, d_rows.dtype)
     else:
         skip_ops = block.skip.conv_operands(x)
         d_rows = d_rows + _conv_grads(block.skip, x, skip_ops, rows.dtype, grad_out, grads)
-    return d_rows, d_emb.to(emb.dtype), grads
+    return d_rows, as_dtype(d_emb, emb.dtype), grads

@@ -186,3 +186,17 @@ def test_an_adaptive_norm_block_recomputes_under_autograd(monkeypatch):
     out1, grads1 = _run(block, x, emb, True)
     for a, b in zip(grads0, grads1):
         torch.testing.assert_close(b, a)
+
+
+def test_trainable_lists_what_parameters_lists_that_takes_gradients():
+    """trainable walks the module dicts itself: the same tensors, in parameters()' order, a shared layer's once,
+    frozen ones left out."""
+    from sparse_radar.models import PRESETS, UNet3D
+    model = UNet3D(PRESETS["tiny"]())
+    model.encoder[0].blocks[0].in_conv.weight.requires_grad_(False)
+    shared = torch.nn.Linear(3, 3)
+    twice = torch.nn.Sequential(shared, torch.nn.ReLU(), shared, torch.nn.Linear(3, 2, bias=False))
+    for module in (model, model.encoder[0].blocks[0], twice):
+        expected = [p for p in module.parameters() if p.requires_grad]
+        got = trainable(module)
+        assert len(got) == len(expected) and all(a is b for a, b in zip(got, expected))
