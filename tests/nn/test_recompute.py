@@ -58,22 +58,31 @@ def test_checkpointed_resblock_equals_the_plain_block(dense, autocast):
 def test_last_conv_is_not_rerun_and_gradients_match(backend, dense, out_ch, use_depthwise, monkeypatch):
     """The backward recomputes the body and takes the last conv and the skip by their backward alone (identity and
     1x1 skips); a depthwise last conv falls back to re-running the whole block. Both give the plain block's
-    gradients, on either kernel backend."""
+    gradients, on either kernel backend. A sparse block with full convs runs its convs as kernel calls (no module):
+    the forward runs each conv once, the backward the first conv alone."""
     if backend == "triton":
         pytest.importorskip("triton")
     from sparse_radar.kernels.backends import kernel_settings
     block, x, emb = _block(out_ch=out_ch, use_depthwise=use_depthwise), _field(dense), torch.randn(2, 12)
+    import sparse_radar.nn.resblock_by_hand as by_hand
     with kernel_settings(backend=backend):
         out0, grads0 = _run(block, x, emb, False)
-        calls = []
+        calls, kernel_calls = [], []
         last = block.out_conv if not use_depthwise else block.out_conv[1]
-        original = last.forward
+        original, kernel = last.forward, by_hand.sparse_conv
         monkeypatch.setattr(last, "forward", lambda v: calls.append(torch.is_grad_enabled()) or original(v))
+        monkeypatch.setattr(by_hand, "sparse_conv", lambda *a: kernel_calls.append(a[1].shape) or kernel(*a))
         out1, grads1 = _run(block, x, emb, True)
     torch.testing.assert_close(out1, out0)
     for a, b in zip(grads0, grads1):
         torch.testing.assert_close(b, a)
-    assert calls == ([False, True] if use_depthwise else [False])  # the forward pass only (no graph: checkpointed)
+    if dense or use_depthwise:  # the modules: the last conv's forward pass only (no graph: checkpointed)
+        assert calls == ([False, True] if use_depthwise else [False]) and kernel_calls == []
+    else:  # in, out (and skip) forward, then the first conv again in backward; never the last conv's module
+        first, last_w = block.in_conv.weight.shape, block.out_conv.weight.shape
+        skip = [] if out_ch == 8 else [block.skip.weight.shape]
+        as_kernel = lambda shape: torch.Size((shape[2] * shape[3] * shape[4], shape[1], shape[0]))  # noqa: E731
+        assert calls == [] and kernel_calls == [as_kernel(w) for w in [first, last_w, *skip, first]]
 
 
 def test_frozen_weights_get_no_gradient_and_the_rest_match():
