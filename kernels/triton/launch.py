@@ -62,6 +62,6 @@ def launch_tuned(kernel, grid: Union[tuple, Callable], key: tuple, *args, **kwar
         kernel.fn[grid](*args, **kwargs, **chosen)
         return
     kernel[grid](*args, **kwargs)
-    config = kernel.best_config
-    if config.pre_hook is None:  # a config with a hook runs it before each launch: keep that kernel on the autotuner
-        _CHOSEN[(kernel, key)] = config.all_kwargs()
+    config = getattr(kernel, "best_config", None)  # what this launch ran with (every triton 3 autotuner records it)
+    if config is not None and config.pre_hook is None:  # a config with a hook runs it before each launch: keep that
+        _CHOSEN[(kernel, key)] = config.all_kwargs()  # kernel on the autotuner
