@@ -8,6 +8,7 @@ from torch import nn
 
 from ..kernels import coords as kc
 from ..voxels import SparseVoxels
+from .attention_by_hand import attention_by_hand, attention_grads
 from .attention_cores import (GlobalAttention, HeightAttention, LinearAttention, SerializedAttention,
                               TopKAttention, WindowAttention)
 from .conv import autocast_dtype
@@ -59,9 +60,18 @@ class AttentionBlock(nn.Module):
         check_field(x, "AttentionBlock")
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
             run = lambda v: values(self._forward(x.replace(v)))  # noqa: E731
-            vjp = (lambda v, g: self._tail_vjp(x.replace(v), g)) if isinstance(x, SparseVoxels) else None  # noqa: E731
-            return x.replace(recompute(run, (values(x),), trainable(self), vjp, random=False))
+            params, vjp, grads = trainable(self), None, None
+            if attention_by_hand(self, x):  # the norm and the projections by hand, the core under autograd
+                grads = lambda v, g: self._grads_by_hand(x.replace(v), g, params)  # noqa: E731
+            elif isinstance(x, SparseVoxels):
+                vjp = lambda v, g: self._tail_vjp(x.replace(v), g)  # noqa: E731
+            return x.replace(recompute(run, (values(x),), params, vjp, random=False, by_hand=grads))
         return self._forward(x)
+
+    def _grads_by_hand(self, x: SparseVoxels, grad_out: torch.Tensor, params) -> tuple:
+        """For recompute: the gradients of (x's values, *params) by attention_grads."""
+        d_x, grads = attention_grads(self, x, grad_out)
+        return (d_x, *(grads[p] for p in params))
 
     def _forward(self, x: Field) -> Field:
         if isinstance(x, SparseVoxels):

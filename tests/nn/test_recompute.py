@@ -209,3 +209,37 @@ def test_trainable_lists_what_parameters_lists_that_takes_gradients():
         expected = [p for p in module.parameters() if p.requires_grad]
         got = trainable(module)
         assert len(got) == len(expected) and all(a is b for a, b in zip(got, expected))
+
+
+@pytest.mark.parametrize("attention_type", ["flash", "window", "linear", "sparse", "height", "serialized"])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_a_sparse_attention_block_is_differentiated_mostly_by_hand(attention_type, autocast, monkeypatch):
+    """A checkpointed sparse attention block recomputes its norm and projections without a graph and differentiates
+    them by hand, its core alone under autograd (attention_grads), and gives the plain block's output and
+    gradients, the core's own parameters (window attention's position bias) included."""
+    import sparse_radar.nn.attention as attention
+    x = _field(False)
+    torch.manual_seed(0)
+    block = AttentionBlock(8, attention_type, num_heads=2, num_groups=4, window_size=(2, 3, 3), topk=4,
+                           patch_size=8).train()
+    with torch.no_grad():
+        for prm in block.parameters():
+            prm.copy_(torch.randn_like(prm) * 0.3)
+    by_hand, real = [], attention.attention_grads
+    monkeypatch.setattr(attention, "attention_grads", lambda *a: by_hand.append(1) or real(*a))
+    results = []
+    for checkpointing in (False, True):
+        block.use_checkpoint = checkpointing
+        feats = x.feats.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = block(x.replace(feats)).feats
+        out.float().square().sum().backward()
+        results.append([out.detach(), feats.grad] + [p.grad.clone() for p in block.parameters()])
+        block.zero_grad(set_to_none=True)
+    assert by_hand == [1]
+    for a, b in zip(*results):
+        assert a.dtype == b.dtype
+        if autocast:  # bf16 operands: a forward without a graph may take another SDPA kernel, sums round apart
+            torch.testing.assert_close(b, a, rtol=2e-2, atol=2e-2 * a.abs().max().item())
+        else:
+            torch.testing.assert_close(b, a)
