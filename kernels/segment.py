@@ -71,7 +71,7 @@ def norm_forward(rows: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     op = _backend_module(rows)
     cont = lambda t: None if t is None else t.contiguous()
     return op.norm_forward(rows.contiguous(), weight.contiguous(), cont(bias), segment, row_ptr, groups, center, eps,
-                           cont(modulation), silu, float(dropout))
+                           _rows_of_columns(modulation), silu, float(dropout))
 
 
 def norm_backward(grad_y: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
@@ -85,8 +85,15 @@ def norm_backward(grad_y: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor
     op = _backend_module(rows)
     return op.norm_backward(grad_y.contiguous(), rows, weight.contiguous(), None if bias is None else bias.contiguous(),
                             segment, row_ptr, mean, rstd, groups, center,
-                            None if modulation is None else modulation.contiguous(), silu, fwd_scale, fwd_offset,
-                            float(dropout), drop_state)
+                            _rows_of_columns(modulation), silu, fwd_scale, fwd_offset, float(dropout), drop_state)
+
+
+def _rows_of_columns(modulation: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """modulation [S, 2C] as the kernels read it: its columns adjacent, its rows at any stride (a column slice of
+    every block's modulations, UNet3D's one matmul, is read in place)."""
+    if modulation is None or modulation.stride(1) == 1:
+        return modulation
+    return modulation.contiguous()
 
 
 def _backend_module(tensor: torch.Tensor):

@@ -55,11 +55,11 @@ def _group_lanes(group, group_size, BLOCK_G: tl.constexpr):
 @triton.autotune(configs=STAT_CONFIGS, key=["channels", "group_size"])
 @triton.jit
 def norm_statistics_kernel(x_ptr, row_ptr, weight_ptr, bias_ptr, mod_ptr, mean_ptr, rstd_ptr,
-                           scale_ptr, offset_ptr, channels, group_size, eps, CENTER: tl.constexpr,
+                           scale_ptr, offset_ptr, channels, group_size, eps, stride_mod, CENTER: tl.constexpr,
                            HAS_BIAS: tl.constexpr, MOD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
     """Program (segment, group): mean and rstd of the group over the segment's rows, then the affine coefficients
-    scale = rstd * w, offset = b - mean * scale per [s, c]; with MOD (mod [S, 2C], ADM's scale then shift), times
-    1 + mod[s, c] plus mod[s, C + c]."""
+    scale = rstd * w, offset = b - mean * scale per [s, c]; with MOD (mod [S, 2C], rows stride_mod apart, ADM's
+    scale then shift), times 1 + mod[s, c] plus mod[s, C + c]."""
     seg, group = tl.program_id(0), tl.program_id(1)
     cols, ok = _group_lanes(group, group_size, BLOCK_G)
     first, last = tl.load(row_ptr + seg), tl.load(row_ptr + seg + 1)
@@ -85,8 +85,8 @@ def norm_statistics_kernel(x_ptr, row_ptr, weight_ptr, bias_ptr, mod_ptr, mean_p
     offset = -mean * scale
     if HAS_BIAS:
         offset += tl.load(bias_ptr + cols, mask=ok, other=0.0).to(tl.float32)
-    if MOD:
-        mod_at = seg.to(tl.int64) * 2 * channels + cols
+    if MOD:  # rows of mod are stride_mod apart (a column slice of all blocks' modulations)
+        mod_at = seg.to(tl.int64) * stride_mod + cols
         m = 1.0 + tl.load(mod_ptr + mod_at, mask=ok, other=0.0).to(tl.float32)
         scale = scale * m
         offset = offset * m + tl.load(mod_ptr + mod_at + channels, mask=ok, other=0.0).to(tl.float32)
@@ -120,7 +120,7 @@ def norm_apply_kernel(x_ptr, scale_ptr, offset_ptr, seg_ptr, out_ptr, seed_ptr, 
 @triton.jit
 def norm_grad_statistics_kernel(grad_ptr, x_ptr, row_ptr, mean_ptr, rstd_ptr, weight_ptr, bias_ptr, mod_ptr,
                                 fwd_scale_ptr, fwd_offset_ptr, dy_scale_ptr, x_scale_ptr, offset_ptr, part_w_ptr,
-                                part_b_ptr, grad_mod_ptr, seed_ptr, p, channels, group_size,
+                                part_b_ptr, grad_mod_ptr, seed_ptr, p, channels, group_size, stride_mod,
                                 CENTER: tl.constexpr, HAS_BIAS: tl.constexpr, MOD: tl.constexpr, SILU: tl.constexpr,
                                 DROP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
     """Program (segment, group): with dy' the gradient reaching the affine output (through the dropout's mask with
@@ -151,14 +151,14 @@ def norm_grad_statistics_kernel(grad_ptr, x_ptr, row_ptr, mean_ptr, rstd_ptr, we
     rstd = tl.load(rstd_ptr + at, mask=ok, other=0.0)
     w = tl.load(weight_ptr + cols, mask=ok, other=0.0).to(tl.float32)
     m = tl.zeros(cols.shape, dtype=tl.float32) + 1.0
-    if MOD:
-        mod_at = seg.to(tl.int64) * 2 * channels + cols
-        m = 1.0 + tl.load(mod_ptr + mod_at, mask=ok, other=0.0).to(tl.float32)
+    if MOD:  # mod's rows stride_mod apart; grad_mod [S, 2C] contiguous
+        m = 1.0 + tl.load(mod_ptr + seg.to(tl.int64) * stride_mod + cols, mask=ok, other=0.0).to(tl.float32)
         b = tl.zeros(cols.shape, dtype=tl.float32)
         if HAS_BIAS:
             b = tl.load(bias_ptr + cols, mask=ok, other=0.0).to(tl.float32)
-        tl.store(grad_mod_ptr + mod_at, w * rstd * raw_dyxc + b * raw_dy, mask=ok)
-        tl.store(grad_mod_ptr + mod_at + channels, raw_dy, mask=ok)
+        grad_mod_at = seg.to(tl.int64) * 2 * channels + cols
+        tl.store(grad_mod_ptr + grad_mod_at, w * rstd * raw_dyxc + b * raw_dy, mask=ok)
+        tl.store(grad_mod_ptr + grad_mod_at + channels, raw_dy, mask=ok)
     sum_dy = m * raw_dy
     dy_xhat = m * rstd * raw_dyxc
     count = (tl.maximum(last - first, 1) * group_size).to(tl.float32)

@@ -49,7 +49,8 @@ def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool
             norm_statistics_kernel, (n_seg, groups), (channels, size, rows.dtype, weight.dtype),
             rows, row_ptr, weight, bias if bias is not None else weight,
             modulation if modulation is not None else mean, mean, rstd, scale, offset, channels, size, float(eps),
-            CENTER=center, HAS_BIAS=bias is not None, MOD=modulation is not None, BLOCK_G=next_pow2(size))
+            modulation.stride(0) if modulation is not None else 0, CENTER=center, HAS_BIAS=bias is not None,
+            MOD=modulation is not None, BLOCK_G=next_pow2(size))
     out = out_buffer(n, channels, rows.dtype, rows.device)
     seed = torch.randint(0, 2 ** 31 - 1, (1,), device=rows.device) if dropout else None
     if n:
@@ -77,7 +78,8 @@ def norm_backward(grad_y, rows, weight, bias, segment, row_ptr, mean, rstd, grou
             grad_y, rows, row_ptr, mean, rstd, weight, bias if bias is not None else weight,
             modulation if modulation is not None else mean, fwd_scale if silu else mean,
             fwd_offset if silu else mean, dy_scale, x_scale, offset, part_w, part_b, grad_mod,
-            drop_state if dropout else mean, float(dropout), channels, size, CENTER=center, HAS_BIAS=bias is not None,
+            drop_state if dropout else mean, float(dropout), channels, size,
+            modulation.stride(0) if modulation is not None else 0, CENTER=center, HAS_BIAS=bias is not None,
             MOD=modulation is not None, SILU=silu, DROP=bool(dropout), BLOCK_G=next_pow2(size))
     grad_w, grad_b = (torch.empty if n else torch.zeros)(2, channels, dtype=torch.float32,
                                                          device=rows.device).unbind(0)

@@ -73,20 +73,23 @@ def assert_all_close(got, want, tol):
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-@pytest.mark.parametrize("groups,center,with_bias", [(3, True, True), (6, True, False), (1, False, True)])
-def test_modulated_norm_against_norm_then_scale_shift(backend, groups, center, with_bias):
+@pytest.mark.parametrize("groups,center,with_bias,strided", [(3, True, True, False), (6, True, False, True),
+                                                             (1, False, True, True)])
+def test_modulated_norm_against_norm_then_scale_shift(backend, groups, center, with_bias, strided):
     """norm(x) * (1 + scale) + shift per (sample, channel) in one op ([scale | shift] = modulation [B, 2C]) equals
     the norm followed by the ResBlock's modulation, values and every gradient (float64 on torch, float32 on triton),
-    and passes gradcheck."""
+    and passes gradcheck; a modulation that is a column slice of a wider tensor (rows further apart) is read in
+    place."""
     from sparse_radar.kernels.backends import kernel_settings
     g = torch.Generator().manual_seed(groups + 10)
     seg = torch.tensor([0, 0, 0, 0, 2, 2, 2, 2, 2, 2])
     row_ptr = row_pointers(seg, 3)
     dtype = torch.float64 if backend == "torch" else torch.float32
     make = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype).requires_grad_(True)
-    rows, weight, mod = make(10, 6), make(6), make(3, 12)
+    rows, weight, source = make(10, 6), make(6), make(3, 20 if strided else 12)
+    mod = source[:, 5:17] if strided else source
     bias = make(6) if with_bias else None
-    params = [p for p in (rows, weight, mod, bias) if p is not None]
+    params = [p for p in (rows, weight, source, bias) if p is not None]
     grad = torch.randn(10, 6, generator=g, dtype=torch.float64).to(dtype)
     with kernel_settings(backend=backend):
         got = values_and_grads(lambda: segment_group_norm(rows, weight, bias, seg, row_ptr, groups, center, 1e-5,
@@ -95,8 +98,9 @@ def test_modulated_norm_against_norm_then_scale_shift(backend, groups, center, w
                                 * (1 + mod[seg, :6]) + mod[seg, 6:], params, grad)
     assert_all_close(got, want, 1e-10 if dtype == torch.float64 else 2e-5)
     if backend == "torch":
-        fn = lambda r, w, mm: segment_group_norm(r, w, bias, seg, row_ptr, groups, center, 1e-5, mm)
-        assert torch.autograd.gradcheck(fn, (rows, weight, mod))
+        fn = lambda r, w, src: segment_group_norm(r, w, bias, seg, row_ptr, groups, center, 1e-5,
+                                                  src[:, 5:17] if strided else src)
+        assert torch.autograd.gradcheck(fn, (rows, weight, source))
 
 
 def test_modulation_of_the_wrong_shape_is_refused():
