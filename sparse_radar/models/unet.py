@@ -12,6 +12,7 @@ from ..nn.attention import AttentionBlock
 from ..nn.blocks import Downsample, ResBlock, Upsample, timestep_embedding, zero_module
 from ..nn.conv import SubMConv3d
 from ..nn.field_ops import cat_channels, check_field
+from ..nn.modulation import stacked_linears
 from ..nn.norm import build_norm, norm_silu
 from ..voxels import DenseVoxels, SparseVoxels
 from .config import UNetConfig
@@ -113,20 +114,23 @@ class UNet3D(nn.Module):
         with autocast_off(noise_labels.device.type):
             emb = self.time_embed(timestep_embedding(noise_labels, self.config.model_channels).to(x.dtype))
             emb = torch.nn.functional.silu(emb)  # what every ResBlock's projection reads: once here, not per block
+        blocks = [b for level in (*self.encoder, self.middle, *self.decoder) for b in level.blocks]
+        # every block's [scale | shift] in one matmul, in the order the blocks run
+        modulations = iter(stacked_linears(emb, [b.emb for b in blocks]))
         h = self.input_conv(x)
         skips = [h]
         for level, stage in enumerate(self.encoder):
             for block, attn in zip(stage.blocks, stage.attns):
-                h = attn(block(h, emb, activated=True))
+                h = attn(block(h, modulation=next(modulations)))
                 skips.append(h)
             if level < len(self.downs):
                 h = self.downs[level](h)
                 skips.append(h)
-        h = self.middle.blocks[1](self.middle.attns[0](self.middle.blocks[0](h, emb, activated=True)), emb,
-                                 activated=True)
+        h = self.middle.blocks[0](h, modulation=next(modulations))
+        h = self.middle.blocks[1](self.middle.attns[0](h), modulation=next(modulations))
         for level, stage in enumerate(self.decoder):
             for block, attn in zip(stage.blocks, stage.attns):
-                h = attn(block(cat_channels(h, skips.pop()), emb, activated=True))
+                h = attn(block(cat_channels(h, skips.pop()), modulation=next(modulations)))
             if level < len(self.ups):
                 h = self.ups[level](h)
         return self.out_conv(norm_silu(self.out_norm, h))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -55,42 +55,54 @@ class ResBlock(nn.Module):
         self.out_conv = zero_module(conv3(out_ch, out_ch, use_depthwise))
         self.skip = SubMConv3d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
-    def forward(self, x: Field, emb: torch.Tensor, activated: bool = False) -> Field:
+    def forward(self, x: Field, emb: Optional[torch.Tensor] = None, activated: bool = False,
+                modulation: Optional[torch.Tensor] = None) -> Field:
         """Same voxels, out_ch channels; emb [B, emb_dim] (already through SiLU when activated: a UNet applies it
-        once for all its blocks)."""
+        once for all its blocks), or modulation [B, 2 out_ch], the block's [scale | shift] = self.emb(silu(emb))
+        computed by the caller (a UNet computes every block's in one matmul: stacked_linears)."""
+        if (emb is None) == (modulation is None):
+            raise ValueError("ResBlock takes either emb or modulation (the block's [scale | shift] from it)")
+        if modulation is None:
+            with autocast_off(emb.device.type):  # [B, 2C]: scale, then shift, in emb's dtype
+                modulation = self.emb(emb if activated else F.silu(emb))
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
-            run = lambda v, e: values(self._forward(x.replace(v), e, activated))  # noqa: E731
-            params, vjp, grads = trainable(self), None, None
+            run = lambda v, m: values(self._forward(x.replace(v), m))  # noqa: E731
+            params, vjp, grads = self._recomputed_params(), None, None
             if by_hand(self, x):  # kernel calls without modules, then a backward by hand
-                run = lambda v, e: resblock_forward(self, x.replace(v), e, activated)[0]  # noqa: E731
-                grads = lambda v, e, g: self._grads_by_hand(x.replace(v), e, activated, g, params)  # noqa: E731
+                run = lambda v, m: resblock_forward(self, x.replace(v), m)[0]  # noqa: E731
+                grads = lambda v, m, g: self._grads_by_hand(x.replace(v), m, g, params)  # noqa: E731
             elif all(isinstance(m, (SubMConv3d, nn.Identity)) for m in (self.out_conv, self.skip)):
-                vjp = lambda v, e, g: self._tail_vjp(x.replace(v), e, activated, g)  # noqa: E731
-            return x.replace(recompute(run, (values(x), emb), params, vjp, self.dropout.p > 0, grads))
-        return self._forward(x, emb, activated)
+                vjp = lambda v, m, g: self._tail_vjp(x.replace(v), m, g)  # noqa: E731
+            return x.replace(recompute(run, (values(x), modulation), params, vjp, self.dropout.p > 0, grads))
+        return self._forward(x, modulation)
 
-    def _grads_by_hand(self, x: Field, emb: torch.Tensor, activated: bool, grad_out: torch.Tensor, params) -> tuple:
-        """For recompute: the gradients of (x's values, emb, *params) by resblock_grads (no autograd graph)."""
-        d_x, d_emb, grads = resblock_grads(self, x, emb, activated, grad_out)
-        return (d_x, d_emb, *(grads[p] for p in params))
+    def _recomputed_params(self) -> tuple:
+        """The trainable parameters a checkpointed block recomputes with: all but the embedding's projection,
+        whose output (the modulation) is the block's input."""
+        projection = {id(self.emb.weight), id(self.emb.bias)}
+        return tuple(p for p in trainable(self) if id(p) not in projection)
 
-    def _forward(self, x: Field, emb: torch.Tensor, activated: bool = False) -> Field:
-        h = self.out_conv(self._body(x, emb, activated))
+    def _grads_by_hand(self, x: Field, modulation: torch.Tensor, grad_out: torch.Tensor, params) -> tuple:
+        """For recompute: the gradients of (x's values, modulation, *params) by resblock_grads (no autograd
+        graph)."""
+        d_x, d_mod, grads = resblock_grads(self, x, modulation, grad_out)
+        return (d_x, d_mod, *(grads[p] for p in params))
+
+    def _forward(self, x: Field, modulation: torch.Tensor) -> Field:
+        h = self.out_conv(self._body(x, modulation))
         skip = self.skip(x)
         return h.replace(values(skip).to(values(h).dtype) + values(h))
 
-    def _body(self, x: Field, emb: torch.Tensor, activated: bool) -> Field:
+    def _body(self, x: Field, modulation: torch.Tensor) -> Field:
         """Everything before the last conv: its input."""
         h = self.in_conv(norm_silu(self.in_norm, x))
-        with autocast_off(emb.device.type):  # [B, 2C]: scale, then shift, in emb's dtype
-            modulation = self.emb(emb if activated else F.silu(emb))
         # dropout(silu(out_norm(h) * (1 + scale) + shift)): one op on the sparse path
         return norm_and_modulate(self.out_norm, h, modulation, silu=True, dropout=self.dropout)
 
-    def _tail_vjp(self, x: Field, emb: torch.Tensor, activated: bool, grad_out: torch.Tensor):
+    def _tail_vjp(self, x: Field, modulation: torch.Tensor, grad_out: torch.Tensor):
         """For recompute: the body recomputed, and the output's gradient taken through the last conv and the skip by
         their backward alone (their forward, and the sum's, are not re-run): (tensors, their gradients)."""
-        h = self._body(x, emb, activated)
+        h = self._body(x, modulation)
         operands = list(self.out_conv.conv_operands(h))
         grads = list(self.out_conv.operand_grads(h, operands, grad_out))
         if isinstance(self.skip, nn.Identity):

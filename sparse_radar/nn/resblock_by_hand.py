@@ -2,7 +2,7 @@
 it runs without a graph anyway), and its backward as that forward recomputed, then each op's backward called in
 reverse, the kernels autograd would call in the same order on the same operands.
 
-Recomputing under autograd records the block's ops (two norms, two convs, the embedding's linear) as graph nodes and
+Recomputing under autograd records the block's ops (two norms, two or three convs) as graph nodes and
 then walks them with a nested engine call: about a third of a lightweight step's host time went to that bookkeeping.
 It covers the common block, a sparse field with group-type norms (group, layer, instance, rms) and full submanifold
 convs; any other block (dense field, adaptive norm, depthwise convs) runs its modules and recomputes under autograd.
@@ -12,10 +12,9 @@ from __future__ import annotations
 from typing import Dict
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..kernels.backends import as_dtype, autocast_off
+from ..kernels.backends import as_dtype
 from ..kernels.conv import sparse_conv, sparse_conv_vjp
 from ..kernels.segment import norm_backward, norm_forward
 from ..voxels import SparseVoxels
@@ -70,23 +69,19 @@ def _conv_grads(conv: SubMConv3d, x: SparseVoxels, operands, rows_dtype, grad_ou
     return as_dtype(d_values, rows_dtype)
 
 
-def resblock_forward(block: nn.Module, x: SparseVoxels, emb: torch.Tensor, activated: bool,
-                     tail: bool = True) -> tuple:
-    """(block._forward(x, emb, activated)'s values, what resblock_grads reads of its ops) by direct kernel calls,
-    without autograd (the same ops on the same operands as the modules run). tail=False stops before the last conv
-    and the skip (their backward needs only their operands): the values are then None."""
+def resblock_forward(block: nn.Module, x: SparseVoxels, modulation: torch.Tensor, tail: bool = True) -> tuple:
+    """(block._forward(x, modulation)'s values, what resblock_grads reads of its ops) by direct kernel calls, without
+    autograd (the same ops on the same operands as the modules run). tail=False stops before the last conv and the
+    skip (their backward needs only their operands): the values are then None."""
     rows = x.feats
     h1, in_saved = _norm(block.in_norm, x, rows)
     in_ops = block.in_conv.conv_operands(x.replace(h1))
     h2 = _conv(block.in_conv, x, in_ops)
-    with autocast_off(emb.device.type):
-        act = emb if activated else F.silu(emb)
-        modulation = F.linear(act, block.emb.weight, block.emb.bias)
     rate = block.dropout.p if block.dropout.training else 0.0
-    h3, out_saved = _norm(block.out_norm, x, h2, modulation.contiguous(), rate)
+    h3, out_saved = _norm(block.out_norm, x, h2, modulation, rate)
     out_ops = block.out_conv.conv_operands(x.replace(h3))
     skip_ops = None if isinstance(block.skip, nn.Identity) else block.skip.conv_operands(x)
-    saved = in_saved, in_ops, h1, act, modulation, out_saved, out_ops, h3, skip_ops
+    saved = in_saved, in_ops, h1, out_saved, out_ops, h3, skip_ops
     if not tail:
         return None, saved
     h = _conv(block.out_conv, x, out_ops)
@@ -94,26 +89,19 @@ def resblock_forward(block: nn.Module, x: SparseVoxels, emb: torch.Tensor, activ
     return as_dtype(skip, h.dtype) + h, saved
 
 
-def resblock_grads(block: nn.Module, x: SparseVoxels, emb: torch.Tensor, activated: bool,
-                   grad_out: torch.Tensor) -> tuple:
-    """(d x values, d emb, {parameter: gradient}) of block._forward(x, emb, activated)'s values for grad_out,
+def resblock_grads(block: nn.Module, x: SparseVoxels, modulation: torch.Tensor, grad_out: torch.Tensor) -> tuple:
+    """(d x values, d modulation, {parameter: gradient}) of block._forward(x, modulation)'s values for grad_out,
     without autograd (call under the forward's RNG state and autocast, as recompute does)."""
     grads: Dict[torch.Tensor, torch.Tensor] = {}
     rows = x.feats
-    _, saved = resblock_forward(block, x, emb, activated, tail=False)
-    in_saved, in_ops, h1, act, modulation, out_saved, out_ops, h3, skip_ops = saved
+    _, saved = resblock_forward(block, x, modulation, tail=False)
+    in_saved, in_ops, h1, out_saved, out_ops, h3, skip_ops = saved
     d_h3 = _conv_grads(block.out_conv, x, out_ops, h3.dtype, grad_out, grads)
     d_h2, d_mod = _norm_grads(block.out_norm, x, out_saved, d_h3, grads)
-    d_mod = as_dtype(d_mod, modulation.dtype)
-    with autocast_off(emb.device.type):
-        grads[block.emb.weight] = as_dtype(d_mod.t() @ act, block.emb.weight.dtype)
-        grads[block.emb.bias] = as_dtype(d_mod.sum(0), block.emb.bias.dtype)
-        d_act = d_mod @ as_dtype(block.emb.weight, d_mod.dtype)
-        d_emb = d_act if activated else torch.ops.aten.silu_backward(d_act, emb)
     d_h1 = _conv_grads(block.in_conv, x, in_ops, h1.dtype, d_h2, grads)
     d_rows, _ = _norm_grads(block.in_norm, x, in_saved, d_h1, grads)
     if skip_ops is None:
         d_rows = d_rows + as_dtype(grad_out, d_rows.dtype)
     else:
         d_rows = d_rows + _conv_grads(block.skip, x, skip_ops, rows.dtype, grad_out, grads)
-    return d_rows, as_dtype(d_emb, emb.dtype), grads
+    return d_rows, as_dtype(d_mod, modulation.dtype), grads
