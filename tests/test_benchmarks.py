@@ -247,3 +247,16 @@ def test_launches_report_counts_a_trainer_step(tmp_path):
     assert sum(n for k, n in row["by_component"].items() if k.split()[0] in launches.STEP_COMPONENTS) == \
         row["launches_fwd_bwd"]
     assert "| tiny | sparse |" in (tmp_path / "launches.md").read_text()
+
+
+def test_host_time_splits_each_step_into_its_parts_and_restores_the_interpreter():
+    pytest.importorskip("triton")
+    import triton.runtime.interpreter as interpreter
+    from benchmarks.host_time import PARTS, time_steps
+    original = interpreter.InterpretedFunction.run
+    times = time_steps("tiny", 2)
+    assert interpreter.InterpretedFunction.run is original
+    assert set(times) == set(PARTS) and all(len(v) == 2 for v in times.values())
+    for i in range(2):  # one clock: the parts are the step's consecutive intervals
+        parts = sum(times[p][i] for p in PARTS[:-1])
+        assert parts == pytest.approx(times["step"][i], rel=1e-9) and min(times[p][i] for p in PARTS) > 0
