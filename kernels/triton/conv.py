@@ -83,7 +83,7 @@ class TritonSparseConv(torch.autograd.Function):
         # a view of its Parameter's memory; another layout is copied here), cast in registers; dX reads its
         # transpose in place (coalesced along Cout)
         packed = weight.contiguous()
-        out = implicit_gemm(feats, packed, kmap.table, kmap.n_out, bias)
+        out = TritonSparseConv.forward_of(feats, packed, bias, kmap, settings)
         ctx.save_for_backward(feats, packed)
         ctx.kmap, ctx.has_bias, ctx.layout = kmap, bias is not None, weight.stride()
         return out

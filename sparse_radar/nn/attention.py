@@ -11,7 +11,6 @@ from ..voxels import SparseVoxels
 from .attention_by_hand import attention_by_hand, attention_grads
 from .attention_cores import (GlobalAttention, HeightAttention, LinearAttention, SerializedAttention,
                               TopKAttention, WindowAttention)
-from .conv import autocast_dtype
 from .field_ops import Field, check_field, values
 from .norm import build_norm
 from .recompute import recompute, trainable
@@ -60,12 +59,10 @@ class AttentionBlock(nn.Module):
         check_field(x, "AttentionBlock")
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
             run = lambda v: values(self._forward(x.replace(v)))  # noqa: E731
-            params, vjp, grads = trainable(self), None, None
+            params, grads = trainable(self), None
             if attention_by_hand(self, x):  # the norm and the projections by hand, the core under autograd
                 grads = lambda v, g: self._grads_by_hand(x.replace(v), g, params)  # noqa: E731
-            elif isinstance(x, SparseVoxels):
-                vjp = lambda v, g: self._tail_vjp(x.replace(v), g)  # noqa: E731
-            return x.replace(recompute(run, (values(x),), params, vjp, random=False, by_hand=grads))
+            return x.replace(recompute(run, (values(x),), params, random=False, by_hand=grads))
         return self._forward(x)
 
     def _grads_by_hand(self, x: SparseVoxels, grad_out: torch.Tensor, params) -> tuple:
@@ -92,15 +89,3 @@ class AttentionBlock(nn.Module):
         head_dim = self.channels // self.num_heads
         q, k, v = self.qkv(h.feats).view(n, 3, self.num_heads, head_dim).unbind(1)  # each [N, heads, d]
         return self.core.sparse(q, k, v, h).reshape(n, self.channels)  # [N, heads, d] -> [N, C]
-
-    def _tail_vjp(self, x: SparseVoxels, grad_out: torch.Tensor):
-        """For recompute: the body recomputed, and the output's gradient taken through the projection and the
-        residual sum by hand (neither forward re-runs): (tensors, their gradients). The projection's operands are
-        cast as autocast casts a linear layer's."""
-        out = self._sparse_body(x)
-        dtype = autocast_dtype(out.device) or out.dtype
-        operands = [out.to(dtype), self.proj.weight.to(dtype), self.proj.bias.to(dtype)]
-        g = grad_out.to(dtype)
-        inputs, weight = operands[0].detach(), operands[1].detach()
-        grads = [g @ weight, g.t() @ inputs, g.sum(0)]
-        return operands + [x.feats], grads + [grad_out.to(x.feats.dtype)]

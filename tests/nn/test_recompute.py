@@ -211,17 +211,20 @@ def test_trainable_lists_what_parameters_lists_that_takes_gradients():
         assert len(got) == len(expected) and all(a is b for a, b in zip(got, expected))
 
 
-@pytest.mark.parametrize("attention_type", ["flash", "window", "linear", "sparse", "height", "serialized"])
+@pytest.mark.parametrize("attention_type,norm_type", [(a, "group") for a in ("flash", "window", "linear", "sparse",
+                                                                            "height", "serialized")]
+                         + [("window", "adaptive")])
 @pytest.mark.parametrize("autocast", [False, True])
-def test_a_sparse_attention_block_is_differentiated_mostly_by_hand(attention_type, autocast, monkeypatch):
+def test_a_sparse_attention_block_is_differentiated_mostly_by_hand(attention_type, norm_type, autocast, monkeypatch):
     """A checkpointed sparse attention block recomputes its norm and projections without a graph and differentiates
     them by hand, its core alone under autograd (attention_grads), and gives the plain block's output and
-    gradients, the core's own parameters (window attention's position bias) included."""
+    gradients, the core's own parameters (window attention's position bias) included. With the adaptive norm it
+    recomputes the whole block under autograd, to the same gradients."""
     import sparse_radar.nn.attention as attention
     x = _field(False)
     torch.manual_seed(0)
-    block = AttentionBlock(8, attention_type, num_heads=2, num_groups=4, window_size=(2, 3, 3), topk=4,
-                           patch_size=8).train()
+    block = AttentionBlock(8, attention_type, num_heads=2, norm_type=norm_type, num_groups=4, window_size=(2, 3, 3),
+                           topk=4, patch_size=8).train()
     with torch.no_grad():
         for prm in block.parameters():
             prm.copy_(torch.randn_like(prm) * 0.3)
@@ -236,7 +239,7 @@ def test_a_sparse_attention_block_is_differentiated_mostly_by_hand(attention_typ
         out.float().square().sum().backward()
         results.append([out.detach(), feats.grad] + [p.grad.clone() for p in block.parameters()])
         block.zero_grad(set_to_none=True)
-    assert by_hand == [1]
+    assert by_hand == ([1] if norm_type == "group" else [])
     for a, b in zip(*results):
         assert a.dtype == b.dtype
         if autocast:  # bf16 operands: a forward without a graph may take another SDPA kernel, sums round apart
