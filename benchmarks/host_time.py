@@ -2,11 +2,12 @@
 (../shared/tools/count_step.py) split into forward, backward and the optimizer, on this CPU.
 
 The counter's model and data: the preset with model_channels 16, grid 8x32x32, batch 2, 5% random voxels, the triton
-backend under TRITON_INTERPRET=1 with every launch stubbed as the counter stubs them, the map builders' too (so the
-time is the host's: Python, torch's dispatcher and autograd, and the CPU arithmetic of the ops that run on it; the
-coarse voxel sets are whatever the builders' buffers held, as in the counter), AdamW(foreach=True). Medians and minima over --steps
-steps after two warm-up steps; run it with OMP_NUM_THREADS=1, and alternate two checkouts to compare them (the times
-of a shared machine drift by tens of per cent).
+backend under TRITON_INTERPRET=1, attention's CUDA path (all samples in one padded call) and every launch stubbed as
+the counter stubs them, the map builders' too (so the time is the host's: Python, torch's dispatcher and autograd,
+and the CPU arithmetic of the ops that run on it; the coarse voxel sets are whatever the builders' buffers held, as
+in the counter), AdamW(foreach=True). Medians and minima over --steps steps after two warm-up steps; run it with
+OMP_NUM_THREADS=1, and alternate two checkouts to compare them (the times of a shared machine drift by tens of per
+cent).
 """
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ def stubbed_triton():
 
 def time_steps(preset: str, steps: int, checkpointing: bool = True) -> dict:
     """{part: [seconds per step]} of `steps` steps of the counter's model, Triton stubbed."""
+    from sparse_radar.nn import attention_cores
+    attention_cores.ALL_SAMPLES_AT_ONCE_ON_CPU = True  # the counter's (and CUDA's) attention path: one padded call
     torch.manual_seed(0)
     grid = (8, 32, 32)
     model = UNet3D(PRESETS[preset](model_channels=16, use_fp16=False, use_checkpoint=checkpointing))

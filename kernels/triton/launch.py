@@ -8,6 +8,8 @@ import torch
 from .. import backends
 
 TARGET_PROGRAMS = 1024  # split the rows of a reduction so that about this many programs run at once
+MIN_SPLIT_ROWS = 256  # but give each split at least this many rows: a smaller problem is bound by its launch, and
+# finer splits only add partial sums to write and add up (at 32 rows a split, dW's partials outweighed its work)
 
 
 def cdiv(a: int, b: int) -> int:
@@ -26,9 +28,10 @@ def pow2_block(size: int, low: int, high: int) -> int:
 
 
 def row_splits(n_rows: int, block_n: int, tiles: int) -> Tuple[int, int]:
-    """(rows per split, a multiple of block_n; number of splits) so that tiles * splits ~ TARGET_PROGRAMS."""
+    """(rows per split, a multiple of block_n; number of splits) so that tiles * splits ~ TARGET_PROGRAMS, with at
+    least MIN_SPLIT_ROWS rows a split (rounded up to block_n)."""
     want = max(1, TARGET_PROGRAMS // max(tiles, 1))
-    per = cdiv(cdiv(max(n_rows, 1), want), block_n) * block_n
+    per = cdiv(max(cdiv(max(n_rows, 1), want), MIN_SPLIT_ROWS), block_n) * block_n
     return per, max(1, cdiv(n_rows, per))
 
 

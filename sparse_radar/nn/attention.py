@@ -8,12 +8,12 @@ from torch import nn
 
 from ..kernels import coords as kc
 from ..voxels import SparseVoxels
-from .attention_by_hand import attention_by_hand, attention_grads
+from .attention_by_hand import attention_by_hand, attention_forward, attention_grads
 from .attention_cores import (GlobalAttention, HeightAttention, LinearAttention, SerializedAttention,
                               TopKAttention, WindowAttention)
 from .field_ops import Field, check_field, values
 from .norm import build_norm
-from .recompute import recompute, trainable
+from .recompute import keep, recompute, trainable, worth_recomputing
 
 ATTENTION_TYPES = ("flash", "window", "linear", "sparse", "height", "serialized", "none")
 
@@ -61,13 +61,18 @@ class AttentionBlock(nn.Module):
             run = lambda v: values(self._forward(x.replace(v)))  # noqa: E731
             params, grads = trainable(self), None
             if attention_by_hand(self, x):  # the norm and the projections by hand, the core under autograd
+                if not worth_recomputing(values(x)):  # a small field: keep the activations, one node
+                    forward = lambda v: attention_forward(self, x.replace(v))  # noqa: E731
+                    kept = lambda v, saved, g: self._grads_by_hand(x.replace(v), g, params, saved)  # noqa: E731
+                    return x.replace(keep(forward, kept, (values(x),), params))
+                run = lambda v: attention_forward(self, x.replace(v), with_graph=False)[0]  # noqa: E731
                 grads = lambda v, g: self._grads_by_hand(x.replace(v), g, params)  # noqa: E731
             return x.replace(recompute(run, (values(x),), params, random=False, by_hand=grads))
         return self._forward(x)
 
-    def _grads_by_hand(self, x: SparseVoxels, grad_out: torch.Tensor, params) -> tuple:
-        """For recompute: the gradients of (x's values, *params) by attention_grads."""
-        d_x, grads = attention_grads(self, x, grad_out)
+    def _grads_by_hand(self, x: SparseVoxels, grad_out: torch.Tensor, params, saved=None) -> tuple:
+        """For recompute and keep: the gradients of (x's values, *params) by attention_grads."""
+        d_x, grads = attention_grads(self, x, grad_out, saved)
         return (d_x, *(grads[p] for p in params))
 
     def _forward(self, x: Field) -> Field:

@@ -35,10 +35,10 @@ def _linear_grads(layer: nn.Linear, inputs: torch.Tensor, grad: torch.Tensor, gr
     return grad @ weight
 
 
-def attention_grads(block: nn.Module, x: SparseVoxels, grad_out: torch.Tensor) -> tuple:
-    """(d x values, {parameter: gradient}) of block._forward(x)'s values for grad_out (call under the forward's
-    autocast, as recompute does)."""
-    grads: Dict[torch.Tensor, torch.Tensor] = {}
+def attention_forward(block: nn.Module, x: SparseVoxels, with_graph: bool = True) -> tuple:
+    """(block._forward(x)'s values, what attention_grads reads) by direct calls: the norm and the projections
+    without a graph, the core under autograd (with_graph; its backward is attention's), or without one (a forward
+    that keeps nothing)."""
     rows, norm, s = x.feats, block.norm, x.structure
     h, mean, rstd, _, _, _ = norm_forward(rows, norm.weight, norm.bias, s.sample_ids(), s.row_ptr(), norm.groups,
                                           norm.center, norm.eps)
@@ -46,11 +46,25 @@ def attention_grads(block: nn.Module, x: SparseVoxels, grad_out: torch.Tensor) -
     h_in = as_dtype(h, dtype)
     qkv = F.linear(h_in, as_dtype(block.qkv.weight, dtype), as_dtype(block.qkv.bias, dtype))
     n, heads = h.shape[0], block.num_heads
-    core_params = trainable(block.core)
-    with torch.enable_grad():
-        qkv_leaf = qkv.detach().requires_grad_(True)
+    with torch.set_grad_enabled(with_graph):
+        qkv_leaf = qkv.detach().requires_grad_(with_graph)
         q, k, v = qkv_leaf.view(n, 3, heads, block.channels // heads).unbind(1)
         attended = block.core.sparse(q, k, v, x.replace(h)).reshape(n, block.channels)
+    proj = F.linear(as_dtype(attended.detach(), dtype), as_dtype(block.proj.weight, dtype),
+                    as_dtype(block.proj.bias, dtype))
+    return rows + proj, (h, mean, rstd, h_in, qkv_leaf, attended)
+
+
+def attention_grads(block: nn.Module, x: SparseVoxels, grad_out: torch.Tensor, saved=None) -> tuple:
+    """(d x values, {parameter: gradient}) of block._forward(x)'s values for grad_out, from attention_forward's
+    saved ops, or (None) recomputing them (call under the forward's autocast, as recompute does)."""
+    grads: Dict[torch.Tensor, torch.Tensor] = {}
+    rows, norm, s = x.feats, block.norm, x.structure
+    if saved is None:
+        _, saved = attention_forward(block, x)
+    h, mean, rstd, h_in, qkv_leaf, attended = saved
+    dtype = h_in.dtype
+    core_params = trainable(block.core)
     g = as_dtype(grad_out, dtype)
     d_attended = _linear_grads(block.proj, as_dtype(attended.detach(), dtype), g, grads)
     d_qkv, *d_core = torch.autograd.grad(attended, [qkv_leaf, *core_params], as_dtype(d_attended, attended.dtype))

@@ -13,7 +13,7 @@ from .conv import SparseConv3d, SparseInverseConv3d, SubMConv3d
 from .depthwise import DepthwiseSubMConv3d
 from .field_ops import Field, values
 from .norm import build_norm, norm_and_modulate, norm_silu
-from .recompute import recompute, trainable
+from .recompute import keep, recompute, trainable, worth_recomputing
 from .resblock_by_hand import by_hand, resblock_forward, resblock_grads
 
 
@@ -69,6 +69,10 @@ class ResBlock(nn.Module):
             run = lambda v, m: values(self._forward(x.replace(v), m))  # noqa: E731
             params, vjp, grads = self._recomputed_params(), None, None
             if by_hand(self, x):  # kernel calls without modules, then a backward by hand
+                if not worth_recomputing(values(x)):  # a small field: keep the activations, one node
+                    forward = lambda v, m: resblock_forward(self, x.replace(v), m)  # noqa: E731
+                    kept = lambda v, m, saved, g: self._grads_by_hand(x.replace(v), m, g, params, saved)  # noqa: E731
+                    return x.replace(keep(forward, kept, (values(x), modulation), params))
                 run = lambda v, m: resblock_forward(self, x.replace(v), m)[0]  # noqa: E731
                 grads = lambda v, m, g: self._grads_by_hand(x.replace(v), m, g, params)  # noqa: E731
             elif all(isinstance(m, (SubMConv3d, nn.Identity)) for m in (self.out_conv, self.skip)):
@@ -82,10 +86,10 @@ class ResBlock(nn.Module):
         projection = {id(self.emb.weight), id(self.emb.bias)}
         return tuple(p for p in trainable(self) if id(p) not in projection)
 
-    def _grads_by_hand(self, x: Field, modulation: torch.Tensor, grad_out: torch.Tensor, params) -> tuple:
-        """For recompute: the gradients of (x's values, modulation, *params) by resblock_grads (no autograd
-        graph)."""
-        d_x, d_mod, grads = resblock_grads(self, x, modulation, grad_out)
+    def _grads_by_hand(self, x: Field, modulation: torch.Tensor, grad_out: torch.Tensor, params, saved=None) -> tuple:
+        """For recompute and keep: the gradients of (x's values, modulation, *params) by resblock_grads (no autograd
+        graph; from the forward's saved ops, else recomputing them)."""
+        d_x, d_mod, grads = resblock_grads(self, x, modulation, grad_out, saved)
         return (d_x, d_mod, *(grads[p] for p in params))
 
     def _forward(self, x: Field, modulation: torch.Tensor) -> Field:

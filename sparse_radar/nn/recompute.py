@@ -1,4 +1,5 @@
-"""Activation checkpointing of a block whose input and output are values on one field's voxels.
+"""Activation checkpointing of a block whose input and output are values on one field's voxels, and (keep) its
+by-hand form that saves what its backward reads where recomputing would save too little memory to pay for itself.
 
 torch's non-reentrant checkpoint wraps every tensor the block saves in a pack and an unpack hook (about 3,000 per
 lightweight step); the reentrant form moves the parameter gradients outside the outer graph. This one is a single
@@ -7,11 +8,21 @@ the gradients of its inputs and parameters back to the outer graph, where DDP's 
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
 from ..kernels.backends import autocast_off
+
+# A checkpointed block whose input holds fewer bytes than this keeps its activations (keep) instead of recomputing
+# them: its saved tensors are a few times its input, so at most a few MiB a block, while a recompute costs the
+# block's launches again (a step on small fields is bound by launches, not memory). 0: always recompute.
+MIN_RECOMPUTE_BYTES = 1 << 20
+
+
+def worth_recomputing(values: torch.Tensor) -> bool:
+    """Whether a checkpointed block with this input recomputes (MIN_RECOMPUTE_BYTES or more) or keeps."""
+    return values.numel() * values.element_size() >= MIN_RECOMPUTE_BYTES
 
 
 def _rng_state(device: torch.device):
@@ -81,6 +92,59 @@ def recompute(run: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], 
     by_hand(*inputs, grad_out) -> the gradients of (*inputs, *params), if given, is the whole backward: it recomputes
     and differentiates the block itself, with no autograd graph (then vjp is not used)."""
     return _Recompute.apply(run, vjp, by_hand, bool(random), len(inputs), *inputs, *params)
+
+
+class _Slot(int):
+    """Where a saved tensor sat in a block's saved structure (its index among the saved tensors)."""
+
+
+def _pull_tensors(obj, tensors: List[torch.Tensor]):
+    """obj (nested tuples of tensors and plain values) with each tensor replaced by its _Slot in tensors."""
+    if isinstance(obj, torch.Tensor):
+        tensors.append(obj)
+        return _Slot(len(tensors) - 1)
+    if isinstance(obj, tuple):
+        return tuple(_pull_tensors(item, tensors) for item in obj)
+    return obj
+
+
+def _put_tensors(obj, tensors: Sequence[torch.Tensor]):
+    """The inverse of _pull_tensors."""
+    if isinstance(obj, _Slot):
+        return tensors[obj]
+    if isinstance(obj, tuple):
+        return tuple(_put_tensors(item, tensors) for item in obj)
+    return obj
+
+
+class _Kept(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, run, grads, n_inputs, *tensors):
+        inputs = tensors[:n_inputs]
+        device = inputs[0].device
+        out, saved = run(*inputs)
+        kept: List[torch.Tensor] = list(inputs)
+        ctx.layout = _pull_tensors(saved, kept)
+        ctx.save_for_backward(*kept)  # through autograd's saved tensors: hooks (offload, memory counts) see them
+        ctx.grads, ctx.n_inputs, ctx.device = grads, n_inputs, device
+        ctx.autocast = (torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        kept = ctx.saved_tensors
+        (enabled, dtype), device = ctx.autocast, ctx.device
+        cast = torch.autocast(device.type, dtype=dtype) if enabled else autocast_off(device.type)
+        with cast:
+            grads = ctx.grads(*kept[:ctx.n_inputs], _put_tensors(ctx.layout, kept), grad_out)
+        return (None,) * 3 + tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad[3:]))
+
+
+def keep(run: Callable, grads: Callable, inputs: Sequence[torch.Tensor], params: Sequence[torch.Tensor]):
+    """A block run by hand as one autograd node that keeps what its backward reads (no recompute): run(*inputs) ->
+    (output, saved: nested tuples of tensors and plain values), computed without a graph; grads(*inputs, saved,
+    grad_out) -> the gradients of (*inputs, *params), under the forward's autocast."""
+    return _Kept.apply(run, grads, len(inputs), *inputs, *params)
 
 
 def trainable(module: torch.nn.Module) -> tuple:

@@ -89,12 +89,15 @@ def resblock_forward(block: nn.Module, x: SparseVoxels, modulation: torch.Tensor
     return as_dtype(skip, h.dtype) + h, saved
 
 
-def resblock_grads(block: nn.Module, x: SparseVoxels, modulation: torch.Tensor, grad_out: torch.Tensor) -> tuple:
+def resblock_grads(block: nn.Module, x: SparseVoxels, modulation: torch.Tensor, grad_out: torch.Tensor,
+                   saved=None) -> tuple:
     """(d x values, d modulation, {parameter: gradient}) of block._forward(x, modulation)'s values for grad_out,
-    without autograd (call under the forward's RNG state and autocast, as recompute does)."""
+    without autograd, from resblock_forward's saved ops, or (None) recomputing them (then call under the forward's
+    RNG state and autocast, as recompute does)."""
     grads: Dict[torch.Tensor, torch.Tensor] = {}
     rows = x.feats
-    _, saved = resblock_forward(block, x, modulation, tail=False)
+    if saved is None:
+        _, saved = resblock_forward(block, x, modulation, tail=False)
     in_saved, in_ops, h1, out_saved, out_ops, h3, skip_ops = saved
     d_h3 = _conv_grads(block.out_conv, x, out_ops, h3.dtype, grad_out, grads)
     d_h2, d_mod = _norm_grads(block.out_norm, x, out_saved, d_h3, grads)

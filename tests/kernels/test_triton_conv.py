@@ -50,7 +50,7 @@ def test_conv_matches_torch_backend(name, dtype):
         assert_close_scaled(a, b, TOLERANCE[dtype], f"{name} {dtype} {what}")
 
 
-def test_channel_tiles_and_row_splits():
+def test_channel_tiles_and_row_splits(monkeypatch):
     """Cin and Cout wider than one tile (loops over channel blocks), dW split over many row ranges."""
     kmap = make_map("subm", shape=(6, 8, 8), occupancy=(0.3, 0.3))
     feats, weight, bias, grad = random_inputs(kmap, 70, 80, torch.float32, seed=4)
@@ -62,14 +62,13 @@ def test_channel_tiles_and_row_splits():
     from sparse_radar.kernels.triton import launch
     x = feats.float().to(DEVICE)
     g = grad.float().to(DEVICE)
+    assert launch.row_splits(kmap.table.shape[0], 32, 1) == (256, launch.cdiv(kmap.table.shape[0], 256))
     one_split = tconv.weight_grad(x, g, kmap.table, True)
-    old = launch.TARGET_PROGRAMS
-    try:
-        launch.TARGET_PROGRAMS = 10 ** 6  # as many splits as row blocks
-        many = tconv.weight_grad(x, g, kmap.table, True)
-        again = tconv.weight_grad(x, g, kmap.table, True)
-    finally:
-        launch.TARGET_PROGRAMS = old
+    monkeypatch.setattr(launch, "TARGET_PROGRAMS", 10 ** 6)
+    monkeypatch.setattr(launch, "MIN_SPLIT_ROWS", 1)  # as many splits as row blocks
+    assert launch.row_splits(kmap.table.shape[0], 32, 1)[1] == launch.cdiv(kmap.table.shape[0], 32) > 1
+    many = tconv.weight_grad(x, g, kmap.table, True)
+    again = tconv.weight_grad(x, g, kmap.table, True)
     for a, b, c in zip(many, one_split, again):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
         assert torch.equal(a, c)  # partials and one sum: no atomics, bitwise repeatable

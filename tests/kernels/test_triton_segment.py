@@ -48,17 +48,15 @@ def test_sorted_segment_sums(backend, deterministic, dtype, shift_u):
     assert torch.count_nonzero(s_a[1]) == 0  # the empty segment
 
 
-def test_segment_sums_split_over_many_programs_are_bitwise_repeatable():
+def test_segment_sums_split_over_many_programs_are_bitwise_repeatable(monkeypatch):
     from sparse_radar.kernels.triton import launch
     segment, row_ptr, u, v, shift = sorted_rows(counts=(300, 1, 150), channels=40)
-    old = launch.TARGET_PROGRAMS
-    try:
-        launch.TARGET_PROGRAMS = 10 ** 5
-        with kernel_settings(backend="triton"):
-            first = sorted_segment_sums(u, row_ptr, segment, v=v, shift=shift)
-            again = sorted_segment_sums(u, row_ptr, segment, v=v, shift=shift)
-    finally:
-        launch.TARGET_PROGRAMS = old
+    monkeypatch.setattr(launch, "TARGET_PROGRAMS", 10 ** 5)
+    monkeypatch.setattr(launch, "MIN_SPLIT_ROWS", 1)  # one split per row block
+    assert launch.row_splits(451, 32, 3 * 2) == (32, 15)
+    with kernel_settings(backend="triton"):
+        first = sorted_segment_sums(u, row_ptr, segment, v=v, shift=shift)
+        again = sorted_segment_sums(u, row_ptr, segment, v=v, shift=shift)
     ref_a, ref_ab = exact_sums(u, v, shift, segment, False)
     torch.testing.assert_close(first[1].double().cpu(), ref_ab, rtol=1e-5, atol=1e-4)
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])

@@ -1,5 +1,6 @@
 """recompute(): a checkpointed block gives the output and gradients of the same block run without checkpointing,
-under autocast, with frozen weights, on both field types; and it keeps only its inputs."""
+under autocast, with frozen weights, on both field types; and it keeps only its inputs. (A checkpointed block on a
+small field keeps its activations instead: tests/nn/test_keep.py; here every block recomputes.)"""
 import pytest
 import torch
 
@@ -7,6 +8,12 @@ from sparse_radar import DenseVoxels, SparseVoxels
 from sparse_radar.nn.attention import AttentionBlock
 from sparse_radar.nn.blocks import ResBlock
 from sparse_radar.nn.recompute import recompute, trainable
+
+
+@pytest.fixture(autouse=True)
+def always_recompute(monkeypatch):
+    import sparse_radar.nn.recompute as rc
+    monkeypatch.setattr(rc, "MIN_RECOMPUTE_BYTES", 0)
 
 
 def _block(seed=0, out_ch=16, use_depthwise=False):

@@ -1,0 +1,135 @@
+"""keep(): a checkpointed block on a small field (input under recompute.MIN_RECOMPUTE_BYTES) runs by hand as one
+autograd node that keeps what its backward reads: the plain block's output and gradients, no recompute, no autograd
+graph of its own ops, its saved tensors seen by saved-tensor hooks; a larger field recomputes."""
+import pytest
+import torch
+
+import sparse_radar.nn.recompute as rc
+from sparse_radar.nn.attention import AttentionBlock
+from sparse_radar.nn.blocks import ResBlock
+from tests.nn.test_recompute import _field, _run
+
+
+def _randomized(block):
+    with torch.no_grad():
+        for prm in block.parameters():
+            prm.copy_(torch.randn_like(prm) * 0.3)
+    return block
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("norm_type,out_ch,activated,autocast", [
+    ("group", 16, False, False), ("layer", 8, True, False), ("instance", 16, True, True), ("rms", 8, False, True)])
+def test_a_small_checkpointed_resblock_keeps_and_matches_the_plain_block(backend, norm_type, out_ch, activated,
+                                                                         autocast, monkeypatch):
+    """Every group-type norm, identity and 1x1 skips, dropout, autocast, both backends: the forward runs once (no
+    recompute in backward), the backward is resblock_grads from the kept ops, no autograd graph is walked, the
+    dropout mask is the forward's and the generator is not touched by the backward."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+    import sparse_radar.nn.blocks as blocks
+    from sparse_radar.kernels.backends import kernel_settings
+    torch.manual_seed(0)
+    block = _randomized(ResBlock(8, out_ch, 12, norm_type=norm_type, num_groups=4, dropout=0.3).train())
+    x, emb = _field(False), torch.randn(2, 12, requires_grad=True)
+    forwards, saved_given, graphs = [], [], []
+    real_forward, real_grads, real_grad = blocks.resblock_forward, blocks.resblock_grads, rc.torch.autograd.grad
+    monkeypatch.setattr(blocks, "resblock_forward", lambda *a, **k: forwards.append(1) or real_forward(*a, **k))
+    monkeypatch.setattr(blocks, "resblock_grads", lambda *a: saved_given.append(a[4] is not None) or real_grads(*a))
+    monkeypatch.setattr(rc.torch.autograd, "grad", lambda *a, **k: graphs.append(1) or real_grad(*a, **k))
+    results = []
+    for checkpointing in (False, True):
+        with kernel_settings(backend=backend):
+            out, grads = _run(block, x, emb if not activated else torch.nn.functional.silu(emb), checkpointing,
+                              autocast, activated)
+        results.append((out, grads + [emb.grad.clone()]))
+        emb.grad = None
+    assert forwards == [1] and saved_given == [True] and graphs == []
+    (out0, grads0), (out1, grads1) = results
+    torch.testing.assert_close(out1, out0)
+    for a, b in zip(grads0, grads1):
+        assert a is not None and b is not None and a.dtype == b.dtype and a.shape == b.shape
+        torch.testing.assert_close(b, a)
+
+
+def test_a_kept_block_draws_its_dropout_once():
+    """The dropout's random numbers are drawn in the forward only: the generator after backward is where the
+    forward left it."""
+    torch.manual_seed(0)
+    block = _randomized(ResBlock(8, 8, 12, num_groups=4, dropout=0.5, use_checkpoint=True).train())
+    x = _field(False)
+    feats = x.feats.clone().requires_grad_(True)
+    out = block(x.replace(feats), torch.randn(2, 12))
+    state = torch.get_rng_state()
+    out.feats.sum().backward()
+    assert torch.equal(torch.get_rng_state(), state)
+    assert feats.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("attention_type", ["flash", "window", "linear", "sparse", "height", "serialized"])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_a_small_checkpointed_attention_block_keeps_and_matches_the_plain_block(attention_type, autocast,
+                                                                                monkeypatch):
+    """The norm and projections by hand, the core's graph kept from the forward: one forward, the plain block's
+    output and gradients (window attention's position bias included)."""
+    import sparse_radar.nn.attention as attention
+    x = _field(False)
+    torch.manual_seed(0)
+    block = _randomized(AttentionBlock(8, attention_type, num_heads=2, num_groups=4, window_size=(2, 3, 3), topk=4,
+                                       patch_size=8).train())
+    forwards, real = [], attention.attention_forward
+    monkeypatch.setattr(attention, "attention_forward", lambda *a, **k: forwards.append(1) or real(*a, **k))
+    results = []
+    for checkpointing in (False, True):
+        block.use_checkpoint = checkpointing
+        feats = x.feats.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = block(x.replace(feats)).feats
+        out.float().square().sum().backward()
+        results.append([out.detach(), feats.grad] + [p.grad.clone() for p in block.parameters()])
+        block.zero_grad(set_to_none=True)
+    assert forwards == [1]
+    for a, b in zip(*results):
+        assert a.dtype == b.dtype
+        if autocast:  # bf16 operands: the no-graph projections may round apart from the modules' by an ulp
+            torch.testing.assert_close(b, a, rtol=2e-2, atol=2e-2 * a.abs().max().item())
+        else:
+            torch.testing.assert_close(b, a)
+
+
+def test_kept_tensors_go_through_saved_tensor_hooks():
+    """What a kept block saves is packed and unpacked by saved_tensors_hooks (as offloading would), and the
+    gradients come from the unpacked tensors."""
+    torch.manual_seed(0)
+    block = _randomized(ResBlock(8, 16, 12, num_groups=4, use_checkpoint=True).train())
+    x, emb = _field(False), torch.randn(2, 12)
+    reference = _run(block, x, emb, False)[1]
+    packed = []
+
+    def pack(t):
+        packed.append(t.numel())
+        return t.clone()
+    block.use_checkpoint = True
+    feats = x.feats.clone().requires_grad_(True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = block(x.replace(feats), emb)
+    assert feats.numel() in packed and len(packed) > 5  # the input and the block's ops' operands
+    out.feats.float().square().sum().backward()
+    for a, b in zip(reference, [feats.grad] + [p.grad for p in block.parameters()]):
+        torch.testing.assert_close(b, a)
+
+
+def test_the_threshold_chooses_keep_or_recompute(monkeypatch):
+    """A field whose values hold MIN_RECOMPUTE_BYTES or more recomputes, a smaller one keeps."""
+    import sparse_radar.nn.blocks as blocks
+    torch.manual_seed(0)
+    block = ResBlock(8, 8, 12, num_groups=4, use_checkpoint=True).train()
+    x, emb = _field(False), torch.randn(2, 12)
+    size = x.feats.numel() * x.feats.element_size()
+    chosen = []
+    monkeypatch.setattr(blocks, "keep", lambda *a: chosen.append("keep") or rc.keep(*a))
+    monkeypatch.setattr(blocks, "recompute", lambda *a: chosen.append("recompute") or rc.recompute(*a))
+    for threshold in (size + 1, size, 0):
+        monkeypatch.setattr(rc, "MIN_RECOMPUTE_BYTES", threshold)
+        block(x.replace(x.feats.clone().requires_grad_(True)), emb).feats.sum().backward()
+    assert chosen == ["keep", "recompute", "recompute"]
