@@ -19,8 +19,11 @@ import torch
 
 from .models.config import PRESETS, UNetConfig
 from .models.unet import UNet3D
+from .nn import recompute
 from .nn.attention import AttentionBlock
+from .nn.attention_by_hand import attention_by_hand
 from .nn.blocks import ResBlock
+from .nn.resblock_by_hand import by_hand
 from .voxels import DenseVoxels
 
 # What the two constants are: CPU calibrations. BACKWARD_FACTOR is the peak over the saved-activation bytes of a
@@ -75,11 +78,12 @@ def _probe_grid(config: UNetConfig, grid: Sequence[int], cells_wanted: int):
     return (depth, min(h, fy * m), min(w, fx * m))
 
 
-def _saved_bytes(model: UNet3D, field, batch: int) -> int:
+def _saved_bytes(model: UNet3D, field, batch: int, scale: float = 1.0) -> int:
     """Bytes autograd keeps for the backward of one forward pass; with checkpointing, modelled from a pass
-    without it: every ResBlock and AttentionBlock keeps only its input, and the backward recomputes one block
-    at a time."""
-    seen, per_block, block_inputs, current, alive = {}, {}, {}, [], []
+    without it: every ResBlock and AttentionBlock that recomputes keeps only its input, and the backward recomputes
+    one block at a time. A block recomputes unless it runs by hand on a field whose values, `scale` times the
+    probe's, hold fewer than recompute.MIN_RECOMPUTE_BYTES (then it keeps its activations: recompute.keep)."""
+    seen, per_block, block_inputs, kept, current, alive = {}, {}, {}, set(), [], []
 
     def pack(t):
         storage = t.untyped_storage()
@@ -101,6 +105,9 @@ def _saved_bytes(model: UNet3D, field, batch: int) -> int:
         current.append(id(module))
         values = args[0].feats if hasattr(args[0], "feats") else args[0].data
         block_inputs[id(module)] = values.numel() * values.element_size()
+        covered = by_hand(module, args[0]) if isinstance(module, ResBlock) else attention_by_hand(module, args[0])
+        if covered and block_inputs[id(module)] * scale < recompute.MIN_RECOMPUTE_BYTES:
+            kept.add(id(module))
 
     checkpointing = model.config.use_checkpoint
     model.config.use_checkpoint = False
@@ -121,9 +128,11 @@ def _saved_bytes(model: UNet3D, field, batch: int) -> int:
         for b in blocks:
             b.use_checkpoint = checkpointing
     total = sum(seen.values())
-    if not checkpointing or not per_block:
+    recomputed = [block for block in block_inputs if block not in kept]
+    if not checkpointing or not recomputed:
         return total
-    return total - sum(per_block.values()) + sum(block_inputs.values()) + max(per_block.values())
+    sizes = [per_block.get(block, 0) for block in recomputed]
+    return total - sum(sizes) + sum(block_inputs[block] for block in recomputed) + max(sizes)
 
 
 def estimate(config: UNetConfig, grid: Sequence[int], batch: int, occupancy: float, path: str,
@@ -149,7 +158,7 @@ def estimate(config: UNetConfig, grid: Sequence[int], batch: int, occupancy: flo
         mask.view(-1)[0] = True  # never an empty probe
         field = DenseVoxels(data * mask, mask).to_sparse()
         probe_voxels, voxels = field.num_voxels, max(1, round(occupancy * cells * batch))
-    saved = _saved_bytes(model, field, 1)
+    saved = _saved_bytes(model, field, 1, voxels / probe_voxels)
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     activations = int(saved * voxels / probe_voxels * BACKWARD_FACTOR[path])
     return Estimate(path, voxels, params, 3 * params, activations)

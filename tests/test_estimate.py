@@ -72,3 +72,23 @@ def test_probe_forward_frees_its_graph():
     del model
     gc.collect()
     assert weight() is None
+
+
+def test_checkpointed_blocks_on_small_fields_are_counted_as_keeping_their_activations(monkeypatch):
+    """With checkpointing, a sparse block whose scaled input is under MIN_RECOMPUTE_BYTES keeps its activations
+    (recompute.keep): all blocks small -> the estimate without checkpointing; threshold 0 -> every block recomputes
+    (less); in between, in between."""
+    import sparse_radar.nn.recompute as rc
+    from sparse_radar.estimate import _saved_bytes
+    from sparse_radar.models import create_tiny_unet_config
+    from sparse_radar import DenseVoxels, UNet3D
+    torch.manual_seed(0)
+    mask = torch.rand(1, 1, 8, 16, 16) < 0.3
+    field = DenseVoxels(torch.randn(1, 8, 8, 16, 16) * mask, mask).to_sparse()
+    counts = {}
+    for checkpointing, threshold in ((False, 0), (True, 0), (True, 1 << 60), (True, field.feats.numel() * 4 * 4)):
+        model = UNet3D(create_tiny_unet_config(in_channels=8, out_channels=4, use_checkpoint=checkpointing))
+        monkeypatch.setattr(rc, "MIN_RECOMPUTE_BYTES", threshold)
+        counts[(checkpointing, threshold)] = _saved_bytes(model, field, 1, scale=2.0)
+    plain, recomputing, keeping, mixed = counts.values()
+    assert recomputing < mixed < keeping == plain

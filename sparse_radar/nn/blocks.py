@@ -83,8 +83,7 @@ class ResBlock(nn.Module):
     def _recomputed_params(self) -> tuple:
         """The trainable parameters a checkpointed block recomputes with: all but the embedding's projection,
         whose output (the modulation) is the block's input."""
-        projection = {id(self.emb.weight), id(self.emb.bias)}
-        return tuple(p for p in trainable(self) if id(p) not in projection)
+        return trainable(self, without=self.emb)
 
     def _grads_by_hand(self, x: Field, modulation: torch.Tensor, grad_out: torch.Tensor, params, saved=None) -> tuple:
         """For recompute and keep: the gradients of (x's values, modulation, *params) by resblock_grads (no autograd

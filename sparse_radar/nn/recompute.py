@@ -8,7 +8,7 @@ the gradients of its inputs and parameters back to the outer graph, where DDP's 
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -94,38 +94,13 @@ def recompute(run: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], 
     return _Recompute.apply(run, vjp, by_hand, bool(random), len(inputs), *inputs, *params)
 
 
-class _Slot(int):
-    """Where a saved tensor sat in a block's saved structure (its index among the saved tensors)."""
-
-
-def _pull_tensors(obj, tensors: List[torch.Tensor]):
-    """obj (nested tuples of tensors and plain values) with each tensor replaced by its _Slot in tensors."""
-    if isinstance(obj, torch.Tensor):
-        tensors.append(obj)
-        return _Slot(len(tensors) - 1)
-    if isinstance(obj, tuple):
-        return tuple(_pull_tensors(item, tensors) for item in obj)
-    return obj
-
-
-def _put_tensors(obj, tensors: Sequence[torch.Tensor]):
-    """The inverse of _pull_tensors."""
-    if isinstance(obj, _Slot):
-        return tensors[obj]
-    if isinstance(obj, tuple):
-        return tuple(_put_tensors(item, tensors) for item in obj)
-    return obj
-
-
 class _Kept(torch.autograd.Function):
     @staticmethod
     def forward(ctx, run, grads, n_inputs, *tensors):
         inputs = tensors[:n_inputs]
         device = inputs[0].device
         out, saved = run(*inputs)
-        kept: List[torch.Tensor] = list(inputs)
-        ctx.layout = _pull_tensors(saved, kept)
-        ctx.save_for_backward(*kept)  # through autograd's saved tensors: hooks (offload, memory counts) see them
+        ctx.save_for_backward(*inputs, *saved)  # autograd's saved tensors: hooks (offload, memory counts) see them
         ctx.grads, ctx.n_inputs, ctx.device = grads, n_inputs, device
         ctx.autocast = (torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type))
         return out
@@ -136,30 +111,31 @@ class _Kept(torch.autograd.Function):
         (enabled, dtype), device = ctx.autocast, ctx.device
         cast = torch.autocast(device.type, dtype=dtype) if enabled else autocast_off(device.type)
         with cast:
-            grads = ctx.grads(*kept[:ctx.n_inputs], _put_tensors(ctx.layout, kept), grad_out)
+            grads = ctx.grads(*kept[:ctx.n_inputs], kept[ctx.n_inputs:], grad_out)
         return (None,) * 3 + tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad[3:]))
 
 
 def keep(run: Callable, grads: Callable, inputs: Sequence[torch.Tensor], params: Sequence[torch.Tensor]):
     """A block run by hand as one autograd node that keeps what its backward reads (no recompute): run(*inputs) ->
-    (output, saved: nested tuples of tensors and plain values), computed without a graph; grads(*inputs, saved,
-    grad_out) -> the gradients of (*inputs, *params), under the forward's autocast."""
+    (output, saved: a tuple of tensors and None), computed without a graph; grads(*inputs, saved, grad_out) -> the
+    gradients of (*inputs, *params), under the forward's autocast."""
     return _Kept.apply(run, grads, len(inputs), *inputs, *params)
 
 
-def trainable(module: torch.nn.Module) -> tuple:
+def trainable(module: torch.nn.Module, without: Optional[torch.nn.Module] = None) -> tuple:
     """The parameters of module that take gradients (what recompute must hand gradients back to), in the order of
-    module.parameters(): a walk of the module dicts (parameters()' generators cost ~10 us a block, every step)."""
+    module.parameters(), leaving out the submodule `without`: a walk of the module dicts (parameters()' generators
+    cost ~10 us a block, every step)."""
     found, seen = [], set()
-    _collect(module, found, seen)
+    _collect(module, found, seen, without)
     return tuple(found)
 
 
-def _collect(module: torch.nn.Module, found: list, seen: set) -> None:
+def _collect(module: torch.nn.Module, found: list, seen: set, without) -> None:
     for param in module._parameters.values():
         if param is not None and param.requires_grad and id(param) not in seen:
             seen.add(id(param))
             found.append(param)
     for child in module._modules.values():
-        if child is not None:
-            _collect(child, found, seen)
+        if child is not None and child is not without:
+            _collect(child, found, seen, without)

@@ -9,16 +9,17 @@ convs; any other block (dense field, adaptive norm, depthwise convs) runs its mo
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 from torch import nn
 
 from ..kernels.backends import as_dtype
-from ..kernels.conv import sparse_conv, sparse_conv_vjp
-from ..kernels.segment import norm_backward, norm_forward
+from ..kernels.conv import torch_to_kernel_weight
+from ..kernels.direct import Kernels, kernels_for
+from ..kernels.segment import _rows_of_columns
 from ..voxels import SparseVoxels
-from .conv import SubMConv3d
+from .conv import SubMConv3d, autocast_dtype
 from .norm import VoxelGroupNorm
 
 
@@ -29,39 +30,47 @@ def by_hand(block: nn.Module, x) -> bool:
             and isinstance(block.out_conv, SubMConv3d) and isinstance(block.skip, (SubMConv3d, nn.Identity)))
 
 
-def _norm(norm: VoxelGroupNorm, x: SparseVoxels, rows: torch.Tensor, modulation=None, dropout: float = 0.0):
-    """norm.sparse(x.replace(rows), modulation, silu=True, dropout)'s values, and what its backward needs."""
+def _norm(k: Kernels, norm: VoxelGroupNorm, x: SparseVoxels, rows: torch.Tensor, modulation=None,
+          dropout: float = 0.0) -> tuple:
+    """norm.sparse(x.replace(rows), modulation, silu=True, dropout)'s values, then its mean, rstd, scale, offset and
+    dropout state (what its backward reads)."""
     s = x.structure
-    out, mean, rstd, scale, offset, seed = norm_forward(rows, norm.weight, norm.bias, s.sample_ids(), s.row_ptr(),
-                                                        norm.groups, norm.center, norm.eps, modulation, True, dropout)
-    return out, (rows, modulation, mean, rstd, scale, offset, dropout, seed)
+    out, mean, rstd, scale, offset, seed = k.norm_forward(rows, norm.weight, norm.bias, s.sample_ids(), s.row_ptr(),
+                                                          norm.groups, norm.center, norm.eps, modulation, True,
+                                                          dropout)
+    return out, mean, rstd, scale, offset, seed
 
 
-def _norm_grads(norm: VoxelGroupNorm, x: SparseVoxels, saved, grad_y: torch.Tensor, grads: Dict) -> tuple:
-    """(d rows, d modulation) of _norm; the weight's and bias's gradients go into grads."""
-    rows, modulation, mean, rstd, scale, offset, dropout, seed = saved
+def _norm_grads(k: Kernels, norm: VoxelGroupNorm, x: SparseVoxels, rows, modulation, stats, dropout: float,
+                grad_y: torch.Tensor, grads: Dict) -> tuple:
+    """(d rows, d modulation) of _norm (stats: its mean, rstd, scale, offset, dropout state); the weight's and
+    bias's gradients go into grads."""
+    mean, rstd, scale, offset, seed = stats
     s = x.structure
-    d_rows, d_w, d_b, d_mod = norm_backward(grad_y, rows, norm.weight, norm.bias, s.sample_ids(), s.row_ptr(), mean,
-                                            rstd, norm.groups, norm.center, modulation, True, scale, offset, dropout,
-                                            seed)
+    d_rows, d_w, d_b, d_mod = k.norm_backward(grad_y.contiguous(), rows, norm.weight, norm.bias, s.sample_ids(),
+                                              s.row_ptr(), mean, rstd, norm.groups, norm.center, modulation, True,
+                                              scale, offset, dropout, seed)
     grads[norm.weight] = as_dtype(d_w, norm.weight.dtype)
     if norm.bias is not None:
         grads[norm.bias] = as_dtype(d_b, norm.bias.dtype)
     return d_rows, d_mod
 
 
-def _conv(conv: SubMConv3d, x: SparseVoxels, operands: tuple) -> torch.Tensor:
-    """conv's output on x's voxels from its operands (conv.conv_operands: values cast as forward casts them, the
-    weight's kernel view, the bias)."""
-    return sparse_conv(*operands, x.structure.submanifold_map(conv.kernel_size, conv.dilation))
-
-
-def _conv_grads(conv: SubMConv3d, x: SparseVoxels, operands, rows_dtype, grad_out: torch.Tensor,
-                grads: Dict) -> torch.Tensor:
-    """d rows (in rows_dtype) of _conv; the weight's and bias's gradients, in their Parameters' shapes, into grads."""
-    values, weight, bias = operands
+def _conv(k: Kernels, conv: SubMConv3d, x: SparseVoxels, values: torch.Tensor) -> torch.Tensor:
+    """conv's output on x's voxels from its input values, already in the compute dtype (the weight and bias go in
+    fp32: the op casts them, as conv.conv_operands hands them)."""
     kmap = x.structure.submanifold_map(conv.kernel_size, conv.dilation)
-    d_values, d_weight, d_bias = sparse_conv_vjp(values, weight, bias, kmap, as_dtype(grad_out, values.dtype))
+    return k.conv(values, torch_to_kernel_weight(conv.weight).contiguous(), conv.bias, kmap)
+
+
+def _conv_grads(k: Kernels, conv: SubMConv3d, x: SparseVoxels, values, rows_dtype, grad_out: torch.Tensor,
+                grads: Dict) -> torch.Tensor:
+    """d rows (in rows_dtype) of _conv(values); the weight's and bias's gradients, in their Parameters' shapes,
+    into grads."""
+    weight = torch_to_kernel_weight(conv.weight)
+    kmap = x.structure.submanifold_map(conv.kernel_size, conv.dilation)
+    d_values, d_weight, d_bias = k.conv_vjp(values, weight.contiguous(), conv.bias is not None, kmap,
+                                            as_dtype(grad_out, values.dtype), weight.stride())
     # [K, Cin, Cout] back to [Cout, Cin, kD, kH, kW]: the inverse of the view the forward reads
     grads[conv.weight] = as_dtype(d_weight.permute(2, 1, 0).reshape(conv.weight.shape), conv.weight.dtype)
     if conv.bias is not None:
@@ -70,41 +79,48 @@ def _conv_grads(conv: SubMConv3d, x: SparseVoxels, operands, rows_dtype, grad_ou
 
 
 def resblock_forward(block: nn.Module, x: SparseVoxels, modulation: torch.Tensor, tail: bool = True) -> tuple:
-    """(block._forward(x, modulation)'s values, what resblock_grads reads of its ops) by direct kernel calls, without
-    autograd (the same ops on the same operands as the modules run). tail=False stops before the last conv and the
-    skip (their backward needs only their operands): the values are then None."""
-    rows = x.feats
-    h1, in_saved = _norm(block.in_norm, x, rows)
-    in_ops = block.in_conv.conv_operands(x.replace(h1))
-    h2 = _conv(block.in_conv, x, in_ops)
+    """(block._forward(x, modulation)'s values, what resblock_grads reads of its ops: a flat tuple of tensors and
+    None) by direct kernel calls, without autograd (the same ops on the same operands as the modules run).
+    tail=False stops before the last conv and the skip (their backward needs only their operands): the values are
+    then None."""
+    k = kernels_for(x.feats)
+    rows = x.feats.contiguous()
+    modulation = _rows_of_columns(modulation)
+    compute = autocast_dtype(rows.device) or rows.dtype  # what a conv's values are cast to (conv_operands)
+    h1, *in_stats = _norm(k, block.in_norm, x, rows)
+    h1 = as_dtype(h1, compute)
+    h2 = _conv(k, block.in_conv, x, h1)
     rate = block.dropout.p if block.dropout.training else 0.0
-    h3, out_saved = _norm(block.out_norm, x, h2, modulation, rate)
-    out_ops = block.out_conv.conv_operands(x.replace(h3))
-    skip_ops = None if isinstance(block.skip, nn.Identity) else block.skip.conv_operands(x)
-    saved = in_saved, in_ops, h1, out_saved, out_ops, h3, skip_ops
+    h3, *out_stats = _norm(k, block.out_norm, x, h2, modulation, rate)
+    h3 = as_dtype(h3, compute)
+    skip_in = None if isinstance(block.skip, nn.Identity) else as_dtype(rows, compute)
+    saved = (h1, *in_stats, h2, *out_stats, h3, skip_in)
     if not tail:
         return None, saved
-    h = _conv(block.out_conv, x, out_ops)
-    skip = rows if skip_ops is None else _conv(block.skip, x, skip_ops)
+    h = _conv(k, block.out_conv, x, h3)
+    skip = rows if skip_in is None else _conv(k, block.skip, x, skip_in)
     return as_dtype(skip, h.dtype) + h, saved
 
 
 def resblock_grads(block: nn.Module, x: SparseVoxels, modulation: torch.Tensor, grad_out: torch.Tensor,
-                   saved=None) -> tuple:
+                   saved: Optional[tuple] = None) -> tuple:
     """(d x values, d modulation, {parameter: gradient}) of block._forward(x, modulation)'s values for grad_out,
     without autograd, from resblock_forward's saved ops, or (None) recomputing them (then call under the forward's
     RNG state and autocast, as recompute does)."""
     grads: Dict[torch.Tensor, torch.Tensor] = {}
-    rows = x.feats
+    k = kernels_for(x.feats)
+    rows = x.feats.contiguous()
+    modulation = _rows_of_columns(modulation)
     if saved is None:
         _, saved = resblock_forward(block, x, modulation, tail=False)
-    in_saved, in_ops, h1, out_saved, out_ops, h3, skip_ops = saved
-    d_h3 = _conv_grads(block.out_conv, x, out_ops, h3.dtype, grad_out, grads)
-    d_h2, d_mod = _norm_grads(block.out_norm, x, out_saved, d_h3, grads)
-    d_h1 = _conv_grads(block.in_conv, x, in_ops, h1.dtype, d_h2, grads)
-    d_rows, _ = _norm_grads(block.in_norm, x, in_saved, d_h1, grads)
-    if skip_ops is None:
+    h1, in_stats, h2, out_stats, h3, skip_in = saved[0], saved[1:6], saved[6], saved[7:12], saved[12], saved[13]
+    rate = block.dropout.p if out_stats[4] is not None else 0.0  # the forward drew a dropout state iff it dropped
+    d_h3 = _conv_grads(k, block.out_conv, x, h3, h3.dtype, grad_out, grads)
+    d_h2, d_mod = _norm_grads(k, block.out_norm, x, h2, modulation, out_stats, rate, d_h3, grads)
+    d_h1 = _conv_grads(k, block.in_conv, x, h1, h1.dtype, d_h2, grads)
+    d_rows, _ = _norm_grads(k, block.in_norm, x, rows, None, in_stats, 0.0, d_h1, grads)
+    if skip_in is None:
         d_rows = d_rows + as_dtype(grad_out, d_rows.dtype)
     else:
-        d_rows = d_rows + _conv_grads(block.skip, x, skip_ops, rows.dtype, grad_out, grads)
+        d_rows = d_rows + _conv_grads(k, block.skip, x, skip_in, rows.dtype, grad_out, grads)
     return d_rows, as_dtype(d_mod, modulation.dtype), grads
