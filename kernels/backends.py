@@ -39,11 +39,12 @@ class KernelSettings:
 
 
 _state = threading.local()
+_DEFAULT = KernelSettings()
 
 
 def current() -> KernelSettings:
     """The settings in force on this thread."""
-    return getattr(_state, "settings", None) or KernelSettings()
+    return getattr(_state, "settings", None) or _DEFAULT
 
 
 def _check_name(name: str, origin: str) -> str:

@@ -1,6 +1,7 @@
 """Triton backend: sparse and depthwise convolution as autograd ops, one launch per forward, dX and dW."""
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -14,7 +15,7 @@ from .launch import cdiv, interpreted_bf16, launch_tuned, out_buffer, pow2_block
 
 def _dot_precision(dtype: torch.dtype) -> str:
     """fp32 GEMMs use TF32 exactly when torch's matmul flag allows it; halves are exact products anyway."""
-    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 and not backends.triton_interpreting():
+    if dtype == torch.float32 and not backends.triton_interpreting() and torch.backends.cuda.matmul.allow_tf32:
         return "tf32"
     return "ieee"
 
@@ -40,7 +41,8 @@ def implicit_gemm(x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor, n_
     return as_dtype(out, x.dtype)
 
 
-def dense_strides(shape, stride) -> bool:
+@functools.lru_cache(maxsize=256)
+def dense_strides(shape: tuple, stride: tuple) -> bool:
     """Whether a tensor of this shape and these strides covers its elements exactly once (no gaps, no overlap)."""
     expected = 1
     for size, step in sorted(zip(shape, stride), key=lambda pair: (pair[1], pair[0])):
@@ -56,7 +58,7 @@ def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, table: torch.Tensor, wi
     dense layout, e.g. the weight's own, so autograd need not copy it; default contiguous); with_bias, db =
     sum_o grad_out[o], fp32 [Cout], else None): one launch and one sum of its per-split partials (deterministic)."""
     k, c_in, c_out = table.shape[1], x.shape[1], grad_out.shape[1]
-    if layout is None or not dense_strides((k, c_in, c_out), layout):
+    if layout is None or not dense_strides((k, c_in, c_out), tuple(layout)):
         layout = (c_in * c_out, c_out, 1)
     block_ci = pow2_block(c_in, 16, 64)
     block_co = pow2_block(c_out, 16, 64)
