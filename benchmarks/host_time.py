@@ -7,7 +7,8 @@ the counter stubs them, the map builders' too (so the time is the host's: Python
 and the CPU arithmetic of the ops that run on it; the coarse voxel sets are whatever the builders' buffers held, as
 in the counter), AdamW(foreach=True). Medians and minima over --steps steps after two warm-up steps; run it with
 OMP_NUM_THREADS=1, and alternate two checkouts to compare them (the times of a shared machine drift by tens of per
-cent).
+cent). The counter's fields are small, so its checkpointed blocks keep their activations (recompute.keep);
+--always_recompute times them recomputing, as blocks on fields of MIN_RECOMPUTE_BYTES and more do.
 """
 from __future__ import annotations
 
@@ -40,10 +41,28 @@ def stubbed_triton():
         interpreter.InterpretedFunction.run = original
 
 
-def time_steps(preset: str, steps: int, checkpointing: bool = True) -> dict:
+@contextlib.contextmanager
+def counter_paths(always_recompute: bool):
+    """Attention's CUDA path (all samples in one padded call), as the counter sets it; always_recompute: every
+    checkpointed block recomputes (recompute.MIN_RECOMPUTE_BYTES 0), small ones too. Both restored on exit."""
+    from sparse_radar.nn import attention_cores, recompute
+    saved = attention_cores.ALL_SAMPLES_AT_ONCE_ON_CPU, recompute.MIN_RECOMPUTE_BYTES
+    attention_cores.ALL_SAMPLES_AT_ONCE_ON_CPU = True
+    if always_recompute:
+        recompute.MIN_RECOMPUTE_BYTES = 0
+    try:
+        yield
+    finally:
+        attention_cores.ALL_SAMPLES_AT_ONCE_ON_CPU, recompute.MIN_RECOMPUTE_BYTES = saved
+
+
+def time_steps(preset: str, steps: int, checkpointing: bool = True, always_recompute: bool = False) -> dict:
     """{part: [seconds per step]} of `steps` steps of the counter's model, Triton stubbed."""
-    from sparse_radar.nn import attention_cores
-    attention_cores.ALL_SAMPLES_AT_ONCE_ON_CPU = True  # the counter's (and CUDA's) attention path: one padded call
+    with counter_paths(always_recompute):
+        return _time_steps(preset, steps, checkpointing)
+
+
+def _time_steps(preset: str, steps: int, checkpointing: bool) -> dict:
     torch.manual_seed(0)
     grid = (8, 32, 32)
     model = UNet3D(PRESETS[preset](model_channels=16, use_fp16=False, use_checkpoint=checkpointing))
@@ -73,10 +92,12 @@ def main(argv=None) -> None:
     parser.add_argument("--preset", default="lightweight", choices=sorted(PRESETS))
     parser.add_argument("--steps", type=int, default=31)
     parser.add_argument("--no_checkpoint", action="store_true", help="the preset without activation checkpointing")
+    parser.add_argument("--always_recompute", action="store_true",
+                        help="every checkpointed block recomputes, small ones too (recompute.MIN_RECOMPUTE_BYTES 0)")
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error("--steps must be at least 1")
-    times = time_steps(args.preset, args.steps, not args.no_checkpoint)
+    times = time_steps(args.preset, args.steps, not args.no_checkpoint, args.always_recompute)
     print("| part | median ms | min ms |\n|---|---|---|")
     for part in PARTS:
         print(f"| {part} | {1e3 * statistics.median(times[part]):.1f} | {1e3 * min(times[part]):.1f} |")

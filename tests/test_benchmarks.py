@@ -253,9 +253,12 @@ def test_host_time_splits_each_step_into_its_parts_and_restores_the_interpreter(
     pytest.importorskip("triton")
     import triton.runtime.interpreter as interpreter
     from benchmarks.host_time import PARTS, time_steps
+    from sparse_radar.nn import attention_cores, recompute
     original = interpreter.InterpretedFunction.run
-    times = time_steps("tiny", 2)
+    before = attention_cores.ALL_SAMPLES_AT_ONCE_ON_CPU, recompute.MIN_RECOMPUTE_BYTES
+    times = time_steps("tiny", 2, always_recompute=True)
     assert interpreter.InterpretedFunction.run is original
+    assert (attention_cores.ALL_SAMPLES_AT_ONCE_ON_CPU, recompute.MIN_RECOMPUTE_BYTES) == before
     assert set(times) == set(PARTS) and all(len(v) == 2 for v in times.values())
     for i in range(2):  # one clock: the parts are the step's consecutive intervals
         parts = sum(times[p][i] for p in PARTS[:-1])

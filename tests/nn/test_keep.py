@@ -7,7 +7,8 @@ import torch
 import sparse_radar.nn.recompute as rc
 from sparse_radar.nn.attention import AttentionBlock
 from sparse_radar.nn.blocks import ResBlock
-from tests.nn.test_recompute import _field, _run
+from tests.nn.test_recompute import (_field, _run, assert_checkpointed_attention_matches,
+                                     assert_checkpointed_resblock_matches)
 
 
 def _randomized(block):
@@ -28,7 +29,6 @@ def test_a_small_checkpointed_resblock_keeps_and_matches_the_plain_block(backend
     if backend == "triton":
         pytest.importorskip("triton")
     import sparse_radar.nn.blocks as blocks
-    from sparse_radar.kernels.backends import kernel_settings
     torch.manual_seed(0)
     block = _randomized(ResBlock(8, out_ch, 12, norm_type=norm_type, num_groups=4, dropout=0.3).train())
     x, emb = _field(False), torch.randn(2, 12, requires_grad=True)
@@ -37,19 +37,8 @@ def test_a_small_checkpointed_resblock_keeps_and_matches_the_plain_block(backend
     monkeypatch.setattr(blocks, "resblock_forward", lambda *a, **k: forwards.append(1) or real_forward(*a, **k))
     monkeypatch.setattr(blocks, "resblock_grads", lambda *a: saved_given.append(a[4] is not None) or real_grads(*a))
     monkeypatch.setattr(rc.torch.autograd, "grad", lambda *a, **k: graphs.append(1) or real_grad(*a, **k))
-    results = []
-    for checkpointing in (False, True):
-        with kernel_settings(backend=backend):
-            out, grads = _run(block, x, emb if not activated else torch.nn.functional.silu(emb), checkpointing,
-                              autocast, activated)
-        results.append((out, grads + [emb.grad.clone()]))
-        emb.grad = None
+    assert_checkpointed_resblock_matches(block, x, emb, backend, autocast, activated)
     assert forwards == [1] and saved_given == [True] and graphs == []
-    (out0, grads0), (out1, grads1) = results
-    torch.testing.assert_close(out1, out0)
-    for a, b in zip(grads0, grads1):
-        assert a is not None and b is not None and a.dtype == b.dtype and a.shape == b.shape
-        torch.testing.assert_close(b, a)
 
 
 def test_a_kept_block_draws_its_dropout_once():
@@ -79,22 +68,8 @@ def test_a_small_checkpointed_attention_block_keeps_and_matches_the_plain_block(
                                        patch_size=8).train())
     forwards, real = [], attention.attention_forward
     monkeypatch.setattr(attention, "attention_forward", lambda *a, **k: forwards.append(1) or real(*a, **k))
-    results = []
-    for checkpointing in (False, True):
-        block.use_checkpoint = checkpointing
-        feats = x.feats.clone().requires_grad_(True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            out = block(x.replace(feats)).feats
-        out.float().square().sum().backward()
-        results.append([out.detach(), feats.grad] + [p.grad.clone() for p in block.parameters()])
-        block.zero_grad(set_to_none=True)
+    assert_checkpointed_attention_matches(block, x, autocast)
     assert forwards == [1]
-    for a, b in zip(*results):
-        assert a.dtype == b.dtype
-        if autocast:  # bf16 operands: the no-graph projections may round apart from the modules' by an ulp
-            torch.testing.assert_close(b, a, rtol=2e-2, atol=2e-2 * a.abs().max().item())
-        else:
-            torch.testing.assert_close(b, a)
 
 
 def test_kept_tensors_go_through_saved_tensor_hooks():
