@@ -1,9 +1,10 @@
-"""A checkpointed sparse AttentionBlock's backward mostly by hand: the block recomputed without a graph around its
-attention core, the output projection, the qkv projection and the norm differentiated by direct calls, and the core
-alone (whose backward is attention's) under autograd.
+"""A checkpointed sparse AttentionBlock mostly by hand: its forward as direct calls, its attention core alone
+recorded by autograd (and of a core over padded buckets, SDPA alone: the buckets' gather and scatter by hand); its
+backward the output projection, the core, the qkv projection and the norm differentiated in turn, from the forward's
+kept ops (recompute.keep) or recomputing them (recompute).
 
-The same ops on the same operands as autograd's backward of the block; what goes is the graph of the norm and the
-two projections and their nodes in the nested engine call (about half of such a block's backward host time).
+The same ops on the same operands as autograd's backward of the block; what goes is the graph of the norm, the
+two projections and the buckets and their nodes in the engine.
 """
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from torch import nn
 from ..kernels.backends import as_dtype
 from ..kernels.segment import norm_backward, norm_forward
 from ..voxels import SparseVoxels
+from .attention_cores import bucket_mask
+from .attention_dense import sdpa
 from .conv import autocast_dtype
 from .norm import VoxelGroupNorm
-from .recompute import trainable
+from .recompute import Graph, trainable
 
 
 def attention_by_hand(block: nn.Module, x) -> bool:
@@ -37,22 +40,57 @@ def _linear_grads(layer: nn.Linear, inputs: torch.Tensor, grad: torch.Tensor, gr
 
 def attention_forward(block: nn.Module, x: SparseVoxels, with_graph: bool = True) -> tuple:
     """(block._forward(x)'s values, what attention_grads reads) by direct calls: the norm and the projections
-    without a graph, the core under autograd (with_graph; its backward is attention's), or without one (a forward
-    that keeps nothing)."""
+    without a graph, the core under autograd (with_graph; its backward is attention's: SDPA's alone where the core
+    is padded buckets, their gathers by hand), or without one (a forward that keeps nothing)."""
     rows, norm, s = x.feats, block.norm, x.structure
     h, mean, rstd, _, _, _ = norm_forward(rows, norm.weight, norm.bias, s.sample_ids(), s.row_ptr(), norm.groups,
                                           norm.center, norm.eps)
     dtype = autocast_dtype(rows.device) or h.dtype  # what a linear layer computes in (autocast casts its operands)
     h_in = as_dtype(h, dtype)
     qkv = F.linear(h_in, as_dtype(block.qkv.weight, dtype), as_dtype(block.qkv.bias, dtype))
-    n, heads = h.shape[0], block.num_heads
+    attended, core = _core_forward(block, qkv, x.replace(h), with_graph)
+    proj = F.linear(as_dtype(attended, dtype), as_dtype(block.proj.weight, dtype), as_dtype(block.proj.bias, dtype))
+    return rows + proj, (h, mean, rstd, h_in, attended, *core)
+
+
+def _core_forward(block: nn.Module, qkv: torch.Tensor, h: SparseVoxels, with_graph: bool) -> tuple:
+    """(the core's output [N, C] without a graph, (its Graph, then the buckets' gather index, slot and padding keep,
+    None where the core is not padded buckets)) of the projections qkv [N, 3C]."""
+    n, heads = qkv.shape[0], block.num_heads
+    head_dim = block.channels // heads
     with torch.set_grad_enabled(with_graph):
-        qkv_leaf = qkv.detach().requires_grad_(with_graph)
-        q, k, v = qkv_leaf.view(n, 3, heads, block.channels // heads).unbind(1)
-        attended = block.core.sparse(q, k, v, x.replace(h)).reshape(n, block.channels)
-    proj = F.linear(as_dtype(attended.detach(), dtype), as_dtype(block.proj.weight, dtype),
-                    as_dtype(block.proj.bias, dtype))
-    return rows + proj, (h, mean, rstd, h_in, qkv_leaf, attended)
+        split = block.core.bucketed(qkv, h) if hasattr(block.core, "bucketed") else None
+        if split is None:  # the core's own sparse() under autograd
+            leaf = qkv.detach().requires_grad_(with_graph)
+            q, k, v = leaf.view(n, 3, heads, head_dim).unbind(1)
+            out = block.core.sparse(q, k, v, h).reshape(n, block.channels)
+            return out.detach(), (Graph((leaf,), out), None, None, None)
+        buckets, bias = split  # grouped_attention, its gathers by hand: SDPA alone under autograd
+        g, length = buckets.index.shape
+        leaf = qkv.view(n, 3, heads, head_dim).index_select(0, buckets.gather_index).requires_grad_(with_graph)
+        qg, kg, vg = (t.transpose(1, 2) for t in leaf.view(g, length, 3, heads, head_dim).unbind(2))  # [G, h, L, d]
+        out = sdpa(qg, kg, vg, attn_mask=bucket_mask(buckets, bias, qg.dtype))  # [G, h, L, d]
+    rows = out.detach().transpose(1, 2).reshape(g * length, heads, head_dim).index_select(0, buckets.slot)
+    return rows.reshape(n, block.channels), (Graph((leaf,), out), buckets.gather_index, buckets.slot,
+                                             buckets.keep(out.dtype))
+
+
+def _core_grads(block: nn.Module, core: tuple, d_attended: torch.Tensor, grads: Dict) -> torch.Tensor:
+    """d qkv [N, 3C] of _core_forward for d_attended [N, C]; the core's own parameters' gradients into grads."""
+    graph, gather_index, slot, keep = core
+    leaf, out = graph.inputs[0], graph.output
+    core_params = trainable(block.core)
+    if gather_index is None:
+        d_leaf, *d_core = torch.autograd.grad(out, [leaf, *core_params], as_dtype(d_attended, out.dtype))
+        grads.update(zip(core_params, d_core))
+        return d_leaf.reshape(d_attended.shape[0], -1)
+    g, heads, length, head_dim = out.shape
+    # the scatter's backward: each slot's row gradient, zero at padding; then SDPA's; then the gather's
+    d_out = as_dtype(d_attended, out.dtype).view(-1, heads, head_dim).index_select(0, gather_index)
+    d_out = d_out.mul_(keep[:, None, None]).view(g, length, heads, head_dim).transpose(1, 2)
+    d_leaf, *d_core = torch.autograd.grad(out, [leaf, *core_params], d_out)
+    grads.update(zip(core_params, d_core))
+    return d_leaf.index_select(0, slot).reshape(slot.shape[0], -1)
 
 
 def attention_grads(block: nn.Module, x: SparseVoxels, grad_out: torch.Tensor, saved=None) -> tuple:
@@ -62,13 +100,11 @@ def attention_grads(block: nn.Module, x: SparseVoxels, grad_out: torch.Tensor, s
     rows, norm, s = x.feats, block.norm, x.structure
     if saved is None:
         _, saved = attention_forward(block, x)
-    h, mean, rstd, h_in, qkv_leaf, attended = saved
+    h, mean, rstd, h_in, attended, *core = saved
     dtype = h_in.dtype
-    core_params = trainable(block.core)
     g = as_dtype(grad_out, dtype)
-    d_attended = _linear_grads(block.proj, as_dtype(attended.detach(), dtype), g, grads)
-    d_qkv, *d_core = torch.autograd.grad(attended, [qkv_leaf, *core_params], as_dtype(d_attended, attended.dtype))
-    grads.update(zip(core_params, d_core))
+    d_attended = _linear_grads(block.proj, as_dtype(attended, dtype), g, grads)
+    d_qkv = _core_grads(block, core, d_attended, grads)
     d_h = _linear_grads(block.qkv, h_in, as_dtype(d_qkv, dtype), grads)
     d_rows, d_w, d_b, _ = norm_backward(as_dtype(d_h, h.dtype), rows, norm.weight, norm.bias, s.sample_ids(),
                                         s.row_ptr(), mean, rstd, norm.groups, norm.center)

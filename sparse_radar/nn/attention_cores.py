@@ -2,6 +2,8 @@
 path (q, k, v [B, heads, d, D, H, W] with a key mask [B, 1, D, H, W] or None) computing the same function."""
 from __future__ import annotations
 
+import functools
+import importlib.util
 from typing import Optional, Sequence
 
 from .attention_dense import (dense_global, dense_height, dense_linear, dense_serialized, dense_topk,
@@ -38,12 +40,16 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, buckets
     if q.shape[0] == 0:
         return q.clone()
     qg, kg, vg = (t.transpose(1, 2) for t in gather_qkv(q, k, v, buckets))  # each [G, h, L, d]
-    if bias is None:
-        mask = buckets.key_bias(qg.dtype)  # [G, 1, 1, L]: 0 for keys that exist
-    else:
-        mask = bias.to(qg.dtype).masked_fill(~buckets.valid[:, None, None, :], torch.finfo(qg.dtype).min)
-    out = sdpa(qg, kg, vg, attn_mask=mask)  # [G, h, L, d]
+    out = sdpa(qg, kg, vg, attn_mask=bucket_mask(buckets, bias, qg.dtype))  # [G, h, L, d]
     return grouping.scatter_buckets(out.transpose(1, 2), buckets)
+
+
+def bucket_mask(buckets: grouping.Buckets, bias: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """The additive attention mask of padded buckets: 0 for keys that exist ([G, 1, 1, L]), or the bias [G, h, L, L]
+    with the padding's keys at the dtype's most negative value."""
+    if bias is None:
+        return buckets.key_bias(dtype)
+    return bias.to(dtype).masked_fill(~buckets.valid[:, None, None, :], torch.finfo(dtype).min)
 
 
 def gather_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, buckets: grouping.Buckets):
@@ -97,9 +103,22 @@ class GlobalAttention(nn.Module):
                 for lo, hi in _sample_slices(x)]  # one unpadded, unmasked call per sample
         return torch.cat(outs) if outs else q.clone()
 
+    def bucketed(self, q: torch.Tensor, x: SparseVoxels):
+        """(buckets, bias None) where sparse() is grouped_attention over them (every sample in one padded call), or
+        None where it takes another path (flash-attn's varlen kernel, one call per sample on the CPU)."""
+        if (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and _flash_attn_installed()) \
+                or not _all_samples_at_once(q):
+            return None
+        return sample_buckets(x), None
+
     def dense(self, q, k, v, mask) -> torch.Tensor:
         """[B, h, d, D, H, W] outputs."""
         return dense_global(q, k, v, mask)
+
+
+@functools.lru_cache(maxsize=None)
+def _flash_attn_installed() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
 
 
 def _flash_attn_varlen(q, k, v, x: SparseVoxels):
@@ -130,9 +149,14 @@ class WindowAttention(nn.Module):
         """[N, h, d] outputs."""
         if q.shape[0] == 0:
             return q.clone()
+        return grouped_attention(q, k, v, *self.bucketed(q, x))
+
+    def bucketed(self, q: torch.Tensor, x: SparseVoxels):
+        """(the windows' buckets, the position bias [G, h, L, L] from the bias table, recorded by autograd where
+        grad is on): sparse() is grouped_attention over them."""
         buckets, flat = x.structure.memo(("window", self.window_size, self.shift), lambda: self._windows(x))
         bias = self.bias_table.index_select(0, flat.reshape(-1)).view(*flat.shape, -1).permute(0, 3, 1, 2)
-        return grouped_attention(q, k, v, buckets, bias)
+        return buckets, bias
 
     def _windows(self, x: SparseVoxels):
         """(buckets of the windows, relative-position index [G, L, L] into the bias table)."""
@@ -152,9 +176,12 @@ class HeightAttention(nn.Module):
 
     def sparse(self, q, k, v, x: SparseVoxels) -> torch.Tensor:
         """[N, h, d] outputs."""
-        buckets = x.structure.memo(("buckets", "column"), lambda: grouping.bucketize(
-            grouping.column_ids(x.coords, x.spatial_shape)))
-        return grouped_attention(q, k, v, buckets)
+        return grouped_attention(q, k, v, *self.bucketed(q, x))
+
+    def bucketed(self, q: torch.Tensor, x: SparseVoxels):
+        """(the columns' buckets, no bias): sparse() is grouped_attention over them."""
+        return x.structure.memo(("buckets", "column"), lambda: grouping.bucketize(
+            grouping.column_ids(x.coords, x.spatial_shape))), None
 
     def dense(self, q, k, v, mask) -> torch.Tensor:
         """[B, h, d, D, H, W] outputs."""
@@ -175,9 +202,12 @@ class SerializedAttention(nn.Module):
 
     def sparse(self, q, k, v, x: SparseVoxels) -> torch.Tensor:
         """[N, h, d] outputs."""
-        buckets = x.structure.memo(("buckets", "patch", self.patch_size, self.offset), lambda: grouping.bucketize(
-            grouping.patch_ids(x.coords, self.patch_size, self.offset)))
-        return grouped_attention(q, k, v, buckets)
+        return grouped_attention(q, k, v, *self.bucketed(q, x))
+
+    def bucketed(self, q: torch.Tensor, x: SparseVoxels):
+        """(the patches' buckets, no bias): sparse() is grouped_attention over them."""
+        return x.structure.memo(("buckets", "patch", self.patch_size, self.offset), lambda: grouping.bucketize(
+            grouping.patch_ids(x.coords, self.patch_size, self.offset))), None
 
     def dense(self, q, k, v, mask) -> torch.Tensor:
         """[B, h, d, D, H, W] outputs, computed on the grid in curve order."""

@@ -8,7 +8,7 @@ the gradients of its inputs and parameters back to the outer graph, where DDP's 
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 
@@ -94,13 +94,24 @@ def recompute(run: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], 
     return _Recompute.apply(run, vjp, by_hand, bool(random), len(inputs), *inputs, *params)
 
 
+class Graph(NamedTuple):
+    """A recorded autograd graph a kept block differentiates in its backward: its leaf inputs and its output. Kept
+    as it is (the graph's own nodes save their tensors through autograd), not as a saved tensor: one unpacked
+    by a hook would be cut from its graph."""
+
+    inputs: tuple
+    output: torch.Tensor
+
+
 class _Kept(torch.autograd.Function):
     @staticmethod
     def forward(ctx, run, grads, n_inputs, *tensors):
         inputs = tensors[:n_inputs]
         device = inputs[0].device
         out, saved = run(*inputs)
-        ctx.save_for_backward(*inputs, *saved)  # autograd's saved tensors: hooks (offload, memory counts) see them
+        plain = [None if isinstance(item, Graph) else item for item in saved]
+        ctx.graphs = [item if isinstance(item, Graph) else None for item in saved]
+        ctx.save_for_backward(*inputs, *plain)  # autograd's saved tensors: hooks (offload, memory counts) see them
         ctx.grads, ctx.n_inputs, ctx.device = grads, n_inputs, device
         ctx.autocast = (torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type))
         return out
@@ -111,14 +122,15 @@ class _Kept(torch.autograd.Function):
         (enabled, dtype), device = ctx.autocast, ctx.device
         cast = torch.autocast(device.type, dtype=dtype) if enabled else autocast_off(device.type)
         with cast:
-            grads = ctx.grads(*kept[:ctx.n_inputs], kept[ctx.n_inputs:], grad_out)
+            saved = tuple(g if g is not None else t for g, t in zip(ctx.graphs, kept[ctx.n_inputs:]))
+            grads = ctx.grads(*kept[:ctx.n_inputs], saved, grad_out)
         return (None,) * 3 + tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad[3:]))
 
 
 def keep(run: Callable, grads: Callable, inputs: Sequence[torch.Tensor], params: Sequence[torch.Tensor]):
     """A block run by hand as one autograd node that keeps what its backward reads (no recompute): run(*inputs) ->
-    (output, saved: a tuple of tensors and None), computed without a graph; grads(*inputs, saved, grad_out) -> the
-    gradients of (*inputs, *params), under the forward's autocast."""
+    (output, saved: a tuple of tensors, None and Graphs), computed without a graph (but for its Graphs);
+    grads(*inputs, saved, grad_out) -> the gradients of (*inputs, *params), under the forward's autocast."""
     return _Kept.apply(run, grads, len(inputs), *inputs, *params)
 
 

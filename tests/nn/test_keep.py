@@ -55,12 +55,17 @@ def test_a_kept_block_draws_its_dropout_once():
     assert feats.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("attention_type", ["flash", "window", "linear", "sparse", "height", "serialized"])
+@pytest.mark.parametrize("attention_type,one_call", [("flash", False), ("flash", True), ("window", False),
+                                                   ("linear", False), ("sparse", False), ("height", False),
+                                                   ("serialized", False)])
 @pytest.mark.parametrize("autocast", [False, True])
-def test_a_small_checkpointed_attention_block_keeps_and_matches_the_plain_block(attention_type, autocast,
+def test_a_small_checkpointed_attention_block_keeps_and_matches_the_plain_block(attention_type, one_call, autocast,
                                                                                 monkeypatch):
-    """The norm and projections by hand, the core's graph kept from the forward: one forward, the plain block's
-    output and gradients (window attention's position bias included)."""
+    """The norm and projections by hand, the core's graph kept from the forward (of a core over padded buckets,
+    SDPA's alone: flash with every sample in one call, as on CUDA, window, height, serialized): one forward, the
+    plain block's output and gradients (window attention's position bias included)."""
+    import sparse_radar.nn.attention_cores as cores
+    monkeypatch.setattr(cores, "ALL_SAMPLES_AT_ONCE_ON_CPU", one_call)
     import sparse_radar.nn.attention as attention
     x = _field(False)
     torch.manual_seed(0)
@@ -74,7 +79,7 @@ def test_a_small_checkpointed_attention_block_keeps_and_matches_the_plain_block(
 
 def test_kept_tensors_go_through_saved_tensor_hooks():
     """What a kept block saves is packed and unpacked by saved_tensors_hooks (as offloading would), and the
-    gradients come from the unpacked tensors."""
+    gradients come from the unpacked tensors; an attention block's core graph survives them."""
     torch.manual_seed(0)
     block = _randomized(ResBlock(8, 16, 12, num_groups=4, use_checkpoint=True).train())
     x, emb = _field(False), torch.randn(2, 12)
@@ -108,3 +113,25 @@ def test_the_threshold_chooses_keep_or_recompute(monkeypatch):
         monkeypatch.setattr(rc, "MIN_RECOMPUTE_BYTES", threshold)
         block(x.replace(x.feats.clone().requires_grad_(True)), emb).feats.sum().backward()
     assert chosen == ["keep", "recompute", "recompute"]
+
+
+@pytest.mark.parametrize("attention_type", ["flash", "window"])
+def test_a_kept_attention_block_survives_hooks_that_replace_saved_tensors(attention_type, monkeypatch):
+    """Hooks whose unpack returns another tensor (save_on_cpu does): the kept core graph is not one of the saved
+    tensors, so its backward still reaches the qkv projection, with the plain block's gradients."""
+    import sparse_radar.nn.attention_cores as cores
+    monkeypatch.setattr(cores, "ALL_SAMPLES_AT_ONCE_ON_CPU", True)
+    x = _field(False)
+    torch.manual_seed(0)
+    block = _randomized(AttentionBlock(8, attention_type, num_heads=2, num_groups=4, window_size=(2, 3, 3)).train())
+    results = []
+    for checkpointing in (False, True):
+        block.use_checkpoint = checkpointing
+        feats = x.feats.clone().requires_grad_(True)
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t.clone()):
+            out = block(x.replace(feats)).feats
+        out.square().sum().backward()
+        results.append([feats.grad] + [p.grad.clone() for p in block.parameters()])
+        block.zero_grad(set_to_none=True)
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a)
