@@ -58,8 +58,10 @@ def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, table: torch.Tensor, wi
     dense layout, e.g. the weight's own, so autograd need not copy it; default contiguous); with_bias, db =
     sum_o grad_out[o], fp32 [Cout], else None): one launch and one sum of its per-split partials (deterministic)."""
     k, c_in, c_out = table.shape[1], x.shape[1], grad_out.shape[1]
-    if layout is None or not dense_strides((k, c_in, c_out), tuple(layout)):
-        layout = (c_in * c_out, c_out, 1)
+    contiguous = (c_in * c_out, c_out, 1)
+    layout = contiguous if layout is None else tuple(layout)
+    if layout != contiguous and not dense_strides((k, c_in, c_out), layout):
+        layout = contiguous
     block_ci = pow2_block(c_in, 16, 64)
     block_co = pow2_block(c_out, 16, 64)
     block_n = 32
@@ -73,7 +75,10 @@ def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, table: torch.Tensor, wi
                  PRECISION=_dot_precision(x.dtype), UPCAST=interpreted_bf16(x.dtype), HAS_BIAS=with_bias,
                  BLOCK_N=block_n, BLOCK_CI=block_ci, BLOCK_CO=block_co)
     total = partial.sum(0) if n_split > 1 else partial[0]
-    return total[:weights].as_strided((k, c_in, c_out), tuple(layout)), (total[weights:] if with_bias else None)
+    grad_weight = total[:weights]
+    grad_weight = grad_weight.view(k, c_in, c_out) if layout == contiguous else grad_weight.as_strided(
+        (k, c_in, c_out), layout)
+    return grad_weight, (total[weights:] if with_bias else None)
 
 
 class TritonSparseConv(torch.autograd.Function):
