@@ -151,14 +151,16 @@ def distinct_with_counts(keys: torch.Tensor, cells_per_sample: int, batch_size: 
     """(the distinct keys >= 0 of keys, ascending; how many fall in each sample's key range [b * cells, (b + 1) *
     cells), as host ints) with one host read, which gives both the output size and the per-sample counts."""
     flat = keys.reshape(-1)
+    # the sample bounds' constant first, also for no keys: made on this shape's first call, not on the first call
+    # that has keys (a later step, where the copy of a host list would wait for the device)
+    sample_bounds = constant([b * cells_per_sample for b in range(batch_size + 1)], flat.device)
     if flat.numel() == 0:
         return flat, (0,) * batch_size
     ordered = torch.sort(flat).values
     first = ordered >= 0
     first[1:] &= ordered[1:] != ordered[:-1]
     seen = torch.cumsum(first, 0)  # distinct keys up to each position
-    bounds = torch.searchsorted(ordered, constant([b * cells_per_sample for b in range(batch_size + 1)],
-                                                  flat.device))
+    bounds = torch.searchsorted(ordered, sample_bounds)
     totals = torch.cat([seen.new_zeros(1), seen])[bounds].tolist()  # the one host read
     counts = tuple(b - a for a, b in zip(totals[:-1], totals[1:]))
     size = totals[-1]

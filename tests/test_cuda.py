@@ -112,10 +112,13 @@ def test_adamw_on_cuda_updates_kernel_layout_weights_as_contiguous_ones(optimize
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_checkpointed_block_with_dropout_recomputes_the_same_mask_on_cuda():
-    """recompute() restores the CUDA generator for the backward's second run: with dropout the gradients equal
-    those of the block run without checkpointing."""
+@pytest.mark.parametrize("min_recompute_bytes", [0, 1 << 20])
+def test_checkpointed_block_with_dropout_recomputes_the_same_mask_on_cuda(min_recompute_bytes, monkeypatch):
+    """recompute() restores the CUDA generator for the backward's second run, and keep (a small field) uses the
+    forward's dropout state: with dropout the gradients equal those of the block run without checkpointing."""
+    import sparse_radar.nn.recompute as rc
     from sparse_radar.nn.blocks import ResBlock
+    monkeypatch.setattr(rc, "MIN_RECOMPUTE_BYTES", min_recompute_bytes)
     torch.manual_seed(0)
     block = ResBlock(8, 16, 12, num_groups=4, dropout=0.4).cuda().train()
     sv, _ = random_fields(2, 8, (4, 8, 8), [0.3, 0.5], seed=12)

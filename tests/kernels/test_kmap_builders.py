@@ -219,3 +219,26 @@ def test_output_grids_too_large_for_int64_keys_are_refused():
         km.children_kmap(coords, (side,) * 3, (4, 2, 2))  # 2^64 cells
     kmap, out, _ = km.strided_kmap(coords, (side,) * 3, (1, 1, 1), (1, 1, 1), (0, 0, 0), (1, 1, 1), batch_size=1)
     assert torch.equal(out, coords) and kmap.n_out == 1
+
+
+def test_a_level_empty_on_its_first_call_makes_no_host_tensor_later():
+    """distinct_with_counts makes its sample bounds' constant on a shape's first call even when there are no keys,
+    so a later call with keys copies no host list to the device (a copy that would wait for the device)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Lifts(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.count += func.__name__.startswith("lift_fresh")
+            return func(*args, **(kwargs or {}))
+    cells = 7919  # a shape no other test uses, so its constant is made here
+    empty, no_counts = km.distinct_with_counts(torch.zeros(0, 3, dtype=torch.int64), cells, 2)
+    assert empty.numel() == 0 and no_counts == (0, 0)
+    keys = torch.tensor([[3, -1], [cells + 5, 3]])
+    with Lifts() as lifts:
+        out, counts = km.distinct_with_counts(keys, cells, 2)
+    assert lifts.count == 0
+    assert out.tolist() == [3, cells + 5] and counts == (1, 1)
