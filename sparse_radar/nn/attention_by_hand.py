@@ -25,8 +25,8 @@ from .recompute import Graph, trainable
 
 
 def attention_by_hand(block: nn.Module, x) -> bool:
-    """Whether attention_grads covers this AttentionBlock on this field."""
-    return isinstance(x, SparseVoxels) and x.num_voxels > 0 and isinstance(block.norm, VoxelGroupNorm)
+    """Whether attention_grads covers this AttentionBlock on this field (an empty one too)."""
+    return isinstance(x, SparseVoxels) and isinstance(block.norm, VoxelGroupNorm)
 
 
 def _linear_grads(layer: nn.Linear, inputs: torch.Tensor, grad: torch.Tensor, grads: Dict) -> torch.Tensor:
@@ -59,7 +59,7 @@ def _core_forward(block: nn.Module, qkv: torch.Tensor, h: SparseVoxels, with_gra
     n, heads = qkv.shape[0], block.num_heads
     head_dim = block.channels // heads
     with torch.set_grad_enabled(with_graph):
-        split = block.core.bucketed(qkv, h) if hasattr(block.core, "bucketed") else None
+        split = block.core.bucketed(qkv, h) if n and hasattr(block.core, "bucketed") else None
         if split is None:  # the core's own sparse() under autograd
             leaf = qkv.detach().requires_grad_(with_graph)
             q, k, v = leaf.view(n, 3, heads, head_dim).unbind(1)
@@ -81,16 +81,18 @@ def _core_grads(block: nn.Module, core: tuple, d_attended: torch.Tensor, grads: 
     leaf, out = graph.inputs[0], graph.output
     core_params = trainable(block.core)
     if gather_index is None:
-        d_leaf, *d_core = torch.autograd.grad(out, [leaf, *core_params], as_dtype(d_attended, out.dtype))
+        # (an empty field's core is its input's copy: a parameter it has, window attention's bias, goes unused)
+        d_leaf, *d_core = torch.autograd.grad(out, [leaf, *core_params], as_dtype(d_attended, out.dtype),
+                                              allow_unused=True)
         grads.update(zip(core_params, d_core))
-        return d_leaf.reshape(d_attended.shape[0], -1)
+        return d_leaf.reshape(d_attended.shape[0], 3 * block.channels)
     g, heads, length, head_dim = out.shape
     # the scatter's backward: each slot's row gradient, zero at padding; then SDPA's; then the gather's
     d_out = as_dtype(d_attended, out.dtype).view(-1, heads, head_dim).index_select(0, gather_index)
     d_out = d_out.mul_(keep[:, None, None]).view(g, length, heads, head_dim).transpose(1, 2)
     d_leaf, *d_core = torch.autograd.grad(out, [leaf, *core_params], d_out)
     grads.update(zip(core_params, d_core))
-    return d_leaf.index_select(0, slot).reshape(slot.shape[0], -1)
+    return d_leaf.index_select(0, slot).reshape(slot.shape[0], 3 * block.channels)
 
 
 def attention_grads(block: nn.Module, x: SparseVoxels, grad_out: torch.Tensor, saved=None) -> tuple:

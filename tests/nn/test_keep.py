@@ -135,3 +135,32 @@ def test_a_kept_attention_block_survives_hooks_that_replace_saved_tensors(attent
         block.zero_grad(set_to_none=True)
     for a, b in zip(*results):
         torch.testing.assert_close(b, a)
+
+
+@pytest.mark.parametrize("attention_type", ["flash", "window", "linear", "sparse", "height", "serialized"])
+@pytest.mark.parametrize("min_recompute_bytes", [0, 1 << 20])
+def test_an_empty_field_runs_attention_by_hand_with_the_plain_blocks_gradients(attention_type, min_recompute_bytes,
+                                                                               monkeypatch):
+    """A level with no voxels (a strided level of empty samples): the by-hand block (kept or recomputed) gives the
+    plain block's output and gradients, zero, or none where the plain block gives none (window attention's bias,
+    unused by an empty core)."""
+    import sparse_radar.nn.attention as attention
+    from sparse_radar import SparseVoxels
+    monkeypatch.setattr(rc, "MIN_RECOMPUTE_BYTES", min_recompute_bytes)
+    calls, real = [], attention.attention_grads
+    monkeypatch.setattr(attention, "attention_grads", lambda *a: calls.append(1) or real(*a))
+    block = AttentionBlock(8, attention_type, num_heads=2, num_groups=4, window_size=(2, 3, 3), topk=4,
+                           patch_size=8).train()
+    results = []
+    for checkpointing in (False, True):
+        block.use_checkpoint = checkpointing
+        feats = torch.zeros(0, 8, requires_grad=True)
+        out = block(SparseVoxels(feats, torch.zeros(0, 4, dtype=torch.int32), (4, 6, 6), 2)).feats
+        (out * 2).sum().backward()
+        results.append([out.detach(), feats.grad] + [p.grad for p in block.parameters()])
+        block.zero_grad(set_to_none=True)
+    assert calls == [1]
+    for a, b in zip(*results):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert a.shape == b.shape and torch.equal(a, b)
