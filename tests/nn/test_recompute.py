@@ -96,7 +96,10 @@ def test_last_conv_is_not_rerun_and_gradients_match(backend, dense, out_ch, use_
         assert calls == [] and kernel_calls == [as_kernel(w) for w in [first, last_w, *skip, first]]
 
 
-def test_frozen_weights_get_no_gradient_and_the_rest_match():
+@pytest.mark.parametrize("min_recompute_bytes", [0, 1 << 20])  # recompute, and keep
+def test_frozen_weights_get_no_gradient_and_the_rest_match(min_recompute_bytes, monkeypatch):
+    import sparse_radar.nn.recompute as rc
+    monkeypatch.setattr(rc, "MIN_RECOMPUTE_BYTES", min_recompute_bytes)
     block, x, emb = _block(), _field(False), torch.randn(2, 12)
     block.in_conv.weight.requires_grad_(False)
     _, grads0 = _run(block, x, emb, False)
