@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 
 from . import backends
+from .direct import backend_kernels
 from .kernel_map import KernelMap
 
 
@@ -20,11 +21,11 @@ def sparse_conv(feats: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     if bias is not None and bias.shape != (weight.shape[2],):
         raise ValueError(f"bias must be [{weight.shape[2]}], got {tuple(bias.shape)}")
     settings = settings or backends.current()
-    op = backends.op(backends.resolve_backend(settings.backend, feats), "conv")
+    name = backends.resolve_backend(settings.backend, feats)
+    if not backends.records_graph(feats, weight, bias):  # no autograd node to build (a no-grad forward)
+        return backend_kernels(name, settings).conv(feats.contiguous(), weight, bias, kmap)
     with backends.autocast_off(feats.device.type):  # the op chooses its own precision (fp32 sums)
-        if not backends.records_graph(feats, weight, bias):  # no autograd node to build (a no-grad forward)
-            return op.forward_of(feats.contiguous(), weight, bias, kmap, settings)
-        return op.apply(feats.contiguous(), weight, bias, kmap, settings)
+        return backends.op(name, "conv").apply(feats.contiguous(), weight, bias, kmap, settings)
 
 
 def sparse_conv_vjp(feats: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], kmap: KernelMap,
@@ -33,10 +34,8 @@ def sparse_conv_vjp(feats: torch.Tensor, weight: torch.Tensor, bias: Optional[to
     without running the conv: what its backward computes (activation checkpointing uses it to skip recomputing a
     block's last conv)."""
     settings = settings or backends.current()
-    op = backends.op(backends.resolve_backend(settings.backend, feats), "conv")
-    with backends.autocast_off(feats.device.type):  # as sparse_conv: the op's own precision
-        return op.backward_of(feats.contiguous(), weight.contiguous(), bias is not None, kmap, settings, grad_out,
-                              layout=weight.stride())
+    kernels = backend_kernels(backends.resolve_backend(settings.backend, feats), settings)
+    return kernels.conv_vjp(feats.contiguous(), weight.contiguous(), bias is not None, kmap, grad_out, weight.stride())
 
 
 def depthwise_conv(feats: torch.Tensor, weight: torch.Tensor, kmap: KernelMap,

@@ -26,11 +26,12 @@ class Kernels(NamedTuple):
 def kernels_for(tensor: torch.Tensor) -> Kernels:
     """The kernels of the backend that runs on tensor under the settings in force."""
     settings = backends.current()
-    return _kernels(backends.resolve_backend(settings.backend, tensor), settings)
+    return backend_kernels(backends.resolve_backend(settings.backend, tensor), settings)
 
 
 @functools.lru_cache(maxsize=16)
-def _kernels(name: str, settings: backends.KernelSettings) -> Kernels:
+def backend_kernels(name: str, settings: backends.KernelSettings) -> Kernels:
+    """The kernels of the backend called name, under settings (made once per pair)."""
     conv, segment = backends.op(name, "conv"), backends.op(name, "segment")
 
     def run_conv(feats: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], kmap: KernelMap):

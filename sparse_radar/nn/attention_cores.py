@@ -93,12 +93,13 @@ class GlobalAttention(nn.Module):
 
     def sparse(self, q, k, v, x: SparseVoxels) -> torch.Tensor:
         """[N, h, d] outputs."""
-        if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        if _takes_flash_attn(q):
             out = _flash_attn_varlen(q, k, v, x)
             if out is not None:
                 return out
-        if _all_samples_at_once(q):  # one padded, masked call
-            return grouped_attention(q, k, v, sample_buckets(x))
+        split = self.bucketed(q, x)
+        if split is not None:  # one padded, masked call
+            return grouped_attention(q, k, v, *split)
         outs = [sdpa(*(t[lo:hi].transpose(0, 1)[None] for t in (q, k, v)))[0].transpose(0, 1)
                 for lo, hi in _sample_slices(x)]  # one unpadded, unmasked call per sample
         return torch.cat(outs) if outs else q.clone()
@@ -106,14 +107,18 @@ class GlobalAttention(nn.Module):
     def bucketed(self, q: torch.Tensor, x: SparseVoxels):
         """(buckets, bias None) where sparse() is grouped_attention over them (every sample in one padded call), or
         None where it takes another path (flash-attn's varlen kernel, one call per sample on the CPU)."""
-        if (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and _flash_attn_installed()) \
-                or not _all_samples_at_once(q):
+        if _takes_flash_attn(q) or not _all_samples_at_once(q):
             return None
         return sample_buckets(x), None
 
     def dense(self, q, k, v, mask) -> torch.Tensor:
         """[B, h, d, D, H, W] outputs."""
         return dense_global(q, k, v, mask)
+
+
+def _takes_flash_attn(q: torch.Tensor) -> bool:
+    """Whether global attention on q runs flash-attn's varlen kernel (CUDA halves, flash-attn installed)."""
+    return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and _flash_attn_installed()
 
 
 @functools.lru_cache(maxsize=None)

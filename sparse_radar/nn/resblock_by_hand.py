@@ -35,10 +35,8 @@ def _norm(k: Kernels, norm: VoxelGroupNorm, x: SparseVoxels, rows: torch.Tensor,
     """norm.sparse(x.replace(rows), modulation, silu=True, dropout)'s values, then its mean, rstd, scale, offset and
     dropout state (what its backward reads)."""
     s = x.structure
-    out, mean, rstd, scale, offset, seed = k.norm_forward(rows, norm.weight, norm.bias, s.sample_ids(), s.row_ptr(),
-                                                          norm.groups, norm.center, norm.eps, modulation, True,
-                                                          dropout)
-    return out, mean, rstd, scale, offset, seed
+    return k.norm_forward(rows, norm.weight, norm.bias, s.sample_ids(), s.row_ptr(), norm.groups, norm.center,
+                          norm.eps, modulation, True, dropout)
 
 
 def _norm_grads(k: Kernels, norm: VoxelGroupNorm, x: SparseVoxels, rows, modulation, stats, dropout: float,
