@@ -21,35 +21,41 @@ from .attention_cores import bucket_mask
 from .attention_dense import sdpa
 from .conv import autocast_dtype
 from .norm import VoxelGroupNorm
+from .parts import child, param
 from .recompute import Graph, trainable
 
 
 def attention_by_hand(block: nn.Module, x) -> bool:
     """Whether attention_grads covers this AttentionBlock on this field (an empty one too)."""
-    return isinstance(x, SparseVoxels) and isinstance(block.norm, VoxelGroupNorm)
+    return isinstance(x, SparseVoxels) and isinstance(child(block, "norm"), VoxelGroupNorm)
 
 
 def _linear_grads(layer: nn.Linear, inputs: torch.Tensor, grad: torch.Tensor, grads: Dict) -> torch.Tensor:
     """d inputs of F.linear(inputs, weight, bias) (operands already in the compute dtype) for grad; the weight's and
     bias's gradients, in the Parameters' dtypes, into grads."""
-    weight = as_dtype(layer.weight, grad.dtype)
-    grads[layer.weight] = as_dtype(grad.t() @ inputs, layer.weight.dtype)
-    grads[layer.bias] = as_dtype(grad.sum(0), layer.bias.dtype)
-    return grad @ weight
+    weight, bias = param(layer, "weight"), param(layer, "bias")
+    grads[weight] = as_dtype(grad.t() @ inputs, weight.dtype)
+    grads[bias] = as_dtype(grad.sum(0), bias.dtype)
+    return grad @ as_dtype(weight, grad.dtype)
+
+
+def _linear_operands(layer: nn.Linear, dtype: torch.dtype) -> tuple:
+    """(weight, bias) of a linear layer in the compute dtype."""
+    return as_dtype(param(layer, "weight"), dtype), as_dtype(param(layer, "bias"), dtype)
 
 
 def attention_forward(block: nn.Module, x: SparseVoxels, with_graph: bool = True) -> tuple:
     """(block._forward(x)'s values, what attention_grads reads) by direct calls: the norm and the projections
     without a graph, the core under autograd (with_graph; its backward is attention's: SDPA's alone where the core
     is padded buckets, their gathers by hand), or without one (a forward that keeps nothing)."""
-    rows, norm, s = x.feats, block.norm, x.structure
-    h, mean, rstd, _, _, _ = norm_forward(rows, norm.weight, norm.bias, s.sample_ids(), s.row_ptr(), norm.groups,
-                                          norm.center, norm.eps)
+    rows, norm, s = x.feats, child(block, "norm"), x.structure
+    h, mean, rstd, _, _, _ = norm_forward(rows, param(norm, "weight"), param(norm, "bias"), s.sample_ids(),
+                                          s.row_ptr(), norm.groups, norm.center, norm.eps)
     dtype = autocast_dtype(rows.device) or h.dtype  # what a linear layer computes in (autocast casts its operands)
     h_in = as_dtype(h, dtype)
-    qkv = F.linear(h_in, as_dtype(block.qkv.weight, dtype), as_dtype(block.qkv.bias, dtype))
+    qkv = F.linear(h_in, *_linear_operands(child(block, "qkv"), dtype))
     attended, core = _core_forward(block, qkv, x.replace(h), with_graph)
-    proj = F.linear(as_dtype(attended, dtype), as_dtype(block.proj.weight, dtype), as_dtype(block.proj.bias, dtype))
+    proj = F.linear(as_dtype(attended, dtype), *_linear_operands(child(block, "proj"), dtype))
     return rows + proj, (h, mean, rstd, h_in, attended, *core)
 
 
@@ -59,11 +65,12 @@ def _core_forward(block: nn.Module, qkv: torch.Tensor, h: SparseVoxels, with_gra
     n, heads = qkv.shape[0], block.num_heads
     head_dim = block.channels // heads
     with torch.set_grad_enabled(with_graph):
-        split = block.core.bucketed(qkv, h) if n and hasattr(block.core, "bucketed") else None
+        core = child(block, "core")
+        split = core.bucketed(qkv, h) if n and hasattr(core, "bucketed") else None
         if split is None:  # the core's own sparse() under autograd
             leaf = qkv.detach().requires_grad_(with_graph)
             q, k, v = leaf.view(n, 3, heads, head_dim).unbind(1)
-            out = block.core.sparse(q, k, v, h).reshape(n, block.channels)
+            out = core.sparse(q, k, v, h).reshape(n, block.channels)
             return out.detach(), (Graph((leaf,), out), None, None, None)
         buckets, bias = split  # grouped_attention, its gathers by hand: SDPA alone under autograd
         g, length = buckets.index.shape
@@ -79,7 +86,7 @@ def _core_grads(block: nn.Module, core: tuple, d_attended: torch.Tensor, grads: 
     """d qkv [N, 3C] of _core_forward for d_attended [N, C]; the core's own parameters' gradients into grads."""
     graph, gather_index, slot, keep = core
     leaf, out = graph.inputs[0], graph.output
-    core_params = trainable(block.core)
+    core_params = trainable(child(block, "core"))
     if gather_index is None:
         # (an empty field's core is its input's copy: a parameter it has, window attention's bias, goes unused)
         d_leaf, *d_core = torch.autograd.grad(out, [leaf, *core_params], as_dtype(d_attended, out.dtype),
@@ -99,18 +106,19 @@ def attention_grads(block: nn.Module, x: SparseVoxels, grad_out: torch.Tensor, s
     """(d x values, {parameter: gradient}) of block._forward(x)'s values for grad_out, from attention_forward's
     saved ops, or (None) recomputing them (call under the forward's autocast, as recompute does)."""
     grads: Dict[torch.Tensor, torch.Tensor] = {}
-    rows, norm, s = x.feats, block.norm, x.structure
+    rows, norm, s = x.feats, child(block, "norm"), x.structure
     if saved is None:
         _, saved = attention_forward(block, x)
     h, mean, rstd, h_in, attended, *core = saved
     dtype = h_in.dtype
     g = as_dtype(grad_out, dtype)
-    d_attended = _linear_grads(block.proj, as_dtype(attended, dtype), g, grads)
+    d_attended = _linear_grads(child(block, "proj"), as_dtype(attended, dtype), g, grads)
     d_qkv = _core_grads(block, core, d_attended, grads)
-    d_h = _linear_grads(block.qkv, h_in, as_dtype(d_qkv, dtype), grads)
-    d_rows, d_w, d_b, _ = norm_backward(as_dtype(d_h, h.dtype), rows, norm.weight, norm.bias, s.sample_ids(),
-                                        s.row_ptr(), mean, rstd, norm.groups, norm.center)
-    grads[norm.weight] = as_dtype(d_w, norm.weight.dtype)
-    if norm.bias is not None:
-        grads[norm.bias] = as_dtype(d_b, norm.bias.dtype)
+    d_h = _linear_grads(child(block, "qkv"), h_in, as_dtype(d_qkv, dtype), grads)
+    weight, bias = param(norm, "weight"), param(norm, "bias")
+    d_rows, d_w, d_b, _ = norm_backward(as_dtype(d_h, h.dtype), rows, weight, bias, s.sample_ids(), s.row_ptr(),
+                                        mean, rstd, norm.groups, norm.center)
+    grads[weight] = as_dtype(d_w, weight.dtype)
+    if bias is not None:
+        grads[bias] = as_dtype(d_b, bias.dtype)
     return d_rows + as_dtype(grad_out, d_rows.dtype), grads

@@ -21,13 +21,15 @@ from ..kernels.segment import _rows_of_columns
 from ..voxels import SparseVoxels
 from .conv import SubMConv3d, autocast_dtype
 from .norm import VoxelGroupNorm
+from .parts import child, param
 
 
 def by_hand(block: nn.Module, x) -> bool:
     """Whether resblock_grads covers this ResBlock on this field."""
-    return (isinstance(x, SparseVoxels) and isinstance(block.in_norm, VoxelGroupNorm)
-            and isinstance(block.out_norm, VoxelGroupNorm) and isinstance(block.in_conv, SubMConv3d)
-            and isinstance(block.out_conv, SubMConv3d) and isinstance(block.skip, (SubMConv3d, nn.Identity)))
+    return (isinstance(x, SparseVoxels) and isinstance(child(block, "in_norm"), VoxelGroupNorm)
+            and isinstance(child(block, "out_norm"), VoxelGroupNorm) and isinstance(child(block, "in_conv"), SubMConv3d)
+            and isinstance(child(block, "out_conv"), SubMConv3d)
+            and isinstance(child(block, "skip"), (SubMConv3d, nn.Identity)))
 
 
 def _norm(k: Kernels, norm: VoxelGroupNorm, x: SparseVoxels, rows: torch.Tensor, modulation=None,
@@ -35,8 +37,8 @@ def _norm(k: Kernels, norm: VoxelGroupNorm, x: SparseVoxels, rows: torch.Tensor,
     """norm.sparse(x.replace(rows), modulation, silu=True, dropout)'s values, then its mean, rstd, scale, offset and
     dropout state (what its backward reads)."""
     s = x.structure
-    return k.norm_forward(rows, norm.weight, norm.bias, s.sample_ids(), s.row_ptr(), norm.groups, norm.center,
-                          norm.eps, modulation, True, dropout)
+    return k.norm_forward(rows, param(norm, "weight"), param(norm, "bias"), s.sample_ids(), s.row_ptr(), norm.groups,
+                          norm.center, norm.eps, modulation, True, dropout)
 
 
 def _norm_grads(k: Kernels, norm: VoxelGroupNorm, x: SparseVoxels, rows, modulation, stats, dropout: float,
@@ -44,13 +46,13 @@ def _norm_grads(k: Kernels, norm: VoxelGroupNorm, x: SparseVoxels, rows, modulat
     """(d rows, d modulation) of _norm (stats: its mean, rstd, scale, offset, dropout state); the weight's and
     bias's gradients go into grads."""
     mean, rstd, scale, offset, seed = stats
-    s = x.structure
-    d_rows, d_w, d_b, d_mod = k.norm_backward(grad_y.contiguous(), rows, norm.weight, norm.bias, s.sample_ids(),
-                                              s.row_ptr(), mean, rstd, norm.groups, norm.center, modulation, True,
-                                              scale, offset, dropout, seed)
-    grads[norm.weight] = as_dtype(d_w, norm.weight.dtype)
-    if norm.bias is not None:
-        grads[norm.bias] = as_dtype(d_b, norm.bias.dtype)
+    s, weight, bias = x.structure, param(norm, "weight"), param(norm, "bias")
+    d_rows, d_w, d_b, d_mod = k.norm_backward(grad_y.contiguous(), rows, weight, bias, s.sample_ids(), s.row_ptr(),
+                                              mean, rstd, norm.groups, norm.center, modulation, True, scale, offset,
+                                              dropout, seed)
+    grads[weight] = as_dtype(d_w, weight.dtype)
+    if bias is not None:
+        grads[bias] = as_dtype(d_b, bias.dtype)
     return d_rows, d_mod
 
 
@@ -58,21 +60,22 @@ def _conv(k: Kernels, conv: SubMConv3d, x: SparseVoxels, values: torch.Tensor) -
     """conv's output on x's voxels from its input values, already in the compute dtype (the weight and bias go in
     fp32: the op casts them, as conv.conv_operands hands them)."""
     kmap = x.structure.submanifold_map(conv.kernel_size, conv.dilation)
-    return k.conv(values, torch_to_kernel_weight(conv.weight).contiguous(), conv.bias, kmap)
+    return k.conv(values, torch_to_kernel_weight(param(conv, "weight")).contiguous(), param(conv, "bias"), kmap)
 
 
 def _conv_grads(k: Kernels, conv: SubMConv3d, x: SparseVoxels, values, rows_dtype, grad_out: torch.Tensor,
                 grads: Dict) -> torch.Tensor:
     """d rows (in rows_dtype) of _conv(values); the weight's and bias's gradients, in their Parameters' shapes,
     into grads."""
-    weight = torch_to_kernel_weight(conv.weight)
+    weight, bias = param(conv, "weight"), param(conv, "bias")
+    packed = torch_to_kernel_weight(weight)
     kmap = x.structure.submanifold_map(conv.kernel_size, conv.dilation)
-    d_values, d_weight, d_bias = k.conv_vjp(values, weight.contiguous(), conv.bias is not None, kmap,
-                                            as_dtype(grad_out, values.dtype), weight.stride())
+    d_values, d_weight, d_bias = k.conv_vjp(values, packed.contiguous(), bias is not None, kmap,
+                                            as_dtype(grad_out, values.dtype), packed.stride())
     # [K, Cin, Cout] back to [Cout, Cin, kD, kH, kW]: the inverse of the view the forward reads
-    grads[conv.weight] = as_dtype(d_weight.permute(2, 1, 0).reshape(conv.weight.shape), conv.weight.dtype)
-    if conv.bias is not None:
-        grads[conv.bias] = as_dtype(d_bias, conv.bias.dtype)
+    grads[weight] = as_dtype(d_weight.permute(2, 1, 0).reshape(weight.shape), weight.dtype)
+    if bias is not None:
+        grads[bias] = as_dtype(d_bias, bias.dtype)
     return as_dtype(d_values, rows_dtype)
 
 
@@ -85,18 +88,18 @@ def resblock_forward(block: nn.Module, x: SparseVoxels, modulation: torch.Tensor
     rows = x.feats.contiguous()
     modulation = _rows_of_columns(modulation)
     compute = autocast_dtype(rows.device) or rows.dtype  # what a conv's values are cast to (conv_operands)
-    h1, *in_stats = _norm(k, block.in_norm, x, rows)
+    h1, *in_stats = _norm(k, child(block, "in_norm"), x, rows)
     h1 = as_dtype(h1, compute)
-    h2 = _conv(k, block.in_conv, x, h1)
-    rate = block.dropout.p if block.dropout.training else 0.0
-    h3, *out_stats = _norm(k, block.out_norm, x, h2, modulation, rate)
+    h2 = _conv(k, child(block, "in_conv"), x, h1)
+    dropout, skip_conv = child(block, "dropout"), child(block, "skip")
+    h3, *out_stats = _norm(k, child(block, "out_norm"), x, h2, modulation, dropout.p if dropout.training else 0.0)
     h3 = as_dtype(h3, compute)
-    skip_in = None if isinstance(block.skip, nn.Identity) else as_dtype(rows, compute)
+    skip_in = None if isinstance(skip_conv, nn.Identity) else as_dtype(rows, compute)
     saved = (h1, *in_stats, h2, *out_stats, h3, skip_in)
     if not tail:
         return None, saved
-    h = _conv(k, block.out_conv, x, h3)
-    skip = rows if skip_in is None else _conv(k, block.skip, x, skip_in)
+    h = _conv(k, child(block, "out_conv"), x, h3)
+    skip = rows if skip_in is None else _conv(k, skip_conv, x, skip_in)
     return as_dtype(skip, h.dtype) + h, saved
 
 
@@ -112,13 +115,14 @@ def resblock_grads(block: nn.Module, x: SparseVoxels, modulation: torch.Tensor, 
     if saved is None:
         _, saved = resblock_forward(block, x, modulation, tail=False)
     h1, in_stats, h2, out_stats, h3, skip_in = saved[0], saved[1:6], saved[6], saved[7:12], saved[12], saved[13]
-    rate = block.dropout.p if out_stats[4] is not None else 0.0  # the forward drew a dropout state iff it dropped
-    d_h3 = _conv_grads(k, block.out_conv, x, h3, h3.dtype, grad_out, grads)
-    d_h2, d_mod = _norm_grads(k, block.out_norm, x, h2, modulation, out_stats, rate, d_h3, grads)
-    d_h1 = _conv_grads(k, block.in_conv, x, h1, h1.dtype, d_h2, grads)
-    d_rows, _ = _norm_grads(k, block.in_norm, x, rows, None, in_stats, 0.0, d_h1, grads)
+    # the forward drew a dropout state iff it dropped
+    rate = child(block, "dropout").p if out_stats[4] is not None else 0.0
+    d_h3 = _conv_grads(k, child(block, "out_conv"), x, h3, h3.dtype, grad_out, grads)
+    d_h2, d_mod = _norm_grads(k, child(block, "out_norm"), x, h2, modulation, out_stats, rate, d_h3, grads)
+    d_h1 = _conv_grads(k, child(block, "in_conv"), x, h1, h1.dtype, d_h2, grads)
+    d_rows, _ = _norm_grads(k, child(block, "in_norm"), x, rows, None, in_stats, 0.0, d_h1, grads)
     if skip_in is None:
         d_rows = d_rows + as_dtype(grad_out, d_rows.dtype)
     else:
-        d_rows = d_rows + _conv_grads(k, block.skip, x, skip_in, rows.dtype, grad_out, grads)
+        d_rows = d_rows + _conv_grads(k, child(block, "skip"), x, skip_in, rows.dtype, grad_out, grads)
     return d_rows, as_dtype(d_mod, modulation.dtype), grads
