@@ -60,8 +60,11 @@ def triton_importable() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+@functools.lru_cache(maxsize=None)
 def triton_interpreting() -> bool:
-    """True when Triton kernels run in its interpreter (TRITON_INTERPRET=1), which takes CPU tensors."""
+    """True when Triton kernels run in its interpreter (TRITON_INTERPRET=1), which takes CPU tensors: read once, on
+    first use (Triton reads it once too, when it defines a kernel; reading os.environ costs a microsecond, and the
+    kernel wrappers ask hundreds of times a step)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 

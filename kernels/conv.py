@@ -1,4 +1,5 @@
-"""Sparse convolution: one entry point that checks its inputs and dispatches to a backend; weight layouts."""
+"""Sparse convolution: one entry point that checks its inputs and dispatches to a backend (the weight layouts
+they read are kernels.weight_layout's, also importable from here)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -8,6 +9,8 @@ import torch
 from . import backends
 from .direct import backend_kernels
 from .kernel_map import KernelMap
+from .weight_layout import (from_spconv_weight, in_kernel_layout,  # noqa: F401 (the layouts' home is here too)
+                            to_spconv_weight, torch_to_kernel_weight)
 
 
 def sparse_conv(feats: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], kmap: KernelMap,
@@ -49,23 +52,3 @@ def depthwise_conv(feats: torch.Tensor, weight: torch.Tensor, kmap: KernelMap,
     op = backends.op(backends.resolve_backend(settings.backend, feats), "depthwise")
     with backends.autocast_off(feats.device.type):
         return op.apply(feats.contiguous(), weight, kmap, settings)
-
-
-def torch_to_kernel_weight(weight: torch.Tensor) -> torch.Tensor:
-    """[Cout, Cin, kD, kH, kW] (torch layout) -> [K, Cin, Cout] (kernel layout)."""
-    cout, cin = weight.shape[:2]
-    return weight.reshape(cout, cin, -1).permute(2, 1, 0)
-
-
-def to_spconv_weight(weight: torch.Tensor) -> torch.Tensor:
-    """[Cout, Cin, kD, kH, kW] (torch layout) -> [Cout, kD, kH, kW, Cin] (spconv 2.x layout)."""
-    if weight.dim() != 5:
-        raise ValueError(f"expected a [Cout, Cin, kD, kH, kW] weight, got shape {tuple(weight.shape)}")
-    return weight.permute(0, 2, 3, 4, 1).contiguous()
-
-
-def from_spconv_weight(weight: torch.Tensor) -> torch.Tensor:
-    """[Cout, kD, kH, kW, Cin] (spconv 2.x layout) -> [Cout, Cin, kD, kH, kW] (torch layout)."""
-    if weight.dim() != 5:
-        raise ValueError(f"expected a [Cout, kD, kH, kW, Cin] weight, got shape {tuple(weight.shape)}")
-    return weight.permute(0, 4, 1, 2, 3).contiguous()

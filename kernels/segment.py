@@ -66,8 +66,9 @@ def norm_forward(rows: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
                  modulation: Optional[torch.Tensor] = None, silu: bool = False, dropout: float = 0.0):
     """Group norm of rows [N, C] sorted by segment, statistics per (segment, group of C // groups channels), then
     the per-channel affine, then (given modulation [S, 2C] = [scale | shift]) y * (1 + scale[s]) + shift[s], then
-    (silu) SiLU, then dropout of rate `dropout`: (out [N, C] in rows' dtype, then mean, rstd and the affine's scale
-    and offset [S, C] in the accumulation dtype, then what the backward needs of the dropout or None)."""
+    (silu) SiLU, then dropout of rate `dropout`: (out [N, C] in rows' dtype, the statistics [4, S, C] in the
+    accumulation dtype: mean, rstd, and the affine's scale and offset (one tensor: four are four allocations and
+    launch arguments), then what the backward needs of the dropout or None)."""
     op = _backend_module(rows)
     cont = lambda t: None if t is None else t.contiguous()
     return op.norm_forward(rows.contiguous(), weight.contiguous(), cont(bias), segment, row_ptr, groups, center, eps,
@@ -75,17 +76,15 @@ def norm_forward(rows: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
 
 
 def norm_backward(grad_y: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                  segment: torch.Tensor, row_ptr: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, groups: int,
-                  center: bool, modulation: Optional[torch.Tensor] = None, silu: bool = False,
-                  fwd_scale: Optional[torch.Tensor] = None, fwd_offset: Optional[torch.Tensor] = None,
-                  dropout: float = 0.0, drop_state: Optional[torch.Tensor] = None):
-    """(grad of rows [N, C], of weight [C], of bias [C], of modulation [S, 2C] or None) of norm_forward (given
-    silu, its scale and offset too; given dropout, its rate and state), all but the first in the accumulation
-    dtype."""
+                  segment: torch.Tensor, row_ptr: torch.Tensor, stats: torch.Tensor, groups: int, center: bool,
+                  modulation: Optional[torch.Tensor] = None, silu: bool = False, dropout: float = 0.0,
+                  drop_state: Optional[torch.Tensor] = None):
+    """(grad of rows [N, C], of weight [C], of bias [C], of modulation [S, 2C] or None) of norm_forward from its
+    statistics (given dropout, its rate and state), all but the first in the accumulation dtype."""
     op = _backend_module(rows)
     return op.norm_backward(grad_y.contiguous(), rows, weight.contiguous(), None if bias is None else bias.contiguous(),
-                            segment, row_ptr, mean, rstd, groups, center,
-                            _rows_of_columns(modulation), silu, fwd_scale, fwd_offset, float(dropout), drop_state)
+                            segment, row_ptr, stats, groups, center, _rows_of_columns(modulation), silu,
+                            float(dropout), drop_state)
 
 
 def _rows_of_columns(modulation: Optional[torch.Tensor]) -> Optional[torch.Tensor]:

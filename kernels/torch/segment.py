@@ -84,14 +84,14 @@ def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool
     if dropout:
         keep = torch.rand(y.shape, device=y.device) >= dropout
         y = y * keep / (1.0 - dropout)
-    return y.to(rows.dtype), mean, rstd, scale, offset, keep
+    return y.to(rows.dtype), torch.stack([mean, rstd, scale, offset]), keep
 
 
-def norm_backward(grad_y, rows, weight, bias, segment, row_ptr, mean, rstd, groups: int, center: bool,
-                  modulation=None, silu: bool = False, fwd_scale=None, fwd_offset=None, dropout: float = 0.0,
-                  drop_state=None):
+def norm_backward(grad_y, rows, weight, bias, segment, row_ptr, stats, groups: int, center: bool, modulation=None,
+                  silu: bool = False, dropout: float = 0.0, drop_state=None):
     """See kernels.segment.norm_backward."""
     channels = rows.shape[1]
+    mean, rstd, fwd_scale, fwd_offset = stats.unbind(0)
     count = _count(row_ptr, channels, groups, mean.dtype)
     w = weight.to(mean.dtype)
     if dropout:  # through the kept mask

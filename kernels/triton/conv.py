@@ -21,10 +21,13 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 
 def implicit_gemm(x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor, n_out: int,
-                  bias: Optional[torch.Tensor] = None, reverse: bool = False) -> torch.Tensor:
+                  bias: Optional[torch.Tensor] = None, reverse: bool = False, layout=None) -> torch.Tensor:
     """out[o] = sum_k x[table[o, k']] @ weight[k] (+ bias), k' = k, or K - 1 - k when reverse: x [N_in, Cin],
-    weight [K, Cin, Cout] -> [n_out, Cout]."""
-    c_in, c_out = weight.shape[1], weight.shape[2]
+    weight [K, Cin, Cout] -> [n_out, Cout]; or, given layout (Cin, Cout, stride of k, of Cin, of Cout), weight's
+    memory read as that [K, Cin, Cout] (a weight Parameter read in place, without a view)."""
+    if layout is None:
+        layout = (weight.shape[1], weight.shape[2], *weight.stride())
+    c_in, c_out = layout[0], layout[1]
     x = x if x.stride(1) == 1 else x.contiguous()  # rows may be strided, columns must be adjacent
     out = out_buffer(n_out, c_out, x.dtype, x.device)
     if n_out == 0:
@@ -35,7 +38,7 @@ def implicit_gemm(x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor, n_
     launch_tuned(
         implicit_gemm_kernel, grid, (c_in, c_out, table.shape[1], x.dtype, weight.dtype, bias is not None),
         x, weight, table, bias if bias is not None else x, out, n_out, c_in, c_out, table.shape[1], x.stride(0),
-        weight.stride(0), weight.stride(1), weight.stride(2), REVERSE=reverse,
+        layout[2], layout[3], layout[4], REVERSE=reverse,
         HAS_BIAS=bias is not None, PRECISION=_dot_precision(x.dtype), UPCAST=interpreted_bf16(x.dtype),
         BLOCK_CI=block_ci, BLOCK_CO=block_co)
     return as_dtype(out, x.dtype)
@@ -53,10 +56,12 @@ def dense_strides(shape: tuple, stride: tuple) -> bool:
 
 
 def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, table: torch.Tensor, with_bias: bool = False,
-                layout=None):
+                layout=None, view=None):
     """(dW[k] = sum_o x[table[o, k]]^T @ grad_out[o], fp32 [K, Cin, Cout], laid out with the strides `layout` (a
-    dense layout, e.g. the weight's own, so autograd need not copy it; default contiguous); with_bias, db =
-    sum_o grad_out[o], fp32 [Cout], else None): one launch and one sum of its per-split partials (deterministic)."""
+    dense layout, e.g. the weight's own, so autograd need not copy it; default contiguous), or given view (shape,
+    strides), that contiguous memory read as them (a torch-layout weight whose memory is [K, Cin, Cout]); with_bias,
+    db = sum_o grad_out[o], fp32 [Cout], else None): one launch and one sum of its per-split partials
+    (deterministic)."""
     k, c_in, c_out = table.shape[1], x.shape[1], grad_out.shape[1]
     contiguous = (c_in * c_out, c_out, 1)
     layout = contiguous if layout is None else tuple(layout)
@@ -74,11 +79,10 @@ def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, table: torch.Tensor, wi
                  x, grad_out, table, partial, table.shape[0], c_in, c_out, k, per, grad_out.stride(0), *layout,
                  PRECISION=_dot_precision(x.dtype), UPCAST=interpreted_bf16(x.dtype), HAS_BIAS=with_bias,
                  BLOCK_N=block_n, BLOCK_CI=block_ci, BLOCK_CO=block_co)
-    total = partial.sum(0) if n_split > 1 else partial[0]
-    grad_weight = total[:weights]
-    grad_weight = grad_weight.view(k, c_in, c_out) if layout == contiguous else grad_weight.as_strided(
-        (k, c_in, c_out), layout)
-    return grad_weight, (total[weights:] if with_bias else None)
+    total = partial.sum(0) if n_split > 1 else partial  # either starts its storage: offsets below are absolute
+    shape, strides = ((k, c_in, c_out), layout) if view is None or layout != contiguous else view
+    grad_weight = total.as_strided(shape, strides, 0)
+    return grad_weight, (total.as_strided((c_out,), (1,), weights) if with_bias else None)
 
 
 class TritonSparseConv(torch.autograd.Function):
@@ -99,6 +103,28 @@ class TritonSparseConv(torch.autograd.Function):
     def forward_of(feats, weight, bias, kmap: KernelMap, settings: backends.KernelSettings):
         """The op's output, without autograd."""
         return implicit_gemm(feats, weight.contiguous(), kmap.table, kmap.n_out, bias)
+
+    @staticmethod
+    def forward_of_param(feats, weight, bias, kmap: KernelMap, settings: backends.KernelSettings):
+        """forward_of of a torch-layout weight [Cout, Cin, kD, kH, kW] whose memory is [K, Cin, Cout] contiguous
+        (kernels.conv.in_kernel_layout), read in place."""
+        c_out, c_in = weight.shape[0], weight.shape[1]
+        return implicit_gemm(feats, weight, kmap.table, kmap.n_out, bias, layout=(c_in, c_out, c_in * c_out, c_out, 1))
+
+    @staticmethod
+    def backward_of_param(feats, weight, has_bias: bool, kmap: KernelMap, settings, grad_out):
+        """(dfeats, dweight in weight's shape and strides, dbias or None) of forward_of_param's output gradient."""
+        c_out, c_in = weight.shape[0], weight.shape[1]
+        grad_out = as_dtype(grad_out, feats.dtype)
+        if grad_out.stride(1) != 1:
+            grad_out = grad_out.contiguous()
+        table_t = kmap.table if kmap.mirrored else kmap.table_t
+        grad_feats = implicit_gemm(grad_out, weight, table_t, kmap.n_in, reverse=kmap.mirrored,
+                                   layout=(c_out, c_in, c_in * c_out, 1, c_out))  # [K, Cout, Cin], read in place
+        grad_weight, grad_bias = weight_grad(feats, grad_out, kmap.table, has_bias,
+                                             view=(weight.shape, weight.stride()))
+        return (grad_feats, as_dtype(grad_weight, weight.dtype),
+                None if grad_bias is None else as_dtype(grad_bias, weight.dtype))
 
     @staticmethod
     @torch.autograd.function.once_differentiable

@@ -54,12 +54,13 @@ def _group_lanes(group, group_size, BLOCK_G: tl.constexpr):
 
 @triton.autotune(configs=STAT_CONFIGS, key=["channels", "group_size"])
 @triton.jit
-def norm_statistics_kernel(x_ptr, row_ptr, weight_ptr, bias_ptr, mod_ptr, mean_ptr, rstd_ptr,
-                           scale_ptr, offset_ptr, channels, group_size, eps, stride_mod, CENTER: tl.constexpr,
-                           HAS_BIAS: tl.constexpr, MOD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
+def norm_statistics_kernel(x_ptr, row_ptr, weight_ptr, bias_ptr, mod_ptr, stats_ptr, plane, channels, group_size,
+                           eps, stride_mod, CENTER: tl.constexpr, HAS_BIAS: tl.constexpr, MOD: tl.constexpr,
+                           BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
     """Program (segment, group): mean and rstd of the group over the segment's rows, then the affine coefficients
     scale = rstd * w, offset = b - mean * scale per [s, c]; with MOD (mod [S, 2C], rows stride_mod apart, ADM's
-    scale then shift), times 1 + mod[s, c] plus mod[s, C + c]."""
+    scale then shift), times 1 + mod[s, c] plus mod[s, C + c]. stats [4, S, C] (planes `plane` = S * C apart):
+    mean, rstd, scale, offset."""
     seg, group = tl.program_id(0), tl.program_id(1)
     cols, ok = _group_lanes(group, group_size, BLOCK_G)
     first, last = tl.load(row_ptr + seg), tl.load(row_ptr + seg + 1)
@@ -90,18 +91,19 @@ def norm_statistics_kernel(x_ptr, row_ptr, weight_ptr, bias_ptr, mod_ptr, mean_p
         m = 1.0 + tl.load(mod_ptr + mod_at, mask=ok, other=0.0).to(tl.float32)
         scale = scale * m
         offset = offset * m + tl.load(mod_ptr + mod_at + channels, mask=ok, other=0.0).to(tl.float32)
-    tl.store(mean_ptr + at, tl.zeros(cols.shape, dtype=tl.float32) + mean, mask=ok)
-    tl.store(rstd_ptr + at, tl.zeros(cols.shape, dtype=tl.float32) + rstd, mask=ok)
-    tl.store(scale_ptr + at, scale, mask=ok)
-    tl.store(offset_ptr + at, offset, mask=ok)
+    tl.store(stats_ptr + at, tl.zeros(cols.shape, dtype=tl.float32) + mean, mask=ok)
+    tl.store(stats_ptr + plane + at, tl.zeros(cols.shape, dtype=tl.float32) + rstd, mask=ok)
+    tl.store(stats_ptr + 2 * plane + at, scale, mask=ok)
+    tl.store(stats_ptr + 3 * plane + at, offset, mask=ok)
 
 
 @triton.autotune(configs=ROW_CONFIGS, key=["channels"])
 @triton.jit
-def norm_apply_kernel(x_ptr, scale_ptr, offset_ptr, seg_ptr, out_ptr, seed_ptr, p, n_rows, channels,
+def norm_apply_kernel(x_ptr, stats_ptr, plane, seg_ptr, out_ptr, seed_ptr, p, n_rows, channels,
                       SILU: tl.constexpr, DROP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    """out[n] = x[n] * scale[s] + offset[s] (then silu with SILU, then dropout of rate p with DROP), s = seg[n];
-    fp32 arithmetic."""
+    """out[n] = x[n] * scale[s] + offset[s] (then silu with SILU, then dropout of rate p with DROP), s = seg[n],
+    scale and offset the statistics kernel's planes 2 and 3 of stats; fp32 arithmetic."""
+    scale_ptr, offset_ptr = stats_ptr + 2 * plane, stats_ptr + 3 * plane
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     ok = (rows < n_rows)[:, None] & (cols < channels)[None, :]
@@ -118,16 +120,19 @@ def norm_apply_kernel(x_ptr, scale_ptr, offset_ptr, seg_ptr, out_ptr, seed_ptr, 
 
 @triton.autotune(configs=STAT_CONFIGS, key=["channels", "group_size"])
 @triton.jit
-def norm_grad_statistics_kernel(grad_ptr, x_ptr, row_ptr, mean_ptr, rstd_ptr, weight_ptr, bias_ptr, mod_ptr,
-                                fwd_scale_ptr, fwd_offset_ptr, dy_scale_ptr, x_scale_ptr, offset_ptr, part_w_ptr,
-                                part_b_ptr, grad_mod_ptr, seed_ptr, p, channels, group_size, stride_mod,
+def norm_grad_statistics_kernel(grad_ptr, x_ptr, row_ptr, stats_ptr, weight_ptr, bias_ptr, mod_ptr, work_ptr,
+                                grad_mod_ptr, seed_ptr, p, plane, channels, group_size, stride_mod,
                                 CENTER: tl.constexpr, HAS_BIAS: tl.constexpr, MOD: tl.constexpr, SILU: tl.constexpr,
                                 DROP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
     """Program (segment, group): with dy' the gradient reaching the affine output (through the dropout's mask with
     DROP, and SiLU' of the recomputed y = x * fwd_scale + fwd_offset with SILU) and dy = dy' * m (m = 1 + mod[s, c], else 1): dx = dy' * (rstd w m)
     + x * x_scale + offset, x_scale = -rstd^2 mean_g(w dy xhat), offset = -mean x_scale (- rstd mean_g(w dy) when
     centred); this segment's share of dW (sum dy xhat) and db (sum dy); with MOD, the modulation's gradient
-    [s, :C] = sum dy' y (y the norm's affine output) and [s, C:] = sum dy'."""
+    [s, :C] = sum dy' y (y the norm's affine output) and [s, C:] = sum dy'. stats: the forward's [4, S, C] (mean,
+    rstd, fwd_scale, fwd_offset); work [5, S, C]: dy_scale, x_scale, offset, dW's and db's shares (planes `plane`
+    apart)."""
+    mean_ptr, rstd_ptr, fwd_scale_ptr, fwd_offset_ptr = stats_ptr, stats_ptr + plane, stats_ptr + 2 * plane, \
+        stats_ptr + 3 * plane
     seg, group = tl.program_id(0), tl.program_id(1)
     cols, ok = _group_lanes(group, group_size, BLOCK_G)
     first, last = tl.load(row_ptr + seg), tl.load(row_ptr + seg + 1)
@@ -166,21 +171,24 @@ def norm_grad_statistics_kernel(grad_ptr, x_ptr, row_ptr, mean_ptr, rstd_ptr, we
     offset = -mean * x_scale
     if CENTER:
         offset -= rstd * tl.sum(tl.where(ok, w * sum_dy, 0.0), axis=0) / count
-    tl.store(dy_scale_ptr + at, rstd * w * m, mask=ok)
-    tl.store(x_scale_ptr + at, x_scale, mask=ok)
-    tl.store(offset_ptr + at, offset, mask=ok)
-    tl.store(part_w_ptr + at, dy_xhat, mask=ok)
-    tl.store(part_b_ptr + at, sum_dy, mask=ok)
+    tl.store(work_ptr + at, rstd * w * m, mask=ok)
+    tl.store(work_ptr + plane + at, x_scale, mask=ok)
+    tl.store(work_ptr + 2 * plane + at, offset, mask=ok)
+    tl.store(work_ptr + 3 * plane + at, dy_xhat, mask=ok)
+    tl.store(work_ptr + 4 * plane + at, sum_dy, mask=ok)
 
 
 @triton.autotune(configs=ROW_CONFIGS, key=["channels"])
 @triton.jit
-def norm_input_grad_kernel(grad_ptr, x_ptr, seg_ptr, fwd_scale_ptr, fwd_offset_ptr, dy_scale_ptr, x_scale_ptr,
-                           offset_ptr, part_w_ptr, part_b_ptr, grad_w_ptr, grad_b_ptr, out_ptr, seed_ptr, p, n_rows,
-                           n_seg, channels, SILU: tl.constexpr, DROP: tl.constexpr, BLOCK_N: tl.constexpr,
-                           BLOCK_C: tl.constexpr):
+def norm_input_grad_kernel(grad_ptr, x_ptr, seg_ptr, stats_ptr, work_ptr, plane, grad_w_ptr, grad_b_ptr, out_ptr,
+                           seed_ptr, p, n_rows, n_seg, channels, SILU: tl.constexpr, DROP: tl.constexpr,
+                           BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     """dx[n] = dy'[n] * dy_scale[s] + x[n] * x_scale[s] + offset[s] (dy' through the dropout's mask with DROP and
-    SiLU' with SILU); the programs of the first row tile also sum the per-segment dW and db shares of their columns, in segment order."""
+    SiLU' with SILU; stats and work as norm_grad_statistics_kernel's); the programs of the first row tile also sum
+    the per-segment dW and db shares of their columns, in segment order."""
+    fwd_scale_ptr, fwd_offset_ptr = stats_ptr + 2 * plane, stats_ptr + 3 * plane
+    dy_scale_ptr, x_scale_ptr, offset_ptr = work_ptr, work_ptr + plane, work_ptr + 2 * plane
+    part_w_ptr, part_b_ptr = work_ptr + 3 * plane, work_ptr + 4 * plane
     tile = tl.program_id(0)
     rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)

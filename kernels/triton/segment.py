@@ -43,12 +43,12 @@ def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool
     for the dropout's seed (drawn from torch's generator, so a checkpoint's recompute draws it again)."""
     n, channels = rows.shape
     n_seg, size = row_ptr.numel() - 1, channels // groups
-    mean, rstd, scale, offset = torch.empty(4, n_seg, channels, dtype=torch.float32, device=rows.device).unbind(0)
+    stats = torch.empty(4, n_seg, channels, dtype=torch.float32, device=rows.device)  # mean, rstd, scale, offset
     if n_seg:
         launch_tuned(
             norm_statistics_kernel, (n_seg, groups), (channels, size, rows.dtype, weight.dtype),
             rows, row_ptr, weight, bias if bias is not None else weight,
-            modulation if modulation is not None else mean, mean, rstd, scale, offset, channels, size, float(eps),
+            modulation if modulation is not None else stats, stats, n_seg * channels, channels, size, float(eps),
             modulation.stride(0) if modulation is not None else 0, CENTER=center, HAS_BIAS=bias is not None,
             MOD=modulation is not None, BLOCK_G=next_pow2(size))
     out = out_buffer(n, channels, rows.dtype, rows.device)
@@ -57,42 +57,42 @@ def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool
         block_c = pow2_block(channels, 16, 128)
         launch_tuned(
             norm_apply_kernel, lambda meta: (cdiv(n, meta["BLOCK_N"]), cdiv(channels, block_c)),
-            (channels, rows.dtype), rows, scale, offset, segment, out, seed if dropout else mean, float(dropout), n,
-            channels, SILU=silu, DROP=bool(dropout), BLOCK_C=block_c)
-    return as_dtype(out, rows.dtype), mean, rstd, scale, offset, seed
+            (channels, rows.dtype), rows, stats, n_seg * channels, segment, out, seed if dropout else stats,
+            float(dropout), n, channels, SILU=silu, DROP=bool(dropout), BLOCK_C=block_c)
+    return as_dtype(out, rows.dtype), stats, seed
 
 
-def norm_backward(grad_y, rows, weight, bias, segment, row_ptr, mean, rstd, groups: int, center: bool,
-                  modulation=None, silu: bool = False, fwd_scale=None, fwd_offset=None, dropout: float = 0.0,
-                  drop_state=None):
+def norm_backward(grad_y, rows, weight, bias, segment, row_ptr, stats, groups: int, center: bool, modulation=None,
+                  silu: bool = False, dropout: float = 0.0, drop_state=None):
     """See kernels.segment.norm_backward: two launches (the gradient's sums with dx's coefficients; dx, with dW and
     db summed over segments by its first row tile)."""
     n, channels = rows.shape
     n_seg, size = row_ptr.numel() - 1, channels // groups
-    dy_scale, x_scale, offset, part_w, part_b = torch.empty(5, n_seg, channels, dtype=torch.float32,
-                                                            device=rows.device).unbind(0)
-    grad_mod = torch.empty(n_seg, 2 * channels, dtype=torch.float32, device=rows.device)
+    plane = n_seg * channels
+    # dy_scale, x_scale, offset, and dW's and db's shares per segment
+    work = torch.empty(5, n_seg, channels, dtype=torch.float32, device=rows.device)
+    grad_mod = None if modulation is None else torch.empty(n_seg, 2 * channels, dtype=torch.float32,
+                                                           device=rows.device)
     if n_seg:
         launch_tuned(
             norm_grad_statistics_kernel, (n_seg, groups), (channels, size, grad_y.dtype, rows.dtype, weight.dtype),
-            grad_y, rows, row_ptr, mean, rstd, weight, bias if bias is not None else weight,
-            modulation if modulation is not None else mean, fwd_scale if silu else mean,
-            fwd_offset if silu else mean, dy_scale, x_scale, offset, part_w, part_b, grad_mod,
-            drop_state if dropout else mean, float(dropout), channels, size,
+            grad_y, rows, row_ptr, stats, weight, bias if bias is not None else weight,
+            modulation if modulation is not None else stats, work, grad_mod if grad_mod is not None else work,
+            drop_state if dropout else stats, float(dropout), plane, channels, size,
             modulation.stride(0) if modulation is not None else 0, CENTER=center, HAS_BIAS=bias is not None,
             MOD=modulation is not None, SILU=silu, DROP=bool(dropout), BLOCK_G=next_pow2(size))
-    grad_w, grad_b = (torch.empty if n else torch.zeros)(2, channels, dtype=torch.float32,
-                                                         device=rows.device).unbind(0)
+    new = torch.empty if n else torch.zeros
+    grad_w = new(channels, dtype=torch.float32, device=rows.device)
+    grad_b = new(channels, dtype=torch.float32, device=rows.device)
     grad_rows = out_buffer(n, channels, rows.dtype, rows.device)
     if n:
         block_c = pow2_block(channels, 16, 128)
         launch_tuned(
             norm_input_grad_kernel, lambda meta: (cdiv(n, meta["BLOCK_N"]), cdiv(channels, block_c)),
-            (channels, grad_y.dtype, rows.dtype), grad_y, rows, segment, fwd_scale if silu else mean,
-            fwd_offset if silu else mean, dy_scale, x_scale, offset, part_w, part_b, grad_w, grad_b, grad_rows,
-            drop_state if dropout else mean, float(dropout), n, n_seg, channels, SILU=silu, DROP=bool(dropout),
-            BLOCK_C=block_c)
-    return as_dtype(grad_rows, rows.dtype), grad_w, grad_b, grad_mod if modulation is not None else None
+            (channels, grad_y.dtype, rows.dtype), grad_y, rows, segment, stats, work, plane, grad_w, grad_b,
+            grad_rows, drop_state if dropout else stats, float(dropout), n, n_seg, channels, SILU=silu,
+            DROP=bool(dropout), BLOCK_C=block_c)
+    return as_dtype(grad_rows, rows.dtype), grad_w, grad_b, grad_mod
 
 
 def segment_affine(u, scale, offset, segment, v, v_scale, out_dtype) -> torch.Tensor:

@@ -49,14 +49,14 @@ def attention_forward(block: nn.Module, x: SparseVoxels, with_graph: bool = True
     without a graph, the core under autograd (with_graph; its backward is attention's: SDPA's alone where the core
     is padded buckets, their gathers by hand), or without one (a forward that keeps nothing)."""
     rows, norm, s = x.feats, child(block, "norm"), x.structure
-    h, mean, rstd, _, _, _ = norm_forward(rows, param(norm, "weight"), param(norm, "bias"), s.sample_ids(),
-                                          s.row_ptr(), norm.groups, norm.center, norm.eps)
+    h, stats, _ = norm_forward(rows, param(norm, "weight"), param(norm, "bias"), s.sample_ids(), s.row_ptr(),
+                               norm.groups, norm.center, norm.eps)
     dtype = autocast_dtype(rows.device) or h.dtype  # what a linear layer computes in (autocast casts its operands)
     h_in = as_dtype(h, dtype)
     qkv = F.linear(h_in, *_linear_operands(child(block, "qkv"), dtype))
     attended, core = _core_forward(block, qkv, x.replace(h), with_graph)
     proj = F.linear(as_dtype(attended, dtype), *_linear_operands(child(block, "proj"), dtype))
-    return rows + proj, (h, mean, rstd, h_in, attended, *core)
+    return rows + proj, (h, stats, h_in, attended, *core)
 
 
 def _core_forward(block: nn.Module, qkv: torch.Tensor, h: SparseVoxels, with_graph: bool) -> tuple:
@@ -109,7 +109,7 @@ def attention_grads(block: nn.Module, x: SparseVoxels, grad_out: torch.Tensor, s
     rows, norm, s = x.feats, child(block, "norm"), x.structure
     if saved is None:
         _, saved = attention_forward(block, x)
-    h, mean, rstd, h_in, attended, *core = saved
+    h, stats, h_in, attended, *core = saved
     dtype = h_in.dtype
     g = as_dtype(grad_out, dtype)
     d_attended = _linear_grads(child(block, "proj"), as_dtype(attended, dtype), g, grads)
@@ -117,7 +117,7 @@ def attention_grads(block: nn.Module, x: SparseVoxels, grad_out: torch.Tensor, s
     d_h = _linear_grads(child(block, "qkv"), h_in, as_dtype(d_qkv, dtype), grads)
     weight, bias = param(norm, "weight"), param(norm, "bias")
     d_rows, d_w, d_b, _ = norm_backward(as_dtype(d_h, h.dtype), rows, weight, bias, s.sample_ids(), s.row_ptr(),
-                                        mean, rstd, norm.groups, norm.center)
+                                        stats, norm.groups, norm.center)
     grads[weight] = as_dtype(d_w, weight.dtype)
     if bias is not None:
         grads[bias] = as_dtype(d_b, bias.dtype)

@@ -24,9 +24,9 @@ class SegmentGroupNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, rows, weight, bias, modulation, segment, row_ptr, groups: int, center: bool, eps: float,
                 silu: bool, dropout: float):
-        out, mean, rstd, scale, offset, drop_state = norm_forward(rows, weight, bias, segment, row_ptr, groups,
-                                                                  center, eps, modulation, silu, dropout)
-        ctx.save_for_backward(rows, weight, bias, modulation, mean, rstd, *((scale, offset) if silu else ()))
+        out, stats, drop_state = norm_forward(rows, weight, bias, segment, row_ptr, groups, center, eps, modulation,
+                                              silu, dropout)
+        ctx.save_for_backward(rows, weight, bias, modulation, stats)
         # index tensors of the structure and the dropout's seed: never written in place, and kept alive by their
         # owners anyway, so they skip the saved-tensor hooks (each costs host time under checkpointing)
         ctx.index = segment, row_ptr, drop_state
@@ -37,11 +37,10 @@ class SegmentGroupNormFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
-        rows, weight, bias, modulation, mean, rstd, *affine = ctx.saved_tensors
+        rows, weight, bias, modulation, stats = ctx.saved_tensors
         segment, row_ptr, drop_state = ctx.index
-        affine = affine or (None, None)
-        grads = norm_backward(grad_y, rows, weight, bias, segment, row_ptr, mean, rstd, ctx.groups, ctx.center,
-                              modulation, ctx.silu, *affine, ctx.dropout, drop_state)
+        grads = norm_backward(grad_y, rows, weight, bias, segment, row_ptr, stats, ctx.groups, ctx.center,
+                              modulation, ctx.silu, ctx.dropout, drop_state)
         rest = [as_dtype(g, dtype) if dtype is not None and need else None
                 for g, dtype, need in zip(grads[1:], ctx.dtypes, ctx.needs_input_grad[1:4])]
         return (grads[0] if ctx.needs_input_grad[0] else None, *rest, None, None, None, None, None, None, None)

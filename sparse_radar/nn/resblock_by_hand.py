@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from ..kernels.backends import as_dtype
-from ..kernels.conv import torch_to_kernel_weight
 from ..kernels.direct import Kernels, kernels_for
 from ..kernels.segment import _rows_of_columns
 from ..voxels import SparseVoxels
@@ -34,8 +33,8 @@ def by_hand(block: nn.Module, x) -> bool:
 
 def _norm(k: Kernels, norm: VoxelGroupNorm, x: SparseVoxels, rows: torch.Tensor, modulation=None,
           dropout: float = 0.0) -> tuple:
-    """norm.sparse(x.replace(rows), modulation, silu=True, dropout)'s values, then its mean, rstd, scale, offset and
-    dropout state (what its backward reads)."""
+    """norm.sparse(x.replace(rows), modulation, silu=True, dropout)'s values, then its statistics and dropout state
+    (what its backward reads)."""
     s = x.structure
     return k.norm_forward(rows, param(norm, "weight"), param(norm, "bias"), s.sample_ids(), s.row_ptr(), norm.groups,
                           norm.center, norm.eps, modulation, True, dropout)
@@ -43,13 +42,11 @@ def _norm(k: Kernels, norm: VoxelGroupNorm, x: SparseVoxels, rows: torch.Tensor,
 
 def _norm_grads(k: Kernels, norm: VoxelGroupNorm, x: SparseVoxels, rows, modulation, stats, dropout: float,
                 grad_y: torch.Tensor, grads: Dict) -> tuple:
-    """(d rows, d modulation) of _norm (stats: its mean, rstd, scale, offset, dropout state); the weight's and
-    bias's gradients go into grads."""
-    mean, rstd, scale, offset, seed = stats
+    """(d rows, d modulation) of _norm (stats: its statistics and dropout state); the weight's and bias's gradients
+    go into grads."""
     s, weight, bias = x.structure, param(norm, "weight"), param(norm, "bias")
     d_rows, d_w, d_b, d_mod = k.norm_backward(grad_y.contiguous(), rows, weight, bias, s.sample_ids(), s.row_ptr(),
-                                              mean, rstd, norm.groups, norm.center, modulation, True, scale, offset,
-                                              dropout, seed)
+                                              stats[0], norm.groups, norm.center, modulation, True, dropout, stats[1])
     grads[weight] = as_dtype(d_w, weight.dtype)
     if bias is not None:
         grads[bias] = as_dtype(d_b, bias.dtype)
@@ -60,7 +57,7 @@ def _conv(k: Kernels, conv: SubMConv3d, x: SparseVoxels, values: torch.Tensor) -
     """conv's output on x's voxels from its input values, already in the compute dtype (the weight and bias go in
     fp32: the op casts them, as conv.conv_operands hands them)."""
     kmap = x.structure.submanifold_map(conv.kernel_size, conv.dilation)
-    return k.conv(values, torch_to_kernel_weight(param(conv, "weight")).contiguous(), param(conv, "bias"), kmap)
+    return k.layer_conv(values, param(conv, "weight"), param(conv, "bias"), kmap)
 
 
 def _conv_grads(k: Kernels, conv: SubMConv3d, x: SparseVoxels, values, rows_dtype, grad_out: torch.Tensor,
@@ -68,12 +65,10 @@ def _conv_grads(k: Kernels, conv: SubMConv3d, x: SparseVoxels, values, rows_dtyp
     """d rows (in rows_dtype) of _conv(values); the weight's and bias's gradients, in their Parameters' shapes,
     into grads."""
     weight, bias = param(conv, "weight"), param(conv, "bias")
-    packed = torch_to_kernel_weight(weight)
     kmap = x.structure.submanifold_map(conv.kernel_size, conv.dilation)
-    d_values, d_weight, d_bias = k.conv_vjp(values, packed.contiguous(), bias is not None, kmap,
-                                            as_dtype(grad_out, values.dtype), packed.stride())
-    # [K, Cin, Cout] back to [Cout, Cin, kD, kH, kW]: the inverse of the view the forward reads
-    grads[weight] = as_dtype(d_weight.permute(2, 1, 0).reshape(weight.shape), weight.dtype)
+    d_values, d_weight, d_bias = k.layer_conv_vjp(values, weight, bias is not None, kmap,
+                                                  as_dtype(grad_out, values.dtype))
+    grads[weight] = as_dtype(d_weight, weight.dtype)
     if bias is not None:
         grads[bias] = as_dtype(d_bias, bias.dtype)
     return as_dtype(d_values, rows_dtype)
@@ -114,9 +109,9 @@ def resblock_grads(block: nn.Module, x: SparseVoxels, modulation: torch.Tensor, 
     modulation = _rows_of_columns(modulation)
     if saved is None:
         _, saved = resblock_forward(block, x, modulation, tail=False)
-    h1, in_stats, h2, out_stats, h3, skip_in = saved[0], saved[1:6], saved[6], saved[7:12], saved[12], saved[13]
+    h1, in_stats, h2, out_stats, h3, skip_in = saved[0], saved[1:3], saved[3], saved[4:6], saved[6], saved[7]
     # the forward drew a dropout state iff it dropped
-    rate = child(block, "dropout").p if out_stats[4] is not None else 0.0
+    rate = child(block, "dropout").p if out_stats[1] is not None else 0.0
     d_h3 = _conv_grads(k, child(block, "out_conv"), x, h3, h3.dtype, grad_out, grads)
     d_h2, d_mod = _norm_grads(k, child(block, "out_norm"), x, h2, modulation, out_stats, rate, d_h3, grads)
     d_h1 = _conv_grads(k, child(block, "in_conv"), x, h1, h1.dtype, d_h2, grads)

@@ -12,7 +12,15 @@ from sparse_radar.kernels.kernel_map import KernelMap, invert_table
 from tests.kernels.triton_cases import MAPS, make_map
 
 
-def test_auto_picks_torch_for_cpu_tensors_and_the_environment_overrides(monkeypatch):
+@pytest.fixture
+def reread_interpreting():
+    """backends.triton_interpreting reads TRITON_INTERPRET once: read it again in a test that sets it, and after."""
+    backends.triton_interpreting.cache_clear()
+    yield
+    backends.triton_interpreting.cache_clear()
+
+
+def test_auto_picks_torch_for_cpu_tensors_and_the_environment_overrides(monkeypatch, reread_interpreting):
     x = torch.zeros(3, 2)
     monkeypatch.delenv(backends.BACKEND_ENV, raising=False)
     assert resolve_backend("auto", x) == "torch"
@@ -25,7 +33,7 @@ def test_auto_picks_torch_for_cpu_tensors_and_the_environment_overrides(monkeypa
         resolve_backend("auto", x)
 
 
-def test_triton_refuses_cpu_tensors_outside_the_interpreter(monkeypatch):
+def test_triton_refuses_cpu_tensors_outside_the_interpreter(monkeypatch, reread_interpreting):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="CUDA tensors"):
         resolve_backend("triton", torch.zeros(2, 2))
