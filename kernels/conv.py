@@ -9,8 +9,10 @@ import torch
 from . import backends
 from .direct import backend_kernels
 from .kernel_map import KernelMap
-from .weight_layout import (from_spconv_weight, in_kernel_layout,  # noqa: F401 (the layouts' home is here too)
-                            to_spconv_weight, torch_to_kernel_weight)
+from .weight_layout import from_spconv_weight, in_kernel_layout, to_spconv_weight, torch_to_kernel_weight
+
+__all__ = ["sparse_conv", "sparse_conv_vjp", "depthwise_conv", "torch_to_kernel_weight", "in_kernel_layout",
+           "to_spconv_weight", "from_spconv_weight"]
 
 
 def sparse_conv(feats: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], kmap: KernelMap,
