@@ -20,6 +20,14 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
+@functools.lru_cache(maxsize=None)
+def _gemm_constants(c_in: int, c_out: int, dtype: torch.dtype, has_bias: bool, reverse: bool, precision: str):
+    """(the implicit GEMM's constexpr launch arguments, its number of Cout tiles): made once per kind of launch."""
+    block_co = pow2_block(c_out, 16, 64)
+    return dict(REVERSE=reverse, HAS_BIAS=has_bias, PRECISION=precision, UPCAST=interpreted_bf16(dtype),
+                BLOCK_CI=pow2_block(c_in, 16, 64), BLOCK_CO=block_co), cdiv(c_out, block_co)
+
+
 def implicit_gemm(x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor, n_out: int,
                   bias: Optional[torch.Tensor] = None, reverse: bool = False, layout=None) -> torch.Tensor:
     """out[o] = sum_k x[table[o, k']] @ weight[k] (+ bias), k' = k, or K - 1 - k when reverse: x [N_in, Cin],
@@ -32,15 +40,13 @@ def implicit_gemm(x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor, n_
     out = out_buffer(n_out, c_out, x.dtype, x.device)
     if n_out == 0:
         return as_dtype(out, x.dtype)
-    block_ci = pow2_block(c_in, 16, 64)
-    block_co = pow2_block(c_out, 16, 64)
-    grid = lambda meta: (cdiv(n_out, meta["BLOCK_N"]), cdiv(c_out, block_co))  # BLOCK_N autotuned
+    constants, co_tiles = _gemm_constants(c_in, c_out, x.dtype, bias is not None, reverse, _dot_precision(x.dtype))
+    kernel_volume = table.shape[1]
     launch_tuned(
-        implicit_gemm_kernel, grid, (c_in, c_out, table.shape[1], x.dtype, weight.dtype, bias is not None),
-        x, weight, table, bias if bias is not None else x, out, n_out, c_in, c_out, table.shape[1], x.stride(0),
-        layout[2], layout[3], layout[4], REVERSE=reverse,
-        HAS_BIAS=bias is not None, PRECISION=_dot_precision(x.dtype), UPCAST=interpreted_bf16(x.dtype),
-        BLOCK_CI=block_ci, BLOCK_CO=block_co)
+        implicit_gemm_kernel, lambda meta: (cdiv(n_out, meta["BLOCK_N"]), co_tiles),  # BLOCK_N autotuned
+        (c_in, c_out, kernel_volume, x.dtype, weight.dtype, bias is not None),
+        x, weight, table, bias if bias is not None else x, out, n_out, c_in, c_out, kernel_volume, x.stride(0),
+        layout[2], layout[3], layout[4], **constants)
     return as_dtype(out, x.dtype)
 
 
@@ -55,6 +61,16 @@ def dense_strides(shape: tuple, stride: tuple) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=None)
+def _weight_grad_constants(c_in: int, c_out: int, k: int, dtype: torch.dtype, has_bias: bool, precision: str):
+    """(dW's constexpr launch arguments, its (K, channel tiles) grid, its number of tiles): once per kind of launch."""
+    block_ci, block_co = pow2_block(c_in, 16, 64), pow2_block(c_out, 16, 64)
+    channel_tiles = cdiv(c_in, block_ci) * cdiv(c_out, block_co)
+    constants = dict(PRECISION=precision, UPCAST=interpreted_bf16(dtype), HAS_BIAS=has_bias, BLOCK_N=32,
+                     BLOCK_CI=block_ci, BLOCK_CO=block_co)
+    return constants, (k, channel_tiles), k * channel_tiles
+
+
 def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, table: torch.Tensor, with_bias: bool = False,
                 layout=None, view=None):
     """(dW[k] = sum_o x[table[o, k]]^T @ grad_out[o], fp32 [K, Cin, Cout], laid out with the strides `layout` (a
@@ -67,18 +83,13 @@ def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, table: torch.Tensor, wi
     layout = contiguous if layout is None else tuple(layout)
     if layout != contiguous and not dense_strides((k, c_in, c_out), layout):
         layout = contiguous
-    block_ci = pow2_block(c_in, 16, 64)
-    block_co = pow2_block(c_out, 16, 64)
-    block_n = 32
-    tiles = k * cdiv(c_in, block_ci) * cdiv(c_out, block_co)
-    per, n_split = row_splits(table.shape[0], block_n, tiles)
+    constants, grid, tiles = _weight_grad_constants(c_in, c_out, k, x.dtype, with_bias, _dot_precision(x.dtype))
+    n_rows = table.shape[0]
+    per, n_split = row_splits(n_rows, 32, tiles)
     weights = k * c_in * c_out
     partial = torch.empty(n_split, weights + (c_out if with_bias else 0), dtype=torch.float32, device=x.device)
-    grid = (k, cdiv(c_in, block_ci) * cdiv(c_out, block_co), n_split)
-    launch_tuned(weight_grad_kernel, grid, (c_in, c_out, k, x.dtype, grad_out.dtype),
-                 x, grad_out, table, partial, table.shape[0], c_in, c_out, k, per, grad_out.stride(0), *layout,
-                 PRECISION=_dot_precision(x.dtype), UPCAST=interpreted_bf16(x.dtype), HAS_BIAS=with_bias,
-                 BLOCK_N=block_n, BLOCK_CI=block_ci, BLOCK_CO=block_co)
+    launch_tuned(weight_grad_kernel, (*grid, n_split), (c_in, c_out, k, x.dtype, grad_out.dtype),
+                 x, grad_out, table, partial, n_rows, c_in, c_out, k, per, grad_out.stride(0), *layout, **constants)
     total = partial.sum(0) if n_split > 1 else partial  # either starts its storage: offsets below are absolute
     shape, strides = ((k, c_in, c_out), layout) if view is None or layout != contiguous else view
     grad_weight = total.as_strided(shape, strides, 0)

@@ -1,6 +1,7 @@
 """Triton backend of the sorted-segment sums and affine maps: one launch each, deterministic sums."""
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple
 
 import torch
@@ -37,28 +38,36 @@ def sorted_segment_sums(u, row_ptr, segment, v, shift, shift_u, deterministic) -
     return reduce(sum_a), (reduce(sum_ab) if v is not None else None)
 
 
+@functools.lru_cache(maxsize=None)
+def _norm_constants(channels: int, groups: int):
+    """(group size, its power-of-two lanes, the channel tile of the row kernels, their number): once per shape."""
+    size = channels // groups
+    block_c = pow2_block(channels, 16, 128)
+    return size, next_pow2(size), block_c, cdiv(channels, block_c)
+
+
 def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool, eps: float, modulation=None,
                  silu: bool = False, dropout: float = 0.0):
     """See kernels.segment.norm_forward: two launches (statistics with the coefficients; the affine map), and one
     for the dropout's seed (drawn from torch's generator, so a checkpoint's recompute draws it again)."""
     n, channels = rows.shape
-    n_seg, size = row_ptr.numel() - 1, channels // groups
+    n_seg = row_ptr.shape[0] - 1
+    size, block_g, block_c, col_tiles = _norm_constants(channels, groups)
     stats = torch.empty(4, n_seg, channels, dtype=torch.float32, device=rows.device)  # mean, rstd, scale, offset
+    has_mod = modulation is not None
     if n_seg:
         launch_tuned(
             norm_statistics_kernel, (n_seg, groups), (channels, size, rows.dtype, weight.dtype),
-            rows, row_ptr, weight, bias if bias is not None else weight,
-            modulation if modulation is not None else stats, stats, n_seg * channels, channels, size, float(eps),
-            modulation.stride(0) if modulation is not None else 0, CENTER=center, HAS_BIAS=bias is not None,
-            MOD=modulation is not None, BLOCK_G=next_pow2(size))
+            rows, row_ptr, weight, bias if bias is not None else weight, modulation if has_mod else stats, stats,
+            n_seg * channels, channels, size, float(eps), modulation.stride(0) if has_mod else 0, CENTER=center,
+            HAS_BIAS=bias is not None, MOD=has_mod, BLOCK_G=block_g)
     out = out_buffer(n, channels, rows.dtype, rows.device)
     seed = torch.randint(0, 2 ** 31 - 1, (1,), device=rows.device) if dropout else None
     if n:
-        block_c = pow2_block(channels, 16, 128)
         launch_tuned(
-            norm_apply_kernel, lambda meta: (cdiv(n, meta["BLOCK_N"]), cdiv(channels, block_c)),
-            (channels, rows.dtype), rows, stats, n_seg * channels, segment, out, seed if dropout else stats,
-            float(dropout), n, channels, SILU=silu, DROP=bool(dropout), BLOCK_C=block_c)
+            norm_apply_kernel, lambda meta: (cdiv(n, meta["BLOCK_N"]), col_tiles), (channels, rows.dtype), rows,
+            stats, n_seg * channels, segment, out, seed if dropout else stats, float(dropout), n, channels,
+            SILU=silu, DROP=bool(dropout), BLOCK_C=block_c)
     return as_dtype(out, rows.dtype), stats, seed
 
 
@@ -67,28 +76,26 @@ def norm_backward(grad_y, rows, weight, bias, segment, row_ptr, stats, groups: i
     """See kernels.segment.norm_backward: two launches (the gradient's sums with dx's coefficients; dx, with dW and
     db summed over segments by its first row tile)."""
     n, channels = rows.shape
-    n_seg, size = row_ptr.numel() - 1, channels // groups
-    plane = n_seg * channels
+    n_seg = row_ptr.shape[0] - 1
+    size, block_g, block_c, col_tiles = _norm_constants(channels, groups)
+    plane, device, has_mod = n_seg * channels, rows.device, modulation is not None
     # dy_scale, x_scale, offset, and dW's and db's shares per segment
-    work = torch.empty(5, n_seg, channels, dtype=torch.float32, device=rows.device)
-    grad_mod = None if modulation is None else torch.empty(n_seg, 2 * channels, dtype=torch.float32,
-                                                           device=rows.device)
+    work = torch.empty(5, n_seg, channels, dtype=torch.float32, device=device)
+    grad_mod = torch.empty(n_seg, 2 * channels, dtype=torch.float32, device=device) if has_mod else None
     if n_seg:
         launch_tuned(
             norm_grad_statistics_kernel, (n_seg, groups), (channels, size, grad_y.dtype, rows.dtype, weight.dtype),
             grad_y, rows, row_ptr, stats, weight, bias if bias is not None else weight,
-            modulation if modulation is not None else stats, work, grad_mod if grad_mod is not None else work,
-            drop_state if dropout else stats, float(dropout), plane, channels, size,
-            modulation.stride(0) if modulation is not None else 0, CENTER=center, HAS_BIAS=bias is not None,
-            MOD=modulation is not None, SILU=silu, DROP=bool(dropout), BLOCK_G=next_pow2(size))
+            modulation if has_mod else stats, work, grad_mod if has_mod else work, drop_state if dropout else stats,
+            float(dropout), plane, channels, size, modulation.stride(0) if has_mod else 0, CENTER=center,
+            HAS_BIAS=bias is not None, MOD=has_mod, SILU=silu, DROP=bool(dropout), BLOCK_G=block_g)
     new = torch.empty if n else torch.zeros
-    grad_w = new(channels, dtype=torch.float32, device=rows.device)
-    grad_b = new(channels, dtype=torch.float32, device=rows.device)
-    grad_rows = out_buffer(n, channels, rows.dtype, rows.device)
+    grad_w = new(channels, dtype=torch.float32, device=device)
+    grad_b = new(channels, dtype=torch.float32, device=device)
+    grad_rows = out_buffer(n, channels, rows.dtype, device)
     if n:
-        block_c = pow2_block(channels, 16, 128)
         launch_tuned(
-            norm_input_grad_kernel, lambda meta: (cdiv(n, meta["BLOCK_N"]), cdiv(channels, block_c)),
+            norm_input_grad_kernel, lambda meta: (cdiv(n, meta["BLOCK_N"]), col_tiles),
             (channels, grad_y.dtype, rows.dtype), grad_y, rows, segment, stats, work, plane, grad_w, grad_b,
             grad_rows, drop_state if dropout else stats, float(dropout), n, n_seg, channels, SILU=silu,
             DROP=bool(dropout), BLOCK_C=block_c)
