@@ -14,6 +14,7 @@ from ..nn.conv import SubMConv3d
 from ..nn.field_ops import cat_channels, check_field
 from ..nn.modulation import stacked_linears
 from ..nn.norm import build_norm, norm_silu
+from ..nn.parts import child
 from ..voxels import DenseVoxels, SparseVoxels
 from .config import UNetConfig
 
@@ -114,9 +115,9 @@ class UNet3D(nn.Module):
         with autocast_off(noise_labels.device.type):
             emb = self.time_embed(timestep_embedding(noise_labels, self.config.model_channels).to(x.dtype))
             emb = torch.nn.functional.silu(emb)  # what every ResBlock's projection reads: once here, not per block
-        blocks = [b for level in (*self.encoder, self.middle, *self.decoder) for b in level.blocks]
+        blocks = [b for level in (*self.encoder, self.middle, *self.decoder) for b in child(level, "blocks")]
         # every block's [scale | shift] in one matmul, in the order the blocks run
-        modulations = iter(stacked_linears(emb, [b.emb for b in blocks]))
+        modulations = iter(stacked_linears(emb, [child(b, "emb") for b in blocks]))
         h = self.input_conv(x)
         skips = [h]
         for level, stage in enumerate(self.encoder):

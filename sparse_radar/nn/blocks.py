@@ -13,6 +13,7 @@ from .conv import SparseConv3d, SparseInverseConv3d, SubMConv3d
 from .depthwise import DepthwiseSubMConv3d
 from .field_ops import Field, values
 from .norm import build_norm, norm_and_modulate, norm_silu
+from .parts import child
 from .recompute import keep, recompute, trainable, worth_recomputing
 from .resblock_by_hand import by_hand, resblock_forward, resblock_grads
 
@@ -77,13 +78,13 @@ class ResBlock(nn.Module):
                 grads = lambda v, m, g: self._grads_by_hand(x.replace(v), m, g, params)  # noqa: E731
             elif all(isinstance(m, (SubMConv3d, nn.Identity)) for m in (self.out_conv, self.skip)):
                 vjp = lambda v, m, g: self._tail_vjp(x.replace(v), m, g)  # noqa: E731
-            return x.replace(recompute(run, (values(x), modulation), params, vjp, self.dropout.p > 0, grads))
+            return x.replace(recompute(run, (values(x), modulation), params, vjp, child(self, "dropout").p > 0, grads))
         return self._forward(x, modulation)
 
     def _recomputed_params(self) -> tuple:
         """The trainable parameters a checkpointed block recomputes with: all but the embedding's projection,
         whose output (the modulation) is the block's input."""
-        return trainable(self, without=self.emb)
+        return trainable(self, without=child(self, "emb"))
 
     def _grads_by_hand(self, x: Field, modulation: torch.Tensor, grad_out: torch.Tensor, params, saved=None) -> tuple:
         """For recompute and keep: the gradients of (x's values, modulation, *params) by resblock_grads (no autograd

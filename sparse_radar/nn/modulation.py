@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..kernels.backends import autocast_off, records_graph
+from .parts import param
 
 
 class _StackedLinears(torch.autograd.Function):
@@ -47,11 +48,11 @@ def stacked_linears(x: torch.Tensor, layers: Sequence[nn.Linear]) -> List[torch.
     """[layer(x) for layer in layers] computed as one matmul (in x's dtype, autocast off), each a column slice."""
     if not layers:
         return []
-    for layer in layers:
-        if layer.bias is None or layer.in_features != x.shape[-1]:
-            raise ValueError("stacked_linears needs layers with a bias that all read x's features")
+    weights, biases = [param(layer, "weight") for layer in layers], [param(layer, "bias") for layer in layers]
+    if any(bias is None for bias in biases) or any(layer.in_features != x.shape[-1] for layer in layers):
+        raise ValueError("stacked_linears needs layers with a bias that all read x's features")
     sizes = [layer.out_features for layer in layers]
-    params = [layer.weight for layer in layers] + [layer.bias for layer in layers]
+    params = weights + biases
     with autocast_off(x.device.type):
         if not records_graph(x, *params):  # sampling: no autograd node
             return list(_StackedLinears.compute(x, sizes, params)[1])
