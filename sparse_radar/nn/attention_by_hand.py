@@ -64,31 +64,37 @@ def _core_forward(block: nn.Module, qkv: torch.Tensor, h: SparseVoxels, with_gra
     None where the core is not padded buckets)) of the projections qkv [N, 3C]."""
     n, heads = qkv.shape[0], block.num_heads
     head_dim = block.channels // heads
+    if n == 0:  # an empty field (a strided level of empty samples): nothing to attend, no graph to record
+        return qkv.new_empty(0, block.channels), (None, None, None, None)
     with torch.set_grad_enabled(with_graph):
         core = child(block, "core")
-        split = core.bucketed(qkv, h) if n and hasattr(core, "bucketed") else None
+        split = core.bucketed(qkv, h) if hasattr(core, "bucketed") else None
         if split is None:  # the core's own sparse() under autograd
             leaf = qkv.detach().requires_grad_(with_graph)
             q, k, v = leaf.view(n, 3, heads, head_dim).unbind(1)
             out = core.sparse(q, k, v, h).reshape(n, block.channels)
             return out.detach(), (Graph((leaf,), out), None, None, None)
-        buckets, bias = split  # grouped_attention, its gathers by hand: SDPA alone under autograd
+        buckets, bias = split  # grouped_attention, its gathers by hand: SDPA alone under autograd, its one node
         g, length = buckets.index.shape
-        leaf = qkv.view(n, 3, heads, head_dim).index_select(0, buckets.gather_index).requires_grad_(with_graph)
-        qg, kg, vg = (t.transpose(1, 2) for t in leaf.view(g, length, 3, heads, head_dim).unbind(2))  # [G, h, L, d]
-        out = sdpa(qg, kg, vg, attn_mask=bucket_mask(buckets, bias, qg.dtype))  # [G, h, L, d]
+        gathered = qkv.view(n, 3, heads, head_dim).index_select(0, buckets.gather_index)  # no graph: qkv has none
+        leaves = tuple(t.transpose(1, 2).requires_grad_(with_graph)  # q, k, v [G, h, L, d]: views, and leaves
+                       for t in gathered.view(g, length, 3, heads, head_dim).unbind(2))
+        out = sdpa(*leaves, attn_mask=bucket_mask(buckets, bias, leaves[0].dtype))  # [G, h, L, d]
     rows = out.detach().transpose(1, 2).reshape(g * length, heads, head_dim).index_select(0, buckets.slot)
-    return rows.reshape(n, block.channels), (Graph((leaf,), out), buckets.gather_index, buckets.slot,
+    return rows.reshape(n, block.channels), (Graph(leaves, out), buckets.gather_index, buckets.slot,
                                              buckets.keep(out.dtype))
 
 
 def _core_grads(block: nn.Module, core: tuple, d_attended: torch.Tensor, grads: Dict) -> torch.Tensor:
     """d qkv [N, 3C] of _core_forward for d_attended [N, C]; the core's own parameters' gradients into grads."""
     graph, gather_index, slot, keep = core
-    leaf, out = graph.inputs[0], graph.output
     core_params = trainable(child(block, "core"))
+    if graph is None:  # an empty field's: a parameter of the core (window attention's bias) is unused
+        grads.update((p, None) for p in core_params)
+        return d_attended.new_empty(0, 3 * block.channels)
+    out = graph.output
     if gather_index is None:
-        # (an empty field's core is its input's copy: a parameter it has, window attention's bias, goes unused)
+        leaf = graph.inputs[0]
         d_leaf, *d_core = torch.autograd.grad(out, [leaf, *core_params], as_dtype(d_attended, out.dtype),
                                               allow_unused=True)
         grads.update(zip(core_params, d_core))
@@ -97,9 +103,10 @@ def _core_grads(block: nn.Module, core: tuple, d_attended: torch.Tensor, grads: 
     # the scatter's backward: each slot's row gradient, zero at padding; then SDPA's; then the gather's
     d_out = as_dtype(d_attended, out.dtype).view(-1, heads, head_dim).index_select(0, gather_index)
     d_out = d_out.mul_(keep[:, None, None]).view(g, length, heads, head_dim).transpose(1, 2)
-    d_leaf, *d_core = torch.autograd.grad(out, [leaf, *core_params], d_out)
+    d_q, d_k, d_v, *d_core = torch.autograd.grad(out, [*graph.inputs, *core_params], d_out)
     grads.update(zip(core_params, d_core))
-    return d_leaf.index_select(0, slot).reshape(slot.shape[0], 3 * block.channels)
+    d_gathered = torch.stack([d_q, d_k, d_v], dim=1).permute(0, 3, 1, 2, 4)  # [G, L, 3, h, d], as gathered
+    return d_gathered.reshape(g * length, 3 * block.channels).index_select(0, slot)
 
 
 def attention_grads(block: nn.Module, x: SparseVoxels, grad_out: torch.Tensor, saved=None) -> tuple:
