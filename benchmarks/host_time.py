@@ -62,18 +62,27 @@ def time_steps(preset: str, steps: int, checkpointing: bool = True, always_recom
         return _time_steps(preset, steps, checkpointing)
 
 
-def _time_steps(preset: str, steps: int, checkpointing: bool) -> dict:
+def counter_model(preset: str, checkpointing: bool = True):
+    """(model, forward and backward of one step, AdamW(foreach=True) on its weights): the counter's."""
     torch.manual_seed(0)
     grid = (8, 32, 32)
     model = UNet3D(PRESETS[preset](model_channels=16, use_fp16=False, use_checkpoint=checkpointing))
     mask = torch.rand(2, 1, *grid) < 0.05
     sparse = DenseVoxels(torch.randn(2, model.config.in_channels, *grid) * mask, mask).to_sparse()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
-    labels, times = torch.zeros(2), {part: [] for part in PARTS}
+    labels = torch.zeros(2)
+
+    def forward():
+        return model(SparseVoxels(sparse.feats, sparse.coords, grid, 2), labels)
+    return model, forward, torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+
+
+def _time_steps(preset: str, steps: int, checkpointing: bool) -> dict:
+    model, run_forward, optimizer = counter_model(preset, checkpointing)
+    times = {part: [] for part in PARTS}
     with kernel_settings(backend="triton"), stubbed_triton():
         for step in range(steps + 2):
             start = time.perf_counter()
-            out = model(SparseVoxels(sparse.feats, sparse.coords, grid, 2), labels)
+            out = run_forward()
             forward = time.perf_counter()
             out.feats.float().square().mean().backward()
             backward = time.perf_counter()

@@ -263,3 +263,34 @@ def test_host_time_splits_each_step_into_its_parts_and_restores_the_interpreter(
     for i in range(2):  # one clock: the parts are the step's consecutive intervals
         parts = sum(times[p][i] for p in PARTS[:-1])
         assert parts == pytest.approx(times["step"][i], rel=1e-9) and min(times[p][i] for p in PARTS) > 0
+
+
+def test_host_instructions_divides_the_difference_of_two_runs_by_the_steps(monkeypatch, capsys):
+    """The warm-up's instructions are in both runs and cancel; AdamW's are the opt run's less forward and
+    backward's; without valgrind it says what to install."""
+    import benchmarks.host_instructions as hi
+    runs = []
+
+    def fake_total(preset, steps, part):
+        runs.append((preset, steps, part))
+        return 5_000_000_000 + steps * (80_000_000 if part == "fwd_bwd" else 230_000_000)
+    monkeypatch.setattr(hi, "_total", fake_total)
+    monkeypatch.setattr(hi.shutil, "which", lambda name: "/usr/bin/valgrind")
+    hi.main(["--part", "both", "--steps", "4", "--warm", "2"])
+    out = capsys.readouterr().out
+    assert "| forward + backward | 80.0 |" in out and "| AdamW | 150.0 |" in out
+    assert runs == [("lightweight", 2, "fwd_bwd"), ("lightweight", 6, "fwd_bwd"), ("lightweight", 2, "opt"),
+                    ("lightweight", 6, "opt")]
+    monkeypatch.setattr(hi.shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit, match="needs valgrind"):
+        hi.main([])
+
+
+def test_host_instructions_worker_runs_the_counters_steps():
+    pytest.importorskip("triton")
+    import triton.runtime.interpreter as interpreter
+    import benchmarks.host_instructions as hi
+    original = interpreter.InterpretedFunction.run
+    hi.main(["--worker", "1", "--preset", "tiny", "--part", "opt"])
+    import gc
+    assert interpreter.InterpretedFunction.run is original and gc.isenabled()

@@ -54,8 +54,7 @@ def tuning(*configs):
     return list(configs[:1] if backends.triton_interpreting() else configs)
 
 
-_CHOSEN: Dict[tuple, tuple] = {}  # (autotuned kernel, tuning key) -> (the chosen config's launch arguments, the
-# kernel's own run)
+_CHOSEN: Dict[tuple, dict] = {}  # (autotuned kernel, tuning key) -> the chosen config's launch arguments
 
 
 def launch_tuned(kernel, grid: Union[tuple, Callable], key: tuple, *args, **kwargs) -> None:
@@ -64,12 +63,11 @@ def launch_tuned(kernel, grid: Union[tuple, Callable], key: tuple, *args, **kwar
     run the config it chose directly (a callable grid is called with that config's arguments), without the
     autotuner's per-launch bookkeeping (its key built from every argument's name and dtype: about half the host time
     of a stubbed launch) or the launcher proxy of kernel[grid]."""
-    chosen = _CHOSEN.get((kernel, key))
-    if chosen is not None:
-        config, run = chosen
-        run(*args, grid=grid(config) if callable(grid) else grid, warmup=False, **kwargs, **config)
+    config = _CHOSEN.get((kernel, key))
+    if config is not None:  # the kernel's run looked up at each launch: a tool that patches it sees every launch
+        kernel.fn.run(*args, grid=grid(config) if callable(grid) else grid, warmup=False, **kwargs, **config)
         return
     kernel[grid](*args, **kwargs)
     config = getattr(kernel, "best_config", None)  # what this launch ran with (every triton 3 autotuner records it)
     if config is not None and config.pre_hook is None:  # a config with a hook runs it before each launch: keep that
-        _CHOSEN[(kernel, key)] = config.all_kwargs(), kernel.fn.run  # kernel on the autotuner
+        _CHOSEN[(kernel, key)] = config.all_kwargs()  # kernel on the autotuner
