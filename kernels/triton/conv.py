@@ -75,11 +75,13 @@ def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, table: torch.Tensor, wi
                 layout=None, view=None):
     """(dW[k] = sum_o x[table[o, k]]^T @ grad_out[o], fp32 [K, Cin, Cout], laid out with the strides `layout` (a
     dense layout, e.g. the weight's own, so autograd need not copy it; default contiguous), or given view (shape,
-    strides), that contiguous memory read as them (a torch-layout weight whose memory is [K, Cin, Cout]); with_bias,
-    db = sum_o grad_out[o], fp32 [Cout], else None): one launch and one sum of its per-split partials
-    (deterministic)."""
+    strides) and no layout, that contiguous memory read as them (a torch-layout weight whose memory is [K, Cin,
+    Cout]); with_bias, db = sum_o grad_out[o], fp32 [Cout], else None): one launch and one sum of its per-split
+    partials (deterministic)."""
     k, c_in, c_out = table.shape[1], x.shape[1], grad_out.shape[1]
     contiguous = (c_in * c_out, c_out, 1)
+    if view is not None and layout is not None:
+        raise ValueError("weight_grad takes a view of its contiguous result or a layout, not both")
     layout = contiguous if layout is None else tuple(layout)
     if layout != contiguous and not dense_strides((k, c_in, c_out), layout):
         layout = contiguous
@@ -91,7 +93,7 @@ def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, table: torch.Tensor, wi
     launch_tuned(weight_grad_kernel, (*grid, n_split), (c_in, c_out, k, x.dtype, grad_out.dtype),
                  x, grad_out, table, partial, n_rows, c_in, c_out, k, per, grad_out.stride(0), *layout, **constants)
     total = partial.sum(0) if n_split > 1 else partial  # either starts its storage: offsets below are absolute
-    shape, strides = ((k, c_in, c_out), layout) if view is None or layout != contiguous else view
+    shape, strides = ((k, c_in, c_out), layout) if view is None else view
     grad_weight = total.as_strided(shape, strides, 0)
     return grad_weight, (total.as_strided((c_out,), (1,), weights) if with_bias else None)
 
@@ -126,16 +128,8 @@ class TritonSparseConv(torch.autograd.Function):
     def backward_of_param(feats, weight, has_bias: bool, kmap: KernelMap, settings, grad_out):
         """(dfeats, dweight in weight's shape and strides, dbias or None) of forward_of_param's output gradient."""
         c_out, c_in = weight.shape[0], weight.shape[1]
-        grad_out = as_dtype(grad_out, feats.dtype)
-        if grad_out.stride(1) != 1:
-            grad_out = grad_out.contiguous()
-        table_t = kmap.table if kmap.mirrored else kmap.table_t
-        grad_feats = implicit_gemm(grad_out, weight, table_t, kmap.n_in, reverse=kmap.mirrored,
-                                   layout=(c_out, c_in, c_in * c_out, 1, c_out))  # [K, Cout, Cin], read in place
-        grad_weight, grad_bias = weight_grad(feats, grad_out, kmap.table, has_bias,
-                                             view=(weight.shape, weight.stride()))
-        return (grad_feats, as_dtype(grad_weight, weight.dtype),
-                None if grad_bias is None else as_dtype(grad_bias, weight.dtype))
+        return _conv_backward(feats, weight, (c_out, c_in, c_in * c_out, 1, c_out), weight.dtype, has_bias, kmap,
+                              grad_out, view=(weight.shape, weight.stride()))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -151,24 +145,31 @@ class TritonSparseConv(torch.autograd.Function):
         """(dfeats, dweight, dbias) of the op's output gradient (each None where not needed); packed: the weight
         [K, Cin, Cout] contiguous, layout: the strides of the weight the op was given (dweight comes back in them;
         default packed's)."""
-        layout = packed.stride() if layout is None else layout
-        grad_out = as_dtype(grad_out, feats.dtype)
-        if grad_out.stride(1) != 1:  # rows may be strided (a slice of a concatenation's gradient): columns adjacent
-            grad_out = grad_out.contiguous()
-        grad_feats = grad_weight = grad_bias = None
-        if needs[0]:
-            # [K, Cout, Cin]; a mirrored (submanifold) map's transposed table is its table read last offset first
-            table_t = kmap.table if kmap.mirrored else kmap.table_t
-            grad_feats = implicit_gemm(grad_out, packed.transpose(1, 2), table_t, kmap.n_in, reverse=kmap.mirrored)
-        want_bias = has_bias and needs[2]
-        if needs[1]:  # dW (in the weight's own layout) and db in one launch
-            grad_weight, grad_bias = weight_grad(feats, grad_out, kmap.table, want_bias, layout)
-            grad_weight = as_dtype(grad_weight, packed.dtype)
-        elif want_bias:
-            grad_bias = grad_out.sum(0, dtype=torch.float32)
-        if grad_bias is not None:
-            grad_bias = as_dtype(grad_bias, packed.dtype)
-        return grad_feats, grad_weight, grad_bias
+        strides = packed.stride()  # dX reads its transpose [K, Cout, Cin] in place (unit stride along Cout)
+        return _conv_backward(feats, packed, (packed.shape[2], packed.shape[1], strides[0], strides[2], strides[1]),
+                              packed.dtype, has_bias, kmap, grad_out, needs, strides if layout is None else layout)
+
+
+def _conv_backward(feats, weight, transposed, dtype, has_bias: bool, kmap: KernelMap, grad_out,
+                   needs=(True, True, True), layout=None, view=None):
+    """(dfeats, dweight, dbias) of a conv whose weight's memory, read as [K, Cout, Cin], has `transposed` (implicit
+    gemm's layout: Cout, Cin and the three strides); dweight in layout, or view (weight_grad's), in dtype."""
+    grad_out = as_dtype(grad_out, feats.dtype)
+    if grad_out.stride(1) != 1:  # rows may be strided (a slice of a concatenation's gradient): columns adjacent
+        grad_out = grad_out.contiguous()
+    grad_feats = grad_weight = grad_bias = None
+    if needs[0]:  # a mirrored (submanifold) map's transposed table is its table read last offset first
+        table_t = kmap.table if kmap.mirrored else kmap.table_t
+        grad_feats = implicit_gemm(grad_out, weight, table_t, kmap.n_in, reverse=kmap.mirrored, layout=transposed)
+    want_bias = has_bias and needs[2]
+    if needs[1]:  # dW (in the weight's own layout) and db in one launch
+        grad_weight, grad_bias = weight_grad(feats, grad_out, kmap.table, want_bias, layout, view)
+        grad_weight = as_dtype(grad_weight, dtype)
+    elif want_bias:
+        grad_bias = grad_out.sum(0, dtype=torch.float32)
+    if grad_bias is not None:
+        grad_bias = as_dtype(grad_bias, dtype)
+    return grad_feats, grad_weight, grad_bias
 
 
 def depthwise(x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor, n_out: int) -> torch.Tensor:

@@ -49,3 +49,12 @@ def test_layer_conv_and_its_vjp_match_autograd_of_the_reference(backend, layout)
     assert d_weight.shape == weight.shape
     for got, leaf in zip((d_feats, d_weight, d_bias), leaves):
         torch.testing.assert_close(got.double().cpu(), leaf.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_weight_grad_takes_a_view_or_a_layout_not_both():
+    pytest.importorskip("triton")
+    from sparse_radar.kernels.triton.conv import weight_grad
+    kmap = make_map("subm")
+    x, g = torch.zeros(kmap.n_in, 4, device=DEVICE), torch.zeros(kmap.n_out, 4, device=DEVICE)
+    with pytest.raises(ValueError, match="not both"):
+        weight_grad(x, g, kmap.table, layout=(16, 4, 1), view=((4, 4, 3, 3, 3), (1, 4, 144, 48, 16)))
