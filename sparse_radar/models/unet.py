@@ -17,6 +17,7 @@ from ..nn.norm import build_norm, norm_silu
 from ..nn.parts import child
 from ..voxels import DenseVoxels, SparseVoxels
 from .config import UNetConfig
+from .unet_by_hand import body_by_hand, run_body
 
 Field = Union[SparseVoxels, DenseVoxels]
 
@@ -119,19 +120,45 @@ class UNet3D(nn.Module):
         # every block's [scale | shift] in one matmul, in the order the blocks run
         modulations = iter(stacked_linears(emb, [child(b, "emb") for b in blocks]))
         h = self.input_conv(x)
+        if body_by_hand(self, h):  # a checkpointed sparse training step: the whole body as one autograd node
+            h = run_body(self, h, list(modulations))
+        else:
+            h = self._body(h, modulations, _Modules)
+        return self.out_conv(norm_silu(self.out_norm, h))
+
+    def _body(self, h, modulations, step):
+        """The blocks, downsamples, upsamples and skip concatenations between the input conv and the output norm,
+        each applied by step (_Modules: the modules themselves; unet_by_hand's tape: by hand, recorded)."""
         skips = [h]
         for level, stage in enumerate(self.encoder):
-            for block, attn in zip(stage.blocks, stage.attns):
-                h = attn(block(h, modulation=next(modulations)))
+            for block, attn in zip(child(stage, "blocks"), child(stage, "attns")):
+                h = step.attn(attn, step.block(block, h, next(modulations)))
                 skips.append(h)
             if level < len(self.downs):
-                h = self.downs[level](h)
+                h = step.conv(self.downs[level], h)
                 skips.append(h)
-        h = self.middle.blocks[0](h, modulation=next(modulations))
-        h = self.middle.blocks[1](self.middle.attns[0](h), modulation=next(modulations))
+        middle = child(self, "middle")
+        blocks = child(middle, "blocks")
+        h = step.block(blocks[0], h, next(modulations))
+        h = step.block(blocks[1], step.attn(child(middle, "attns")[0], h), next(modulations))
         for level, stage in enumerate(self.decoder):
-            for block, attn in zip(stage.blocks, stage.attns):
-                h = attn(block(cat_channels(h, skips.pop()), modulation=next(modulations)))
+            for block, attn in zip(child(stage, "blocks"), child(stage, "attns")):
+                h = step.attn(attn, step.block(block, step.cat(h, skips.pop()), next(modulations)))
             if level < len(self.ups):
-                h = self.ups[level](h)
-        return self.out_conv(norm_silu(self.out_norm, h))
+                h = step.conv(self.ups[level], h)
+        return h
+
+
+class _Modules:
+    """UNet3D._body's steps as the modules' own calls."""
+
+    @staticmethod
+    def block(block: nn.Module, h: Field, modulation: torch.Tensor) -> Field:
+        return block(h, modulation=modulation)
+
+    @staticmethod
+    def attn(module: nn.Module, h: Field) -> Field:
+        return module(h)
+
+    conv = attn
+    cat = staticmethod(cat_channels)

@@ -164,3 +164,30 @@ def test_an_empty_field_runs_attention_by_hand_with_the_plain_blocks_gradients(a
         assert (a is None) == (b is None)
         if a is not None:
             assert a.shape == b.shape and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_node_backward_calls_sdpas_node_directly_with_autograds_gradients(masked, monkeypatch):
+    """An attention core's SDPA (fp32: its fused CPU kernel; q, k, v the graph's leaves, a mask that takes no
+    gradient): its node's backward called directly, no engine pass, the gradients torch.autograd.grad gives bit for
+    bit; a graph of several nodes, or leaves in another order than the node's inputs, go through the engine."""
+    import torch.nn.functional as F
+    from sparse_radar.nn.attention_by_hand import node_backward
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(2, 5, 3, 2, 4, generator=g, dtype=torch.float32)  # [G, L, (q k v), h, d], as gathered
+    leaves = tuple(base[:, :, i].transpose(1, 2).requires_grad_(True) for i in range(3))  # views [G, h, L, d]
+    mask = torch.zeros(1, 1, 1, 5, dtype=torch.float32) if masked else None
+    out = F.scaled_dot_product_attention(*leaves, attn_mask=mask)
+    grad = torch.randn(out.shape, generator=g, dtype=torch.float32)
+    expected = torch.autograd.grad(out, leaves, grad, retain_graph=True)
+    engine = []
+    real = torch.autograd.grad
+    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: engine.append(1) or real(*a, **k))
+    got = node_backward(out, leaves, grad)
+    assert engine == [] and all(torch.equal(a, b) for a, b in zip(got, expected))
+    two_nodes = F.scaled_dot_product_attention(*leaves, attn_mask=mask) * 2
+    got = node_backward(two_nodes, leaves, grad)
+    assert engine == [1] and all(torch.allclose(a, 2 * b) for a, b in zip(got, expected))
+    swapped = (leaves[1], leaves[0], leaves[2])  # the node reads them, but not in this order
+    node_backward(out, swapped, grad)
+    assert engine == [1, 1]
