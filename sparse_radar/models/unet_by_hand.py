@@ -26,7 +26,7 @@ from ..nn.attention_by_hand import attention_by_hand, attention_forward, attenti
 from ..nn.blocks import Downsample, ResBlock, Upsample
 from ..nn.conv import SparseConv3d, SparseInverseConv3d, autocast_dtype
 from ..nn.field_ops import cat_channels
-from ..nn.parts import child, param
+from ..nn.parts import child, param, parametrized
 from ..nn.recompute import _rng_state, _set_rng_state, keep, trainable, worth_recomputing
 from ..nn.resblock_by_hand import by_hand, resblock_forward, resblock_grads
 from ..voxels import SparseVoxels
@@ -37,8 +37,9 @@ def body_by_hand(model: nn.Module, h) -> bool:
     block checkpointed and of the by-hand kinds, and no module hooks in the body (which a by-hand op would skip)."""
     if not (model.training and torch.is_grad_enabled() and isinstance(h, SparseVoxels)):
         return False
-    if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks \
-            or nn.modules.module._global_backward_hooks:
+    hooks = nn.modules.module
+    if hooks._global_forward_hooks or hooks._global_forward_pre_hooks or hooks._global_backward_hooks \
+            or hooks._global_backward_pre_hooks:
         return False
     for module in body_modules(model):
         if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks \
@@ -51,7 +52,8 @@ def body_by_hand(model: nn.Module, h) -> bool:
             if not (module.use_checkpoint and attention_by_hand(module, h)):
                 return False
         elif isinstance(module, (Downsample, Upsample)):
-            if not isinstance(child(module, "conv"), (SparseConv3d, SparseInverseConv3d)):
+            conv = child(module, "conv")
+            if not isinstance(conv, (SparseConv3d, SparseInverseConv3d)) or parametrized(conv):
                 return False
         elif not isinstance(module, nn.Identity):
             return False

@@ -21,13 +21,14 @@ from .attention_cores import bucket_mask
 from .attention_dense import sdpa
 from .conv import autocast_dtype
 from .norm import VoxelGroupNorm
-from .parts import child, param
+from .parts import child, param, parametrized
 from .recompute import Graph, trainable
 
 
 def attention_by_hand(block: nn.Module, x) -> bool:
     """Whether attention_grads covers this AttentionBlock on this field (an empty one too)."""
-    return isinstance(x, SparseVoxels) and isinstance(child(block, "norm"), VoxelGroupNorm)
+    return isinstance(x, SparseVoxels) and isinstance(child(block, "norm"), VoxelGroupNorm) and not parametrized(
+        *(child(block, name) for name in ("norm", "qkv", "core", "proj")))
 
 
 def _linear_grads(layer: nn.Linear, inputs: torch.Tensor, grad: torch.Tensor, grads: Dict) -> torch.Tensor:

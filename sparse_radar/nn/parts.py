@@ -22,3 +22,9 @@ def child(module: nn.Module, name: str):
     """module.<name> of a submodule."""
     found = module._modules.get(name, _ABSENT)
     return getattr(module, name) if found is _ABSENT else found
+
+
+def parametrized(*modules: nn.Module) -> bool:
+    """Whether any of modules has a parametrized tensor (torch.nn.utils.parametrize): code that differentiates by
+    hand would read its computed value and hand no gradient to the parametrization's own tensors."""
+    return any("parametrizations" in module._modules for module in modules)

@@ -20,15 +20,15 @@ from ..kernels.segment import _rows_of_columns
 from ..voxels import SparseVoxels
 from .conv import SubMConv3d, autocast_dtype
 from .norm import VoxelGroupNorm
-from .parts import child, param
+from .parts import child, param, parametrized
 
 
 def by_hand(block: nn.Module, x) -> bool:
     """Whether resblock_grads covers this ResBlock on this field."""
-    return (isinstance(x, SparseVoxels) and isinstance(child(block, "in_norm"), VoxelGroupNorm)
-            and isinstance(child(block, "out_norm"), VoxelGroupNorm) and isinstance(child(block, "in_conv"), SubMConv3d)
-            and isinstance(child(block, "out_conv"), SubMConv3d)
-            and isinstance(child(block, "skip"), (SubMConv3d, nn.Identity)))
+    parts = [child(block, name) for name in ("in_norm", "in_conv", "out_norm", "out_conv", "skip")]
+    return (isinstance(x, SparseVoxels) and isinstance(parts[0], VoxelGroupNorm) and isinstance(parts[1], SubMConv3d)
+            and isinstance(parts[2], VoxelGroupNorm) and isinstance(parts[3], SubMConv3d)
+            and isinstance(parts[4], (SubMConv3d, nn.Identity)) and not parametrized(*parts))
 
 
 def _norm(k: Kernels, norm: VoxelGroupNorm, x: SparseVoxels, rows: torch.Tensor, modulation=None,

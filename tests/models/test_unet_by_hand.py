@@ -150,3 +150,26 @@ def test_hooks_eval_and_dense_fields_take_the_modules():
     assert not body_by_hand(model.train(), dv)
     model.middle.blocks[0].use_checkpoint = False
     assert not body_by_hand(model, h)
+
+
+def test_a_parametrized_weight_takes_the_modules_and_gets_its_gradient(monkeypatch):
+    """A weight under torch.nn.utils.parametrize (in a block's conv, an attention projection, a downsample): the by-hand
+    ops would read its computed value and leave the parametrization's own tensor without a gradient, so the block
+    (and the body) run their modules, and the gradient is plain autograd's."""
+    from torch.nn.utils import parametrize
+
+    class Doubled(torch.nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    model = _model(attention_type="flash")
+    for layer in (model.encoder[0].blocks[0].in_conv, model.middle.attns[0].qkv, model.downs[0].conv):
+        parametrize.register_parametrization(layer, "weight", Doubled())
+    assert not body_by_hand(model, _body_input())
+    by_modules = _step(model, True, monkeypatch=monkeypatch)
+    for module in model.modules():
+        if hasattr(module, "use_checkpoint"):
+            module.use_checkpoint = False
+    plain = _step(model, True, monkeypatch=monkeypatch)
+    _assert_same(by_modules, plain, exact=False)
+    assert by_modules[2]["encoder.0.blocks.0.in_conv.parametrizations.weight.original"].abs().sum() > 0

@@ -1,9 +1,10 @@
-"""parts.param / parts.child: the module's own entries, and its attribute where a name is not in its dicts."""
+"""parts.param / parts.child: the module's own entries, and its attribute where a name is not in its dicts;
+parts.parametrized."""
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from sparse_radar.nn.parts import child, param
+from sparse_radar.nn.parts import child, param, parametrized
 
 
 class _Doubled(nn.Module):
@@ -32,3 +33,10 @@ def test_an_attribute_that_is_no_entry_falls_back():
     layer = nn.Linear(3, 2)
     layer.note = "plain"
     assert param(layer, "in_features") == 3 and child(layer, "note") == "plain"
+
+
+def test_parametrized_sees_a_registered_parametrization():
+    plain, changed = nn.Linear(3, 4), nn.Linear(3, 4)
+    assert not parametrized(plain, changed)
+    parametrize.register_parametrization(changed, "weight", _Doubled())
+    assert parametrized(changed) and parametrized(plain, changed) and not parametrized(plain)
