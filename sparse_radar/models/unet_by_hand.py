@@ -34,7 +34,8 @@ from ..voxels import SparseVoxels
 
 def body_by_hand(model: nn.Module, h) -> bool:
     """Whether run_body covers model's body on the field h: a training step with grad on, a sparse field, every
-    block checkpointed and of the by-hand kinds, and no module hooks in the body (which a by-hand op would skip)."""
+    block checkpointed, training and of the by-hand kinds, and no hooks on the body's modules or the strided convs
+    (which the by-hand ops would skip; a block's own layers are called by hand in its own node too)."""
     if not (model.training and torch.is_grad_enabled() and isinstance(h, SparseVoxels)):
         return False
     hooks = nn.modules.module
@@ -42,22 +43,26 @@ def body_by_hand(model: nn.Module, h) -> bool:
             or hooks._global_backward_pre_hooks:
         return False
     for module in body_modules(model):
-        if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks \
-                or module._backward_pre_hooks:
+        if _hooked(module):
             return False
         if isinstance(module, ResBlock):
-            if not (module.use_checkpoint and by_hand(module, h)):
+            if not (module.use_checkpoint and module.training and by_hand(module, h)):
                 return False
         elif isinstance(module, AttentionBlock):
-            if not (module.use_checkpoint and attention_by_hand(module, h)):
+            if not (module.use_checkpoint and module.training and attention_by_hand(module, h)):
                 return False
         elif isinstance(module, (Downsample, Upsample)):
             conv = child(module, "conv")
-            if not isinstance(conv, (SparseConv3d, SparseInverseConv3d)) or parametrized(conv):
+            if not isinstance(conv, (SparseConv3d, SparseInverseConv3d)) or parametrized(conv) or _hooked(conv):
                 return False
         elif not isinstance(module, nn.Identity):
             return False
     return True
+
+
+def _hooked(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks)
 
 
 def body_modules(model: nn.Module) -> List[nn.Module]:

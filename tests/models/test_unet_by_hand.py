@@ -78,16 +78,20 @@ def test_the_body_node_matches_the_blocks_own_nodes_bitwise(attention_type, reco
     assert all(g.abs().sum() > 0 for g in by_body[2].values())  # every parameter reached, the bias table too
 
 
-def test_the_body_node_matches_plain_autograd_without_checkpointing(monkeypatch):
-    """The reference that shares no code with the by-hand ops' backward: the modules under autograd, no
-    checkpointing, the same dropout draws."""
-    model = _model(attention_type="window")
-    by_body = _step(model, True, monkeypatch=monkeypatch)
+def _assert_matches_plain_autograd(model, monkeypatch):
+    """model's step (checkpointed) against the same model's without checkpointing (plain autograd); the first."""
+    checkpointed = _step(model, True, monkeypatch=monkeypatch)
     for module in model.modules():
         if hasattr(module, "use_checkpoint"):
             module.use_checkpoint = False
-    plain = _step(model, True, monkeypatch=monkeypatch)
-    _assert_same(by_body, plain, exact=False)
+    _assert_same(checkpointed, _step(model, True, monkeypatch=monkeypatch), exact=False)
+    return checkpointed
+
+
+def test_the_body_node_matches_plain_autograd_without_checkpointing(monkeypatch):
+    """The reference that shares no code with the by-hand ops' backward: the modules under autograd, no
+    checkpointing, the same dropout draws."""
+    _assert_matches_plain_autograd(_model(attention_type="window"), monkeypatch)
 
 
 def test_the_body_node_under_bf16_autocast_matches_the_blocks_own_nodes(monkeypatch):
@@ -131,8 +135,8 @@ def test_a_training_step_records_the_body_as_one_node():
 
 
 def test_hooks_eval_and_dense_fields_take_the_modules():
-    """A forward hook on a block still fires (the body falls back to the modules), as do eval mode, no grad and
-    a dense field."""
+    """A forward hook on a block still fires (the body falls back to the modules); a hook on a strided conv, eval
+    mode (of the model or of one block), a block without checkpointing, no grad and a dense field fall back too."""
     model = _model()
     sv, dv = random_fields(2, 5, (8, 8, 8), [0.3, 0.5], seed=7, dtype=torch.float64)
     h = _body_input()
@@ -148,6 +152,12 @@ def test_hooks_eval_and_dense_fields_take_the_modules():
         assert not body_by_hand(model, h)
     assert not body_by_hand(model.eval(), h)
     assert not body_by_hand(model.train(), dv)
+    handle = model.downs[0].conv.register_forward_pre_hook(lambda m, i: None)
+    assert not body_by_hand(model, h)
+    handle.remove()
+    model.middle.blocks[0].eval()
+    assert not body_by_hand(model, h)
+    model.middle.blocks[0].train()
     model.middle.blocks[0].use_checkpoint = False
     assert not body_by_hand(model, h)
 
@@ -166,10 +176,5 @@ def test_a_parametrized_weight_takes_the_modules_and_gets_its_gradient(monkeypat
     for layer in (model.encoder[0].blocks[0].in_conv, model.middle.attns[0].qkv, model.downs[0].conv):
         parametrize.register_parametrization(layer, "weight", Doubled())
     assert not body_by_hand(model, _body_input())
-    by_modules = _step(model, True, monkeypatch=monkeypatch)
-    for module in model.modules():
-        if hasattr(module, "use_checkpoint"):
-            module.use_checkpoint = False
-    plain = _step(model, True, monkeypatch=monkeypatch)
-    _assert_same(by_modules, plain, exact=False)
+    by_modules = _assert_matches_plain_autograd(model, monkeypatch)
     assert by_modules[2]["encoder.0.blocks.0.in_conv.parametrizations.weight.original"].abs().sum() > 0
