@@ -26,9 +26,9 @@ from ..nn.attention_by_hand import attention_by_hand, attention_forward, attenti
 from ..nn.blocks import Downsample, ResBlock, Upsample
 from ..nn.conv import SparseConv3d, SparseInverseConv3d, autocast_dtype
 from ..nn.field_ops import cat_channels
-from ..nn.parts import child, param, parametrized
-from ..nn.recompute import _rng_state, _set_rng_state, keep, trainable, worth_recomputing
-from ..nn.resblock_by_hand import by_hand, resblock_forward, resblock_grads
+from ..nn.parts import child, parametrized
+from ..nn.recompute import _rng_state, keep, replayed_rng, trainable, worth_recomputing
+from ..nn.resblock_by_hand import by_hand, conv_value_grads, conv_values, resblock_forward, resblock_grads
 from ..voxels import SparseVoxels
 
 
@@ -159,7 +159,7 @@ class _Tape:
         geometry = (conv.kernel_size, conv.stride, conv.padding, conv.dilation)
         kmap, out_structure = s.downsample(*geometry) if isinstance(conv, SparseConv3d) else s.inverse_map(*geometry)
         values = as_dtype(x.feats, autocast_dtype(x.feats.device) or x.feats.dtype)  # the conv's compute dtype
-        out = kernels_for(values).layer_conv(values, param(conv, "weight"), param(conv, "bias"), kmap)
+        out = conv_values(kernels_for(values), conv, kmap, values)
         return self._record("conv", conv, (h,), kmap, (values,), x.feats.dtype, SparseVoxels.wrap(out, out_structure))
 
     def cat(self, a: _Value, b: _Value) -> _Value:
@@ -183,14 +183,8 @@ class _Tape:
                 split, a_dtype, b_dtype = op.extra
                 ins = (as_dtype(g[:, :split], a_dtype), as_dtype(g[:, split:], b_dtype))
             elif op.kind == "conv":
-                conv, values = op.module, items[0]
-                weight, bias = param(conv, "weight"), param(conv, "bias")
-                d_values, d_weight, d_bias = kernels_for(values).layer_conv_vjp(
-                    values, weight, bias is not None, op.context, as_dtype(g, values.dtype))
-                params[weight] = as_dtype(d_weight, weight.dtype)
-                if bias is not None:
-                    params[bias] = as_dtype(d_bias, bias.dtype)
-                ins = (as_dtype(d_values, op.extra),)
+                values = items[0]
+                ins = (conv_value_grads(kernels_for(values), op.module, op.context, values, op.extra, g, params),)
             elif op.kind == "block":
                 (index, recomputes), x = op.extra, SparseVoxels.wrap(items[0], op.context)
                 d_x, d_mod, block_grads = self._block_grads(op.module, x, modulations[index], g, items, recomputes)
@@ -212,15 +206,8 @@ class _Tape:
         forward's RNG state (items: its input, the state or None)."""
         if not recomputes:
             return resblock_grads(block, x, modulation, g, items[1:])
-        rng, device = items[1], x.feats.device
-        if rng is None:
+        with replayed_rng(x.feats.device, items[1]):
             return resblock_grads(block, x, modulation, g)
-        current = _rng_state(device)
-        _set_rng_state(device, rng)
-        try:
-            return resblock_grads(block, x, modulation, g)
-        finally:
-            _set_rng_state(device, current)
 
 
 def run_body(model: nn.Module, h: SparseVoxels, modulations: list) -> SparseVoxels:

@@ -8,6 +8,7 @@ the gradients of its inputs and parameters back to the outer graph, where DDP's 
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
@@ -38,6 +39,21 @@ def _set_rng_state(device: torch.device, state) -> None:
         torch.set_rng_state(state)
 
 
+@contextlib.contextmanager
+def replayed_rng(device: torch.device, state):
+    """A recompute under the RNG state its forward drew from (a block that draws, dropout, draws the same again),
+    the caller's state given back after; state None (a block that draws nothing): as it is."""
+    if state is None:
+        yield
+        return
+    current = _rng_state(device)
+    _set_rng_state(device, state)
+    try:
+        yield
+    finally:
+        _set_rng_state(device, current)
+
+
 class _Recompute(torch.autograd.Function):
     @staticmethod
     def forward(ctx, run, vjp, by_hand, random, n_inputs, *tensors):
@@ -54,11 +70,7 @@ class _Recompute(torch.autograd.Function):
     def backward(ctx, grad_out):
         saved = ctx.saved_tensors
         device, (enabled, dtype) = ctx.device, ctx.autocast
-        current = None
-        if ctx.rng is not None:  # the block draws: the forward's state in, the caller's back after
-            current = _rng_state(device)
-            _set_rng_state(device, ctx.rng)
-        try:
+        with replayed_rng(device, ctx.rng):
             # as the forward ran: autocast on with its dtype, or off (no context where it is off already)
             cast = torch.autocast(device.type, dtype=dtype) if enabled else autocast_off(device.type)
             if ctx.by_hand is not None:
@@ -72,9 +84,6 @@ class _Recompute(torch.autograd.Function):
                     outs, out_grads = [ctx.run(*inputs)], [grad_out]
                 else:  # the block's last ops by hand: tensors of the recomputed graph and their gradients
                     outs, out_grads = ctx.vjp(*inputs, grad_out)
-        finally:
-            if current is not None:
-                _set_rng_state(device, current)
         pairs = [(o, g) for o, g in zip(outs, out_grads) if g is not None and o.requires_grad]
         wanted = [t for t in (*inputs, *ctx.params) if t.requires_grad]
         grads = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True)

@@ -53,25 +53,35 @@ def _norm_grads(k: Kernels, norm: VoxelGroupNorm, x: SparseVoxels, rows, modulat
     return d_rows, d_mod
 
 
-def _conv(k: Kernels, conv: SubMConv3d, x: SparseVoxels, values: torch.Tensor) -> torch.Tensor:
-    """conv's output on x's voxels from its input values, already in the compute dtype (the weight and bias go in
-    fp32: the op casts them, as conv.conv_operands hands them)."""
-    kmap = x.structure.submanifold_map(conv.kernel_size, conv.dilation)
+def conv_values(k: Kernels, conv: nn.Module, kmap, values: torch.Tensor) -> torch.Tensor:
+    """A sparse conv layer's output through kmap from its input values, already in the compute dtype (the weight
+    and bias go in fp32: the op casts them, as conv.conv_operands hands them)."""
     return k.layer_conv(values, param(conv, "weight"), param(conv, "bias"), kmap)
 
 
-def _conv_grads(k: Kernels, conv: SubMConv3d, x: SparseVoxels, values, rows_dtype, grad_out: torch.Tensor,
-                grads: Dict) -> torch.Tensor:
-    """d rows (in rows_dtype) of _conv(values); the weight's and bias's gradients, in their Parameters' shapes,
-    into grads."""
+def conv_value_grads(k: Kernels, conv: nn.Module, kmap, values, rows_dtype, grad_out: torch.Tensor,
+                     grads: Dict) -> torch.Tensor:
+    """d rows (in rows_dtype) of conv_values(values); the weight's and bias's gradients, in their Parameters'
+    shapes, into grads."""
     weight, bias = param(conv, "weight"), param(conv, "bias")
-    kmap = x.structure.submanifold_map(conv.kernel_size, conv.dilation)
     d_values, d_weight, d_bias = k.layer_conv_vjp(values, weight, bias is not None, kmap,
                                                   as_dtype(grad_out, values.dtype))
     grads[weight] = as_dtype(d_weight, weight.dtype)
     if bias is not None:
         grads[bias] = as_dtype(d_bias, bias.dtype)
     return as_dtype(d_values, rows_dtype)
+
+
+def _conv(k: Kernels, conv: SubMConv3d, x: SparseVoxels, values: torch.Tensor) -> torch.Tensor:
+    """conv_values of a submanifold conv on x's voxels."""
+    return conv_values(k, conv, x.structure.submanifold_map(conv.kernel_size, conv.dilation), values)
+
+
+def _conv_grads(k: Kernels, conv: SubMConv3d, x: SparseVoxels, values, rows_dtype, grad_out: torch.Tensor,
+                grads: Dict) -> torch.Tensor:
+    """conv_value_grads of a submanifold conv on x's voxels."""
+    kmap = x.structure.submanifold_map(conv.kernel_size, conv.dilation)
+    return conv_value_grads(k, conv, kmap, values, rows_dtype, grad_out, grads)
 
 
 def resblock_forward(block: nn.Module, x: SparseVoxels, modulation: torch.Tensor, tail: bool = True) -> tuple:
