@@ -111,6 +111,8 @@ class UNet3D(nn.Module):
         return out.replace((out.feats if isinstance(out, SparseVoxels) else out.data).to(x.dtype))
 
     def _run(self, x: Field, noise_labels: torch.Tensor) -> Field:
+        if isinstance(x, SparseVoxels):
+            self._build_levels(x)
         # the embedding and every block's scale-shift from it stay in the model's dtype under autocast: tiny [B, C]
         # matmuls, and the norm kernels read the modulation in fp32 anyway (no cast per block)
         with autocast_off(noise_labels.device.type):
@@ -125,6 +127,15 @@ class UNet3D(nn.Module):
         else:
             h = self._body(h, modulations, _Modules)
         return self.out_conv(norm_silu(self.out_norm, h))
+
+    def _build_levels(self, x: SparseVoxels) -> None:
+        """Every strided level's voxels and kernel map, before any of the step's work: the one host read each level
+        takes (its size and per-sample counts) then waits for the map builders alone, not for queued convs, norms and
+        attention in the middle of the forward. The downsamples find them in the structures' caches."""
+        structure = x.structure
+        for down in self.downs:
+            conv = child(down, "conv")
+            _, structure = structure.downsample(conv.kernel_size, conv.stride, conv.padding, conv.dilation)
 
     def _body(self, h, modulations, step):
         """The blocks, downsamples, upsamples and skip concatenations between the input conv and the output norm,

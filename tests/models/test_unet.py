@@ -136,6 +136,30 @@ def test_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_strided_levels_are_built_before_any_of_the_forward(monkeypatch, checkpointing):
+    # each strided level's host read (kmap_builders.distinct_with_counts) comes before the model's first op (its
+    # input conv), so no conv, norm or attention waits on one in the middle of the forward; the same output
+    import sparse_radar.kernels.kmap_builders as builders
+    sv, _ = random_fields(2, 8, (8, 16, 16), [0.05, 0.2], seed=3)
+    torch.manual_seed(0)
+    model = UNet3D(create_lightweight_unet_config(model_channels=16, use_checkpoint=checkpointing))
+    t = torch.tensor([0.1, 0.5])
+    reference = model(SparseVoxels(sv.feats, sv.coords, sv.spatial_shape, 2), t).feats
+    events, read = [], builders.distinct_with_counts
+
+    def logged_read(*args, **kwargs):
+        events.append("read")
+        return read(*args, **kwargs)
+    monkeypatch.setattr(builders, "distinct_with_counts", logged_read)
+    model.input_conv.register_forward_pre_hook(lambda *_: events.append("input conv"))
+    model.out_conv.register_forward_pre_hook(lambda *_: events.append("output conv"))
+    out = model(SparseVoxels(sv.feats, sv.coords, sv.spatial_shape, 2), t)
+    out.feats.square().sum().backward()
+    assert events == ["read"] * len(model.downs) + ["input conv", "output conv"]
+    torch.testing.assert_close(out.feats, reference, rtol=0, atol=0)
+
+
 def test_depthwise_conv_matches_grouped_conv3d():
     sv, dv = random_fields(2, 6, (5, 6, 7), [0.1, 0.4], seed=4, dtype=torch.float64)
     layer = DepthwiseSubMConv3d(6, 3).double()
