@@ -80,13 +80,6 @@ def sort_by_key(keys: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return torch.sort(keys)
 
 
-def has_duplicates(sorted_keys: torch.Tensor) -> bool:
-    """True when two neighbouring sorted keys are equal."""
-    if sorted_keys.numel() < 2:
-        return False
-    return bool((sorted_keys[1:] == sorted_keys[:-1]).any())
-
-
 def lookup(sorted_keys: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
     """Index of each query key in sorted_keys, or -1 where it is absent."""
     if sorted_keys.numel() == 0:

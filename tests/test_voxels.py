@@ -43,6 +43,30 @@ def test_constructor_rejects_bad_input(feats, coords, shape, batch, error, match
         SparseVoxels(feats, coords, shape, batch)
 
 
+def test_constructor_reads_the_device_once(monkeypatch):
+    # its three checks (inside the grid, finite, no duplicates) in one host read, which on a GPU drains the queue
+    from torch.utils._python_dispatch import TorchDispatchMode
+    reads = []
+
+    class Scalars(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func._schema.name in ("aten::_local_scalar_dense", "aten::is_nonzero", "aten::nonzero"):
+                reads.append(func._schema.name)
+            return func(*args, **(kwargs or {}))
+    tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append("tolist") or tolist(self))
+    sv, _ = random_fields(2, 3, (4, 6, 6), [0.3, 0.5], seed=1)
+    with Scalars():
+        SparseVoxels(sv.feats, sv.coords, sv.spatial_shape, 2)
+    assert reads == ["tolist"]
+    # with several faults, the first check's error as before: outside, then non-finite, then duplicate
+    bad = torch.tensor([[0, 1, 1, 1], [0, 1, 1, 1], [0, 9, 1, 1]])
+    with pytest.raises(ValueError, match="outside"):
+        SparseVoxels(torch.tensor([[1.0], [float("nan")], [0.0]]), bad, (4, 4, 4), 1)
+    with pytest.raises(ValueError, match="non-finite"):
+        SparseVoxels(torch.tensor([[1.0], [float("nan")]]), bad[:2], (4, 4, 4), 1)
+
+
 def test_dense_constructor_rejects_bad_input():
     with pytest.raises(ValueError, match="mask"):
         DenseVoxels(torch.zeros(2, 3, 4, 4, 4), torch.zeros(2, 4, 4, 4, dtype=torch.bool))
