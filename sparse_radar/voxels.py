@@ -65,7 +65,7 @@ class SparseVoxels:
         coords = coords.to(device=feats.device, dtype=torch.int64)
         limits = kc.constant([int(batch_size), *shape], coords.device)
         outside = ((coords < 0) | (coords >= limits)).any(dim=1)
-        keys, order = kc.sort_by_key(kc.linear_keys(coords, shape))  # keys of outside rows are not read
+        keys, order = kc.sort_by_key(kc.linear_keys(coords, shape))  # used only when no row lies outside
         repeated = keys[1:] == keys[:-1]
         # the three checks in one host read (a device's queue waits once, not three times)
         any_outside, non_finite, any_repeated = torch.stack(
