@@ -271,8 +271,9 @@ def test_host_instructions_divides_the_difference_of_two_runs_by_the_steps(monke
     import benchmarks.host_instructions as hi
     runs = []
 
-    def fake_total(preset, steps, part):
+    def fake_total(preset, steps, part, real_levels):
         runs.append((preset, steps, part))
+        assert not real_levels
         return 5_000_000_000 + steps * (80_000_000 if part == "fwd_bwd" else 230_000_000)
     monkeypatch.setattr(hi, "_total", fake_total)
     monkeypatch.setattr(hi.shutil, "which", lambda name: "/usr/bin/valgrind")
@@ -294,3 +295,21 @@ def test_host_instructions_worker_runs_the_counters_steps():
     hi.main(["--worker", "1", "--preset", "tiny", "--part", "opt"])
     import gc
     assert interpreter.InterpretedFunction.run is original and gc.isenabled()
+
+
+def test_host_instructions_real_levels_replays_the_first_steps_map_builds(monkeypatch):
+    pytest.importorskip("triton")
+    import triton.runtime.interpreter as interpreter
+    import benchmarks.host_instructions as hi
+    from benchmarks import launch_count
+    original, tapes = interpreter.InterpretedFunction.run, []
+    monkeypatch.setattr(launch_count.BuilderTape, "rewind", lambda self: tapes.append(self) or setattr(
+        self, "replaying", True) or setattr(self, "position", 0))
+    hi.main(["--worker", "3", "--preset", "tiny", "--real_levels"])  # a replay that missed would raise
+    assert len(tapes) == 2 and tapes[0] is tapes[1] and tapes[0].calls and tapes[0].position == len(tapes[0].calls)
+    assert interpreter.InterpretedFunction.run is original
+    seen = []
+    monkeypatch.setattr(hi.shutil, "which", lambda name: "/usr/bin/valgrind")
+    monkeypatch.setattr(hi, "_total", lambda preset, steps, part, real_levels: seen.append(real_levels) or steps)
+    hi.main(["--real_levels", "--steps", "1", "--warm", "1"])
+    assert seen == [True, True]
