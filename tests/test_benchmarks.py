@@ -302,9 +302,8 @@ def test_host_instructions_real_levels_replays_the_first_steps_map_builds(monkey
     import triton.runtime.interpreter as interpreter
     import benchmarks.host_instructions as hi
     from benchmarks import launch_count
-    original, tapes = interpreter.InterpretedFunction.run, []
-    monkeypatch.setattr(launch_count.BuilderTape, "rewind", lambda self: tapes.append(self) or setattr(
-        self, "replaying", True) or setattr(self, "position", 0))
+    original, tapes, rewind = interpreter.InterpretedFunction.run, [], launch_count.BuilderTape.rewind
+    monkeypatch.setattr(launch_count.BuilderTape, "rewind", lambda self: tapes.append(self) or rewind(self))
     hi.main(["--worker", "3", "--preset", "tiny", "--real_levels"])  # a replay that missed would raise
     assert len(tapes) == 2 and tapes[0] is tapes[1] and tapes[0].calls and tapes[0].position == len(tapes[0].calls)
     assert interpreter.InterpretedFunction.run is original
