@@ -4,13 +4,13 @@ callers build themselves (kernels.conv.sparse_conv and kernels.segment.norm_forw
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, Dict, NamedTuple, Optional
 
 import torch
 
 from . import backends
 from .kernel_map import KernelMap
-from .weight_layout import in_kernel_layout, torch_to_kernel_weight
+from .weight_layout import kernel_layout_of, torch_to_kernel_weight
 
 
 class Kernels(NamedTuple):
@@ -27,10 +27,24 @@ class Kernels(NamedTuple):
     norm_backward: Callable
 
 
+_RESOLVED: Dict[tuple, tuple] = {}  # (id(settings), device, dtype) -> (those settings, their Kernels there)
+
+
 def kernels_for(tensor: torch.Tensor) -> Kernels:
-    """The kernels of the backend that runs on tensor under the settings in force."""
+    """The kernels of the backend that runs on tensor under the settings in force (a named backend's resolved once
+    per settings, device and dtype: the by-hand blocks ask for every block, every step)."""
     settings = backends.current()
-    return backend_kernels(backends.resolve_backend(settings.backend, tensor), settings)
+    if settings.backend == "auto":  # resolved on every call: "auto" reads the environment
+        return backend_kernels(backends.resolve_backend(settings.backend, tensor), settings)
+    key = (id(settings), tensor.device, tensor.dtype)
+    found = _RESOLVED.get(key)
+    if found is not None and found[0] is settings:  # held here, so its id is not another's
+        return found[1]
+    kernels = backend_kernels(backends.resolve_backend(settings.backend, tensor), settings)
+    if len(_RESOLVED) >= 64:  # settings are made per kernel_settings() block: keep the recent ones
+        _RESOLVED.clear()
+    _RESOLVED[key] = (settings, kernels)
+    return kernels
 
 
 @functools.lru_cache(maxsize=16)
@@ -47,17 +61,24 @@ def backend_kernels(name: str, settings: backends.KernelSettings) -> Kernels:
             return conv.backward_of(feats, weight, has_bias, kmap, settings, grad_out, layout=layout)
 
     in_place = hasattr(conv, "forward_of_param")  # the backend reads a weight in kernel layout without a view
+    free = getattr(conv, "autocast_free", False)  # the op calls nothing autocast would cast: no context needed
 
     def run_layer_conv(feats: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], kmap: KernelMap):
-        if in_place and in_kernel_layout(weight):
+        layout = kernel_layout_of(weight) if in_place else None
+        if layout is not None:
+            if free:
+                return conv.forward_of_param(feats, weight, bias, kmap, settings, layout)
             with backends.autocast_off(feats.device.type):
-                return conv.forward_of_param(feats, weight, bias, kmap, settings)
+                return conv.forward_of_param(feats, weight, bias, kmap, settings, layout)
         return run_conv(feats, torch_to_kernel_weight(weight).contiguous(), bias, kmap)
 
     def run_layer_conv_vjp(feats, weight, has_bias: bool, kmap: KernelMap, grad_out):
-        if in_place and in_kernel_layout(weight):
+        layout = kernel_layout_of(weight) if in_place else None
+        if layout is not None:
+            if free:
+                return conv.backward_of_param(feats, weight, has_bias, kmap, settings, grad_out, layout)
             with backends.autocast_off(feats.device.type):
-                return conv.backward_of_param(feats, weight, has_bias, kmap, settings, grad_out)
+                return conv.backward_of_param(feats, weight, has_bias, kmap, settings, grad_out, layout)
         packed = torch_to_kernel_weight(weight)
         d_feats, d_packed, d_bias = run_conv_vjp(feats, packed.contiguous(), has_bias, kmap, grad_out, packed.stride())
         # [K, Cin, Cout] back to [Cout, Cin, kD, kH, kW]: the inverse of the view the forward reads

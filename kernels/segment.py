@@ -90,7 +90,7 @@ def norm_backward(grad_y: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor
 def _rows_of_columns(modulation: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """modulation [S, 2C] as the kernels read it: its columns adjacent, its rows at any stride (a column slice of
     every block's modulations, UNet3D's one matmul, is read in place)."""
-    if modulation is None or modulation.stride(1) == 1:
+    if modulation is None or modulation.stride()[1] == 1:
         return modulation
     return modulation.contiguous()
 

@@ -22,7 +22,17 @@ def _kernel_layout_strides(shape: tuple) -> tuple:
 def in_kernel_layout(weight: torch.Tensor) -> bool:
     """Whether a [Cout, Cin, kD, kH, kW] weight's memory is [K, Cin, Cout] contiguous (nn.conv.kernel_layout's),
     so kernels can read it in place, without a view."""
-    return weight.dim() == 5 and weight.stride() == _kernel_layout_strides(tuple(weight.shape))
+    return kernel_layout_of(weight) is not None
+
+
+def kernel_layout_of(weight: torch.Tensor):
+    """(shape, strides) of a [Cout, Cin, kD, kH, kW] weight whose memory is [K, Cin, Cout] contiguous (see
+    in_kernel_layout), else None: its metadata read once (each read is a dispatch), for the kernels to reuse."""
+    shape = weight.shape
+    if len(shape) != 5:
+        return None
+    strides = weight.stride()
+    return (shape, strides) if strides == _kernel_layout_strides(shape) else None
 
 
 def to_spconv_weight(weight: torch.Tensor) -> torch.Tensor:

@@ -20,12 +20,17 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
-@functools.lru_cache(maxsize=None)
-def _gemm_constants(c_in: int, c_out: int, dtype: torch.dtype, has_bias: bool, reverse: bool, precision: str):
-    """(the implicit GEMM's constexpr launch arguments, its number of Cout tiles): made once per kind of launch."""
-    block_co = pow2_block(c_out, 16, 64)
+def _gemm_constants(c_in: int, c_out: int, kernel_volume: int, dtype: torch.dtype, weight_dtype: torch.dtype,
+                    has_bias: bool, reverse: bool, precision: str) -> dict:
+    """The implicit GEMM's constexpr launch arguments (made on a launch key's first launch)."""
     return dict(REVERSE=reverse, HAS_BIAS=has_bias, PRECISION=precision, UPCAST=interpreted_bf16(dtype),
-                BLOCK_CI=pow2_block(c_in, 16, 64), BLOCK_CO=block_co), cdiv(c_out, block_co)
+                BLOCK_CI=pow2_block(c_in, 16, 64), BLOCK_CO=pow2_block(c_out, 16, 64))
+
+
+@functools.lru_cache(maxsize=None)
+def _cout_tiles(c_out: int) -> tuple:
+    """The implicit GEMM's grid after its row tiles: its Cout tiles."""
+    return (cdiv(c_out, pow2_block(c_out, 16, 64)),)
 
 
 def implicit_gemm(x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor, n_out: int,
@@ -36,18 +41,22 @@ def implicit_gemm(x: torch.Tensor, weight: torch.Tensor, table: torch.Tensor, n_
     if layout is None:
         layout = (weight.shape[1], weight.shape[2], *weight.stride())
     c_in, c_out = layout[0], layout[1]
-    x = x if x.stride(1) == 1 else x.contiguous()  # rows may be strided, columns must be adjacent
-    out = out_buffer(n_out, c_out, x.dtype, x.device)
+    row_stride, column_stride = x.stride()  # (each metadata read is a dispatch: read once)
+    if column_stride != 1:  # rows may be strided, columns must be adjacent
+        x = x.contiguous()
+        row_stride = c_in
+    dtype = x.dtype
+    out = out_buffer(n_out, c_out, dtype, x.device)
     if n_out == 0:
-        return as_dtype(out, x.dtype)
-    constants, co_tiles = _gemm_constants(c_in, c_out, x.dtype, bias is not None, reverse, _dot_precision(x.dtype))
+        return as_dtype(out, dtype)
+    has_bias = bias is not None
     kernel_volume = table.shape[1]
-    launch_tuned(
-        implicit_gemm_kernel, lambda meta: (cdiv(n_out, meta["BLOCK_N"]), co_tiles),  # BLOCK_N autotuned
-        (c_in, c_out, kernel_volume, x.dtype, weight.dtype, bias is not None),
-        x, weight, table, bias if bias is not None else x, out, n_out, c_in, c_out, kernel_volume, x.stride(0),
-        layout[2], layout[3], layout[4], **constants)
-    return as_dtype(out, x.dtype)
+    launch_tuned(implicit_gemm_kernel,  # BLOCK_N autotuned
+                 (c_in, c_out, kernel_volume, dtype, weight.dtype, has_bias, reverse, _dot_precision(dtype)),
+                 _gemm_constants, n_out, _cout_tiles(c_out),
+                 x, weight, table, bias if has_bias else x, out, n_out, c_in, c_out, kernel_volume, row_stride,
+                 layout[2], layout[3], layout[4])
+    return as_dtype(out, dtype)
 
 
 @functools.lru_cache(maxsize=256)
@@ -61,14 +70,18 @@ def dense_strides(shape: tuple, stride: tuple) -> bool:
     return True
 
 
+def _weight_grad_constants(c_in: int, c_out: int, k: int, dtype: torch.dtype, grad_dtype: torch.dtype,
+                           has_bias: bool, precision: str) -> dict:
+    """dW's constexpr launch arguments (made on a launch key's first launch)."""
+    return dict(PRECISION=precision, UPCAST=interpreted_bf16(dtype), HAS_BIAS=has_bias, BLOCK_N=32,
+                BLOCK_CI=pow2_block(c_in, 16, 64), BLOCK_CO=pow2_block(c_out, 16, 64))
+
+
 @functools.lru_cache(maxsize=None)
-def _weight_grad_constants(c_in: int, c_out: int, k: int, dtype: torch.dtype, has_bias: bool, precision: str):
-    """(dW's constexpr launch arguments, its (K, channel tiles) grid, its number of tiles): once per kind of launch."""
-    block_ci, block_co = pow2_block(c_in, 16, 64), pow2_block(c_out, 16, 64)
-    channel_tiles = cdiv(c_in, block_ci) * cdiv(c_out, block_co)
-    constants = dict(PRECISION=precision, UPCAST=interpreted_bf16(dtype), HAS_BIAS=has_bias, BLOCK_N=32,
-                     BLOCK_CI=block_ci, BLOCK_CO=block_co)
-    return constants, (k, channel_tiles), k * channel_tiles
+def _weight_grad_grid(c_in: int, c_out: int, k: int) -> tuple:
+    """dW's (K, channel tiles) grid, its number of tiles."""
+    channel_tiles = cdiv(c_in, pow2_block(c_in, 16, 64)) * cdiv(c_out, pow2_block(c_out, 16, 64))
+    return (k, channel_tiles), k * channel_tiles
 
 
 def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, table: torch.Tensor, with_bias: bool = False,
@@ -78,20 +91,22 @@ def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, table: torch.Tensor, wi
     strides) and no layout, that contiguous memory read as them (a torch-layout weight whose memory is [K, Cin,
     Cout]); with_bias, db = sum_o grad_out[o], fp32 [Cout], else None): one launch and one sum of its per-split
     partials (deterministic)."""
-    k, c_in, c_out = table.shape[1], x.shape[1], grad_out.shape[1]
+    n_rows, k = table.shape
+    c_in, c_out = x.shape[1], grad_out.shape[1]
     contiguous = (c_in * c_out, c_out, 1)
     if view is not None and layout is not None:
         raise ValueError("weight_grad takes a view of its contiguous result or a layout, not both")
     layout = contiguous if layout is None else tuple(layout)
     if layout != contiguous and not dense_strides((k, c_in, c_out), layout):
         layout = contiguous
-    constants, grid, tiles = _weight_grad_constants(c_in, c_out, k, x.dtype, with_bias, _dot_precision(x.dtype))
-    n_rows = table.shape[0]
+    dtype = x.dtype
+    grid, tiles = _weight_grad_grid(c_in, c_out, k)
     per, n_split = row_splits(n_rows, 32, tiles)
     weights = k * c_in * c_out
     partial = torch.empty(n_split, weights + (c_out if with_bias else 0), dtype=torch.float32, device=x.device)
-    launch_tuned(weight_grad_kernel, (*grid, n_split), (c_in, c_out, k, x.dtype, grad_out.dtype),
-                 x, grad_out, table, partial, n_rows, c_in, c_out, k, per, grad_out.stride(0), *layout, **constants)
+    launch_tuned(weight_grad_kernel, (c_in, c_out, k, dtype, grad_out.dtype, with_bias, _dot_precision(dtype)),
+                 _weight_grad_constants, None, (*grid, n_split),
+                 x, grad_out, table, partial, n_rows, c_in, c_out, k, per, grad_out.stride()[0], *layout)
     total = partial.sum(0) if n_split > 1 else partial  # either starts its storage: offsets below are absolute
     shape, strides = ((k, c_in, c_out), layout) if view is None else view
     grad_weight = total.as_strided(shape, strides, 0)
@@ -117,19 +132,26 @@ class TritonSparseConv(torch.autograd.Function):
         """The op's output, without autograd."""
         return implicit_gemm(feats, weight.contiguous(), kmap.table, kmap.n_out, bias)
 
+    # the op calls no op that autocast casts (its products are the kernels'; its one sum adds fp32 partials), so the
+    # direct calls (kernels.direct) need not turn autocast off around it
+    autocast_free = True
+
     @staticmethod
-    def forward_of_param(feats, weight, bias, kmap: KernelMap, settings: backends.KernelSettings):
+    def forward_of_param(feats, weight, bias, kmap: KernelMap, settings: backends.KernelSettings, layout=None):
         """forward_of of a torch-layout weight [Cout, Cin, kD, kH, kW] whose memory is [K, Cin, Cout] contiguous
-        (kernels.conv.in_kernel_layout), read in place."""
-        c_out, c_in = weight.shape[0], weight.shape[1]
+        (kernels.conv.in_kernel_layout), read in place; layout: its (shape, strides) where already read."""
+        shape = weight.shape if layout is None else layout[0]
+        c_out, c_in = shape[0], shape[1]
         return implicit_gemm(feats, weight, kmap.table, kmap.n_out, bias, layout=(c_in, c_out, c_in * c_out, c_out, 1))
 
     @staticmethod
-    def backward_of_param(feats, weight, has_bias: bool, kmap: KernelMap, settings, grad_out):
-        """(dfeats, dweight in weight's shape and strides, dbias or None) of forward_of_param's output gradient."""
-        c_out, c_in = weight.shape[0], weight.shape[1]
+    def backward_of_param(feats, weight, has_bias: bool, kmap: KernelMap, settings, grad_out, layout=None):
+        """(dfeats, dweight in weight's shape and strides, dbias or None) of forward_of_param's output gradient;
+        layout: the weight's (shape, strides) where already read."""
+        shape, strides = (weight.shape, weight.stride()) if layout is None else layout
+        c_out, c_in = shape[0], shape[1]
         return _conv_backward(feats, weight, (c_out, c_in, c_in * c_out, 1, c_out), weight.dtype, has_bias, kmap,
-                              grad_out, view=(weight.shape, weight.stride()))
+                              grad_out, view=(shape, strides))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -155,12 +177,13 @@ def _conv_backward(feats, weight, transposed, dtype, has_bias: bool, kmap: Kerne
     """(dfeats, dweight, dbias) of a conv whose weight's memory, read as [K, Cout, Cin], has `transposed` (implicit
     gemm's layout: Cout, Cin and the three strides); dweight in layout, or view (weight_grad's), in dtype."""
     grad_out = as_dtype(grad_out, feats.dtype)
-    if grad_out.stride(1) != 1:  # rows may be strided (a slice of a concatenation's gradient): columns adjacent
+    if grad_out.stride()[1] != 1:  # rows may be strided (a slice of a concatenation's gradient): columns adjacent
         grad_out = grad_out.contiguous()
     grad_feats = grad_weight = grad_bias = None
     if needs[0]:  # a mirrored (submanifold) map's transposed table is its table read last offset first
-        table_t = kmap.table if kmap.mirrored else kmap.table_t
-        grad_feats = implicit_gemm(grad_out, weight, table_t, kmap.n_in, reverse=kmap.mirrored, layout=transposed)
+        mirrored = kmap.mirrored
+        table_t = kmap.table if mirrored else kmap.table_t
+        grad_feats = implicit_gemm(grad_out, weight, table_t, kmap.n_in, reverse=mirrored, layout=transposed)
     want_bias = has_bias and needs[2]
     if needs[1]:  # dW (in the weight's own layout) and db in one launch
         grad_weight, grad_bias = weight_grad(feats, grad_out, kmap.table, want_bias, layout, view)

@@ -1,7 +1,7 @@
 """Launch settings shared by the Triton kernels: tile sizes, row splits of reductions, interpreter bf16."""
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -54,20 +54,24 @@ def tuning(*configs):
     return list(configs[:1] if backends.triton_interpreting() else configs)
 
 
-_CHOSEN: Dict[tuple, dict] = {}  # (autotuned kernel, tuning key) -> the chosen config's launch arguments
+_PLANS: Dict[tuple, tuple] = {}  # (autotuned kernel, launch key) -> (its chosen BLOCK_N or None, every kwarg)
 
 
-def launch_tuned(kernel, grid: Union[tuple, Callable], key: tuple, *args, **kwargs) -> None:
-    """kernel[grid](*args, **kwargs) of an @triton.autotune kernel, where key holds the values it is tuned on and the
-    dtypes: the first launch for a key goes through the autotuner (which times its configs on a GPU), later ones
-    run the config it chose directly (a callable grid is called with that config's arguments), without the
-    autotuner's per-launch bookkeeping (its key built from every argument's name and dtype: about half the host time
-    of a stubbed launch) or the launcher proxy of kernel[grid]."""
-    config = _CHOSEN.get((kernel, key))
-    if config is not None:  # the kernel's run looked up at each launch: a tool that patches it sees every launch
-        kernel.fn.run(*args, grid=grid(config) if callable(grid) else grid, warmup=False, **kwargs, **config)
+def launch_tuned(kernel, key: tuple, constants: Callable, rows: Optional[int], grid: tuple, *args) -> None:
+    """Launch an @triton.autotune kernel over grid, or with rows (a count of rows) over (cdiv(rows, BLOCK_N),
+    *grid), BLOCK_N its config's. key holds everything its tuning and constexprs depend on (dtypes too), and
+    constants(*key) gives those constexprs. A key's first launch goes through the autotuner (which times its configs
+    on a GPU); later ones launch the config it chose directly, with the constexprs and the config's kwargs merged
+    once: no autotuner bookkeeping (its key built from every argument's name and dtype), no launcher proxy of
+    kernel[grid], and no kwargs built or merged per launch."""
+    plan = _PLANS.get((kernel, key))
+    if plan is not None:  # the kernel's run looked up at each launch: a tool that patches it sees every launch
+        block_n, kwargs = plan
+        kernel.fn.run(*args, grid=grid if rows is None else (-(-rows // block_n), *grid), warmup=False, **kwargs)
         return
-    kernel[grid](*args, **kwargs)
+    kwargs = constants(*key)
+    kernel[grid if rows is None else (lambda meta: (cdiv(rows, meta["BLOCK_N"]), *grid))](*args, **kwargs)
     config = getattr(kernel, "best_config", None)  # what this launch ran with (every triton 3 autotuner records it)
     if config is not None and config.pre_hook is None:  # a config with a hook runs it before each launch: keep that
-        _CHOSEN[(kernel, key)] = config.all_kwargs()  # kernel on the autotuner
+        chosen = config.all_kwargs()  # kernel on the autotuner
+        _PLANS[(kernel, key)] = (chosen.get("BLOCK_N"), {**kwargs, **chosen})

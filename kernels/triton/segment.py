@@ -46,6 +46,24 @@ def _norm_constants(channels: int, groups: int):
     return size, next_pow2(size), block_c, cdiv(channels, block_c)
 
 
+# each kernel's constexprs from its launch key (asked on a key's first launch): the key's flags, and its tiles
+def _statistics_constants(channels, size, rows_dtype, weight_dtype, center, has_bias, has_mod, block_g) -> dict:
+    return dict(CENTER=center, HAS_BIAS=has_bias, MOD=has_mod, BLOCK_G=block_g)
+
+
+def _apply_constants(channels, rows_dtype, silu, drop, block_c) -> dict:
+    return dict(SILU=silu, DROP=drop, BLOCK_C=block_c)
+
+
+def _grad_statistics_constants(channels, size, grad_dtype, rows_dtype, weight_dtype, center, has_bias, has_mod, silu,
+                               drop, block_g) -> dict:
+    return dict(CENTER=center, HAS_BIAS=has_bias, MOD=has_mod, SILU=silu, DROP=drop, BLOCK_G=block_g)
+
+
+def _input_grad_constants(channels, grad_dtype, rows_dtype, silu, drop, block_c) -> dict:
+    return dict(SILU=silu, DROP=drop, BLOCK_C=block_c)
+
+
 def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool, eps: float, modulation=None,
                  silu: bool = False, dropout: float = 0.0):
     """See kernels.segment.norm_forward: two launches (statistics with the coefficients; the affine map), and one
@@ -53,22 +71,22 @@ def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool
     n, channels = rows.shape
     n_seg = row_ptr.shape[0] - 1
     size, block_g, block_c, col_tiles = _norm_constants(channels, groups)
-    stats = torch.empty(4, n_seg, channels, dtype=torch.float32, device=rows.device)  # mean, rstd, scale, offset
-    has_mod = modulation is not None
+    dtype, device = rows.dtype, rows.device
+    stats = torch.empty(4, n_seg, channels, dtype=torch.float32, device=device)  # mean, rstd, scale, offset
+    has_mod, has_bias, drop = modulation is not None, bias is not None, bool(dropout)
     if n_seg:
         launch_tuned(
-            norm_statistics_kernel, (n_seg, groups), (channels, size, rows.dtype, weight.dtype),
-            rows, row_ptr, weight, bias if bias is not None else weight, modulation if has_mod else stats, stats,
-            n_seg * channels, channels, size, float(eps), modulation.stride(0) if has_mod else 0, CENTER=center,
-            HAS_BIAS=bias is not None, MOD=has_mod, BLOCK_G=block_g)
-    out = out_buffer(n, channels, rows.dtype, rows.device)
-    seed = torch.randint(0, 2 ** 31 - 1, (1,), device=rows.device) if dropout else None
+            norm_statistics_kernel, (channels, size, dtype, weight.dtype, center, has_bias, has_mod, block_g),
+            _statistics_constants, None, (n_seg, groups),
+            rows, row_ptr, weight, bias if has_bias else weight, modulation if has_mod else stats, stats,
+            n_seg * channels, channels, size, float(eps), modulation.stride()[0] if has_mod else 0)
+    out = out_buffer(n, channels, dtype, device)
+    seed = torch.randint(0, 2 ** 31 - 1, (1,), device=device) if drop else None
     if n:
         launch_tuned(
-            norm_apply_kernel, lambda meta: (cdiv(n, meta["BLOCK_N"]), col_tiles), (channels, rows.dtype), rows,
-            stats, n_seg * channels, segment, out, seed if dropout else stats, float(dropout), n, channels,
-            SILU=silu, DROP=bool(dropout), BLOCK_C=block_c)
-    return as_dtype(out, rows.dtype), stats, seed
+            norm_apply_kernel, (channels, dtype, silu, drop, block_c), _apply_constants, n, (col_tiles,),
+            rows, stats, n_seg * channels, segment, out, seed if drop else stats, float(dropout), n, channels)
+    return as_dtype(out, dtype), stats, seed
 
 
 def norm_backward(grad_y, rows, weight, bias, segment, row_ptr, stats, groups: int, center: bool, modulation=None,
@@ -78,28 +96,29 @@ def norm_backward(grad_y, rows, weight, bias, segment, row_ptr, stats, groups: i
     n, channels = rows.shape
     n_seg = row_ptr.shape[0] - 1
     size, block_g, block_c, col_tiles = _norm_constants(channels, groups)
-    plane, device, has_mod = n_seg * channels, rows.device, modulation is not None
+    dtype, grad_dtype, device = rows.dtype, grad_y.dtype, rows.device
+    plane, has_mod, has_bias, drop = n_seg * channels, modulation is not None, bias is not None, bool(dropout)
     # dy_scale, x_scale, offset, and dW's and db's shares per segment
     work = torch.empty(5, n_seg, channels, dtype=torch.float32, device=device)
     grad_mod = torch.empty(n_seg, 2 * channels, dtype=torch.float32, device=device) if has_mod else None
     if n_seg:
         launch_tuned(
-            norm_grad_statistics_kernel, (n_seg, groups), (channels, size, grad_y.dtype, rows.dtype, weight.dtype),
-            grad_y, rows, row_ptr, stats, weight, bias if bias is not None else weight,
-            modulation if has_mod else stats, work, grad_mod if has_mod else work, drop_state if dropout else stats,
-            float(dropout), plane, channels, size, modulation.stride(0) if has_mod else 0, CENTER=center,
-            HAS_BIAS=bias is not None, MOD=has_mod, SILU=silu, DROP=bool(dropout), BLOCK_G=block_g)
+            norm_grad_statistics_kernel,
+            (channels, size, grad_dtype, dtype, weight.dtype, center, has_bias, has_mod, silu, drop, block_g),
+            _grad_statistics_constants, None, (n_seg, groups),
+            grad_y, rows, row_ptr, stats, weight, bias if has_bias else weight,
+            modulation if has_mod else stats, work, grad_mod if has_mod else work, drop_state if drop else stats,
+            float(dropout), plane, channels, size, modulation.stride()[0] if has_mod else 0)
     new = torch.empty if n else torch.zeros
     grad_w = new(channels, dtype=torch.float32, device=device)
     grad_b = new(channels, dtype=torch.float32, device=device)
-    grad_rows = out_buffer(n, channels, rows.dtype, device)
+    grad_rows = out_buffer(n, channels, dtype, device)
     if n:
         launch_tuned(
-            norm_input_grad_kernel, lambda meta: (cdiv(n, meta["BLOCK_N"]), col_tiles),
-            (channels, grad_y.dtype, rows.dtype), grad_y, rows, segment, stats, work, plane, grad_w, grad_b,
-            grad_rows, drop_state if dropout else stats, float(dropout), n, n_seg, channels, SILU=silu,
-            DROP=bool(dropout), BLOCK_C=block_c)
-    return as_dtype(grad_rows, rows.dtype), grad_w, grad_b, grad_mod
+            norm_input_grad_kernel, (channels, grad_dtype, dtype, silu, drop, block_c), _input_grad_constants, n,
+            (col_tiles,), grad_y, rows, segment, stats, work, plane, grad_w, grad_b, grad_rows,
+            drop_state if drop else stats, float(dropout), n, n_seg, channels)
+    return as_dtype(grad_rows, dtype), grad_w, grad_b, grad_mod
 
 
 def segment_affine(u, scale, offset, segment, v, v_scale, out_dtype) -> torch.Tensor:

@@ -122,8 +122,9 @@ class UNet3D(nn.Module):
         # every block's [scale | shift] in one matmul, in the order the blocks run
         modulations = iter(stacked_linears(emb, [child(b, "emb") for b in blocks]))
         h = self.input_conv(x)
-        if body_by_hand(self, h):  # a checkpointed sparse training step: the whole body as one autograd node
-            h = run_body(self, h, list(modulations))
+        params = body_by_hand(self, h)
+        if params is not None:  # a checkpointed sparse training step: the whole body as one autograd node
+            h = run_body(self, h, list(modulations), params)
         else:
             h = self._body(h, modulations, _Modules)
         return self.out_conv(norm_silu(self.out_norm, h))

@@ -32,32 +32,38 @@ from ..nn.resblock_by_hand import by_hand, conv_value_grads, conv_values, resblo
 from ..voxels import SparseVoxels
 
 
-def body_by_hand(model: nn.Module, h) -> bool:
-    """Whether run_body covers model's body on the field h: a training step with grad on, a sparse field, every
-    block checkpointed, training and of the by-hand kinds, and no hooks on the body's modules or the strided convs
-    (which the by-hand ops would skip; a block's own layers are called by hand in its own node too)."""
+def body_by_hand(model: nn.Module, h) -> Optional[tuple]:
+    """The trainable parameters the body reads (what run_body hands gradients to) where run_body covers model's body
+    on the field h, else None. It covers a training step with grad on, a sparse field, every block checkpointed,
+    training and of the by-hand kinds, and no hooks on the body's modules or the strided convs (which the by-hand
+    ops would skip; a block's own layers are called by hand in its own node too). A ResBlock's embedding projection
+    is not read: its output, the modulation, is an input of the body. One walk of the body's modules does both."""
     if not (model.training and torch.is_grad_enabled() and isinstance(h, SparseVoxels)):
-        return False
+        return None
     hooks = nn.modules.module
     if hooks._global_forward_hooks or hooks._global_forward_pre_hooks or hooks._global_backward_hooks \
             or hooks._global_backward_pre_hooks:
-        return False
+        return None
+    params: list = []
     for module in body_modules(model):
         if _hooked(module):
-            return False
+            return None
         if isinstance(module, ResBlock):
             if not (module.use_checkpoint and module.training and by_hand(module, h)):
-                return False
+                return None
+            params.extend(trainable(module, without=child(module, "emb")))
         elif isinstance(module, AttentionBlock):
             if not (module.use_checkpoint and module.training and attention_by_hand(module, h)):
-                return False
+                return None
+            params.extend(trainable(module))
         elif isinstance(module, (Downsample, Upsample)):
             conv = child(module, "conv")
             if not isinstance(conv, (SparseConv3d, SparseInverseConv3d)) or parametrized(conv) or _hooked(conv):
-                return False
+                return None
+            params.extend(trainable(module))
         elif not isinstance(module, nn.Identity):
-            return False
-    return True
+            return None
+    return tuple(params)
 
 
 def _hooked(module: nn.Module) -> bool:
@@ -74,16 +80,6 @@ def body_modules(model: nn.Module) -> List[nn.Module]:
     modules.extend(child(model, "downs"))
     modules.extend(child(model, "ups"))
     return modules
-
-
-def _body_params(model: nn.Module) -> tuple:
-    """The trainable parameters the body reads (a ResBlock's embedding projection is not: its output, the
-    modulation, is an input of the body)."""
-    params: list = []
-    for module in body_modules(model):
-        params.extend(trainable(module, without=child(module, "emb")) if isinstance(module, ResBlock)
-                      else trainable(module))
-    return tuple(params)
 
 
 class _Value(NamedTuple):
@@ -210,9 +206,9 @@ class _Tape:
             return resblock_grads(block, x, modulation, g)
 
 
-def run_body(model: nn.Module, h: SparseVoxels, modulations: list) -> SparseVoxels:
-    """model._body(h, modulations) as one autograd node (see the module docstring; body_by_hand says when)."""
-    params = _body_params(model)
+def run_body(model: nn.Module, h: SparseVoxels, modulations: list, params: tuple) -> SparseVoxels:
+    """model._body(h, modulations) as one autograd node (see the module docstring), params: the body's trainable
+    parameters (body_by_hand gives them, and says when it covers the body)."""
     tape = _Tape()
     n_mods = len(modulations)
     result = {}

@@ -58,3 +58,29 @@ def test_weight_grad_takes_a_view_or_a_layout_not_both():
     x, g = torch.zeros(kmap.n_in, 4, device=DEVICE), torch.zeros(kmap.n_out, 4, device=DEVICE)
     with pytest.raises(ValueError, match="not both"):
         weight_grad(x, g, kmap.table, layout=(16, 4, 1), view=((4, 4, 3, 3, 3), (1, 4, 144, 48, 16)))
+
+
+def test_kernels_for_resolves_a_named_backend_once_per_settings_device_and_dtype(monkeypatch):
+    """kernels_for keeps what a named backend resolved to per settings object, device and dtype: the same Kernels as
+    resolving anew, a new kernel_settings block resolves again, a tensor the backend refuses still raises every
+    time, and "auto" resolves on every call (it reads the environment)."""
+    pytest.importorskip("triton")
+    from sparse_radar.kernels import backends, direct
+    resolved = []
+    real = backends.resolve_backend
+    monkeypatch.setattr(backends, "resolve_backend", lambda *a: resolved.append(a[0]) or real(*a))
+    x = torch.zeros(3, 2, device=DEVICE)
+    with kernel_settings(backend="torch") as settings:
+        first = kernels_for(x)
+        assert kernels_for(x) is first and first == direct.backend_kernels("torch", settings)
+        assert kernels_for(x.double()) == direct.backend_kernels("torch", settings)
+    assert resolved == ["torch", "torch"]  # once for float32, once for float64
+    with kernel_settings(backend="triton") as settings:
+        assert kernels_for(x) == direct.backend_kernels("triton", settings) != first
+        for _ in range(2):
+            with pytest.raises(ValueError, match="float32, float16 and bfloat16"):
+                kernels_for(x.double())
+    assert resolved == ["torch", "torch", "triton", "triton", "triton"]
+    with kernel_settings(backend="auto"):
+        kernels_for(x), kernels_for(x)
+    assert resolved[5:] == ["auto", "auto"]

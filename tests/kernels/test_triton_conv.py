@@ -207,32 +207,40 @@ def test_the_host_launch_helpers_match_tritons():
 
 
 def test_a_tuned_launch_takes_the_autotuners_choice_once_per_key(monkeypatch):
-    """launch_tuned: the first launch for a key goes through the autotuner; later ones launch the config it chose
-    straight on its kernel (no autotuner call) and compute the same; a new key asks the autotuner again."""
+    """launch_tuned: the first launch for a key goes through the autotuner with the key's constexprs (asked of
+    `constants` then only); later ones launch the config it chose straight on its kernel (no autotuner call), with
+    the same constexprs and the chosen BLOCK_N tiling the rows, and compute the same; a new key asks again."""
     import triton
     import triton.language as tl
     from sparse_radar.kernels.triton import launch
 
-    @triton.autotune(configs=[triton.Config({"BLOCK": 4}), triton.Config({"BLOCK": 8})], key=["n"],
+    @triton.autotune(configs=[triton.Config({"BLOCK_N": 4}), triton.Config({"BLOCK_N": 8})], key=["n"],
                      prune_configs_by={"early_config_prune": lambda configs, nargs, **kw: configs[1:]})
     @triton.jit
-    def twice(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
-        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        tl.store(out_ptr + offs, 2 * tl.load(x_ptr + offs, mask=offs < n), mask=offs < n)
+    def scaled(x_ptr, out_ptr, n, SCALE: tl.constexpr, BLOCK_N: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        tl.store(out_ptr + offs, SCALE * tl.load(x_ptr + offs, mask=offs < n), mask=offs < n)
 
-    tuner_calls, seen_blocks = [], []
-    real_run, real_direct = type(twice).run, type(twice.fn).run
-    monkeypatch.setattr(type(twice), "run", lambda self, *a, **k: tuner_calls.append(1) or real_run(self, *a, **k))
-    monkeypatch.setattr(type(twice.fn), "run", lambda self, *a, **k: seen_blocks.append(k["BLOCK"])
+    tuner_calls, seen, asked = [], [], []
+    real_run, real_direct = type(scaled).run, type(scaled.fn).run
+    monkeypatch.setattr(type(scaled), "run", lambda self, *a, **k: tuner_calls.append(1) or real_run(self, *a, **k))
+    monkeypatch.setattr(type(scaled.fn), "run", lambda self, *a, **k: seen.append((k["BLOCK_N"], k["SCALE"], k["grid"]))
                         or real_direct(self, *a, **k))
+
+    def constants(n, dtype, scale):
+        asked.append((n, scale))
+        return {"SCALE": scale}
+
     x = torch.arange(11, dtype=torch.float32, device=DEVICE)
-    for n in (11, 11, 11, 5):
+    for n, scale in ((11, 2), (11, 2), (11, 2), (5, 3)):
         out = torch.zeros(11, device=DEVICE)
-        launch.launch_tuned(twice, lambda meta: (triton.cdiv(n, meta["BLOCK"]),), (n, x.dtype), x, out, n)
-        assert torch.equal(out[:n], 2 * x[:n]) and not out[n:].any()
-    assert len(tuner_calls) == 2  # the first launch of each key
-    assert set(seen_blocks) == {8} and len(seen_blocks) >= 4  # the pruner's choice (a GPU times it too)
+        launch.launch_tuned(scaled, (n, x.dtype, scale), constants, n, (), x, out, n)
+        assert torch.equal(out[:n], scale * x[:n]) and not out[n:].any()
+    assert len(tuner_calls) == 2 and asked == [(11, 2), (5, 3)]  # the first launch of each key
+    direct = seen[-3:-1]  # the two launches of key 11 after its first: the chosen config's rows, 11 rows in 8s
+    assert direct == [(8, 2, (2,)), (8, 2, (2,))]  # the pruner's choice (a GPU times it too)
     later = []  # a tool that patches the kernel's run after the choice (a launch counter) still sees each launch
-    monkeypatch.setattr(type(twice.fn), "run", lambda self, *a, **k: later.append(1) or real_direct(self, *a, **k))
-    launch.launch_tuned(twice, lambda meta: (triton.cdiv(11, meta["BLOCK"]),), (11, x.dtype), x, out, 11)
-    assert later == [1]
+    monkeypatch.setattr(type(scaled.fn), "run", lambda self, *a, **k: later.append(k["grid"]) or real_direct(self, *a, **k))
+    out = torch.zeros(11, device=DEVICE)
+    launch.launch_tuned(scaled, (11, x.dtype, 2), constants, None, (3,), x, out, 11)  # an explicit grid: as given
+    assert later == [(3,)] and torch.equal(out, 2 * x) and len(asked) == 2

@@ -35,7 +35,7 @@ def _step(model, body: bool, backend="torch", dtype=torch.float64, monkeypatch=N
     sv, _ = random_fields(2, 5, (8, 8, 8), list(occupancy), seed=7, dtype=dtype)
     feats = sv.feats.clone().requires_grad_(True)
     if not body:
-        monkeypatch.setattr(unet, "body_by_hand", lambda model, h: False)
+        monkeypatch.setattr(unet, "body_by_hand", lambda model, h: None)
     torch.manual_seed(seed)
     with kernel_settings(backend=backend):
         out = model(sv.replace(feats), torch.tensor([0.3, -0.7], dtype=dtype))
@@ -69,7 +69,11 @@ def test_the_body_node_matches_the_blocks_own_nodes_bitwise(attention_type, reco
     the RNG after the backward is where the forward left it in both."""
     monkeypatch.setattr(rc, "MIN_RECOMPUTE_BYTES", recompute_bytes)
     model = _model(attention_type=attention_type)
-    assert body_by_hand(model, _body_input())
+    body = [name for name, _ in model.named_parameters() if name.split(".")[0] in ("encoder", "middle", "decoder",
+                                                                                    "downs", "ups")]
+    read = {id(p): name for name, p in model.named_parameters()}
+    names = [read[id(p)] for p in body_by_hand(model, _body_input())]  # every body weight but ResBlock.emb's, once
+    assert len(names) == len(set(names)) and set(names) == {name for name in body if ".emb." not in name}
     by_body = _step(model, True, monkeypatch=monkeypatch)
     monkeypatch.setattr(rc, "MIN_RECOMPUTE_BYTES", recompute_bytes)
     by_blocks = _step(model, False, monkeypatch=monkeypatch)
