@@ -98,9 +98,12 @@ def norm_backward(grad_y, rows, weight, bias, segment, row_ptr, stats, groups: i
     size, block_g, block_c, col_tiles = _norm_constants(channels, groups)
     dtype, grad_dtype, device = rows.dtype, grad_y.dtype, rows.device
     plane, has_mod, has_bias, drop = n_seg * channels, modulation is not None, bias is not None, bool(dropout)
-    # dy_scale, x_scale, offset, and dW's and db's shares per segment
-    work = torch.empty(5, n_seg, channels, dtype=torch.float32, device=device)
-    grad_mod = torch.empty(n_seg, 2 * channels, dtype=torch.float32, device=device) if has_mod else None
+    # one allocation (each is a dispatch): the work planes (dy_scale, x_scale, offset, and dW's and db's shares per
+    # segment), dW, db and the modulation's gradient; zeros where no row writes dW and db
+    sizes = (5 * plane, channels, channels, 2 * plane if has_mod else 0)
+    work, grad_w, grad_b, grad_mod = (torch.empty if n else torch.zeros)(
+        sum(sizes), dtype=torch.float32, device=device).split(sizes)
+    grad_mod = grad_mod.view(n_seg, 2 * channels) if has_mod else None
     if n_seg:
         launch_tuned(
             norm_grad_statistics_kernel,
@@ -109,9 +112,6 @@ def norm_backward(grad_y, rows, weight, bias, segment, row_ptr, stats, groups: i
             grad_y, rows, row_ptr, stats, weight, bias if has_bias else weight,
             modulation if has_mod else stats, work, grad_mod if has_mod else work, drop_state if drop else stats,
             float(dropout), plane, channels, size, modulation.stride()[0] if has_mod else 0)
-    new = torch.empty if n else torch.zeros
-    grad_w = new(channels, dtype=torch.float32, device=device)
-    grad_b = new(channels, dtype=torch.float32, device=device)
     grad_rows = out_buffer(n, channels, dtype, device)
     if n:
         launch_tuned(
