@@ -36,9 +36,13 @@ def _tensor(value, name: str) -> torch.Tensor:
     return value
 
 
+def _non_finite(name: str) -> ValueError:
+    return ValueError(f"{name} contain non-finite values (nan or inf)")
+
+
 def _check_finite(values: torch.Tensor, name: str) -> None:
     if values.numel() and not bool(torch.isfinite(values).all()):
-        raise ValueError(f"{name} contain non-finite values (nan or inf)")
+        raise _non_finite(name)
 
 
 class SparseVoxels:
@@ -76,7 +80,7 @@ class SparseVoxels:
                 f"coordinate {coords[row].tolist()} (row {row}) lies outside batch [0, {batch_size}) "
                 f"x spatial_shape {shape}")
         if non_finite:
-            raise ValueError("feats contain non-finite values (nan or inf)")
+            raise _non_finite("feats")
         if any_repeated:
             dup = int(repeated.nonzero()[0])
             raise ValueError(f"duplicate coordinate {kc.keys_to_coords(keys[dup:dup + 1], shape)[0].tolist()}")

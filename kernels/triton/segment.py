@@ -51,17 +51,15 @@ def _statistics_constants(channels, size, rows_dtype, weight_dtype, center, has_
     return dict(CENTER=center, HAS_BIAS=has_bias, MOD=has_mod, BLOCK_G=block_g)
 
 
-def _apply_constants(channels, rows_dtype, silu, drop, block_c) -> dict:
+def _row_constants(*key) -> dict:
+    """The row kernels' (apply, input gradient): their keys end in (silu, drop, block_c)."""
+    silu, drop, block_c = key[-3:]
     return dict(SILU=silu, DROP=drop, BLOCK_C=block_c)
 
 
 def _grad_statistics_constants(channels, size, grad_dtype, rows_dtype, weight_dtype, center, has_bias, has_mod, silu,
                                drop, block_g) -> dict:
     return dict(CENTER=center, HAS_BIAS=has_bias, MOD=has_mod, SILU=silu, DROP=drop, BLOCK_G=block_g)
-
-
-def _input_grad_constants(channels, grad_dtype, rows_dtype, silu, drop, block_c) -> dict:
-    return dict(SILU=silu, DROP=drop, BLOCK_C=block_c)
 
 
 def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool, eps: float, modulation=None,
@@ -84,7 +82,7 @@ def norm_forward(rows, weight, bias, segment, row_ptr, groups: int, center: bool
     seed = torch.randint(0, 2 ** 31 - 1, (1,), device=device) if drop else None
     if n:
         launch_tuned(
-            norm_apply_kernel, (channels, dtype, silu, drop, block_c), _apply_constants, n, (col_tiles,),
+            norm_apply_kernel, (channels, dtype, silu, drop, block_c), _row_constants, n, (col_tiles,),
             rows, stats, n_seg * channels, segment, out, seed if drop else stats, float(dropout), n, channels)
     return as_dtype(out, dtype), stats, seed
 
@@ -115,7 +113,7 @@ def norm_backward(grad_y, rows, weight, bias, segment, row_ptr, stats, groups: i
     grad_rows = out_buffer(n, channels, dtype, device)
     if n:
         launch_tuned(
-            norm_input_grad_kernel, (channels, grad_dtype, dtype, silu, drop, block_c), _input_grad_constants, n,
+            norm_input_grad_kernel, (channels, grad_dtype, dtype, silu, drop, block_c), _row_constants, n,
             (col_tiles,), grad_y, rows, segment, stats, work, plane, grad_w, grad_b, grad_rows,
             drop_state if drop else stats, float(dropout), n, n_seg, channels)
     return as_dtype(grad_rows, dtype), grad_w, grad_b, grad_mod
