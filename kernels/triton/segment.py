@@ -100,7 +100,7 @@ def norm_backward(grad_y, rows, weight, bias, segment, row_ptr, stats, groups: i
     # segment), dW, db and the modulation's gradient; zeros where no row writes dW and db
     sizes = (5 * plane, channels, channels, 2 * plane if has_mod else 0)
     work, grad_w, grad_b, grad_mod = (torch.empty if n else torch.zeros)(
-        sum(sizes), dtype=torch.float32, device=device).split(sizes)
+        sum(sizes), dtype=torch.float32, device=device).split_with_sizes(sizes)
     grad_mod = grad_mod.view(n_seg, 2 * channels) if has_mod else None
     if n_seg:
         launch_tuned(

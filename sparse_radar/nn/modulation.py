@@ -30,7 +30,7 @@ class _StackedLinears(torch.autograd.Function):
     def compute(x, sizes, params) -> tuple:
         """(the stacked weight, the layers' outputs as column slices of one matmul)."""
         weight, bias = torch.cat(params[:len(sizes)]), torch.cat(params[len(sizes):])
-        return weight, torch.addmm(bias, x, weight.t()).split(sizes, dim=1)
+        return weight, torch.addmm(bias, x, weight.t()).split_with_sizes(sizes, 1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -39,8 +39,8 @@ class _StackedLinears(torch.autograd.Function):
         grad = torch.cat([g if g is not None else x.new_zeros(x.shape[0], size)
                           for g, size in zip(grads, ctx.sizes)], dim=1)
         grad_x = grad @ weight if ctx.needs_input_grad[0] else None
-        grad_weights = (grad.t() @ x).split(ctx.sizes, dim=0)
-        grad_biases = grad.sum(0).split(ctx.sizes)
+        grad_weights = (grad.t() @ x).split_with_sizes(ctx.sizes)
+        grad_biases = grad.sum(0).split_with_sizes(ctx.sizes)
         return (grad_x, None, *grad_weights, *grad_biases)
 
 
