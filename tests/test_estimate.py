@@ -24,10 +24,10 @@ def measured_peak(preset, grid, batch, occupancy, path):
 
 
 @pytest.mark.parametrize("preset,grid,batch,occupancy,path", [
-    ("tiny", (16, 64, 64), 2, 0.03, "dense"),
+    ("tiny", (16, 32, 64), 2, 0.03, "dense"),  # (a dense step of 16x64x64 takes three times as long, as close)
     ("tiny", (16, 64, 64), 2, 0.05, "sparse"),
     ("tiny", (8, 64, 64), 2, 0.10, "sparse"),
-    ("ultra_lightweight", (16, 64, 64), 2, 0.10, "sparse"),
+    ("ultra_lightweight", (16, 64, 64), 1, 0.10, "sparse"),
 ])
 def test_estimate_within_25_percent_of_measured(preset, grid, batch, occupancy, path):
     cfg = PRESETS[preset](in_channels=8, out_channels=4, input_size=grid, **OVERRIDES)
