@@ -21,6 +21,7 @@ from sparse_radar.training import diffusion_stage
 from sparse_radar.training.config import TrainConfig, parse_args
 from sparse_radar.training.distributed import DistContext
 from sparse_radar.training.trainer import Trainer
+from tests.conftest import SMALL_GRID
 
 from . import SMALL, row, rows, snapshot
 
@@ -271,10 +272,10 @@ def empty_batch(request, tmp_path, capsys):
         out = model(empty, torch.zeros(2))
         assert out.num_voxels == 0 and out.num_channels == 4, attention
     for field in ("sparse", "dense"):
-        # a 32x32x8 grid (the default's quarter): a dense step on the default grid takes seconds on a CPU
+        # SMALL_GRID (8x32x32, the default's quarter): a dense step on the default grid takes seconds on a CPU
         _empty_samples_train(Trainer(TrainConfig(train_size=2, model_channels=8, steps=2, progress=False,
-                                                 field=field, grid="0,-12.8,-2,25.6,12.8,4.4@0.8",
-                                                 out=str(tmp_path / field)), DistContext()))
+                                                 field=field, grid=SMALL_GRID, out=str(tmp_path / field)),
+                                     DistContext()))
 
 
 def _empty_samples_train(trainer):
