@@ -141,6 +141,11 @@ def check_inverse_geometry(fine_shape: Sequence[int], coarse_shape: Sequence[int
 
 def dilate_coords(coords: torch.Tensor, spatial_shape: Sequence[int], radius: Triple) -> torch.Tensor:
     """All in-grid cells within per-axis radius (a box) of any input cell, unique and key-sorted."""
+    return keys_to_coords(torch.unique(dilated_keys(coords, spatial_shape, radius)), spatial_shape)  # one sync
+
+
+def dilated_keys(coords: torch.Tensor, spatial_shape: Sequence[int], radius: Triple) -> torch.Tensor:
+    """Linear keys of the in-grid cells within per-axis radius (a box) of each input cell, repeats kept (no sync)."""
     shape = constant([int(s) for s in spatial_shape], coords.device)
     box = kernel_offsets(tuple(2 * r + 1 for r in radius), coords.device) - constant(list(radius), coords.device)
     c64 = coords.to(torch.int64)
@@ -150,8 +155,7 @@ def dilate_coords(coords: torch.Tensor, spatial_shape: Sequence[int], radius: Tr
         inside = ((moved >= 0) & (moved < shape)).all(dim=2)  # [n, K]
         own = linear_keys(c64[rows], spatial_shape)[:, None]  # a cell outside the grid counts as its input cell
         keys.append(torch.where(inside, offset_keys(c64[rows, 0], moved, spatial_shape), own).reshape(-1))
-    unique_keys = torch.unique(torch.cat(keys)) if keys else c64.new_zeros(0)  # sorted, one sync
-    return keys_to_coords(unique_keys, spatial_shape)
+    return torch.cat(keys) if keys else c64.new_zeros(0)
 
 
 BLOCK_ENTRIES = 1 << 22  # rows x offsets per block of the vectorised offset loops (about 100 MB of int64 cells)

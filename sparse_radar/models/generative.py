@@ -234,6 +234,8 @@ class GenerativeDecoder(nn.Module):
                 dropped.append((above & ~keep).sum())
             levels.append(LevelOutput(logits, labels, samples, keep, h.batch_size, keys))
             h = keep_flat(h, keep)
+            if dropped and isinstance(h, SparseVoxels) and h.num_voxels < cap:
+                dropped.pop()  # the batch kept fewer than one sample's cap: no sample reached it, none dropped
             if i < len(self.ups):
                 h = self.ups[i](h)
         if self.out is not None:

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels.coords import dilate_coords, keys_to_coords, linear_keys, lookup
+from ..kernels.coords import dilated_keys, linear_keys, lookup
+from ..kernels.kmap_builders import distinct_with_counts
 from ..nn.norm import NORM_TYPES
 from ..structure import VoxelStructure
 from ..voxels import SparseVoxels
@@ -138,9 +139,9 @@ def predicted_support(net: StructureNet, radar: SparseVoxels, radius=(0, 0, 0), 
     kept = generation.field
     coords = torch.cat([kept.coords, radar.coords]).to(torch.int64)
     shape, b = radar.spatial_shape, radar.batch_size
-    keys = torch.unique(linear_keys(coords, shape))
-    if any(radius):
-        coords = dilate_coords(keys_to_coords(keys, shape), shape, tuple(radius))
-        keys = linear_keys(coords, shape)
+    keys = dilated_keys(coords, shape, tuple(radius)) if any(radius) else linear_keys(coords, shape)
+    # one read for the support's size and its voxels per sample (what a step's per-sample noise draws need)
+    keys, counts = distinct_with_counts(keys, shape[0] * shape[1] * shape[2], b)
     support = VoxelStructure.from_keys(keys, shape, b)
+    support.cache["host_counts"] = counts
     return (support, _probability_at(generation, support)) if probability else support

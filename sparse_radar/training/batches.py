@@ -57,5 +57,7 @@ class BatchStream:
 
 
 def host_counts(field: SparseVoxels) -> List[int]:
-    """Voxels per sample of a field still on the host (no device sync)."""
-    return field.batch_counts().tolist()
+    """Voxels per sample as host ints: those its structure was read with (a strided level, a predicted support),
+    else counted (a device sync for a field on the device, none for one still on the host)."""
+    counts = field.structure.host_counts()
+    return list(counts) if counts is not None else field.batch_counts().tolist()

@@ -45,12 +45,13 @@ class DiffusionStage(Stage):
 
     def support_fields(self, radar: SparseVoxels, target: SparseVoxels):
         """(target on the support, radar on it, coverage [B]) on the device, and the support voxels per sample (a
-        list, taken on the host before the move; a predicted support is made on the device, and read back)."""
+        list, taken on the host before the move; a predicted support is made on the device, its counts read with
+        its size)."""
         cfg = self.cfg
         if self.structure is not None:
             tgt, cond, cov = support_fields(self.structure, radar.to(self.device), target.to(self.device),
                                             cfg.radius(), cfg.structure_channel)
-            return tgt, cond, cov, tgt.batch_counts().tolist()
+            return tgt, cond, cov, host_counts(tgt)  # read with the support's size
         tgt, cond, cov = training_fields(cfg.support, radar, target, cfg.radius())
         return tgt.to(self.device), cond.to(self.device), cov, host_counts(tgt)
 

@@ -86,6 +86,32 @@ def test_cap_limits_kept_voxels_per_sample_in_the_network():
     assert counts.tolist() == [5, 5]
 
 
+def test_the_cap_warning_says_what_the_cap_dropped_and_reads_only_where_a_sample_could_reach_it(monkeypatch):
+    import warnings
+
+    import sparse_radar.models.generative as generative
+    radar = random_fields(2, 3, SHAPE, 0.3, seed=6, dtype=torch.float64)[0]
+    net = _net(seed=3)
+    with torch.no_grad():
+        for head in net.decoder.heads:
+            head.bias.fill_(0.3)  # most candidates positive, some not
+    reads = []
+    warn = generative._warn_capped
+    monkeypatch.setattr(generative, "_warn_capped", lambda dropped, cap: (reads.append(len(dropped)),
+                                                                          warn(dropped, cap)))
+    for cap in (1, 3, 8, 16, 24, 40, 64, 10 ** 6):
+        with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = net(radar, cap=cap)
+        # what the cap dropped, level by level, recounted from the levels' own logits and keep
+        dropped = [int(((lv.logits > 0) & ~lv.keep).sum()) for lv in out.levels]
+        said = [int(str(w.message).split("dropped ")[1].split(" ")[0]) for w in caught]
+        assert said == [n for n in dropped if n], cap
+        kept = [int(lv.keep.sum()) for lv in out.levels]
+        assert reads[-1] == sum(k >= cap for k in kept), cap  # a level read only where its batch kept >= cap
+    assert reads[-1] == 0 and reads[0] == len(out.levels)  # the large cap read nothing; cap 1 every level
+
+
 def test_occupancy_loss_matches_a_hand_computed_value_and_trains():
     from sparse_radar.models.generative import LevelOutput
     logits = torch.tensor([2.0, -1.0, 0.5])
@@ -122,6 +148,22 @@ def test_predicted_support_holds_the_radar_and_is_dilated():
     assert torch.equal(support.keys, torch.sort(support.keys).values)
     wider = predicted_support(net, radar, radius=(1, 1, 1))
     assert bool(torch.isin(support.keys, wider.keys).all()) and wider.num_voxels > support.num_voxels
+
+
+@pytest.mark.parametrize("radius", [(0, 0, 0), (1, 1, 1), (0, 2, 1)])
+def test_predicted_support_is_every_cell_near_a_kept_or_radar_voxel_with_its_counts_per_sample(radius):
+    import itertools
+    radar = random_fields(2, 3, SHAPE, 0.1, seed=7)[0]
+    net = StructureNet(StructureConfig(**CONFIG))
+    kept = net(radar).field.coords.tolist()
+    cells = set()  # the reference: a box of radius around each kept or radar voxel, inside the grid
+    for b, z, y, x in kept + radar.coords.tolist():
+        for dz, dy, dx in itertools.product(*(range(-r, r + 1) for r in radius)):
+            if 0 <= z + dz < SHAPE[0] and 0 <= y + dy < SHAPE[1] and 0 <= x + dx < SHAPE[2]:
+                cells.add((b, z + dz, y + dy, x + dx))
+    support = predicted_support(net, radar, radius=radius)
+    assert support.coords.tolist() == [list(c) for c in sorted(cells)]
+    assert support.host_counts() == tuple(sum(c[0] == b for c in cells) for b in range(2))  # read with the size
 
 
 @pytest.mark.parametrize("changes,match", [
