@@ -89,11 +89,11 @@ def main(argv=None) -> None:
     if not args.counter.is_file():
         parser.error(f"no counter at {args.counter}: give its path with --counter")
     try:
-        commit_of(args.rev)
+        commit = commit_of(args.rev)
     except ValueError as error:
         parser.error(str(error))
     with tempfile.TemporaryDirectory() as folder:
-        package = snapshot(args.rev, Path(folder))
+        package = snapshot(commit, Path(folder))
         pairs = []
         for index in range(args.pairs):
             pairs.append({"before": counter_run(args.counter, args.preset, package),
@@ -108,7 +108,7 @@ def main(argv=None) -> None:
     total = summary(pairs)
     print(f"\nmedians: {args.rev} {total['before_ms']:.1f} ms, now {total['now_ms']:.1f} ms, "
           f"ratio {total['ratio']:.2f} (median of the pairs' ratios)")
-    if commit_of(args.rev) == commit_of(ISSUE_REV):
+    if commit == commit_of(ISSUE_REV):
         print(f"now at the issue's speed ({ISSUE_MS:.0f} ms for {ISSUE_REV}): {total['now_at_issue_speed_ms']:.1f} ms"
               f" (budget 40)")
 
